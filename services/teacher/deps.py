@@ -1,0 +1,32 @@
+"""FastAPI dependencies of the teacher, as Annotated aliases so routes read like prose."""
+
+from __future__ import annotations
+
+from typing import Annotated, Iterator
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from services.teacher.state import TeacherState
+from shared.errors import NotReady
+
+
+def get_state(request: Request) -> TeacherState:
+    return request.app.state.teacher
+
+
+def get_session(state: Annotated[TeacherState, Depends(get_state)]) -> Iterator[Session]:
+    with state.sessions() as session:
+        yield session
+
+
+def get_ready_state(state: Annotated[TeacherState, Depends(get_state)]) -> TeacherState:
+    """The state, once the engine is loaded; otherwise 503 with Retry-After (the caller retries)."""
+    if state.engine is None:
+        raise NotReady(state.engine_error or "the teacher engine is still loading; retry shortly")
+    return state
+
+
+State = Annotated[TeacherState, Depends(get_state)]
+ReadyState = Annotated[TeacherState, Depends(get_ready_state)]
+DbSession = Annotated[Session, Depends(get_session)]

@@ -1,0 +1,31 @@
+"""Health, readiness and Prometheus metrics: open, no auth."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.teacher.deps import State
+from shared.db.session import ping
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(state: State) -> JSONResponse:
+    checks = {"engine": state.engine is not None, "database": ping(state.db_engine)}
+    body = {"ready": all(checks.values()), "checks": checks}
+    if state.engine_error:
+        body["engine_error"] = state.engine_error
+    return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+
+@router.get("/metrics")
+def metrics(state: State) -> Response:
+    return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)

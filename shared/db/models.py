@@ -1,0 +1,172 @@
+"""SQLAlchemy 2 models: one schema for Postgres (deployments) and SQLite (embedded default)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Index
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JsonType, list[Any]: JsonType, datetime: DateTime(timezone=True)}
+
+
+class Task(Base):
+    """A critique→revise task: requests, reward spec, acceptance defaults, optional prompt set."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    critique_request: Mapped[str] = mapped_column(Text)
+    revision_request: Mapped[str] = mapped_column(Text)
+    reward: Mapped[dict[str, Any]]
+    acceptance: Mapped[str] = mapped_column(String(16), default="improve")
+    beta: Mapped[float] = mapped_column(Float, default=1.0)
+    steps: Mapped[int] = mapped_column(Integer, default=1)
+    prompts: Mapped[list[Any]] = mapped_column(default=list)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """One sampling request: a background job, a synchronous API call or a CLI run.
+
+    Queue fields (lease_owner, lease_expires_at, attempt) let several workers share the table:
+    a worker may write only while it holds the lease it claimed.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(16), default="job")  # job | sync | cli
+    task_name: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prompts: Mapped[list[Any]] = mapped_column(default=list)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    accepted: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Chain(Base):
+    """A full critique→revise trace for one (prompt, chain) of a job."""
+
+    __tablename__ = "chains"
+    __table_args__ = (UniqueConstraint("job_id", "prompt_index", "chain_index", name="uq_chains_job_prompt_chain"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    task_name: Mapped[str] = mapped_column(String(64), index=True)
+    prompt_index: Mapped[int] = mapped_column(Integer)
+    chain_index: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    initial_text: Mapped[str] = mapped_column(Text)
+    initial_reward: Mapped[float] = mapped_column(Float)
+    final_text: Mapped[str] = mapped_column(Text)
+    final_reward: Mapped[float] = mapped_column(Float)
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    acceptance: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    steps: Mapped[list["ChainStep"]] = relationship(order_by="ChainStep.step_index", cascade="all, delete-orphan")
+
+
+class ChainStep(Base):
+    __tablename__ = "chain_steps"
+    __table_args__ = (UniqueConstraint("chain_id", "step_index", name="uq_chain_steps_chain_step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain_id: Mapped[int] = mapped_column(ForeignKey("chains.id", ondelete="CASCADE"), index=True)
+    step_index: Mapped[int] = mapped_column(Integer)
+    critique: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str] = mapped_column(Text)
+    reward: Mapped[float] = mapped_column(Float)
+    accepted: Mapped[bool] = mapped_column(Boolean)
+
+
+class Pair(Base):
+    """An accepted (prompt, improved answer) pair: the distillation data."""
+
+    __tablename__ = "pairs"
+    __table_args__ = (UniqueConstraint("job_id", "prompt_index", "chain_index", name="uq_pairs_job_prompt_chain"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain_id: Mapped[int] = mapped_column(ForeignKey("chains.id", ondelete="CASCADE"), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    task_name: Mapped[str] = mapped_column(String(64), index=True)
+    prompt_index: Mapped[int] = mapped_column(Integer)
+    chain_index: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text)
+    reward_before: Mapped[float] = mapped_column(Float)
+    reward_after: Mapped[float] = mapped_column(Float)
+    reward_gain: Mapped[float] = mapped_column(Float, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DistillationRun(Base):
+    """A queued/running/finished distillation; same lease pattern as jobs."""
+
+    __tablename__ = "distillation_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    task_name: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    artifact_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Student(Base):
+    """A registered distilled model; at most one active per task."""
+
+    __tablename__ = "students"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_students_name_version"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    task_name: Mapped[str] = mapped_column(String(64), index=True)
+    base_model: Mapped[str] = mapped_column(Text)
+    adapter_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    merged_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("distillation_runs.id", ondelete="SET NULL"), nullable=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -1,0 +1,75 @@
+"""transformers engine: left-padded batched `generate` on the local CPU/GPU. Always available."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Sequence
+
+from shared.engines.base import Conversation, Generation, SamplingParams
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, model_path: Path | str, *, dtype: str = "bfloat16", adapter_path: Path | str | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = str(model_path)
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        # Decoder-only models must be padded on the left, or generation continues after the padding.
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        if adapter_path is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_path))
+        self.hf_model = model.eval()
+        self._lock = threading.Lock()  # one generate at a time; batching is how callers get throughput
+
+    def render(self, conversation: Conversation) -> str:
+        return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+    def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[Generation]:
+        if not conversations:
+            return []
+        torch = self._torch
+        texts = [self.render(conversation) for conversation in conversations]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        sample = params.temperature > 0
+        options: dict = {"max_new_tokens": params.max_tokens, "do_sample": sample, "pad_token_id": self.tokenizer.pad_token_id}
+        if sample:
+            options.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        else:
+            options.update(temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            options.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        with self._lock, torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            output = self.hf_model.generate(**batch, **options)
+        prompt_width = batch["input_ids"].shape[1]
+        prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
+        return [
+            self._decode(row[prompt_width:], int(prompt_tokens), params)
+            for row, prompt_tokens in zip(output, prompt_lengths)
+        ]
+
+    def _decode(self, new_tokens, prompt_tokens: int, params: SamplingParams) -> Generation:
+        ids = new_tokens.tolist()
+        special = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
+        ended = next((i for i, token in enumerate(ids) if token in special), None)
+        ids = ids if ended is None else ids[:ended]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        finish = "stop" if ended is not None or len(ids) < params.max_tokens else "length"
+        for stop in params.stop:
+            if stop in text:
+                text, finish = text[: text.index(stop)], "stop"
+        return Generation(text=text.strip(), prompt_tokens=prompt_tokens, completion_tokens=len(ids), finish_reason=finish)
+
+    def close(self) -> None:
+        self.hf_model = None

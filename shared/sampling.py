@@ -1,0 +1,152 @@
+"""From a sample request to stored chains: resolve the task, run the sampler, write the results.
+
+Used by the CLI (`dsc sample`), the teacher's synchronous endpoint and its job workers, so all
+three validate, sample and store the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.models import Job, utcnow
+from shared.db.session import transaction
+from shared.db.store import Recorded, record_chains
+from shared.engines.base import Engine, SamplingParams
+from shared.errors import InvalidRequest
+from shared.rewards import RewardModel, build_reward
+from shared.sampler import Acceptance, Chain, ProgressCallback, Sampler, validate_run
+from shared.schemas import SampleRequest
+from shared.tasks import TaskSpec, get_task
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """A validated request: everything needed to sample, nothing left to default."""
+
+    task: TaskSpec
+    prompts: list[str]
+    steps: int
+    chains: int
+    acceptance: Acceptance
+    beta: float
+    params: SamplingParams
+
+    def job_params(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "chains": self.chains,
+            "acceptance": self.acceptance,
+            "beta": self.beta,
+            "temperature": self.params.temperature,
+            "top_p": self.params.top_p,
+            "max_tokens": self.params.max_tokens,
+            "seed": self.params.seed,
+        }
+
+
+def plan_sample(session: Session, request: SampleRequest) -> SamplePlan:
+    """Resolve task defaults and validate; raises a DscError before anything runs or is written."""
+    task = get_task(session, request.task)
+    prompts = request.prompts if request.prompts is not None else list(task.prompts)
+    if request.prompts is None and not prompts:
+        raise InvalidRequest(f"task {task.name!r} has no prompt set: pass prompts", param="prompts")
+    if request.limit is not None:
+        prompts = prompts[: request.limit]
+    plan = SamplePlan(
+        task=task,
+        prompts=prompts,
+        steps=request.steps or task.steps,
+        chains=request.chains,
+        acceptance=request.acceptance or task.acceptance,
+        beta=request.beta or task.beta,
+        params=SamplingParams(temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens, seed=request.seed),
+    )
+    validate_run(plan.prompts, steps=plan.steps, chains=plan.chains, acceptance=plan.acceptance, beta=plan.beta)
+    return plan
+
+
+def plan_from_job(job: Job, task: TaskSpec) -> SamplePlan:
+    params = job.params
+    return SamplePlan(
+        task=task,
+        prompts=list(job.prompts),
+        steps=params["steps"],
+        chains=params["chains"],
+        acceptance=params["acceptance"],
+        beta=params["beta"],
+        params=SamplingParams(
+            temperature=params["temperature"], top_p=params["top_p"], max_tokens=params["max_tokens"], seed=params["seed"]
+        ),
+    )
+
+
+class RewardPool:
+    """Builds each distinct reward spec once (spaCy, classifiers are slow to load) and reuses it."""
+
+    def __init__(self, judge_engine: Engine | None = None) -> None:
+        self._judge_engine = judge_engine
+        self._rewards: dict[str, RewardModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, spec: dict[str, Any]) -> RewardModel:
+        key = json.dumps(spec, sort_keys=True)
+        with self._lock:
+            if key not in self._rewards:
+                self._rewards[key] = build_reward(spec, judge_engine=self._judge_engine)
+            return self._rewards[key]
+
+
+def run_plan(
+    plan: SamplePlan,
+    engine: Engine,
+    rewards: RewardPool,
+    *,
+    prompts: Sequence[str] | None = None,
+    seed_offset: int = 0,
+    progress: ProgressCallback | None = None,
+) -> list[Chain]:
+    """Sample chains for `prompts` (default: all of the plan's)."""
+    sampler = Sampler(
+        engine, rewards.get(plan.task.reward), critique_request=plan.task.critique_request, revision_request=plan.task.revision_request
+    )
+    params = plan.params
+    if params.seed is not None and seed_offset:
+        # Each batch of a job gets its own seed, so a resumed job repeats exactly what it would have done.
+        params = SamplingParams(params.temperature, params.top_p, params.max_tokens, params.seed + seed_offset, params.stop)
+    return sampler.run(
+        list(plan.prompts if prompts is None else prompts),
+        steps=plan.steps,
+        chains=plan.chains,
+        acceptance=plan.acceptance,
+        beta=plan.beta,
+        params=params,
+        progress=progress,
+    )
+
+
+def store_finished_run(factory: sessionmaker[Session], plan: SamplePlan, chains: list[Chain], *, kind: str) -> tuple[str, Recorded]:
+    """Write a completed run (CLI or synchronous API) as a finished job with its chains and pairs,
+    all in one transaction."""
+    with transaction(factory) as session:
+        now = utcnow()
+        job = Job(
+            kind=kind,
+            task_name=plan.task.name,
+            status="succeeded",
+            params=plan.job_params(),
+            prompts=plan.prompts,
+            total=len(plan.prompts),
+            done=len(plan.prompts),
+            accepted=sum(chain.accepted for chain in chains),
+            started_at=now,
+            finished_at=now,
+        )
+        session.add(job)
+        session.flush()
+        recorded = record_chains(session, job_id=job.id, task_name=plan.task.name, acceptance=plan.acceptance, traces=chains)
+        return job.id, recorded

@@ -1,0 +1,85 @@
+"""Configuration: one pydantic-settings object, read once at start and passed down.
+
+Every field can be set by an environment variable with the `DSC_` prefix (e.g. DSC_DATABASE_URL)
+or by the CLI, which builds the object with overrides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+EngineName = Literal["auto", "vllm", "transformers", "openai"]
+BUNDLED_MODEL = "smollm2-135m-instruct"
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "dsc"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DSC_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Database file, model store, job artifacts.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir.")
+    model_store: Path | None = Field(None, description="Materialised models and distilled students; default data_dir/models.")
+
+    teacher_model: str = BUNDLED_MODEL
+    student_base_model: str = BUNDLED_MODEL
+    engine: EngineName = "auto"
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+
+    # vLLM on CPU reserves memory by this fraction even without a GPU (DESIGN §4).
+    vllm_gpu_memory_utilization: float = 0.2
+    vllm_enforce_eager: bool = False
+    vllm_max_model_len: int = 2048
+    vllm_cpu_threads_bind: str | None = Field(None, description="e.g. '0-1'; default: all cores of this machine.")
+
+    openai_base_url: str | None = Field(None, description="Base URL of a remote OpenAI-compatible server (engine=openai).")
+    openai_api_key: str = "EMPTY"
+    openai_concurrency: int = 16
+
+    # --- services ---
+    host: str = "127.0.0.1"
+    teacher_port: int = 8000
+    student_port: int = 8001
+    max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body a service accepts.")
+
+    # --- teacher limits (each exceeded limit is a 4xx naming it) ---
+    max_prompt_chars: int = 8000
+    max_sync_prompts: int = Field(16, description="Prompts per POST /v1/critique-revise.")
+    max_job_prompts: int = Field(50_000, description="Prompts per POST /v1/jobs.")
+    max_tokens_limit: int = Field(1024, description="Largest max_tokens a request may ask for.")
+    max_steps: int = 8
+    max_chains: int = 8
+    max_queued_jobs: int = Field(100, description="Queued jobs before POST /v1/jobs answers 429.")
+    max_concurrent_sync: int = Field(2, description="Synchronous sampling calls in flight before 429.")
+
+    # --- job queue ---
+    job_workers: int = Field(1, description="Job worker threads per teacher process (0: serve only).")
+    job_batch_size: int = Field(32, description="Prompts per batch; each batch is one sampler call and one commit.")
+    job_lease_seconds: int = Field(60, description="A worker's claim on a job expires unless renewed (heartbeat).")
+    job_max_failures: int = Field(3, description="Failed batches of a job before it fails.")
+    job_poll_seconds: float = 1.0
+
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    admin_token: str | None = None
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'dsc.db'}"
+
+    @property
+    def resolved_model_store(self) -> Path:
+        return self.model_store or self.data_dir / "models"

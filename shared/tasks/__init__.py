@@ -1,0 +1,99 @@
+"""Tasks: what to critique and revise for, and how to score it.
+
+Presets (sentiment, safety, privacy) live in code with their prompt sets; custom tasks are data in
+the database. A custom task cannot take a preset's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.db.models import Task
+from shared.errors import Conflict, NotFound
+from shared.sampler import Acceptance
+
+TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class TaskSpec(BaseModel):
+    """A task as users see and create it."""
+
+    name: str = Field(pattern=TASK_NAME_PATTERN, description="Lower-case slug, unique.")
+    description: str = Field("", max_length=2000)
+    critique_request: str = Field(min_length=1, max_length=4000, description="User turn asking for a critique of the answer.")
+    revision_request: str = Field(min_length=1, max_length=4000, description="User turn asking for a revision that applies the critique.")
+    reward: dict[str, Any] = Field(description='Reward spec, e.g. {"type": "vader"}.')
+    acceptance: Acceptance = "improve"
+    beta: float = Field(1.0, gt=0, description="Temperature of the reward tilt (mh acceptance).")
+    steps: int = Field(1, ge=1, le=8)
+    prompts: list[str] = Field(default_factory=list, description="Optional prompt set.")
+    builtin: bool = False
+
+    @field_validator("reward")
+    @classmethod
+    def _check_reward(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from shared.rewards import parse_reward_spec
+
+        return parse_reward_spec(value).model_dump(exclude_none=True)
+
+    @field_validator("prompts")
+    @classmethod
+    def _check_prompts(cls, value: list[str]) -> list[str]:
+        if any(not prompt.strip() for prompt in value):
+            raise ValueError("prompts must be non-empty strings")
+        return value
+
+
+def preset_tasks() -> dict[str, TaskSpec]:
+    from shared.tasks.presets import PRESET_TASKS, load_preset_prompts
+
+    specs = {}
+    for name, preset in PRESET_TASKS.items():
+        fields = {key: value for key, value in preset.items() if key != "prompts_file"}
+        specs[name] = TaskSpec(**fields, prompts=load_preset_prompts(preset["prompts_file"]), builtin=True)
+    return specs
+
+
+def _from_row(row: Task) -> TaskSpec:
+    return TaskSpec.model_construct(
+        name=row.name,
+        description=row.description,
+        critique_request=row.critique_request,
+        revision_request=row.revision_request,
+        reward=row.reward,
+        acceptance=row.acceptance,
+        beta=row.beta,
+        steps=row.steps,
+        prompts=list(row.prompts or []),
+        builtin=False,
+    )
+
+
+def get_task(session: Session, name: str) -> TaskSpec:
+    presets = preset_tasks()
+    if name in presets:
+        return presets[name]
+    row = session.scalar(select(Task).where(Task.name == name))
+    if row is None:
+        known = sorted(presets) + list(session.scalars(select(Task.name).order_by(Task.name)))
+        raise NotFound(f"unknown task {name!r}; known tasks: {', '.join(known)}", param="task")
+    return _from_row(row)
+
+
+def list_tasks(session: Session) -> list[TaskSpec]:
+    custom = [_from_row(row) for row in session.scalars(select(Task).order_by(Task.name))]
+    return list(preset_tasks().values()) + custom
+
+
+def create_task(session: Session, spec: TaskSpec) -> TaskSpec:
+    """Store a custom task (caller commits). Names are unique across presets and custom tasks."""
+    if spec.name in preset_tasks() or session.scalar(select(Task.id).where(Task.name == spec.name)) is not None:
+        raise Conflict(f"a task named {spec.name!r} already exists", param="name")
+    data = spec.model_dump(exclude={"builtin"})
+    session.add(Task(**data, builtin=False))
+    session.flush()
+    return spec.model_copy(update={"builtin": False})

@@ -1,0 +1,61 @@
+"""Every failure leaves a service as {"error": {"type", "message"}} with a 4xx/5xx status.
+
+Handlers are installed once per app, so no route builds error bodies itself.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.errors import DscError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, error_type: str, message: str, *, param: str | None = None, headers: dict | None = None) -> JSONResponse:
+    body: dict = {"type": error_type, "message": message}
+    if param is not None:
+        body["param"] = param
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _validation_message(error: RequestValidationError) -> tuple[str, str | None]:
+    parts, first_param = [], None
+    for item in error.errors():
+        location = [str(part) for part in item.get("loc", ()) if part != "body"]
+        where = ".".join(location) or "body"
+        first_param = first_param or (location[0] if location else None)
+        if item.get("type") == "json_invalid":
+            parts.append(f"malformed JSON: {item.get('ctx', {}).get('error', item.get('msg'))}")
+        else:
+            parts.append(f"{where}: {item.get('msg')}")
+    return "; ".join(parts), first_param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DscError)
+    async def _dsc_error(_request: Request, error: DscError) -> JSONResponse:
+        retry_after = getattr(error, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return error_response(error.status_code, error.error_type, error.message, param=error.param, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(error)
+        return error_response(400 if "malformed JSON" in message else 422, "invalid_request_error", message, param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        kinds = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 405: "invalid_request_error"}
+        return error_response(error.status_code, kinds.get(error.status_code, "invalid_request_error"), str(error.detail), headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        # A bug, not a bad request: log it with the request id, never send the traceback.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal error; see the service log (request id in X-Request-ID)")
