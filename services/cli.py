@@ -6,9 +6,10 @@ import json
 import logging
 import os
 import sys
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -27,11 +28,25 @@ console = Console(stderr=True)
 
 def load_settings(**overrides) -> Settings:
     """Environment (DSC_*) first, then CLI flags that were actually given."""
-    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as error:
+        fail(DscError(f"invalid configuration: {validation_message(error)}"))
 
 
-def fail(error: DscError) -> None:
-    console.print(f"[red]error:[/red] {error.message}")
+def validation_message(error: ValidationError) -> str:
+    messages = []
+    for item in error.errors():
+        where = ".".join(map(str, item["loc"]))
+        if where == "engine":
+            messages.append(f"unknown engine {item.get('input')!r}; choose one of auto, vllm, transformers, openai")
+        else:
+            messages.append(f"{where}: {item['msg']}")
+    return "; ".join(messages)
+
+
+def fail(error: DscError) -> NoReturn:
+    console.print(f"[red]error:[/red] {error.message}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -77,8 +92,6 @@ def sample(
     as_json: bool = typer.Option(False, "--json", help="Print the chains as JSON on stdout."),
 ) -> None:
     """Run the critique→revise sampler locally, store the chains and show rewards before/after."""
-    from pydantic import ValidationError
-
     from shared.db.session import make_engine, session_factory, upgrade
     from shared.engines import create_engine
     from shared.sampling import RewardPool, plan_sample, run_plan, store_finished_run
@@ -91,7 +104,7 @@ def sample(
             beta=beta, temperature=temperature, max_tokens=max_tokens, seed=seed, store=store,
         )
     except ValidationError as error:
-        fail(DscError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())))
+        fail(DscError(validation_message(error)))
     try:
         upgrade(settings.resolved_database_url)
         factory = session_factory(make_engine(settings.resolved_database_url))

@@ -15,7 +15,7 @@ PROMPTS = [
 ]
 CRITIQUE = "Point out what is negative or harsh in your answer."
 REVISION = "Rewrite your answer to be positive and kind. Reply with the rewritten answer only."
-PARAMS = SamplingParams(temperature=0.8, max_tokens=32, seed=11)
+PARAMS = SamplingParams(temperature=0.8, max_tokens=24, seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +41,24 @@ class CountingEngine:
         pass
 
 
+_RUNS: dict = {}
+
+
+def _improve_run(engine, vader):
+    """One improve run per engine, shared by the tests that only read it (CPU time is scarce)."""
+    if engine.name not in _RUNS:
+        counting = CountingEngine(engine)
+        chains = _sampler(counting, vader).run(PROMPTS, steps=2, chains=2, acceptance="improve", params=PARAMS)
+        _RUNS[engine.name] = (chains, counting.batches)
+    return _RUNS[engine.name]
+
+
 def test_shapes_and_one_engine_call_per_phase(any_engine, vader):
-    engine = CountingEngine(any_engine)
-    chains = _sampler(engine, vader).run(PROMPTS, steps=2, chains=2, acceptance="improve", params=PARAMS)
+    chains, batches = _improve_run(any_engine, vader)
     assert len(chains) == 6
     assert [(c.prompt_index, c.chain_index) for c in chains] == [(i, k) for i in range(3) for k in range(2)]
     # initial, then critique + revision for each of 2 steps: every call carries all 6 chains.
-    assert engine.batches == [6, 6, 6, 6, 6]
+    assert batches == [6, 6, 6, 6, 6]
     for chain in chains:
         assert chain.prompt == PROMPTS[chain.prompt_index]
         assert len(chain.steps) == 2 and chain.initial_text and chain.tokens > 0
@@ -55,7 +66,7 @@ def test_shapes_and_one_engine_call_per_phase(any_engine, vader):
 
 
 def test_improve_never_keeps_a_lower_reward(any_engine, vader):
-    chains = _sampler(any_engine, vader).run(PROMPTS, steps=2, chains=2, acceptance="improve", params=PARAMS)
+    chains, _ = _improve_run(any_engine, vader)
     for chain in chains:
         current = chain.initial_reward
         for step in chain.steps:
@@ -74,8 +85,8 @@ def test_always_moves_to_every_revision(tf_engine, vader):
 
 
 def test_seed_reproduces_with_transformers(tf_engine, vader):
-    runs = [_sampler(tf_engine, vader).run(PROMPTS[:2], steps=1, chains=2, params=PARAMS) for _ in range(2)]
+    runs = [_sampler(tf_engine, vader).run(PROMPTS[:2], steps=1, chains=1, params=PARAMS) for _ in range(2)]
     first, second = ([(c.initial_text, c.steps[0].critique, c.steps[0].revision, c.final_reward) for c in run] for run in runs)
     assert first == second
-    other = _sampler(tf_engine, vader).run(PROMPTS[:2], steps=1, chains=2, params=SamplingParams(temperature=0.8, max_tokens=32, seed=12))
+    other = _sampler(tf_engine, vader).run(PROMPTS[:2], steps=1, chains=1, params=SamplingParams(temperature=0.8, max_tokens=24, seed=12))
     assert [c.initial_text for c in other] != [c[0] for c in first]

