@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn, Optional
 
 import typer
@@ -130,6 +131,51 @@ def sample(
     else:
         print_table(response)
     llm.close()
+
+
+@app.command("up")
+def up(
+    engine: Optional[str] = typer.Option(None, help="auto | vllm | transformers (default DSC_ENGINE)."),
+    host: str = typer.Option("127.0.0.1", help="Interface the services bind to."),
+    teacher_port: Optional[int] = typer.Option(None, help="Default DSC_TEACHER_PORT (8000)."),
+    student_port: Optional[int] = typer.Option(None, help="Default DSC_STUDENT_PORT (8001)."),
+    timeout: float = typer.Option(900, help="Seconds to wait for every service to be ready."),
+) -> None:
+    """Start teacher, trainer worker and student locally; Ctrl-C stops them all."""
+    from services.local import run_up
+
+    settings = load_settings(engine=engine, teacher_port=teacher_port, student_port=student_port)
+    raise typer.Exit(code=run_up(settings, host=host, timeout=timeout))
+
+
+@app.command("demo")
+def demo(
+    teacher_url: Optional[str] = typer.Option(None, help="Use running services instead of starting them (with --student-url)."),
+    student_url: Optional[str] = typer.Option(None),
+    train_prompts: int = typer.Option(48, help="Sentiment prompts the teacher samples (the rest are held out)."),
+    eval_prompts: int = typer.Option(12, help="Held-out prompts for the comparison."),
+    chains: int = typer.Option(2, help="Chains per training prompt."),
+    max_steps: int = typer.Option(60, help="Training steps of the distillation."),
+    engine: Optional[str] = typer.Option(None, help="auto | vllm | transformers (default DSC_ENGINE)."),
+    out_dir: Optional[Path] = typer.Option(None, help="Where the report image goes (default DATA_DIR/demo)."),
+) -> None:
+    """The main job end to end over HTTP: sample, distil, promote, compare base / teacher / student."""
+    from services.demo import DemoConfig, DemoError, run_demo
+    from services.local import LocalStack
+
+    settings = load_settings(engine=engine)
+    config = DemoConfig(train_prompts=train_prompts, eval_prompts=eval_prompts, chains=chains, max_steps=max_steps,
+                        out_dir=out_dir or settings.data_dir / "demo")
+    try:
+        if teacher_url and student_url:
+            run_demo(teacher_url, student_url, (settings.api_keys or [""])[0], settings.admin_token or "", config)
+            return
+        with LocalStack(settings) as stack:
+            stack.wait_ready(900)
+            stack.print_summary()
+            run_demo(stack.teacher_url, stack.student_url, stack.api_keys[0], stack.admin_token, config)
+    except (DemoError, RuntimeError) as error:
+        fail(DscError(str(error)))
 
 
 def print_table(response) -> None:
