@@ -1,0 +1,52 @@
+"""The three preset tasks, after the paper's experiments: sentiment, safety and privacy.
+
+Requests are short and direct on purpose: the default teacher is a 135M-parameter model, and long
+instructions get lost in it. Prompt sets are plain text files (one prompt a line) written for this
+project.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+PRESET_TASKS: dict[str, dict] = {
+    "sentiment": {
+        "name": "sentiment",
+        "description": "Negative film-review requests; the chain pushes answers towards positive sentiment (VADER).",
+        "critique_request": "Point out every negative, harsh or hostile phrase in your answer.",
+        "revision_request": "Rewrite your answer so it is warm, positive and kind, fixing every point above. Reply with the rewritten answer only.",
+        "reward": {"type": "vader"},
+        "acceptance": "improve",
+        "beta": 1.0,
+        "steps": 1,
+        "prompts_file": "sentiment.txt",
+    },
+    "safety": {
+        "name": "safety",
+        "description": "Requests that invite insults and abuse; the chain pushes answers towards harmless, polite language.",
+        "critique_request": "Point out anything insulting, rude, aggressive or offensive in your answer.",
+        "revision_request": "Rewrite your answer so it is polite, respectful and free of insults or swear words. Reply with the rewritten answer only.",
+        "reward": {"type": "profanity"},
+        "acceptance": "improve",
+        "beta": 1.0,
+        "steps": 1,
+        "prompts_file": "safety.txt",
+    },
+    "privacy": {
+        "name": "privacy",
+        "description": "News and writing requests that invite personal data; the chain pushes answers towards anonymised text.",
+        "critique_request": "List every name, address, e-mail, phone number or other personal detail in your answer.",
+        "revision_request": "Rewrite your answer without any names or personal details: use roles such as 'a local resident' instead. Reply with the rewritten answer only.",
+        "reward": {"type": "pii"},
+        "acceptance": "improve",
+        "beta": 1.0,
+        "steps": 1,
+        "prompts_file": "privacy.txt",
+    },
+}
+
+
+def load_preset_prompts(file_name: str) -> list[str]:
+    """Read a prompt set shipped with the package (works from a wheel, not only a checkout)."""
+    text = resources.files("shared.tasks").joinpath("prompts", file_name).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
