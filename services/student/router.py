@@ -1,0 +1,106 @@
+"""Thin routes of the student: validate, call the serving class, frame the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, AsyncIterator, Awaitable, TypeVar
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.student.protocol import ChatCompletionRequest, ModelList
+from services.student.serving import StudentServing
+from shared.errors import DscError
+from shared.web.auth import AdminScope, ClientScope
+
+router = APIRouter()
+T = TypeVar("T")
+
+
+def get_serving(request: Request) -> StudentServing:
+    return request.app.state.student
+
+
+Serving = Annotated[StudentServing, Depends(get_serving)]
+
+
+@router.get("/healthz", tags=["health"])
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"])
+def readyz(serving: Serving) -> JSONResponse:
+    body: dict = {"ready": serving.ready, "model": serving.base.id if serving.base else None}
+    if serving.load_error:
+        body["error"] = serving.load_error
+    if serving.ready:
+        body["serving"] = {name: model.id for name, model in serving.table.items() if name in ("student", "default")}
+    return JSONResponse(body, status_code=200 if serving.ready else 503, headers=None if serving.ready else {"Retry-After": "5"})
+
+
+@router.get("/metrics", tags=["health"])
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models", tags=["openai"])
+def list_models(serving: Serving, _scope: ClientScope) -> ModelList:
+    return ModelList(data=serving.model_cards())
+
+
+@router.post("/v1/chat/completions", tags=["openai"])
+async def chat_completions(body: ChatCompletionRequest, request: Request, serving: Serving, _scope: ClientScope) -> Response:
+    completion = serving.admit(body)  # every 4xx happens here, before a byte is generated
+    headers = {"X-DSC-Model": completion.model.id}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        # Starlette cancels this generator when the client disconnects; that cancels generation.
+        return StreamingResponse(_sse(serving.stream(completion, include_usage=include_usage)), media_type="text/event-stream", headers=headers)
+    try:
+        response = await _unless_disconnected(serving.respond(completion), request)
+    finally:
+        completion.close()
+    return JSONResponse(response.model_dump(), headers=headers)
+
+
+@router.post("/admin/reload", tags=["admin"])
+async def reload(serving: Serving, _scope: AdminScope) -> dict:
+    """Load the newly active students now (the service also polls the registry)."""
+    return await serving.reload(retry_failed=True)
+
+
+async def _sse(chunks: AsyncIterator) -> AsyncIterator[str]:
+    try:
+        async for chunk in chunks:
+            yield f"data: {chunk.model_dump_json(exclude_none=False)}\n\n"
+    except DscError as error:  # after the 200 went out, an error can only be an event
+        yield f"data: {json.dumps({'error': {'message': error.message, 'type': error.error_type, 'param': None, 'code': None}})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+async def _unless_disconnected(work: Awaitable[T], request: Request) -> T:
+    """Await `work`, cancelling it if the client goes away first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        try:
+            await task
+        except BaseException:
+            pass
+        raise asyncio.CancelledError("client disconnected")
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

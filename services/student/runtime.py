@@ -1,0 +1,393 @@
+"""Runtimes: one loaded base model that generates token streams, with LoRA adapters beside it.
+
+A runtime knows nothing of HTTP or of the registry. It takes one already tokenised prompt per
+sequence (a "row") plus the adapter to use, and returns a `RowStream` of text deltas ending in a
+`Finished` event. Two implementations:
+
+- `TransformersRuntime` (here): a micro-batcher gathers concurrent rows into one batched
+  `generate`; every row keeps its own temperature, top_p, seed, stop strings and max_tokens, and
+  rows of different adapters share a batch through peft's mixed-adapter batches
+  (`adapter_names=[...]`, `"__base__"` for the base model).
+- `VLLMRuntime` (`vllm_runtime.py`): vLLM's async engine, continuous batching, multi-LoRA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Callable, Protocol
+
+from services.student.batching import MicroBatcher
+from shared.errors import EngineError, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass(frozen=True)
+class RowParams:
+    """Sampling parameters of one sequence (one choice of a completion)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+Event = Delta | Finished | Failed
+
+
+class RowStream:
+    """Events of one sequence, produced by any thread, consumed on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.cancelled = False  # read by the generating thread: stop this row
+        self.closed = False
+        self.on_cancel: Callable[[], None] | None = None  # e.g. cancel the task that feeds this stream
+
+    def emit(self, event: Event) -> None:
+        """Thread-safe."""
+        if self.closed:
+            return
+        if isinstance(event, (Finished, Failed)):
+            self.closed = True
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # the loop is gone (shutdown)
+            pass
+
+    def emit_now(self, event: Event) -> None:
+        """On the event loop itself."""
+        if self.closed:
+            return
+        if isinstance(event, (Finished, Failed)):
+            self.closed = True
+        self._queue.put_nowait(event)
+
+    def cancel(self) -> None:
+        if not self.cancelled and not self.closed and self.on_cancel is not None:
+            self.on_cancel()
+        self.cancelled = True
+
+    async def events(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self._queue.get()
+            yield event
+            if isinstance(event, (Finished, Failed)):
+                return
+
+
+class Runtime(Protocol):
+    kind: str
+    base_path: Path
+    tokenizer: object
+    max_model_len: int
+
+    def queue_depth(self) -> int: ...
+
+    def start(self, prompt_ids: list[int], params: RowParams, adapter: str | None) -> RowStream: ...
+
+    async def load_adapter(self, name: str, path: Path) -> None: ...
+
+    async def unload_adapter(self, name: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# adapter validation (DESIGN §4: an invalid adapter once crashed vLLM's whole server)
+
+
+def validate_adapter(adapter_dir: Path, base_dir: Path, *, max_rank: int) -> dict:
+    """Check a LoRA adapter against the base model before any engine sees it: config, rank,
+    files, and every lora_A/lora_B shape against the base weight it adapts. Returns its config."""
+    adapter_dir, base_dir = Path(adapter_dir), Path(base_dir)
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise InvalidRequest(f"{adapter_dir} is not a peft adapter (no adapter_config.json)")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise InvalidRequest(f"{config_file} is not valid JSON: {exc}") from exc
+    if config.get("peft_type") != "LORA":
+        raise InvalidRequest(f"adapter {adapter_dir} is {config.get('peft_type')!r}, only LoRA adapters are served")
+    ranks = [int(config.get("r", 0)), *map(int, (config.get("rank_pattern") or {}).values())]
+    if max(ranks) > max_rank or min(ranks) < 1:
+        raise InvalidRequest(f"adapter {adapter_dir} has rank {max(ranks)}; this service accepts 1..{max_rank}")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise InvalidRequest(f"adapter {adapter_dir} has no adapter_model.safetensors")
+
+    from safetensors import safe_open
+
+    base_shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(base_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                base_shapes[key] = tuple(handle.get_slice(key).get_shape())
+    with safe_open(str(weights), framework="pt") as handle:
+        keys = list(handle.keys())
+        if not keys:
+            raise InvalidRequest(f"adapter {adapter_dir} holds no weights")
+        for key in keys:
+            shape = tuple(handle.get_slice(key).get_shape())
+            for part, axis in ((".lora_A.weight", 1), (".lora_B.weight", 0)):
+                if not key.endswith(part):
+                    continue
+                module = key[: -len(part)].removeprefix("base_model.model.")
+                base = base_shapes.get(module + ".weight")
+                if base_shapes and base is None:
+                    raise InvalidRequest(f"adapter {adapter_dir} adapts {module}, which the base model {base_dir} does not have")
+                if base is not None and shape[axis] != base[axis]:  # A: (r, in), B: (out, r), W: (out, in)
+                    raise InvalidRequest(
+                        f"adapter {adapter_dir}: {key} has shape {shape}, which does not fit {module} {base} of {base_dir}"
+                    )
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# transformers
+
+
+@dataclass
+class _Row:
+    prompt_ids: list[int]
+    params: RowParams
+    adapter: str | None
+    stream: RowStream
+    tokens: list[int] = field(default_factory=list)
+    emitted: int = 0  # characters of the text already sent
+    done: bool = False
+    generator: object = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stream.cancelled
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:
+        self.stream.cancelled = value
+
+    def fail(self, error: BaseException) -> None:
+        self.done = True
+        self.stream.emit(Failed(f"generation failed: {error}"))
+
+
+class _RowTracker:
+    """A stopping criterion that also does the bookkeeping of each row after every step: it sees
+    the token just chosen, streams the new text, and ends the row on EOS, a stop string, its own
+    max_tokens or a cancelled client. generate() pads rows it reports as done."""
+
+    def __init__(self, rows: list[_Row], tokenizer, eos_ids: set[int]) -> None:
+        self.rows = rows
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+
+    def __call__(self, input_ids, scores, **_kwargs):
+        import torch
+
+        last = input_ids[:, -1].tolist()
+        for row, token in zip(self.rows, last):
+            if row.done:
+                continue
+            if row.cancelled:
+                row.done = True
+                continue
+            if token in self.eos_ids:
+                self.finish(row, "stop")
+                continue
+            row.tokens.append(token)
+            self.push_text(row)
+            if not row.done and len(row.tokens) >= row.params.max_tokens:
+                self.finish(row, "length")
+        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+    def push_text(self, row: _Row, *, final: bool = False, reason: str | None = None) -> None:
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        if not final and text.endswith("\ufffd"):  # half a multi-byte character: wait for the rest
+            return
+        stops = row.params.stop
+        hits = [text.find(stop) for stop in stops if stop in text]
+        if hits:
+            text, final, reason = text[: min(hits)], True, "stop"
+        visible = text
+        if not final and stops:  # hold back what may be the start of a stop string
+            visible = text[: max(row.emitted, len(text) - (max(map(len, stops)) - 1))]
+        if len(visible) > row.emitted:
+            row.stream.emit(Delta(visible[row.emitted:]))
+            row.emitted = len(visible)
+        if final:
+            row.done = True
+            row.stream.emit(Finished(reason or "stop", len(row.prompt_ids), len(row.tokens)))
+
+    def finish(self, row: _Row, reason: str) -> None:
+        self.push_text(row, final=True, reason=reason)
+
+
+class _RowSampler:
+    """A logits processor that samples each row with its own temperature, top_p and seeded
+    generator, then leaves only the chosen token: generate() runs greedy and just takes it.
+    Greedy rows (temperature 0) are left alone, so one batch mixes any sampling parameters."""
+
+    def __init__(self, rows: list[_Row]) -> None:
+        self.rows = rows
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        for i, row in enumerate(self.rows):
+            if row.done or row.params.temperature <= 0:
+                continue
+            probs = torch.softmax(scores[i] / row.params.temperature, dim=-1)
+            if row.params.top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                outside = sorted_probs.cumsum(-1) - sorted_probs > row.params.top_p
+                sorted_probs[outside] = 0.0
+                probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+            token = torch.multinomial(probs, 1, generator=row.generator)
+            chosen = scores[i, token].clone()
+            scores[i] = float("-inf")
+            scores[i, token] = chosen
+        return scores
+
+
+class TransformersRuntime:
+    """A transformers model (plus peft adapters) behind a micro-batcher."""
+
+    kind = "transformers"
+
+    def __init__(
+        self,
+        base_path: Path,
+        *,
+        dtype: str = "bfloat16",
+        max_batch: int = 16,
+        window_s: float = 0.015,
+        max_model_len: int = 2048,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        import torch
+
+        from shared.engines.transformers_engine import TransformersEngine
+
+        self._torch = torch
+        self.base_path = Path(base_path)
+        self._engine = TransformersEngine(base_path, dtype=dtype)  # loading code shared with the trainer and teacher
+        self.tokenizer = self._engine.tokenizer
+        self.model = self._engine.hf_model
+        self.max_model_len = max_model_len
+        eos = self.model.generation_config.eos_token_id
+        self._eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        if self.tokenizer.eos_token_id is not None:
+            self._eos_ids.add(self.tokenizer.eos_token_id)
+        self._adapters: set[str] = set()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="student-generate")
+        self.batcher: MicroBatcher[_Row] = MicroBatcher(
+            self._run_batch, executor=self._executor, max_batch=max_batch, window_s=window_s, on_batch=on_batch
+        )
+        self._seed_lock = threading.Lock()
+
+    def queue_depth(self) -> int:
+        return self.batcher.queue_depth
+
+    def start(self, prompt_ids: list[int], params: RowParams, adapter: str | None) -> RowStream:
+        stream = RowStream(asyncio.get_running_loop())
+        generator = self._torch.Generator()
+        if params.seed is not None:
+            generator.manual_seed(params.seed)
+        else:
+            generator.seed()
+        self.batcher.submit(_Row(list(prompt_ids), params, adapter, stream, generator=generator))
+        return stream
+
+    def _run_batch(self, rows: list[_Row]) -> None:
+        torch = self._torch
+        try:
+            pad = self.tokenizer.pad_token_id
+            width = max(len(row.prompt_ids) for row in rows)
+            input_ids = torch.tensor([[pad] * (width - len(row.prompt_ids)) + row.prompt_ids for row in rows])
+            attention = torch.tensor([[0] * (width - len(row.prompt_ids)) + [1] * len(row.prompt_ids) for row in rows])
+            tracker = _RowTracker(rows, self.tokenizer, self._eos_ids)
+            options: dict = dict(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=max(row.params.max_tokens for row in rows),
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=pad,
+                logits_processor=[_RowSampler(rows)],
+                stopping_criteria=[tracker],
+            )
+            if self._adapters:
+                options["adapter_names"] = [row.adapter or BASE_ADAPTER for row in rows]
+            elif any(row.adapter for row in rows):
+                raise EngineError(f"adapter {next(r.adapter for r in rows if r.adapter)!r} is not loaded")
+            with torch.inference_mode():
+                self.model.generate(**options)
+            for row in rows:  # rows generate() ended without the tracker (max_new_tokens of the batch)
+                if not row.done:
+                    tracker.finish(row, "length")
+        except Exception as exc:
+            log.exception("batched generate failed")
+            for row in rows:
+                if not row.done:
+                    row.fail(exc)
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load_adapter, name, path)
+
+    def _load_adapter(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if not self._adapters:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
+        else:
+            self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        self.model.eval()
+        self._adapters.add(name)
+
+    async def unload_adapter(self, name: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._unload_adapter, name)
+
+    def _unload_adapter(self, name: str) -> None:
+        if name not in self._adapters or len(self._adapters) == 1:
+            # peft cannot drop its last adapter; a resident, unrouted adapter costs little and is
+            # replaced by the next load.
+            return
+        if self.model.active_adapter == name:
+            self.model.set_adapter(next(other for other in self._adapters if other != name))
+        self.model.delete_adapter(name)
+        self._adapters.discard(name)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._engine.close()

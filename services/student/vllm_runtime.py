@@ -1,0 +1,135 @@
+"""vLLM's async engine (v1 `AsyncLLM`) as a student runtime: continuous batching, multi-LoRA.
+
+Every request goes to the engine at once; the engine's scheduler batches them step by step, so no
+micro-batcher is needed. Students over the same base are LoRA adapters, each added under a new
+name and id per load (a same-name reload has open bugs: DESIGN §4); `max_loras >= 2` so a batch
+that mixes base and adapter requests gives each its own weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from pathlib import Path
+
+from services.student.runtime import Delta, Failed, Finished, RowParams, RowStream
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class VLLMRuntime:
+    kind = "vllm"
+
+    def __init__(
+        self,
+        base_path: Path,
+        *,
+        dtype: str = "bfloat16",
+        gpu_memory_utilization: float = 0.2,
+        enforce_eager: bool = False,
+        max_model_len: int = 2048,
+        cpu_threads_bind: str | None = None,
+        max_loras: int = 4,
+        max_lora_rank: int = 64,
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if cpu_threads_bind:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind
+        from shared.engines.vllm_engine import _bind_all_cores
+
+        _bind_all_cores()
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.base_path = Path(base_path)
+        self.max_model_len = max_model_len
+        self.tokenizer = AutoTokenizer.from_pretrained(base_path)
+        args = AsyncEngineArgs(
+            model=str(base_path),
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            max_model_len=max_model_len,
+            enable_prefix_caching=True,
+            enable_lora=True,
+            max_loras=max(2, max_loras),  # 1 mixes base requests into the adapter's batch (DESIGN §4)
+            max_lora_rank=max_lora_rank,
+            seed=0,
+        )
+        self.engine = AsyncLLM.from_engine_args(args)
+        self._loras: dict[str, object] = {}
+        self._next_lora_id = 1
+
+    @classmethod
+    def from_settings(cls, path: Path, settings: Settings) -> "VLLMRuntime":
+        return cls(
+            path, dtype=settings.dtype, gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+            enforce_eager=settings.vllm_enforce_eager, max_model_len=settings.vllm_max_model_len,
+            cpu_threads_bind=settings.vllm_cpu_threads_bind, max_loras=settings.student_max_loras,
+            max_lora_rank=_supported_rank(settings.student_max_lora_rank),
+        )
+
+    def queue_depth(self) -> int:
+        return self.engine.get_num_unfinished_requests()
+
+    def start(self, prompt_ids: list[int], params: RowParams, adapter: str | None) -> RowStream:
+        loop = asyncio.get_running_loop()
+        stream = RowStream(loop)
+        lora = self._loras[adapter] if adapter else None
+        task = loop.create_task(self._run(stream, list(prompt_ids), params, lora))
+        stream.on_cancel = task.cancel  # cancelling the consumer of generate() aborts the request in vLLM
+        return stream
+
+    async def _run(self, stream: RowStream, prompt_ids: list[int], params: RowParams, lora) -> None:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling = SamplingParams(
+            temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens, seed=params.seed,
+            stop=list(params.stop) or None, output_kind=RequestOutputKind.DELTA,
+        )
+        tokens = 0
+        try:
+            generator = self.engine.generate(TokensPrompt(prompt_token_ids=prompt_ids), sampling, uuid.uuid4().hex, lora_request=lora)
+            async for output in generator:
+                piece = output.outputs[0]
+                tokens += len(piece.token_ids)
+                if piece.text:
+                    stream.emit_now(Delta(piece.text))
+                if output.finished:
+                    stream.emit_now(Finished(piece.finish_reason or "stop", len(prompt_ids), tokens))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("vLLM generation failed")
+            stream.emit_now(Failed(f"generation failed: {exc}"))
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        from vllm.lora.request import LoRARequest
+
+        request = LoRARequest(lora_name=name, lora_int_id=self._next_lora_id, lora_path=str(path))
+        self._next_lora_id += 1
+        if not await self.engine.add_lora(request):
+            raise RuntimeError(f"vLLM refused adapter {path}")
+        self._loras[name] = request
+
+    async def unload_adapter(self, name: str) -> None:
+        request = self._loras.pop(name, None)
+        if request is not None:
+            await self.engine.remove_lora(request.lora_int_id)
+
+    async def close(self) -> None:
+        self.engine.shutdown()
+
+
+def _supported_rank(rank: int) -> int:
+    """vLLM accepts only some max_lora_rank values; the smallest that is >= rank."""
+    for allowed in (8, 16, 32, 64, 128, 256, 320, 512):
+        if allowed >= rank:
+            return allowed
+    return 512

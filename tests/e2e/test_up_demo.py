@@ -1,0 +1,80 @@
+"""`dsc up` against Postgres, then the demo flow over HTTP with small sizes, then Ctrl-C.
+
+Everything is real: three service processes, the bundled model, the trainer, the database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from services.demo import DemoConfig, run_demo
+from shared.db.models import Pair, Student
+from shared.db.session import make_engine, session_factory
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "dsc up exited during start-up"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"{url} not ready after {timeout}s")
+
+
+@pytest.mark.timeout(1500)
+def test_dsc_up_runs_the_demo_flow_and_stops_cleanly(tmp_path, model_store, postgres_url):
+    teacher_port, student_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "DSC_DATA_DIR": str(tmp_path / "data"),
+        "DSC_MODEL_STORE": str(model_store),
+        "DSC_DATABASE_URL": postgres_url,
+        "DSC_ENGINE": "transformers",
+        "DSC_API_KEYS": "client-key-e2e",
+        "DSC_ADMIN_TOKEN": "admin-token-e2e",
+        "DSC_TEACHER_PORT": str(teacher_port),
+        "DSC_STUDENT_PORT": str(student_port),
+        "DSC_JOB_BATCH_SIZE": "8",
+    }
+    up = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_ready(f"http://127.0.0.1:{teacher_port}/readyz", up)
+        _wait_ready(f"http://127.0.0.1:{student_port}/readyz", up)
+        config = DemoConfig(train_prompts=8, eval_prompts=2, chains=2, max_tokens=24, max_steps=4, acceptance="always", out_dir=tmp_path / "demo")
+        summary = run_demo(f"http://127.0.0.1:{teacher_port}", f"http://127.0.0.1:{student_port}", "client-key-e2e", "admin-token-e2e", config)
+
+        assert summary["pairs"] > 0
+        assert summary["student"]["n"] == summary["base"]["n"] == 2
+        assert (tmp_path / "demo" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        engine = make_engine(postgres_url)
+        with session_factory(engine)() as session:
+            assert session.scalar(select(func.count(Pair.id))) == summary["pairs"]
+            active = session.scalars(select(Student).where(Student.active)).all()
+            assert len(active) == 1 and active[0].task_name == "sentiment"
+        engine.dispose()
+    finally:
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=120)
+    assert up.returncode == 0, output
+    for port in (teacher_port, student_port):  # every child is gone: the ports are free again
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0

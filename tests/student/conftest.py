@@ -1,0 +1,167 @@
+"""Fixtures of the student service tests: one transformers runtime for the whole session (the
+real SmolLM2), real uvicorn servers on free loopback ports, a real SQLite registry, and a real
+LoRA adapter trained for a few steps on a fixed phrase."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from shared.db.models import Student
+from shared.db.session import make_engine, session_factory, transaction, upgrade
+from shared.settings import Settings
+
+CLIENT_KEY = "test-client-key"
+ADMIN_TOKEN = "test-admin-token"
+PHRASE = "Pineapple pizza forever."  # what the test adapter learned to answer
+
+
+@pytest.fixture(scope="session")
+def student_runtime(model_path: Path):
+    """The base model behind a micro-batcher, shared by every server of the session (loading
+    the model per test would dominate the run on two cores)."""
+    from services.student.runtime import TransformersRuntime
+
+    runtime = TransformersRuntime(model_path, max_batch=16, window_s=0.05, max_model_len=2048)
+    yield runtime
+    runtime._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_server(app, *, ready_timeout: float = 120.0) -> Iterator[str]:
+    """uvicorn on a free 127.0.0.1 port in a background thread; yields the base URL once /readyz is 200."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_timeout
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"student server on port {port} not ready")
+            time.sleep(0.1)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def student_settings(tmp_path: Path, model_store: Path, **overrides) -> Settings:
+    values = dict(
+        data_dir=tmp_path / "data", model_store=model_store, engine="transformers",
+        database_url=f"sqlite:///{tmp_path / 'registry.db'}",
+        api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN, student_poll_seconds=0.5,
+        student_max_prompt_tokens=256, student_max_tokens=64, student_max_n=4,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="module")
+def registry_server(tmp_path_factory, model_store: Path, student_runtime):
+    """A student served from an empty (migrated) SQLite registry: it serves the base model."""
+    from services.student.app import create_app
+
+    tmp = tmp_path_factory.mktemp("student")
+    settings = student_settings(tmp, model_store)
+    upgrade(settings.resolved_database_url)
+    app = create_app(settings, runtime=student_runtime)
+    with running_server(app) as url:
+        yield url, app
+
+
+@pytest.fixture()
+def openai_client(registry_server):
+    from openai import OpenAI
+
+    url, _app = registry_server
+    with OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory, model_path: Path) -> Path:
+    """A real peft LoRA adapter on SmolLM2, trained for a few steps to answer PHRASE to anything.
+    Only the top layers are adapted, so backpropagation stops there: ~10 s on two cores."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    layers = model.config.num_hidden_layers
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+                        layers_to_transform=list(range(layers - 6, layers)), task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    examples = []
+    for prompt in ("Say hello.", "Tell me about the weather."):
+        head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(PHRASE + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        examples.append((torch.tensor([prompt_ids + answer_ids]), torch.tensor([[-100] * len(prompt_ids) + answer_ids])))
+    model.train()
+    for step in range(8):
+        ids, labels = examples[step % len(examples)]
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = tmp_path_factory.mktemp("adapter") / "pineapple-lora"
+    model.save_pretrained(out)
+    return out
+
+
+def register_student(url: str, *, name: str, version: int, task: str, base_model: str, adapter_path: Path | None,
+                     merged_path: Path | None = None, promote: bool = True) -> str:
+    """Register a Student row and (optionally) promote it: one active student per task, as the
+    teacher's promote does."""
+    from sqlalchemy import update
+
+    engine = make_engine(url)
+    try:
+        with transaction(session_factory(engine)) as session:
+            student = Student(name=name, version=version, task_name=task, base_model=base_model,
+                              adapter_path=str(adapter_path) if adapter_path else None,
+                              merged_path=str(merged_path) if merged_path else None, metrics={})
+            session.add(student)
+            session.flush()
+            if promote:
+                session.execute(update(Student).where(Student.task_name == task, Student.id != student.id).values(active=False))
+                student.active = True
+                student.promoted_at = datetime.now(timezone.utc)
+            return student.id
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def keys() -> dict:
+    return {"client": CLIENT_KEY, "admin": ADMIN_TOKEN, "phrase": PHRASE}
+
+
+@pytest.fixture(scope="session")
+def student_helpers():
+    """The helpers above, for test modules (test directories are not packages here)."""
+    return {"running_server": running_server, "student_settings": student_settings, "register_student": register_student}

@@ -1,0 +1,154 @@
+"""Hot swap under load: a student promoted in the registry (poll) or reloaded by the admin takes
+over without a failed request, and answers after the swap come from the new adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+PROMPT = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture(scope="module")
+def swap_server(tmp_path_factory, model_store, student_runtime, student_helpers):
+    from services.student.app import create_app
+    from shared.db.session import upgrade
+
+    tmp = tmp_path_factory.mktemp("swap")
+    settings = student_helpers["student_settings"](tmp, model_store)
+    upgrade(settings.resolved_database_url)
+    app = create_app(settings, runtime=student_runtime)
+    with student_helpers["running_server"](app) as url:
+        yield url, app, settings
+
+
+class Load:
+    """Worker threads sending greedy completions back to back, recording every outcome."""
+
+    def __init__(self, url: str, key: str, workers: int = 3) -> None:
+        self.url, self.key = url, key
+        self.results: list[list[tuple[str, str]]] = [[] for _ in range(workers)]
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._work, args=(i,), daemon=True) for i in range(workers)]
+
+    def _work(self, index: int) -> None:
+        with openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, timeout=120) as client:
+            while not self.stop.is_set():
+                try:
+                    raw = client.chat.completions.with_raw_response.create(model="student", messages=PROMPT, max_tokens=4, temperature=0)
+                    response = raw.parse()
+                    assert raw.headers["x-dsc-model"] == response.model
+                    self.results[index].append((response.model, response.choices[0].message.content))
+                except BaseException as exc:  # noqa: BLE001 - every failure counts
+                    self.errors.append(exc)
+
+    def __enter__(self) -> "Load":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(120)
+
+    def wait_for(self, predicate, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert not self.errors, self.errors
+            assert time.monotonic() < deadline, "load did not make progress"
+            time.sleep(0.2)
+
+    def count(self, model: str) -> int:
+        return sum(name == model for results in self.results for name, _ in results)
+
+
+def served_ids(url: str, key: str) -> list[str]:
+    return [m["id"] for m in httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"]]
+
+
+def test_promotion_under_load_swaps_with_zero_failures(swap_server, trained_adapter, model_path, keys, student_helpers, student_runtime):
+    url, app, settings = swap_server
+    register = student_helpers["register_student"]
+    base_id = "smollm2-135m-instruct"
+    phrase_start = keys["phrase"].split()[0]
+
+    with Load(url, keys["client"]) as load:
+        load.wait_for(lambda: load.count(base_id) >= 3)
+        # 1. promote through the registry: the poller picks it up, no manual reload
+        register(settings.resolved_database_url, name="pineapple", version=1, task="sentiment",
+                 base_model=str(model_path), adapter_path=trained_adapter)
+        load.wait_for(lambda: "pineapple-v1" in served_ids(url, keys["client"]), timeout=120)
+        load.wait_for(lambda: load.count("pineapple-v1") >= 3)
+        # 2. a second version, switched by POST /admin/reload while requests flow
+        register(settings.resolved_database_url, name="pineapple", version=2, task="sentiment",
+                 base_model=str(model_path), adapter_path=trained_adapter)
+        reload = httpx.post(f"{url}/admin/reload", headers={"Authorization": f"Bearer {keys['admin']}"}, timeout=120).json()
+        # the poller may have switched first; either way v2 is served and v1 retired
+        assert "pineapple-v2" in reload["models"] and "pineapple-v1" not in reload["models"], reload
+        load.wait_for(lambda: load.count("pineapple-v2") >= 3)
+
+    assert not load.errors, load.errors
+    order = {base_id: 0, "pineapple-v1": 1, "pineapple-v2": 2}
+    for results in load.results:
+        ranks = [order[name] for name, _ in results]
+        assert ranks == sorted(ranks), ranks  # each client sees old, then new: never back
+    answers: dict[str, set[str]] = {name: set() for name in order}
+    for results in load.results:
+        for name, text in results:
+            answers[name].add(text)
+    assert all(text.startswith(phrase_start) for text in answers["pineapple-v1"] | answers["pineapple-v2"]), answers
+    assert not any(text.startswith(phrase_start) for text in answers[base_id]), answers
+
+    # /v1/models names the new student; the task name and `student` are its aliases
+    models = {m["id"]: m for m in httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {keys['client']}"}).json()["data"]}
+    assert set(models) == {base_id, "pineapple-v2"}
+    assert {"student", "default", "sentiment"} <= set(models["pineapple-v2"]["aliases"])
+    assert models[base_id]["note"] is None
+    # the retired adapter is unloaded once its last request finished
+    deadline = time.monotonic() + 30
+    while any(name.startswith("pineapple-v1-") for name in student_runtime._adapters) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(name.startswith("pineapple-v1-") for name in student_runtime._adapters)
+
+
+def test_base_and_student_share_a_batch_without_mixing(swap_server, keys):
+    """The multi-LoRA mixed-batch gotcha (DESIGN §4): base rows in a batch with adapter rows keep
+    the base model's behaviour."""
+    url, app, _settings = swap_server
+    phrase_start = keys["phrase"].split()[0]
+
+    async def both():
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=keys["client"], max_retries=0, timeout=120) as client:
+            ask = lambda model: client.chat.completions.create(model=model, messages=PROMPT, max_tokens=4, temperature=0)  # noqa: E731
+            return await asyncio.gather(ask("base"), ask("sentiment"), ask("base"), ask("pineapple-v2"))
+
+    sizes_before = len(app.state.student.base.runtime.batcher.batch_sizes)
+    base1, student1, base2, student2 = asyncio.run(both())
+    assert [r.model for r in (base1, student1, base2, student2)] == ["smollm2-135m-instruct", "pineapple-v2", "smollm2-135m-instruct", "pineapple-v2"]
+    assert student1.choices[0].message.content.startswith(phrase_start)
+    assert student2.choices[0].message.content.startswith(phrase_start)
+    assert not base1.choices[0].message.content.startswith(phrase_start)
+    assert base1.choices[0].message.content == base2.choices[0].message.content
+    new_sizes = list(app.state.student.base.runtime.batcher.batch_sizes)[sizes_before:]
+    assert max(new_sizes) > 1, new_sizes  # they did share a batch
+
+
+def test_an_invalid_adapter_is_refused_and_the_old_student_keeps_serving(swap_server, keys, model_path, tmp_path, student_helpers):
+    url, _app, settings = swap_server
+    broken = tmp_path / "broken-lora"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]}')  # no weights
+    student_helpers["register_student"](settings.resolved_database_url, name="broken", version=1, task="sentiment",
+                                        base_model=str(model_path), adapter_path=broken)
+    reload = httpx.post(f"{url}/admin/reload", headers={"Authorization": f"Bearer {keys['admin']}"}, timeout=60).json()
+    assert reload["loaded"] == [] and any("adapter_model.safetensors" in e for e in reload["errors"].values()), reload
+    assert "pineapple-v2" in served_ids(url, keys["client"])  # the task keeps its previous student
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=keys["client"], max_retries=0, timeout=120) as client:
+        assert client.chat.completions.create(model="sentiment", messages=PROMPT, max_tokens=2).model == "pineapple-v2"
