@@ -6,6 +6,7 @@ or by the CLI, which builds the object with overrides.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,18 @@ from typing_extensions import Annotated
 
 EngineName = Literal["auto", "vllm", "transformers", "openai"]
 BUNDLED_MODEL = "smollm2-135m-instruct"
+
+
+def preferred_dtype() -> str:
+    """bfloat16 on a GPU or on x86 CPUs with AVX-512 BF16 / AMX; float32 elsewhere, where bf16 is
+    emulated (vLLM-CPU then falls back from oneDNN to plain torch kernels)."""
+    if shutil.which("nvidia-smi") or Path("/proc/driver/nvidia").exists():
+        return "bfloat16"
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "float32"
+    return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
 def _default_data_dir() -> Path:
@@ -31,7 +44,9 @@ class Settings(BaseSettings):
     teacher_model: str = BUNDLED_MODEL
     student_base_model: str = BUNDLED_MODEL
     engine: EngineName = "auto"
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="Model weights' dtype; auto: bfloat16 where the hardware computes it natively, else float32."
+    )
 
     # vLLM on CPU reserves memory by this fraction even without a GPU (DESIGN §4).
     vllm_gpu_memory_utilization: float = 0.2
@@ -79,6 +94,11 @@ class Settings(BaseSettings):
 
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     admin_token: str | None = None
+
+    @field_validator("dtype")
+    @classmethod
+    def _resolve_dtype(cls, value: str) -> str:
+        return preferred_dtype() if value == "auto" else value
 
     @field_validator("api_keys", mode="before")
     @classmethod

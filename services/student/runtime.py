@@ -286,7 +286,7 @@ class TransformersRuntime:
         self,
         base_path: Path,
         *,
-        dtype: str = "bfloat16",
+        dtype: str | None = None,
         max_batch: int = 16,
         window_s: float = 0.015,
         max_model_len: int = 2048,

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from services.student.runtime import Delta, Failed, Finished, RowParams, RowStream
+from shared.settings import preferred_dtype
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class VLLMRuntime:
         self,
         base_path: Path,
         *,
-        dtype: str = "bfloat16",
+        dtype: str | None = None,
         gpu_memory_utilization: float = 0.2,
         enforce_eager: bool = False,
         max_model_len: int = 2048,
@@ -50,7 +51,7 @@ class VLLMRuntime:
         self.tokenizer = AutoTokenizer.from_pretrained(base_path)
         args = AsyncEngineArgs(
             model=str(base_path),
-            dtype=dtype,
+            dtype=dtype or preferred_dtype(),
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             max_model_len=max_model_len,

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Sequence
 
 from shared.engines.base import Conversation, Generation, SamplingParams
+from shared.settings import preferred_dtype
 
 
 class TransformersEngine:
     name = "transformers"
 
-    def __init__(self, model_path: Path | str, *, dtype: str = "bfloat16", adapter_path: Path | str | None = None) -> None:
+    def __init__(self, model_path: Path | str, *, dtype: str | None = None, adapter_path: Path | str | None = None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -23,7 +24,7 @@ class TransformersEngine:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype or preferred_dtype()))
         if adapter_path is not None:
             from peft import PeftModel
 

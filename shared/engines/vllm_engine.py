@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from shared.engines.base import Conversation, Generation, SamplingParams, request_seed
+from shared.settings import preferred_dtype
 
 
 def vllm_available() -> bool:
@@ -31,7 +32,7 @@ class VLLMEngine:
         self,
         model_path: Path | str,
         *,
-        dtype: str = "bfloat16",
+        dtype: str | None = None,
         gpu_memory_utilization: float = 0.2,
         enforce_eager: bool = False,
         max_model_len: int = 2048,
@@ -54,7 +55,7 @@ class VLLMEngine:
             options.update(enable_lora=True, max_loras=max(2, max_loras), max_lora_rank=max_lora_rank)
         self.llm = LLM(
             model=self.model,
-            dtype=dtype,
+            dtype=dtype or preferred_dtype(),
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             max_model_len=max_model_len,
