@@ -23,6 +23,12 @@ models_app = typer.Typer(help="Materialise models into the model store.", no_arg
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+student_app = typer.Typer(help="The student service (OpenAI-compatible API of the distilled model).", no_args_is_help=True)
+app.add_typer(student_app, name="student")
+teacher_app = typer.Typer(help="The teacher service (critique→revise sampling API, job queue, pairs).", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
+trainer_app = typer.Typer(help="The trainer worker (distillation runs from the database).", no_args_is_help=True)
+app.add_typer(trainer_app, name="trainer")
 
 console = Console(stderr=True)
 
@@ -176,6 +182,61 @@ def demo(
             run_demo(stack.teacher_url, stack.student_url, stack.api_keys[0], stack.admin_token, config)
     except (DemoError, RuntimeError) as error:
         fail(DscError(str(error)))
+
+
+@student_app.command("serve")
+def student_serve(
+    model: Optional[str] = typer.Option(None, help="Serve this model standalone (bundled name or directory; no database)."),
+    host: Optional[str] = typer.Option(None, help="Interface to bind (default DSC_HOST, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Default DSC_STUDENT_PORT (8001)."),
+    engine: Optional[str] = typer.Option(None, help="auto | vllm | transformers (default DSC_ENGINE)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind with no API keys configured."),
+) -> None:
+    """Serve the active student (or --model) through an OpenAI-compatible API."""
+    from services.student.app import serve
+    from shared.web.auth import auth_enabled
+
+    settings = load_settings(engine=engine, host=host, student_port=port)
+    if not auth_enabled(settings) and settings.host not in ("127.0.0.1", "localhost", "::1") and not insecure:
+        fail(DscError(f"no DSC_API_KEYS / DSC_ADMIN_TOKEN configured: refusing to bind {settings.host}; set keys or pass --insecure"))
+    serve(settings, host=settings.host, port=settings.student_port, model=model)
+
+
+@teacher_app.command("serve")
+def teacher_serve(
+    host: Optional[str] = typer.Option(None, help="Interface to bind (default DSC_HOST, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Default DSC_TEACHER_PORT (8000)."),
+    engine: Optional[str] = typer.Option(None, help="auto | vllm | transformers | openai (default DSC_ENGINE)."),
+    model: Optional[str] = typer.Option(None, help="Teacher model (default DSC_TEACHER_MODEL)."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Job worker threads (default DSC_JOB_WORKERS; 0: serve only)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind with no API keys configured."),
+) -> None:
+    """Serve the teacher API and run job workers; loads the engine and reward models once."""
+    from services.teacher.app import LOOPBACK_HOSTS, serve
+    from shared.web.auth import auth_enabled
+
+    settings = load_settings(engine=engine, host=host, teacher_port=port, teacher_model=model, job_workers=workers)
+    if not auth_enabled(settings) and settings.host not in LOOPBACK_HOSTS and not insecure:
+        fail(DscError(f"no DSC_API_KEYS / DSC_ADMIN_TOKEN configured: refusing to bind {settings.host}; set keys or pass --insecure"))
+    serve(settings, host=settings.host, port=settings.teacher_port, log_level=os.environ.get("DSC_LOG_LEVEL", "INFO"))
+
+
+@trainer_app.command("work")
+def trainer_work(
+    database_url: Optional[str] = typer.Option(None, help="Overrides DSC_DATABASE_URL."),
+    once: bool = typer.Option(False, "--once", help="Exit when no queued run is left instead of polling."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (default DSC_TRAINER_THREADS or all cores)."),
+) -> None:
+    """Claim queued distillation runs and train, evaluate and register their students."""
+    from services.trainer.worker import work
+
+    settings = load_settings(database_url=database_url, trainer_threads=threads)
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("services.trainer").setLevel(logging.INFO)
+    try:
+        work(settings, once=once)
+    except DscError as error:
+        fail(error)
 
 
 def print_table(response) -> None:

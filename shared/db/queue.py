@@ -96,3 +96,10 @@ def request_cancel(session: Session, model: type, row_id: Any) -> str | None:
     elif row.status == "running":
         row.cancel_requested = True
     return row.status
+
+
+def release(factory: sessionmaker[Session], model: type, row_id: Any, owner: str, attempt: int) -> bool:
+    """Hand a held row back to the queue at once (a worker shutting down between batches), so
+    another worker resumes it without waiting for the lease to expire."""
+    with factory() as session, session.begin():
+        return fenced_update(session, model, row_id, owner, attempt, status="queued", lease_owner=None, lease_expires_at=None)

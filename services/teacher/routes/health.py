@@ -19,11 +19,14 @@ def healthz() -> dict:
 
 @router.get("/readyz")
 def readyz(state: State) -> JSONResponse:
+    """200 once the engine is loaded and the database answers; 503 with Retry-After until then."""
     checks = {"engine": state.engine is not None, "database": ping(state.db_engine)}
     body = {"ready": all(checks.values()), "checks": checks}
     if state.engine_error:
         body["engine_error"] = state.engine_error
-    return JSONResponse(body, status_code=200 if body["ready"] else 503)
+    if body["ready"]:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
 
 @router.get("/metrics")

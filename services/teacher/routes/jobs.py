@@ -1,13 +1,93 @@
-"""Placeholder router; filled in by its issue."""
+"""Jobs: many prompts sampled in the background by the job workers (services/teacher/worker.py)."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+from typing import Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+from sqlalchemy import func, select
+from sqlalchemy.orm import defer
+
+from services.teacher.deps import DbSession, State
+from services.teacher.limits import check_plan
+from services.teacher.protocol import JobCreated, JobList, JobStatus, JobView
+from shared.db.models import Job
+from shared.db.queue import request_cancel
+from shared.errors import Conflict, InvalidRequest, NotFound, Overloaded
+from shared.sampling import plan_sample
+from shared.schemas import SampleRequest
+from shared.web.auth import ClientScope
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+QUEUE_FULL_RETRY_AFTER_S = 30
 
 
-def start_workers(state) -> list:
-    return []
+def _load(session, job_id: str) -> Job:
+    job = session.get(Job, job_id, options=[defer(Job.prompts)])  # a job may hold 50k prompts
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", param="id")
+    return job
 
 
-def stop_workers(workers: list) -> None:
-    pass
+@router.post("", status_code=202, response_model=JobCreated)
+def submit(request: SampleRequest, _scope: ClientScope, state: State) -> JSONResponse:
+    """Queue a job (inline prompts, or the task's prompt set when `prompts` is omitted) and answer
+    at once; poll GET /v1/jobs/{id}. A job always stores its chains (`store` must not be false)."""
+    settings = state.settings
+    if not request.store:
+        raise InvalidRequest("a job always stores its chains; store=false is for POST /v1/critique-revise", param="store")
+    with state.sessions() as session, session.begin():
+        plan = plan_sample(session, request)
+        check_plan(plan, settings, max_prompts=settings.max_job_prompts, count_setting="max_job_prompts")
+        queued = session.scalar(select(func.count()).select_from(Job).where(Job.kind == "job", Job.status == "queued"))
+        if queued >= settings.max_queued_jobs:
+            raise Overloaded(
+                f"the job queue is full: {queued} jobs queued (max_queued_jobs {settings.max_queued_jobs})",
+                retry_after=QUEUE_FULL_RETRY_AFTER_S,
+            )
+        job = Job(kind="job", task_name=plan.task.name, status="queued", params=plan.job_params(), prompts=plan.prompts, total=len(plan.prompts))
+        session.add(job)
+        session.flush()
+        created = JobCreated(id=job.id, status="queued")
+    return JSONResponse(created.model_dump(), status_code=202, headers={"Location": f"/v1/jobs/{created.id}"})
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    _scope: ClientScope,
+    session: DbSession,
+    status: JobStatus | None = None,
+    kind: Literal["job", "sync", "cli"] | None = None,
+    task: str | None = None,
+    limit: int = Query(50, ge=1, le=500),
+) -> JobList:
+    """Newest first."""
+    query = select(Job).options(defer(Job.prompts)).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if task is not None:
+        query = query.where(Job.task_name == task)
+    return JobList(data=[JobView.of(job) for job in session.scalars(query)])
+
+
+@router.get("/{job_id}", response_model=JobView)
+def show(job_id: str, _scope: ClientScope, session: DbSession) -> JobView:
+    return JobView.of(_load(session, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobView)
+def cancel(job_id: str, _scope: ClientScope, state: State) -> JobView:
+    """A queued job is cancelled at once; a running one stops before its next batch (what was
+    committed stays). Cancelling a cancelled job is a no-op; a finished one is 409."""
+    with state.sessions() as session, session.begin():
+        status = request_cancel(session, Job, job_id)
+        if status is None:
+            raise NotFound(f"no job {job_id!r}", param="id")
+        if status in ("succeeded", "failed"):
+            raise Conflict(f"job {job_id} already {status}; nothing to cancel", param="id")
+    with state.sessions() as session:
+        return JobView.of(_load(session, job_id))

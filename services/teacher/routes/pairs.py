@@ -1,5 +1,87 @@
-"""Placeholder router; filled in by its issue."""
+"""Accepted pairs: filtered, cursor-paginated listing and a streamed JSONL export (TRL's format)."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+import json
+from typing import Iterator, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.teacher.deps import DbSession, State
+from services.teacher.protocol import PairPage, PairView, chat_record
+from shared.db.models import Pair
+from shared.web.auth import ClientScope
+
+router = APIRouter(prefix="/v1/pairs", tags=["pairs"])
+
+EXPORT_PAGE = 500  # rows per keyset page of the export: memory stays flat however many pairs exist
+
+
+def _filtered(query: Select, task: str | None, job: str | None, min_gain: float | None) -> Select:
+    if task is not None:
+        query = query.where(Pair.task_name == task)
+    if job is not None:
+        query = query.where(Pair.job_id == job)
+    if min_gain is not None:
+        query = query.where(Pair.reward_gain >= min_gain)
+    return query
+
+
+TaskFilter = Query(None, max_length=64, description="Only pairs of this task.")
+JobFilter = Query(None, max_length=32, description="Only pairs of this job.")
+GainFilter = Query(None, description="Only pairs whose reward gain (after − before) is at least this.")
+
+
+@router.get("", response_model=PairPage)
+def list_pairs(
+    _scope: ClientScope,
+    session: DbSession,
+    task: str | None = TaskFilter,
+    job: str | None = JobFilter,
+    min_gain: float | None = GainFilter,
+    cursor: int | None = Query(None, ge=0, description="next_cursor of the previous page."),
+    limit: int = Query(100, ge=1, le=1000),
+) -> PairPage:
+    """Pairs in id order; keyset pagination (id > cursor), so pages stay stable while jobs add pairs."""
+    query = _filtered(select(Pair), task, job, min_gain).order_by(Pair.id).limit(limit + 1)
+    if cursor is not None:
+        query = query.where(Pair.id > cursor)
+    rows = list(session.scalars(query))
+    page, more = rows[:limit], len(rows) > limit
+    return PairPage(data=[PairView.of(pair) for pair in page], next_cursor=page[-1].id if more else None)
+
+
+def _export_lines(sessions: sessionmaker[Session], task: str | None, job: str | None, min_gain: float | None) -> Iterator[bytes]:
+    """Keyset pages, each read in its own short session (no transaction held open while the client
+    downloads, which on SQLite would block every writer)."""
+    columns = select(Pair.id, Pair.task_name, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after)
+    last_id = -1
+    while True:
+        query = _filtered(columns, task, job, min_gain).where(Pair.id > last_id).order_by(Pair.id).limit(EXPORT_PAGE)
+        with sessions() as session:
+            rows = session.execute(query).all()
+        if not rows:
+            return
+        yield b"".join(json.dumps(chat_record(row), ensure_ascii=False).encode() + b"\n" for row in rows)
+        last_id = rows[-1].id
+
+
+@router.get("/export", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}})
+def export(
+    _scope: ClientScope,
+    state: State,
+    format: Literal["jsonl"] = Query("jsonl", description="Only jsonl: one chat-format record per line."),
+    task: str | None = TaskFilter,
+    job: str | None = JobFilter,
+    min_gain: float | None = GainFilter,
+) -> StreamingResponse:
+    """Every matching pair as `{"messages": [user, assistant], "task", "reward_before",
+    "reward_after"}` per line: the conversational format TRL's SFT trainer reads."""
+    return StreamingResponse(
+        _export_lines(state.sessions, task, job, min_gain),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": 'attachment; filename="pairs.jsonl"'},
+    )

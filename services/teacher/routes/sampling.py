@@ -1,5 +1,44 @@
-"""Placeholder router; filled in by its issue."""
+"""POST /v1/critique-revise: the sampler, synchronously, for a handful of prompts."""
+
+from __future__ import annotations
 
 from fastapi import APIRouter
 
-router = APIRouter()
+from services.teacher.deps import ReadyState
+from services.teacher.limits import check_plan
+from shared.errors import Overloaded
+from shared.sampling import plan_sample, run_plan, store_finished_run
+from shared.schemas import ChainResult, SampleRequest, SampleResponse
+from shared.web.auth import ClientScope
+
+router = APIRouter(prefix="/v1", tags=["sampling"])
+
+SYNC_RETRY_AFTER_S = 5
+
+
+@router.post("/critique-revise", response_model=SampleResponse)
+def critique_revise(request: SampleRequest, _scope: ClientScope, state: ReadyState) -> SampleResponse:
+    """Answer, critique, revise and score each prompt now; store the chains (and accepted pairs) as
+    a finished job of kind "sync" when `store` is true. A plain `def`: FastAPI runs it in its
+    threadpool, so the event loop keeps serving while the engine works. At most
+    `max_concurrent_sync` calls run at once; the next one gets 429 with Retry-After at once."""
+    settings = state.settings
+    with state.sessions() as session:
+        plan = plan_sample(session, request)
+    check_plan(plan, settings, max_prompts=settings.max_sync_prompts, count_setting="max_sync_prompts")
+    if not state.sync_slots.acquire(blocking=False):
+        state.metrics.sync_rejected.inc()
+        raise Overloaded(
+            f"the engine is busy with {settings.max_concurrent_sync} synchronous calls (max_concurrent_sync); "
+            "retry later or submit a job (POST /v1/jobs)",
+            retry_after=SYNC_RETRY_AFTER_S,
+        )
+    try:
+        chains = run_plan(plan, state.engine, state.rewards)
+    finally:
+        state.sync_slots.release()
+    state.metrics.observe_chains(chains, "sync")
+    job_id = None
+    if request.store:
+        job_id, _recorded = store_finished_run(state.sessions, plan, chains, kind="sync")
+    return SampleResponse(job_id=job_id, results=[ChainResult.from_chain(chain) for chain in chains])

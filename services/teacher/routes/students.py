@@ -1,5 +1,37 @@
-"""Placeholder router; filled in by its issue."""
+"""The student registry (admin): list distilled students, promote one to active for its task."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+from typing import Any
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from services.teacher.deps import DbSession, State
+from services.trainer.registry import promote, student_view
+from shared.db.models import Student
+from shared.web.auth import AdminScope
+
+router = APIRouter(prefix="/admin/students", tags=["students"])
+
+
+@router.get("")
+def list_students(
+    _scope: AdminScope,
+    session: DbSession,
+    task: str | None = None,
+    active: bool | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+) -> dict[str, Any]:
+    query = select(Student).order_by(Student.created_at.desc()).limit(limit)
+    if task is not None:
+        query = query.where(Student.task_name == task)
+    if active is not None:
+        query = query.where(Student.active.is_(active))
+    return {"data": [student_view(student) for student in session.scalars(query)]}
+
+
+@router.post("/{student_id}/promote")
+def promote_student(student_id: str, _scope: AdminScope, state: State) -> dict[str, Any]:
+    """Make this student the one active student of its task (the student service follows)."""
+    return student_view(promote(state.sessions, student_id))

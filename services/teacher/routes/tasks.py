@@ -1,5 +1,48 @@
-"""Placeholder router; filled in by its issue."""
+"""Tasks: list and show presets and custom tasks; admins create custom tasks."""
+
+from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 
-router = APIRouter()
+from services.teacher.deps import DbSession, State
+from services.teacher.limits import check_prompts
+from services.teacher.protocol import TaskList, TaskSummary
+from shared.errors import DscError, InvalidRequest
+from shared.tasks import TaskSpec, create_task, get_task, list_tasks
+from shared.web.auth import AdminScope, ClientScope
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+
+@router.get("", response_model=TaskList)
+def list_all(_scope: ClientScope, session: DbSession) -> TaskList:
+    return TaskList(data=[TaskSummary.of(spec) for spec in list_tasks(session)])
+
+
+@router.get("/{name}", response_model=TaskSpec)
+def show(name: str, _scope: ClientScope, session: DbSession) -> TaskSpec:
+    return get_task(session, name)
+
+
+@router.post("", response_model=TaskSpec, status_code=201)
+async def create(spec: TaskSpec, _scope: AdminScope, state: State) -> TaskSpec:
+    """Create a custom task. The reward spec was checked while parsing the body (fields, installed
+    packages); here the reward model is also built once, so a spec that cannot load fails now
+    rather than in the first job."""
+    if spec.builtin:
+        raise InvalidRequest("builtin is set by the service (presets only); omit it", param="builtin")
+    check_prompts(spec.prompts, state.settings, max_prompts=state.settings.max_job_prompts, count_setting="max_job_prompts")
+    if state.rewards is not None:
+        try:
+            await run_in_threadpool(state.rewards.get, spec.reward)
+        except DscError:
+            raise
+        except Exception as error:
+            raise InvalidRequest(f"reward spec could not be built: {error}", param="reward") from None
+
+    def _store() -> TaskSpec:
+        with state.sessions() as session, session.begin():
+            return create_task(session, spec)
+
+    return await run_in_threadpool(_store)

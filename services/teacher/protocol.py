@@ -1,0 +1,129 @@
+"""Request and response models of the teacher API (DESIGN §5), one place for the public shapes.
+
+Sampling requests reuse `shared.schemas.SampleRequest` (the CLI builds the same object), so the
+synchronous endpoint, jobs and `dsc sample` accept exactly the same fields.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from shared.db.models import Job, Pair
+from shared.tasks import TaskSpec
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+# --- tasks ---------------------------------------------------------------------------------------
+
+
+class TaskSummary(BaseModel):
+    """A task without its prompt set (GET /v1/tasks/{name} has the prompts)."""
+
+    name: str
+    description: str
+    reward: dict[str, Any]
+    acceptance: str
+    beta: float
+    steps: int
+    prompt_count: int
+    builtin: bool
+
+    @classmethod
+    def of(cls, spec: TaskSpec) -> "TaskSummary":
+        return cls(
+            name=spec.name, description=spec.description, reward=spec.reward, acceptance=spec.acceptance,
+            beta=spec.beta, steps=spec.steps, prompt_count=len(spec.prompts), builtin=spec.builtin,
+        )
+
+
+class TaskList(BaseModel):
+    data: list[TaskSummary]
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: JobStatus
+
+
+class Progress(BaseModel):
+    done: int = Field(description="Prompts processed and committed.")
+    total: int = Field(description="Prompts in the job.")
+    accepted: int = Field(description="Accepted chains (= stored pairs) so far.")
+
+
+class JobView(BaseModel):
+    id: str
+    kind: str = Field(description="job (queued through POST /v1/jobs), sync (POST /v1/critique-revise) or cli.")
+    task: str
+    status: JobStatus
+    progress: Progress
+    params: dict[str, Any]
+    cancel_requested: bool
+    attempt: int = Field(description="Times a worker claimed the job (> 1 after a rescue).")
+    failures: int = Field(description="Failed batches so far (the job fails at job_max_failures).")
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job) -> "JobView":
+        return cls(
+            id=job.id, kind=job.kind, task=job.task_name, status=job.status,
+            progress=Progress(done=job.done, total=job.total, accepted=job.accepted),
+            params=job.params or {}, cancel_requested=job.cancel_requested, attempt=job.attempt,
+            failures=job.failures, error=job.error, created_at=job.created_at, started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+
+class JobList(BaseModel):
+    data: list[JobView]
+
+
+# --- pairs ---------------------------------------------------------------------------------------
+
+
+class PairView(BaseModel):
+    id: int
+    job_id: str
+    task: str
+    prompt_index: int
+    chain_index: int
+    prompt: str
+    response: str
+    reward_before: float
+    reward_after: float
+    reward_gain: float
+    created_at: datetime
+
+    @classmethod
+    def of(cls, pair: Pair) -> "PairView":
+        return cls(
+            id=pair.id, job_id=pair.job_id, task=pair.task_name, prompt_index=pair.prompt_index,
+            chain_index=pair.chain_index, prompt=pair.prompt, response=pair.response,
+            reward_before=pair.reward_before, reward_after=pair.reward_after, reward_gain=pair.reward_gain,
+            created_at=pair.created_at,
+        )
+
+
+class PairPage(BaseModel):
+    data: list[PairView]
+    next_cursor: int | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+def chat_record(pair: Any) -> dict[str, Any]:
+    """One line of the JSONL export: TRL's conversational SFT format plus the rewards."""
+    return {
+        "messages": [{"role": "user", "content": pair.prompt}, {"role": "assistant", "content": pair.response}],
+        "task": pair.task_name,
+        "reward_before": pair.reward_before,
+        "reward_after": pair.reward_after,
+    }

@@ -1,0 +1,141 @@
+"""Bad input across the API, over real HTTP on SQLite and Postgres: malformed JSON, wrong types,
+exceeded limits, unknown tasks and jobs. Each gets its documented 4xx JSON error (never a 500),
+and nothing is written to the database."""
+
+from __future__ import annotations
+
+OK_PROMPT = ["Tell me about a film."]
+BODY = {"task": "sentiment", "prompts": OK_PROMPT, "max_tokens": 8}
+LONG = "x" * 501  # max_prompt_chars is 500 in these tests
+
+
+def sync(**body):
+    return ("POST", "/v1/critique-revise", {"task": "sentiment", "prompts": OK_PROMPT, "max_tokens": 8, **body})
+
+
+def job(**body):
+    return ("POST", "/v1/jobs", {"task": "sentiment", "prompts": OK_PROMPT, "max_tokens": 8, **body})
+
+
+TASK = {"name": "custom-x", "critique_request": "Critique.", "revision_request": "Revise.", "reward": {"type": "vader"}}
+
+# (id, (method, path, json body | raw bytes), status, error type, text the message must contain)
+CASES = [
+    ("sync-malformed-json", ("POST", "/v1/critique-revise", b'{"task": '), 400, "invalid_request_error", "malformed JSON"),
+    ("sync-not-an-object", ("POST", "/v1/critique-revise", b"[1, 2]"), 422, "invalid_request_error", ""),
+    ("sync-prompts-not-a-list", sync(prompts="hello"), 422, "invalid_request_error", "prompts"),
+    ("sync-max-tokens-string", sync(max_tokens="many"), 422, "invalid_request_error", "max_tokens"),
+    ("sync-unknown-field", sync(bogus=1), 422, "invalid_request_error", "bogus"),
+    ("sync-bad-acceptance", sync(acceptance="greedy"), 422, "invalid_request_error", "acceptance"),
+    ("sync-temperature-range", sync(temperature=5), 422, "invalid_request_error", "temperature"),
+    ("sync-no-prompts", sync(prompts=[]), 400, "invalid_request_error", "prompt"),
+    ("sync-blank-prompt", sync(prompts=["  "]), 400, "invalid_request_error", "prompt"),
+    ("sync-unknown-task", sync(task="no-such-task"), 404, "not_found_error", "no-such-task"),
+    ("sync-too-many-prompts", sync(prompts=["a"] * 5), 400, "limit_exceeded_error", "max_sync_prompts"),
+    ("sync-task-set-over-cap", ("POST", "/v1/critique-revise", {"task": "sentiment"}), 400, "limit_exceeded_error", "max_sync_prompts"),
+    ("sync-prompt-too-long", sync(prompts=[LONG]), 400, "limit_exceeded_error", "max_prompt_chars"),
+    ("sync-max-tokens-limit", sync(max_tokens=65), 400, "limit_exceeded_error", "max_tokens_limit"),
+    ("sync-steps-limit", sync(steps=3), 400, "limit_exceeded_error", "max_steps"),
+    ("sync-chains-limit", sync(chains=3), 400, "limit_exceeded_error", "max_chains"),
+    ("sync-body-too-large", sync(prompts=["y" * 70_000]), 413, "payload_too_large_error", "max_body_bytes"),
+    ("job-malformed-json", ("POST", "/v1/jobs", b"{nope"), 400, "invalid_request_error", "malformed JSON"),
+    ("job-wrong-type", job(chains="two"), 422, "invalid_request_error", "chains"),
+    ("job-unknown-task", job(task="no-such-task"), 404, "not_found_error", "no-such-task"),
+    ("job-too-many-prompts", job(prompts=["a"] * 201), 400, "limit_exceeded_error", "max_job_prompts"),
+    ("job-prompt-too-long", job(prompts=["ok", LONG]), 400, "limit_exceeded_error", "max_prompt_chars"),
+    ("job-store-false", job(store=False), 400, "invalid_request_error", "store"),
+    ("job-steps-limit", job(steps=9), 400, "limit_exceeded_error", "max_steps"),
+    ("job-unknown", ("GET", "/v1/jobs/0123456789abcdef", None), 404, "not_found_error", "0123456789abcdef"),
+    ("job-cancel-unknown", ("POST", "/v1/jobs/0123456789abcdef/cancel", None), 404, "not_found_error", "0123456789abcdef"),
+    ("jobs-bad-status", ("GET", "/v1/jobs?status=weird", None), 422, "invalid_request_error", "status"),
+    ("jobs-bad-limit", ("GET", "/v1/jobs?limit=0", None), 422, "invalid_request_error", "limit"),
+    ("pairs-bad-cursor", ("GET", "/v1/pairs?cursor=abc", None), 422, "invalid_request_error", "cursor"),
+    ("pairs-limit-too-big", ("GET", "/v1/pairs?limit=5000", None), 422, "invalid_request_error", "limit"),
+    ("pairs-bad-gain", ("GET", "/v1/pairs?min_gain=lots", None), 422, "invalid_request_error", "min_gain"),
+    ("export-bad-format", ("GET", "/v1/pairs/export?format=csv", None), 422, "invalid_request_error", "format"),
+    ("task-unknown", ("GET", "/v1/tasks/no-such-task", None), 404, "not_found_error", "no-such-task"),
+    ("task-malformed-json", ("POST", "/v1/tasks", b'{"name": "x",'), 400, "invalid_request_error", "malformed JSON"),
+    ("task-missing-fields", ("POST", "/v1/tasks", {"name": "custom-x"}), 422, "invalid_request_error", "critique_request"),
+    ("task-bad-name", ("POST", "/v1/tasks", {**TASK, "name": "Bad Name!"}), 422, "invalid_request_error", "name"),
+    ("task-unknown-reward", ("POST", "/v1/tasks", {**TASK, "reward": {"type": "magic"}}), 400, "invalid_request_error", "magic"),
+    ("task-reward-typo", ("POST", "/v1/tasks", {**TASK, "reward": {"type": "vader", "scale": 2}}), 400, "invalid_request_error", "scale"),
+    ("task-reward-not-object", ("POST", "/v1/tasks", {**TASK, "reward": "vader"}), 422, "invalid_request_error", "reward"),
+    ("task-classifier-missing-dir", ("POST", "/v1/tasks", {**TASK, "reward": {"type": "hf-classifier", "path": "/no/such/dir"}}), 400, "invalid_request_error", "/no/such/dir"),
+    ("task-preset-name", ("POST", "/v1/tasks", {**TASK, "name": "sentiment"}), 409, "conflict_error", "sentiment"),
+    ("task-prompt-too-long", ("POST", "/v1/tasks", {**TASK, "prompts": [LONG]}), 400, "limit_exceeded_error", "max_prompt_chars"),
+    ("task-builtin", ("POST", "/v1/tasks", {**TASK, "builtin": True}), 400, "invalid_request_error", "builtin"),
+    ("unknown-route", ("GET", "/v1/nothing-here", None), 404, "not_found_error", ""),
+    ("wrong-method", ("DELETE", "/v1/jobs", None), 405, "invalid_request_error", ""),
+]
+
+
+def test_bad_requests_get_documented_errors_and_write_nothing(make_teacher, teacher_db_url):
+    teacher = make_teacher(teacher_db_url, job_workers=0)
+    before = teacher.counts()
+    failures = []
+    with teacher.client(teacher.admin_token) as client:
+        for case_id, (method, path, body), status, error_type, needle in CASES:
+            if isinstance(body, bytes):
+                response = client.request(method, path, content=body, headers={"Content-Type": "application/json"})
+            else:
+                response = client.request(method, path, json=body)
+            try:
+                error = response.json()["error"]
+            except (ValueError, KeyError):
+                failures.append(f"{case_id}: {response.status_code} without a JSON error body: {response.text[:200]}")
+                continue
+            if response.status_code != status or error["type"] != error_type or needle not in error["message"]:
+                failures.append(f"{case_id}: got {response.status_code} {error} (want {status} {error_type} mentioning {needle!r})")
+    assert not failures, "\n".join(failures)
+    assert teacher.counts() == before
+
+
+def test_full_queue_answers_429_with_retry_after(make_teacher, teacher_db_url):
+    teacher = make_teacher(teacher_db_url, job_workers=0, max_queued_jobs=2)  # no worker: jobs stay queued
+    with teacher.client() as client:
+        for _ in range(2):
+            response = client.post("/v1/jobs", json=BODY)
+            assert response.status_code == 202 and response.json()["status"] == "queued"
+        response = client.post("/v1/jobs", json=BODY)
+        assert response.status_code == 429
+        assert int(response.headers["Retry-After"]) > 0
+        assert response.json()["error"]["type"] == "rate_limit_error" and "max_queued_jobs" in response.json()["error"]["message"]
+        assert teacher.counts()["jobs"] == 2
+        # Cancelling a queued job frees its place at once.
+        queued = client.get("/v1/jobs", params={"status": "queued"}).json()["data"]
+        cancelled = client.post(f"/v1/jobs/{queued[0]['id']}/cancel").json()
+        assert cancelled["status"] == "cancelled"
+        assert client.post("/v1/jobs", json=BODY).status_code == 202
+
+
+def test_saturated_engine_answers_429_not_a_hang(make_teacher):
+    teacher = make_teacher(job_workers=0, max_concurrent_sync=1)
+    slots = teacher.state.sync_slots
+    assert slots.acquire(blocking=False)  # one synchronous call "in flight"
+    try:
+        with teacher.client() as client:
+            response = client.post("/v1/critique-revise", json=BODY, timeout=10)
+        assert response.status_code == 429
+        assert int(response.headers["Retry-After"]) > 0
+        assert "max_concurrent_sync" in response.json()["error"]["message"]
+    finally:
+        slots.release()
+    assert teacher.counts()["jobs"] == 0
+    with teacher.client() as client:
+        metrics = client.get("/metrics").text
+    assert "dsc_teacher_sync_rejected_total 1.0" in metrics
+
+
+def test_not_ready_is_503_with_retry_after(make_teacher):
+    teacher = make_teacher(job_workers=0)
+    state = teacher.state
+    engine, state.engine = state.engine, None  # as while the model is still loading
+    try:
+        with teacher.client() as client:
+            response = client.post("/v1/critique-revise", json=BODY)
+            assert response.status_code == 503 and "Retry-After" in response.headers
+            assert response.json()["error"]["type"] == "service_unavailable_error"
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.headers["Retry-After"] and ready.json()["checks"] == {"engine": False, "database": True}
+    finally:
+        state.engine = engine

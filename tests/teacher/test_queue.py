@@ -1,0 +1,171 @@
+"""The job queue under the teacher's workers: sharing, fencing, retries, shutdown hand-back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+from sqlalchemy import select
+
+from services.teacher.worker import JobWorker, Lease, commit_batch
+from shared.db.models import Chain, Job, Pair
+from shared.db.queue import claim
+from shared.db.session import transaction
+from shared.sampler import Chain as ChainTrace, Step
+from shared.sampling import RewardPool
+
+MAX_TOKENS = 4
+PARAMS = {"steps": 1, "chains": 1, "acceptance": "always", "beta": 1.0, "temperature": 0.7, "top_p": 1.0, "max_tokens": MAX_TOKENS, "seed": 5}
+
+
+class CountingEngine:
+    """The real engine, recording every prompt it is asked to answer first (a chain's x0)."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.name, self.model = engine, engine.name, engine.model
+        self.initial = Counter()
+        self._lock = threading.Lock()
+
+    def generate(self, conversations, params):
+        with self._lock:
+            self.initial.update(conv[0]["content"] for conv in conversations if len(conv) == 1)
+        return self.engine.generate(conversations, params)
+
+    def close(self) -> None:
+        pass
+
+
+class BrokenEngine:
+    """Fails the first `failures` calls (None: every call), then behaves like the real engine."""
+
+    name, model = "broken", "broken"
+
+    def __init__(self, engine, failures: int | None = None, on_call=None) -> None:
+        self.engine, self.failures, self.calls, self.on_call = engine, failures, 0, on_call
+
+    def generate(self, conversations, params):
+        self.calls += 1
+        if self.on_call:
+            self.on_call()
+        if self.failures is None or self.calls <= self.failures:
+            raise RuntimeError(f"engine exploded (call {self.calls})")
+        return self.engine.generate(conversations, params)
+
+    def close(self) -> None:
+        pass
+
+
+def enqueue(sessions, prompts: list[str], **params) -> str:
+    with transaction(sessions) as session:
+        job = Job(kind="job", task_name="sentiment", params={**PARAMS, **params}, prompts=prompts, total=len(prompts))
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def load(sessions, job_id: str) -> Job:
+    with sessions() as session:
+        return session.get(Job, job_id)
+
+
+def stored(sessions, job_id: str) -> tuple[list[int], int, int]:
+    with sessions() as session:
+        indexes = sorted(session.scalars(select(Chain.prompt_index).where(Chain.job_id == job_id)))
+        accepted = len(list(session.scalars(select(Chain.id).where(Chain.job_id == job_id, Chain.accepted))))
+        pairs = len(list(session.scalars(select(Pair.id).where(Pair.job_id == job_id))))
+    return indexes, accepted, pairs
+
+
+def test_two_workers_share_the_queue_and_process_each_prompt_once(make_state, postgres_url, tf_engine, waiter):
+    engine = CountingEngine(tf_engine)
+    state = make_state(postgres_url, engine, job_batch_size=2, job_poll_seconds=0.05)
+    # One job of two batches that both workers race for, and a second one for whoever is free.
+    sizes = {enqueue(state.sessions, [f"Review film {i} of job {j}." for i in range(n)]): n for j, n in enumerate((4, 2))}
+    jobs = list(sizes)
+    workers = [JobWorker(state, f"w{i}").start() for i in range(2)]
+    try:
+        waiter(lambda: all(load(state.sessions, job_id).status == "succeeded" for job_id in jobs), 300, "both jobs to succeed", 0.2)
+    finally:
+        state.stopping.set()
+        for worker in workers:
+            worker.join(60)
+    # Every prompt answered exactly once across both workers, and stored exactly once.
+    assert len(engine.initial) == 6 and set(engine.initial.values()) == {1}
+    owners = set()
+    for job_id in jobs:
+        job = load(state.sessions, job_id)
+        indexes, accepted, pairs = stored(state.sessions, job_id)
+        assert (job.done, job.total, job.attempt, job.failures) == (sizes[job_id], sizes[job_id], 1, 0)
+        assert indexes == list(range(sizes[job_id])) and pairs == accepted == job.accepted
+        owners.add(job.lease_owner)
+    assert owners == {None}  # leases released at finish
+
+
+def _trace(prompt_index: int, accepted: bool = True) -> ChainTrace:
+    trace = ChainTrace(prompt_index, 0, f"prompt {prompt_index}", "bad answer", -0.5)
+    trace.steps.append(Step("be nicer", "good answer" if accepted else "bad answer", 0.5, accepted))
+    trace.final_text, trace.final_reward = ("good answer", 0.5) if accepted else ("bad answer", -0.5)
+    return trace
+
+
+def test_a_stalled_worker_cannot_commit_after_a_rescue(make_state, db_url):
+    """Worker A's lease expires mid-batch and B takes the job over: A's late commit is fenced out
+    (rolled back whole), B's commit lands, and B re-committing the same batch (a retry) adds
+    nothing: each prompt is stored once."""
+    state = make_state(db_url)
+    job_id = enqueue(state.sessions, ["p0", "p1", "p2"])
+    stalled = claim(state.sessions, Job, "A", lease_seconds=0.2)
+    time.sleep(0.4)
+    rescuer = claim(state.sessions, Job, "B", lease_seconds=60)
+    assert rescuer.id == stalled.id == job_id and rescuer.attempt == 2
+    a, b = Lease(job_id, "A", stalled.attempt), Lease(job_id, "B", rescuer.attempt)
+    batch = [_trace(0), _trace(1, accepted=False)]
+
+    assert commit_batch(state.sessions, a, task_name="sentiment", acceptance="always", chains=batch, start=0, end=2) is None
+    assert stored(state.sessions, job_id) == ([], 0, 0) and load(state.sessions, job_id).done == 0
+
+    first = commit_batch(state.sessions, b, task_name="sentiment", acceptance="always", chains=batch, start=0, end=2)
+    assert (first.chains, first.pairs) == (2, 1)
+    again = commit_batch(state.sessions, b, task_name="sentiment", acceptance="always", chains=batch, start=0, end=2)
+    assert (again.chains, again.pairs) == (0, 0)
+    job = load(state.sessions, job_id)
+    assert (job.done, job.accepted) == (2, 1)
+    assert stored(state.sessions, job_id) == ([0, 1], 1, 1)
+
+
+def test_failed_batches_are_retried_then_the_job_fails_with_the_error(make_state, tmp_path, tf_engine):
+    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", BrokenEngine(tf_engine), job_max_failures=2, job_poll_seconds=0.01)
+    job_id = enqueue(state.sessions, ["Review a film."])
+    assert JobWorker(state).run_once()
+    job = load(state.sessions, job_id)
+    assert (job.status, job.failures, job.done) == ("failed", 2, 0)
+    assert "engine exploded" in job.error and "job_max_failures" in job.error
+    assert job.lease_owner is None and job.finished_at is not None
+    assert stored(state.sessions, job_id) == ([], 0, 0)
+
+
+def test_a_batch_that_fails_once_is_retried_and_the_job_succeeds(make_state, tmp_path, tf_engine):
+    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", BrokenEngine(tf_engine, failures=1), job_max_failures=2, job_poll_seconds=0.01)
+    job_id = enqueue(state.sessions, ["Review a film."])
+    assert JobWorker(state).run_once()
+    job = load(state.sessions, job_id)
+    assert (job.status, job.failures, job.done) == ("succeeded", 1, 1)
+    assert "engine exploded (call 1)" in job.error  # the failure stays on record
+    indexes, accepted, pairs = stored(state.sessions, job_id)
+    assert indexes == [0] and pairs == accepted == job.accepted
+
+
+def test_shutdown_mid_batch_hands_the_job_back_to_the_queue(make_state, tmp_path, tf_engine):
+    state = make_state(f"sqlite:///{tmp_path / 'q.db'}")
+    engine = BrokenEngine(tf_engine, failures=0, on_call=state.stopping.set)  # shutdown begins during the first call
+    state.engine = engine
+    state.rewards = RewardPool()
+    job_id = enqueue(state.sessions, ["Review a film.", "Review a play."])
+    assert JobWorker(state).run_once()
+    job = load(state.sessions, job_id)
+    assert (job.status, job.lease_owner, job.done, job.attempt) == ("queued", None, 0, 1)
+    assert engine.calls == 1  # stopped after the phase in flight, not at the end of the batch
+    assert stored(state.sessions, job_id) == ([], 0, 0)
+    state.stopping.clear()
+    assert claim(state.sessions, Job, "next", 60).id == job_id  # claimable at once, no lease to wait out
