@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     student_max_loras: int = Field(4, description="Adapters served at once over one base model (vLLM max_loras, >= 2).")
     student_max_lora_rank: int = Field(64, description="Largest LoRA rank the student engine accepts.")
 
+    # --- trainer (distillation runs; same lease queue as jobs) ---
+    trainer_lease_seconds: int = Field(60, description="A trainer's claim on a run expires unless renewed (heartbeat).")
+    trainer_poll_seconds: float = Field(2.0, description="How often an idle trainer looks for queued runs.")
+    trainer_max_attempts: int = Field(3, description="Claims of one run (crashes, kills) before it fails instead of resuming again.")
+    trainer_threads: int | None = Field(None, description="torch CPU threads of the trainer; default: torch's choice (all cores).")
+    distill_min_pairs: int = Field(8, description="Fewest accepted pairs a distillation may train on (POST /admin/distillations).")
+    distill_max_steps: int = Field(100_000, description="Most optimizer steps one run may ask for.")
+    distill_max_queued: int = Field(20, description="Queued runs before POST /admin/distillations answers 429.")
+
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     admin_token: str | None = None
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Index
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Index, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -134,6 +134,7 @@ class DistillationRun(Base):
     """A queued/running/finished distillation; same lease pattern as jobs."""
 
     __tablename__ = "distillation_runs"
+    __table_args__ = (Index("ix_distillation_runs_status_created", "status", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     task_name: Mapped[str] = mapped_column(String(64), index=True)
@@ -156,7 +157,11 @@ class Student(Base):
     """A registered distilled model; at most one active per task."""
 
     __tablename__ = "students"
-    __table_args__ = (UniqueConstraint("name", "version", name="uq_students_name_version"),)
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_students_name_version"),
+        # At most one active student per task, enforced by the database (a partial unique index).
+        Index("uq_students_active_task", "task_name", unique=True, postgresql_where=text("active"), sqlite_where=text("active")),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(128))

@@ -34,6 +34,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('distillation_runs', schema=None) as batch_op:
+        batch_op.create_index('ix_distillation_runs_status_created', ['status', 'created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_distillation_runs_task_name'), ['task_name'], unique=False)
 
     op.create_table('jobs',
@@ -118,6 +119,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('students', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_students_task_name'), ['task_name'], unique=False)
+        batch_op.create_index('uq_students_active_task', ['task_name'], unique=True,
+                              postgresql_where=sa.text('active'), sqlite_where=sa.text('active'))
 
     op.create_table('chain_steps',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -172,6 +175,7 @@ def downgrade() -> None:
 
     op.drop_table('chain_steps')
     with op.batch_alter_table('students', schema=None) as batch_op:
+        batch_op.drop_index('uq_students_active_task')
         batch_op.drop_index(batch_op.f('ix_students_task_name'))
 
     op.drop_table('students')
@@ -188,5 +192,6 @@ def downgrade() -> None:
     op.drop_table('jobs')
     with op.batch_alter_table('distillation_runs', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_distillation_runs_task_name'))
+        batch_op.drop_index('ix_distillation_runs_status_created')
 
     op.drop_table('distillation_runs')

@@ -1,0 +1,155 @@
+"""Submitting and showing distillation runs: what POST/GET /admin/distillations do, without HTTP.
+
+Submission checks everything that can be checked before a worker spends minutes on it, so a bad
+request is a clear 4xx and no run is queued: the task exists, the base model resolves, the LoRA
+targets exist in it, max_seq_len fits it, enough pairs match the filter and fit max_seq_len, and
+something is left to evaluate on. The run stores its config with the base model and the newest
+pair id filled in, so what it trains on is fixed at submission.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.trainer.config import DistillationConfig
+from services.trainer.data import Example, pair_query, plan_split, tokenize_all
+from services.trainer.distill import load_tokenizer, total_steps
+from shared.db.models import DistillationRun, Pair
+from shared.db.queue import request_cancel
+from shared.errors import Conflict, InvalidRequest, NotFound, Overloaded
+from shared.model_store import resolve_model
+from shared.settings import Settings
+from shared.tasks import get_task
+
+
+def run_dir(settings: Settings, run_id: str) -> Path:
+    """Where a run's snapshot, checkpoints and artifacts live: the model store's students/ folder."""
+    return settings.resolved_model_store / "students" / run_id
+
+
+def check_model(config: DistillationConfig, base_path: Path) -> None:
+    """LoRA targets exist and max_seq_len fits, read from the model's config (no weights loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_config = AutoConfig.from_pretrained(base_path)
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is not None and config.max_seq_len > limit:
+        raise InvalidRequest(f"max_seq_len {config.max_seq_len} exceeds the base model's {limit} positions", param="max_seq_len")
+    if config.method != "lora":
+        return
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(model_config)
+    names = {name.rsplit(".", 1)[-1] for name, module in skeleton.named_modules() if isinstance(module, torch.nn.Linear)}
+    unknown = [target for target in config.lora_target_modules if target not in names]
+    if unknown:
+        raise InvalidRequest(
+            f"lora_target_modules {unknown} do not exist in {config.base_model}; its linear layers are {sorted(names)}",
+            param="lora_target_modules",
+        )
+
+
+def plan_run(session: Session, settings: Settings, config: DistillationConfig) -> tuple[DistillationConfig, dict[str, Any]]:
+    """Validate a submission; return the config to store and the initial progress."""
+    task = get_task(session, config.task)  # 404 for an unknown task
+    config = config.model_copy(update={"base_model": config.base_model or settings.student_base_model})
+    if config.max_steps is not None and config.max_steps > settings.distill_max_steps:
+        raise InvalidRequest(f"max_steps {config.max_steps} exceeds the limit of {settings.distill_max_steps} (distill_max_steps)", param="max_steps")
+    if config.method == "lora" and config.lora_r > settings.student_max_lora_rank:
+        raise InvalidRequest(
+            f"lora_r {config.lora_r} exceeds the rank the student service serves ({settings.student_max_lora_rank}, student_max_lora_rank)",
+            param="lora_r",
+        )
+    if config.eval_prompts is None and config.held_out_fraction == 0:
+        raise InvalidRequest("nothing to evaluate on: give eval_prompts or a held_out_fraction above 0", param="held_out_fraction")
+    try:
+        base_path = resolve_model(config.base_model, settings.resolved_model_store)
+    except InvalidRequest as error:
+        raise InvalidRequest(f"base_model: {error.message}", param="base_model") from None
+    except Exception as error:  # a hub id on an offline machine, a broken directory
+        raise InvalidRequest(f"base_model {config.base_model!r} cannot be loaded: {getattr(error, 'message', error)}", param="base_model") from None
+    check_model(config, base_path)
+
+    pair_id_max = session.scalar(select(func.max(Pair.id))) or 0
+    config = config.model_copy(update={"pair_id_max": config.pair_id_max if config.pair_id_max is not None else pair_id_max})
+    rows = session.execute(pair_query(config).with_only_columns(Pair.id, Pair.prompt, Pair.response)).all()
+    where = f"task {task.name!r}" + (f", jobs {config.jobs}" if config.jobs else "") + (
+        f", min_reward_gain {config.min_reward_gain}" if config.min_reward_gain is not None else "") + (
+        f", acceptance {config.acceptance!r}" if config.acceptance else "")
+    if len(rows) < settings.distill_min_pairs:
+        raise InvalidRequest(
+            f"too few pairs: {len(rows)} accepted pairs match ({where}); a distillation needs at least {settings.distill_min_pairs} "
+            "(distill_min_pairs). Sample more with POST /v1/jobs.",
+            param="task",
+        )
+    examples = [Example(row.id, row.prompt, row.response) for row in rows]
+    train, eval_prompts = plan_split(examples, config)
+    if not eval_prompts:
+        raise InvalidRequest("no held-out prompt left to evaluate on; raise held_out_fraction or give eval_prompts", param="held_out_fraction")
+    items, skipped = tokenize_all(load_tokenizer(base_path), train, config.max_seq_len)
+    if len(items) < settings.distill_min_pairs:
+        raise InvalidRequest(
+            f"too few training pairs: {len(items)} of {len(train)} fit max_seq_len={config.max_seq_len} tokens after holding out "
+            f"{len(eval_prompts)} prompts; at least {settings.distill_min_pairs} are needed (distill_min_pairs)",
+            param="max_seq_len" if skipped else "task",
+        )
+    progress = {"phase": "queued", "step": 0, "total": total_steps(config, len(items)), "loss": None,
+                "pairs": len(train), "eval_prompts": len(eval_prompts)}
+    return config, progress
+
+
+def submit(sessions: sessionmaker[Session], settings: Settings, config: DistillationConfig) -> DistillationRun:
+    with sessions() as session:
+        queued = session.scalar(select(func.count()).select_from(DistillationRun).where(DistillationRun.status == "queued")) or 0
+        if queued >= settings.distill_max_queued:
+            raise Overloaded(f"{queued} distillation runs are queued already (distill_max_queued); retry later", retry_after=30)
+        stored, progress = plan_run(session, settings, config)
+    with sessions() as session, session.begin():
+        run = DistillationRun(task_name=stored.task, status="queued", config=stored.model_dump(mode="json"), progress=progress, metrics={})
+        session.add(run)
+        session.flush()
+        run.artifact_dir = str(run_dir(settings, run.id))
+        return run
+
+
+def get_run(session: Session, run_id: str) -> DistillationRun:
+    run = session.get(DistillationRun, run_id)
+    if run is None:
+        raise NotFound(f"no distillation run {run_id!r}", param="id")
+    return run
+
+
+def cancel(sessions: sessionmaker[Session], run_id: str) -> DistillationRun:
+    with sessions() as session, session.begin():
+        status = request_cancel(session, DistillationRun, run_id)
+        if status is None:
+            raise NotFound(f"no distillation run {run_id!r}", param="id")
+        if status in ("succeeded", "failed"):
+            raise Conflict(f"run {run_id} already {status}; nothing to cancel")
+    with sessions() as session:
+        return get_run(session, run_id)
+
+
+def run_view(run: DistillationRun, student_id: str | None = None) -> dict[str, Any]:
+    report = Path(run.artifact_dir) / "report.png" if run.artifact_dir else None
+    return {
+        "id": run.id,
+        "task": run.task_name,
+        "status": run.status,
+        "cancel_requested": run.cancel_requested,
+        "progress": run.progress,
+        "metrics": run.metrics,
+        "error": run.error,
+        "config": run.config,
+        "attempt": run.attempt,
+        "artifact_dir": run.artifact_dir,
+        "report_url": f"/admin/distillations/{run.id}/report.png" if report and report.is_file() else None,
+        "student_id": student_id,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+    }

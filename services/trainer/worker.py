@@ -1,0 +1,302 @@
+"""The trainer worker (`dsc trainer work`): claims queued distillation runs and carries each one
+from stored pairs to an evaluated, registered student.
+
+    claim        shared.db.queue (SKIP LOCKED on Postgres, BEGIN IMMEDIATE on SQLite), lease + heartbeat
+    snapshot     the run's pairs, written once to its artifact directory (reproducible, resumable)
+    train        distill.train: checkpoints every save_steps; progress {step, total, loss} after each step
+    evaluate     base vs student on the held-out prompts with the task's reward
+    report       metrics.json and report.png beside the adapter
+    register     the Student row and the run's final status, in ONE fenced transaction
+
+A worker killed mid-run leaves a checkpoint behind; its lease expires and the next claim (this
+worker restarted, or another one) resumes from the newest checkpoint. Every claim counts an
+attempt; after `trainer_max_attempts` claims the run fails with the reason instead of resuming
+forever, so a run never stays `running` once workers are back. Anything that raises fails the run
+with its message. Cancellation is checked after every step. A failed or cancelled run registers
+nothing, so the active student is never touched by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.trainer.config import DistillationConfig
+from services.trainer.data import take_snapshot
+from services.trainer.distill import Interrupted, train, write_json
+from services.trainer.evaluate import evaluate, teacher_rewards
+from services.trainer.registry import register_student
+from services.trainer.report import write_report
+from services.trainer.runs import run_dir
+from shared.db.models import DistillationRun, utcnow
+from shared.db.queue import claim, fenced_update, finish, heartbeat, release
+from shared.engines.base import SamplingParams
+from shared.errors import DscError
+from shared.model_store import resolve_model
+from shared.settings import Settings
+from shared.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lease:
+    run_id: str
+    owner: str
+    attempt: int
+
+
+class LeaseLost(Exception):
+    pass
+
+
+class Heartbeat:
+    """Renews the run's lease every third of its length; sets `lost` when renewal is refused."""
+
+    def __init__(self, sessions: sessionmaker[Session], lease: Lease, lease_seconds: float) -> None:
+        self.sessions, self.lease, self.lease_seconds = sessions, lease, lease_seconds
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"trainer-heartbeat-{lease.run_id[:8]}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(self.lease_seconds / 3, 0.05)):
+            try:
+                if not heartbeat(self.sessions, DistillationRun, self.lease.run_id, self.lease.owner, self.lease.attempt, self.lease_seconds):
+                    log.warning("lease on run %s lost (attempt %d)", self.lease.run_id, self.lease.attempt)
+                    self.lost.set()
+                    return
+            except Exception:  # the database blinked; the lease may still hold
+                log.warning("heartbeat for run %s failed", self.lease.run_id, exc_info=True)
+
+
+class TrainerWorker:
+    """Claims and runs distillation runs one at a time. `run_once` processes at most one run."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], name: str = "trainer") -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}:{uuid.uuid4().hex[:8]}"
+        self.stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- loop ----------------------------------------------------------------------------------
+
+    def start(self) -> "TrainerWorker":
+        self._thread = threading.Thread(target=self.loop, name="trainer-worker", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 60) -> None:
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def loop(self, *, once: bool = False) -> None:
+        while not self.stopping.is_set():
+            try:
+                claimed = self.run_once()
+            except Exception:  # never let one bad run kill the worker
+                log.exception("trainer worker: unexpected error")
+                claimed = False
+            if once and not claimed:
+                return
+            if not claimed:
+                self.stopping.wait(self.settings.trainer_poll_seconds)
+
+    # --- one run -------------------------------------------------------------------------------
+
+    def run_once(self) -> bool:
+        run = claim(self.sessions, DistillationRun, self.owner, self.settings.trainer_lease_seconds)
+        if run is None:
+            return False
+        lease = Lease(run.id, self.owner, run.attempt)
+        log.info("claimed distillation %s (attempt %d)", run.id, run.attempt)
+        if run.attempt > self.settings.trainer_max_attempts:
+            last = run.progress.get("step", 0) if isinstance(run.progress, dict) else 0
+            finish(self.sessions, DistillationRun, run.id, self.owner, run.attempt, "failed",
+                   error=f"gave up after {run.attempt - 1} attempts (trainer_max_attempts): each worker stopped without "
+                         f"finishing (killed or crashed; last progress step {last}); see the trainer log")
+            return True
+        with Heartbeat(self.sessions, lease, self.settings.trainer_lease_seconds) as beat:
+            try:
+                self._process(run, lease, beat)
+            except LeaseLost:
+                log.warning("run %s: lease lost; leaving it to the worker that holds it now", run.id)
+            except Interrupted as stop:
+                self._interrupted(run, lease, stop)
+            except Exception as error:
+                message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+                log.warning("run %s failed: %s", run.id, message, exc_info=not isinstance(error, DscError))
+                finish(self.sessions, DistillationRun, run.id, self.owner, lease.attempt, "failed",
+                       error=message, progress={**self._progress(run.id), "phase": "failed"})
+        return True
+
+    def _interrupted(self, run: DistillationRun, lease: Lease, stop: Interrupted) -> None:
+        if stop.reason == "cancelled":
+            finish(self.sessions, DistillationRun, run.id, self.owner, lease.attempt, "cancelled",
+                   progress={**self._progress(run.id), "phase": "cancelled"})
+            log.info("run %s cancelled at step %d", run.id, stop.step)
+        elif stop.reason == "stopping":
+            release(self.sessions, DistillationRun, run.id, self.owner, lease.attempt)  # resumed from its checkpoint by the next claim
+            log.info("run %s handed back at step %d (worker stopping)", run.id, stop.step)
+        # "lease lost": someone else holds it now; write nothing
+
+    def _progress(self, run_id: str) -> dict:
+        with self.sessions() as session:
+            return dict(session.scalar(select(DistillationRun.progress).where(DistillationRun.id == run_id)) or {})
+
+    def _update(self, lease: Lease, **values) -> None:
+        with self.sessions() as session, session.begin():
+            if not fenced_update(session, DistillationRun, lease.run_id, lease.owner, lease.attempt, **values):
+                raise LeaseLost()
+
+    def _control(self, lease: Lease, beat: Heartbeat) -> str | None:
+        if beat.lost.is_set():
+            return "lease lost"
+        if self.stopping.is_set():
+            return "stopping"
+        with self.sessions() as session:
+            if session.scalar(select(DistillationRun.cancel_requested).where(DistillationRun.id == lease.run_id)):
+                return "cancelled"
+        return None
+
+    def _process(self, run: DistillationRun, lease: Lease, beat: Heartbeat) -> None:
+        settings = self.settings
+        if settings.trainer_threads:
+            import torch
+
+            torch.set_num_threads(settings.trainer_threads)
+        config = DistillationConfig.model_validate(run.config)
+        directory = Path(run.artifact_dir) if run.artifact_dir else run_dir(settings, run.id)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(directory / "distillation.json", {"run_id": run.id, "config": run.config})
+        with self.sessions() as session:
+            task = get_task(session, config.task)
+            snapshot = take_snapshot(session, config, directory)
+        base_path = resolve_model(config.base_model, settings.resolved_model_store)
+        progress = dict(run.progress or {})
+        progress.update(phase="training", pairs=len(snapshot.train), eval_prompts=len(snapshot.eval_prompts), data_sha256=snapshot.digest)
+        self._update(lease, progress=progress, artifact_dir=str(directory))
+
+        last_write = [0.0]
+
+        def on_step(step: int, total: int, loss: float) -> str | None:
+            progress.update(step=step, total=total, loss=round(loss, 4))
+            now = time.monotonic()
+            if now - last_write[0] >= 0.5 or step == total:  # at most two progress writes a second
+                last_write[0] = now
+                self._update(lease, progress=progress)
+            return self._control(lease, beat)
+
+        result = train(config, base_path, snapshot.train, directory, on_step=on_step)
+        if result.resumed_from is not None:
+            progress["resumed_from_step"] = result.resumed_from
+        progress.update(phase="evaluating")
+        self._update(lease, progress=progress)
+        if (stop := self._control(lease, beat)) is not None:
+            raise Interrupted(stop, result.steps)
+
+        evaluation = self._evaluate(config, task, base_path, result.adapter_dir or result.merged_dir, snapshot.eval_prompts, lease, beat)
+        curve = result.losses if len(result.losses) <= 400 else result.losses[:: max(1, len(result.losses) // 400)]
+        metrics = {
+            "train": {
+                "pairs": len(snapshot.train), "examples": result.train_examples, "skipped_too_long": result.skipped_examples,
+                "steps": result.steps, "first_loss": result.losses[0][1] if result.losses else None,
+                "final_loss": result.losses[-1][1] if result.losses else None,
+                "final_loss_mean10": round(sum(v for _, v in result.losses[-10:]) / max(1, len(result.losses[-10:])), 4),
+                "resumed_from_step": result.resumed_from, "seconds_this_attempt": round(result.seconds, 1),
+                "data_sha256": snapshot.digest, "loss_curve": curve,
+            },
+            "eval": evaluation.metrics(config.eval_examples),
+            "reward": task.reward,
+        }
+        write_json(directory / "metrics.json", metrics)
+        write_report(
+            directory / "report.png",
+            title=f"distillation {run.id[:8]} · task {task.name} · {config.student_name}",
+            losses=result.losses,
+            base_rewards=evaluation.base_rewards,
+            student_rewards=evaluation.student_rewards,
+            teacher_rewards=[evaluation.teacher[p] for p in evaluation.prompts if p in evaluation.teacher],
+        )
+        if (stop := self._control(lease, beat)) is not None:
+            raise Interrupted(stop, result.steps)
+        with self.sessions() as session, session.begin():
+            final = {**progress, "phase": "succeeded"}
+            if not fenced_update(session, DistillationRun, lease.run_id, lease.owner, lease.attempt, status="succeeded", metrics=metrics,
+                                 progress=final, lease_owner=None, lease_expires_at=None, finished_at=utcnow(), error=None):
+                raise LeaseLost()
+            student = register_student(session, run, name=config.student_name, base_model=config.base_model,
+                                       adapter_dir=result.adapter_dir, merged_dir=result.merged_dir,
+                                       metrics={"eval": {k: v for k, v in metrics["eval"].items() if k != "examples"},
+                                                "final_loss": metrics["train"]["final_loss"], "steps": result.steps})
+        log.info("run %s succeeded: student %s v%d (%s)", run.id, student.name, student.version, student.id)
+
+    def _evaluate(self, config, task, base_path: Path, student_path: Path, prompts: list[str], lease: Lease, beat: Heartbeat):
+        from shared.engines.transformers_engine import TransformersEngine
+        from shared.rewards import build_reward
+
+        prompts = prompts[: config.max_eval_prompts]
+        judge = None
+        if task.reward.get("type") == "llm-judge":
+            from shared.engines import create_engine
+
+            judge = create_engine(self.settings, self.settings.teacher_model, engine="transformers")
+        reward = build_reward(task.reward, judge_engine=judge)
+        params = SamplingParams(temperature=config.eval_temperature, max_tokens=config.eval_max_tokens, seed=config.seed)
+        base = TransformersEngine(base_path, dtype=config.dtype)
+        if config.method == "lora":
+            student = TransformersEngine(base_path, dtype=config.dtype, adapter_path=student_path)
+        else:
+            student = TransformersEngine(student_path, dtype=config.dtype)
+        try:
+            with self.sessions() as session:
+                teacher = teacher_rewards(session, task.name, prompts)
+            return evaluate(base, student, reward, prompts, params, teacher)
+        finally:
+            base.close()
+            student.close()
+            if judge is not None:
+                judge.close()
+
+
+def work(settings: Settings, *, once: bool = False) -> None:
+    """Run a trainer worker in this process until SIGINT/SIGTERM (or, with once, until the queue is empty)."""
+    from shared.db.session import make_engine, session_factory, upgrade
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    worker = TrainerWorker(settings, session_factory(engine))
+
+    def _stop(signum, _frame) -> None:
+        log.info("signal %d: finishing the current step, then handing the run back", signum)
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("trainer worker %s polling %s", worker.owner, settings.resolved_database_url.split("@")[-1])
+    try:
+        worker.loop(once=once)
+    finally:
+        engine.dispose()
+
