@@ -98,7 +98,7 @@ def run_demo(teacher_url: str, student_url: str, client_key: str, admin_token: s
                  lambda s: (s.get("progress", {}).get("step", 0), s.get("progress", {}).get("total", 0),
                             f"loss {s['progress']['loss']:.3f}" if s.get("progress", {}).get("loss") is not None else ""), interval=3)
     students = teacher.call("GET", "/admin/students")["data"]
-    new_student = next(s for s in students if s.get("run_id") == run["id"])
+    new_student = next(s for s in students if s["id"] == run["student_id"])
 
     console.rule("3. promote the student; the student service hot-swaps to it")
     teacher.call("POST", f"/admin/students/{new_student['id']}/promote")

@@ -284,8 +284,8 @@ def work(settings: Settings, *, once: bool = False) -> None:
     from shared.db.session import make_engine, session_factory, upgrade
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    engine = make_engine(settings.resolved_database_url)  # creates the SQLite file's folder
     upgrade(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
     worker = TrainerWorker(settings, session_factory(engine))
 
     def _stop(signum, _frame) -> None:
