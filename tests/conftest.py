@@ -18,9 +18,9 @@ from shared.settings import BUNDLED_MODEL, Settings  # noqa: E402
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
-# The trainer (issue 4) and the end-to-end flow that needs it are still being finished: their tests
-# are committed but not yet part of the suite. Remove an entry once its suite is green.
-collect_ignore = ["trainer", "e2e"]
+# The trainer's own suite (issue 4) is still being finished: committed, not yet part of the run.
+# (The end-to-end test in tests/e2e does run the trainer worker.) Remove once tests/trainer is green.
+collect_ignore = ["trainer"]
 
 
 @pytest.fixture(scope="session")
