@@ -24,46 +24,97 @@ class DistillationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # --- which pairs (the training data) ---
-    task: str = Field(pattern=TASK_NAME_PATTERN, description="Task whose accepted pairs are distilled; its reward scores the evaluation.")
-    jobs: list[str] | None = Field(None, max_length=1000, description="Only pairs of these sampling jobs (default: every job of the task).")
-    min_reward_gain: float | None = Field(None, description="Only pairs whose reward rose by at least this much (reward_after - reward_before).")
+    task: str = Field(
+        pattern=TASK_NAME_PATTERN,
+        description="Task whose accepted pairs are distilled; its reward scores the evaluation.",
+    )
+    jobs: list[str] | None = Field(
+        None, max_length=1000,
+        description="Only pairs of these sampling jobs (default: every job of the task).",
+    )
+    min_reward_gain: float | None = Field(
+        None,
+        description="Only pairs whose reward rose by at least this much (reward_after - reward_before).",
+    )
     acceptance: Acceptance | None = Field(None, description="Only pairs of chains sampled with this acceptance rule.")
     max_pairs: int | None = Field(None, ge=1, description="Use at most this many pairs (the oldest first).")
-    pair_id_max: int | None = Field(None, ge=0, description="Only pairs stored up to this id; the service sets it at submission, so pairs added later never change the run.")
+    pair_id_max: int | None = Field(
+        None, ge=0,
+        description="Only pairs stored up to this id; the service sets it at submission, so pairs added later never change the run.",
+    )
 
     # --- which student ---
-    base_model: str | None = Field(None, min_length=1, description="Student base model (bundled name, local directory or hub id); default DSC_STUDENT_BASE_MODEL.")
-    name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Registry name of the student; default '<task>-student'. Each run adds a version.")
+    base_model: str | None = Field(
+        None, min_length=1,
+        description="Student base model (bundled name, local directory or hub id); default DSC_STUDENT_BASE_MODEL.",
+    )
+    name: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+        description="Registry name of the student; default '<task>-student'. Each run adds a version.",
+    )
 
     # --- how to train ---
-    method: Literal["lora", "full"] = Field("lora", description="LoRA adapter (default) or full fine-tune of every weight.")
+    method: Literal["lora", "full"] = Field(
+        "lora",
+        description="LoRA adapter (default) or full fine-tune of every weight.",
+    )
     lora_r: int = Field(8, ge=1, le=256, description="LoRA rank.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    lora_target_modules: list[str] = Field(list(DEFAULT_LORA_TARGETS), min_length=1, description="Module names LoRA adapts (must exist in the base model).")
-    learning_rate: float = Field(2e-4, gt=0, le=1e-1, description="Peak learning rate (AdamW), reached after warmup, then linear decay to 0.")
-    warmup_ratio: float = Field(0.05, ge=0, le=0.5, description="Share of the steps spent warming the learning rate up.")
+    lora_target_modules: list[str] = Field(
+        list(DEFAULT_LORA_TARGETS), min_length=1,
+        description="Module names LoRA adapts (must exist in the base model).",
+    )
+    learning_rate: float = Field(
+        2e-4, gt=0, le=1e-1,
+        description="Peak learning rate (AdamW), reached after warmup, then linear decay to 0.",
+    )
+    warmup_ratio: float = Field(
+        0.05, ge=0, le=0.5,
+        description="Share of the steps spent warming the learning rate up.",
+    )
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
-    epochs: float = Field(2.0, gt=0, le=100, description="Passes over the training pairs (ignored when max_steps is set).")
+    epochs: float = Field(
+        2.0, gt=0, le=100,
+        description="Passes over the training pairs (ignored when max_steps is set).",
+    )
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run; overrides epochs.")
     batch_size: int = Field(4, ge=1, le=256, description="Pairs per optimizer step.")
-    max_seq_len: int = Field(256, ge=16, le=32768, description="Longest prompt+answer in tokens; longer answers are cut, pairs whose prompt alone does not fit are skipped.")
+    max_seq_len: int = Field(
+        256, ge=16, le=32768,
+        description="Longest prompt+answer in tokens; longer answers are cut, pairs whose prompt alone does not fit are skipped.",
+    )
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="Base weights' dtype while training and evaluating (LoRA weights are float32 either way). "
         "float32 by default: a bf16 backward pass on CPU measured 6-20x slower here.")
     seed: int = Field(0, description="Seeds the held-out split, the data order, LoRA init and evaluation sampling.")
-    save_steps: int = Field(10, ge=1, description="Checkpoint every this many steps (a killed run resumes from the last one).")
+    save_steps: int = Field(
+        10, ge=1,
+        description="Checkpoint every this many steps (a killed run resumes from the last one).",
+    )
 
     # --- evaluation ---
-    held_out_fraction: float = Field(0.1, ge=0, le=0.5, description="Share of distinct prompts kept out of training and used to evaluate.")
-    eval_prompts: list[str] | None = Field(None, max_length=1000, description="Evaluate on these prompts instead of held-out pair prompts (then all pairs train).")
+    held_out_fraction: float = Field(
+        0.1, ge=0, le=0.5,
+        description="Share of distinct prompts kept out of training and used to evaluate.",
+    )
+    eval_prompts: list[str] | None = Field(
+        None, max_length=1000,
+        description="Evaluate on these prompts instead of held-out pair prompts (then all pairs train).",
+    )
     max_eval_prompts: int = Field(16, ge=1, le=1000, description="Evaluate on at most this many prompts.")
     eval_max_tokens: int = Field(64, ge=1, le=1024, description="Answer length for base and student alike.")
-    eval_temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature for base and student alike (0: greedy).")
+    eval_temperature: float = Field(
+        0.7, ge=0, le=2,
+        description="Sampling temperature for base and student alike (0: greedy).",
+    )
     eval_examples: int = Field(4, ge=0, le=100, description="Before/after examples kept in the metrics.")
 
     # --- artifacts ---
-    merge: bool = Field(False, description="Also save merged weights (base + adapter): what the student service serves fastest.")
+    merge: bool = Field(
+        False,
+        description="Also save merged weights (base + adapter): what the student service serves fastest.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "DistillationConfig":

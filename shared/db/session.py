@@ -20,12 +20,17 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
-    url = normalise_url(url)
+def _ensure_sqlite_dir(url: str) -> None:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    _ensure_sqlite_dir(url)
+    if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite defers BEGIN until the first write, and a deferred transaction that later
@@ -74,6 +79,7 @@ def upgrade(url: str) -> None:
     """Apply all migrations (idempotent). Services call this at start."""
     from alembic import command
 
+    _ensure_sqlite_dir(url)  # a fresh data directory may not exist yet
     command.upgrade(alembic_config(url), "head")
 
 

@@ -1,0 +1,94 @@
+"""The admin distillation and student API on SQLite and Postgres: bad input is a clear 4xx and
+queues nothing; auth, not-found, cancel of a queued run, reports that do not exist yet."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from shared.db.models import DistillationRun
+
+GOOD = {"task": "sentiment", "max_steps": 2, "batch_size": 2, "max_seq_len": 64}
+
+
+def _runs(teacher) -> int:
+    with teacher.sessions() as session:
+        return session.scalar(select(func.count()).select_from(DistillationRun))
+
+
+@pytest.fixture()
+def api(make_settings, db_url, tf_engine, helpers):
+    settings = make_settings(db_url, distill_min_pairs=4)
+    with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:
+        helpers.store_fixed_pairs(teacher.sessions, helpers.film_prompts[:5], "A warm, lovely film.", job_id="small-job")
+        yield teacher, admin
+
+
+BAD = [  # (change to a good body, status, words the message must contain)
+    ({"jobs": ["small-job"], "eval_prompts": ["Review Heat."], "min_reward_gain": 5.0}, 400, "too few pairs: 0 accepted pairs"),
+    ({"jobs": ["no-such-job"]}, 400, "too few pairs"),
+    ({"task": "no-such-task"}, 404, "unknown task"),
+    ({"base_model": "no-such-model"}, 400, "unknown model 'no-such-model'"),
+    ({"base_model": "/nonexistent/dir/model"}, 400, "base_model"),
+    ({"lora_target_modules": ["warp_drive_proj"]}, 400, "warp_drive_proj"),
+    ({"max_seq_len": 9000}, 400, "positions"),
+    ({"max_seq_len": 16}, 400, "fit max_seq_len=16"),
+    ({"lora_r": 128}, 400, "student_max_lora_rank"),
+    ({"held_out_fraction": 0}, 400, "nothing to evaluate on"),
+    ({"batch_size": 0}, 422, "batch_size"),
+    ({"learning_rate": -1}, 422, "learning_rate"),
+    ({"epochs": 0}, 422, "epochs"),
+    ({"lora_r": 1000}, 422, "lora_r"),
+    ({"max_steps": 10**9}, 400, "distill_max_steps"),
+    ({"eval_prompts": []}, 422, "eval_prompts"),
+    ({"learn_rate": 0.1}, 422, "learn_rate"),
+    ({"method": "qlora"}, 422, "method"),
+]
+
+
+def test_bad_input_is_a_clear_4xx_and_queues_nothing(api):
+    """One running teacher per database for all the cases (each would otherwise start its own)."""
+    teacher, admin = api
+    for change, status, words in BAD:
+        response = admin.post("/admin/distillations", json={**GOOD, **change})
+        assert response.status_code == status, (change, response.text)
+        error = response.json()["error"]
+        assert words in error["message"], (change, error)
+        assert _runs(teacher) == 0, change
+
+
+def test_too_few_pairs_overall(make_settings, db_url, tf_engine, helpers):
+    settings = make_settings(db_url, distill_min_pairs=8)
+    with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:
+        helpers.store_fixed_pairs(teacher.sessions, helpers.film_prompts[:5], "A warm, lovely film.")
+        response = admin.post("/admin/distillations", json=GOOD)
+        assert response.status_code == 400
+        assert "too few pairs: 5 accepted pairs match (task 'sentiment')" in response.json()["error"]["message"]
+        assert "distill_min_pairs" in response.json()["error"]["message"]
+        assert _runs(teacher) == 0
+
+
+def test_queue_list_cancel_and_auth(api):
+    teacher, admin = api
+    created = admin.post("/admin/distillations", json={**GOOD, "eval_prompts": ["Review the film Heat."]})
+    assert created.status_code == 202, created.text
+    run_id = created.json()["id"]
+    listed = admin.get("/admin/distillations").json()["data"]
+    assert [run["id"] for run in listed] == [run_id] and listed[0]["status"] == "queued"
+    assert listed[0]["config"]["lora_r"] == 8 and listed[0]["progress"]["pairs"] == 5
+    missing = admin.get(f"/admin/distillations/{run_id}/report.png")
+    assert missing.status_code == 404 and "no report yet" in missing.json()["error"]["message"]
+
+    cancelled = admin.post(f"/admin/distillations/{run_id}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    assert admin.post(f"/admin/distillations/{run_id}/cancel").json()["status"] == "cancelled"  # idempotent
+    assert admin.get("/admin/distillations/nope").status_code == 404
+    assert admin.post("/admin/distillations/nope/cancel").status_code == 404
+    assert admin.post("/admin/students/nope/promote").status_code == 404
+    assert admin.get("/admin/students").json() == {"data": []}
+
+    with httpx.Client(base_url=teacher.url, timeout=30) as anonymous:
+        assert anonymous.post("/admin/distillations", json=GOOD).status_code == 401
+        assert anonymous.get("/admin/students", headers={"Authorization": "Bearer trainer-test-client-key"}).status_code == 403
+    assert _runs(teacher) == 1
