@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.teacher.logs import job_id_var
 from services.teacher.state import TeacherState
 from shared.db.models import Job
-from shared.db.queue import claim, fenced_update, finish, heartbeat, release
+from shared.db.queue import Heartbeat, claim, fenced_update, finish, release
 from shared.db.session import is_sqlite
 from shared.db.store import Recorded, record_chains
 from shared.errors import DscError
@@ -78,35 +78,6 @@ def commit_batch(
         return None
 
 
-class Heartbeat:
-    """Renews a lease every third of its length until stopped; sets `lost` if renewal fails."""
-
-    def __init__(self, sessions: sessionmaker[Session], lease: Lease, lease_seconds: float) -> None:
-        self.sessions, self.lease, self.lease_seconds = sessions, lease, lease_seconds
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{lease.job_id[:8]}", daemon=True)
-
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        interval = max(self.lease_seconds / 3, 0.05)
-        while not self._stop.wait(interval):
-            try:
-                if not heartbeat(self.sessions, Job, self.lease.job_id, self.lease.owner, self.lease.attempt, self.lease_seconds):
-                    log.warning("lease on job %s lost (attempt %d)", self.lease.job_id, self.lease.attempt)
-                    self.lost.set()
-                    return
-            except Exception:  # the database blinked: try again next beat; the lease may still hold
-                log.warning("heartbeat for job %s failed", self.lease.job_id, exc_info=True)
-
-
 class JobWorker:
     """One worker thread. `run_once` claims and processes at most one job (tests drive it)."""
 
@@ -152,7 +123,7 @@ class JobWorker:
         token = job_id_var.set(job.id)
         try:
             log.info("claimed job %s (attempt %d, %d/%d done)", job.id, job.attempt, job.done, job.total)
-            with Heartbeat(self.state.sessions, lease, settings.job_lease_seconds) as beat:
+            with Heartbeat(self.state.sessions, Job, lease.job_id, lease.owner, lease.attempt, settings.job_lease_seconds) as beat:
                 self._process(job, lease, beat)
         finally:
             job_id_var.reset(token)

@@ -39,7 +39,7 @@ from services.trainer.registry import register_student
 from services.trainer.report import write_report
 from services.trainer.runs import run_dir
 from shared.db.models import DistillationRun, utcnow
-from shared.db.queue import claim, fenced_update, finish, heartbeat, release
+from shared.db.queue import Heartbeat, claim, fenced_update, finish, release
 from shared.engines.base import SamplingParams
 from shared.errors import DscError
 from shared.model_store import resolve_model
@@ -58,34 +58,6 @@ class Lease:
 
 class LeaseLost(Exception):
     pass
-
-
-class Heartbeat:
-    """Renews the run's lease every third of its length; sets `lost` when renewal is refused."""
-
-    def __init__(self, sessions: sessionmaker[Session], lease: Lease, lease_seconds: float) -> None:
-        self.sessions, self.lease, self.lease_seconds = sessions, lease, lease_seconds
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"trainer-heartbeat-{lease.run_id[:8]}", daemon=True)
-
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(max(self.lease_seconds / 3, 0.05)):
-            try:
-                if not heartbeat(self.sessions, DistillationRun, self.lease.run_id, self.lease.owner, self.lease.attempt, self.lease_seconds):
-                    log.warning("lease on run %s lost (attempt %d)", self.lease.run_id, self.lease.attempt)
-                    self.lost.set()
-                    return
-            except Exception:  # the database blinked; the lease may still hold
-                log.warning("heartbeat for run %s failed", self.lease.run_id, exc_info=True)
 
 
 class TrainerWorker:
@@ -136,7 +108,7 @@ class TrainerWorker:
                    error=f"gave up after {run.attempt - 1} attempts (trainer_max_attempts): each worker stopped without "
                          f"finishing (killed or crashed; last progress step {last}); see the trainer log")
             return True
-        with Heartbeat(self.sessions, lease, self.settings.trainer_lease_seconds) as beat:
+        with Heartbeat(self.sessions, DistillationRun, lease.run_id, lease.owner, lease.attempt, self.settings.trainer_lease_seconds) as beat:
             try:
                 self._process(run, lease, beat)
             except LeaseLost:

@@ -12,6 +12,8 @@ blocking each other; SQLite claims inside BEGIN IMMEDIATE (one writer) with UPDA
 
 from __future__ import annotations
 
+import logging
+import threading
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -19,6 +21,8 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import utcnow
+
+log = logging.getLogger(__name__)
 
 Row = TypeVar("Row")
 
@@ -103,3 +107,33 @@ def release(factory: sessionmaker[Session], model: type, row_id: Any, owner: str
     another worker resumes it without waiting for the lease to expire."""
     with factory() as session, session.begin():
         return fenced_update(session, model, row_id, owner, attempt, status="queued", lease_owner=None, lease_expires_at=None)
+
+
+class Heartbeat:
+    """Renews a held lease every third of its length until stopped; sets `lost` when renewal is
+    refused (the lease expired and another worker took the row, or the row was finished)."""
+
+    def __init__(self, factory: sessionmaker[Session], model: type, row_id: Any, owner: str, attempt: int, lease_seconds: float) -> None:
+        self.factory, self.model, self.row_id = factory, model, row_id
+        self.owner, self.attempt, self.lease_seconds = owner, attempt, lease_seconds
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{model.__tablename__}-{str(row_id)[:8]}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(self.lease_seconds / 3, 0.05)):
+            try:
+                if not heartbeat(self.factory, self.model, self.row_id, self.owner, self.attempt, self.lease_seconds):
+                    log.warning("lease on %s %s lost (attempt %d)", self.model.__tablename__, self.row_id, self.attempt)
+                    self.lost.set()
+                    return
+            except Exception:  # the database blinked: try again next beat; the lease may still hold
+                log.warning("heartbeat for %s %s failed", self.model.__tablename__, self.row_id, exc_info=True)
