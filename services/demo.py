@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -141,11 +142,13 @@ def _wait_for_model(student: Client, new_student: dict, timeout: float = 300) ->
 
 
 def _answers(student: Client, model: str, prompts: list[str], config: DemoConfig) -> list[str]:
-    answers = []
-    for prompt in prompts:
+    """All prompts at once, as concurrent clients: the student service batches them together."""
+    def ask(prompt: str) -> str:
         body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": config.max_tokens, "temperature": 0.0, "seed": config.seed}
-        answers.append(student.call("POST", "/v1/chat/completions", json=body)["choices"][0]["message"]["content"])
-    return answers
+        return student.call("POST", "/v1/chat/completions", json=body)["choices"][0]["message"]["content"]
+
+    with ThreadPoolExecutor(max_workers=min(16, len(prompts))) as pool:
+        return list(pool.map(ask, prompts))
 
 
 def _stats(values: list[float]) -> dict:
@@ -165,5 +168,9 @@ def _print_comparison(summary, prompts, base_answers, student_answers, base_rewa
     for column in ("prompt", "base", "student"):
         examples.add_column(column, overflow="fold", max_width=50)
     for i in range(min(3, len(prompts))):
-        examples.add_row(prompts[i], f"[{base_rewards[i]:+.2f}] {base_answers[i]}", f"[{student_rewards[i]:+.2f}] {student_answers[i]}")
+        examples.add_row(prompts[i], f"[{base_rewards[i]:+.2f}] {_clip(base_answers[i])}", f"[{student_rewards[i]:+.2f}] {_clip(student_answers[i])}")
     console.print(examples)
+
+
+def _clip(text: str, limit: int = 240) -> str:
+    return text if len(text) <= limit else text[:limit].rstrip() + " …"

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     job_batch_size: int = Field(32, description="Prompts per batch; each batch is one sampler call and one commit.")
     job_lease_seconds: int = Field(60, description="A worker's claim on a job expires unless renewed (heartbeat).")
     job_max_failures: int = Field(3, description="Failed batches of a job before it fails.")
+    job_max_attempts: int = Field(20, ge=1, description="Claims of one job (worker deaths, restarts) before it fails instead of resuming again.")
     job_poll_seconds: float = 1.0
 
     # --- student service (OpenAI-compatible serving of the distilled model) ---

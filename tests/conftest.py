@@ -18,10 +18,6 @@ from shared.settings import BUNDLED_MODEL, Settings  # noqa: E402
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
-# The trainer's own suite (issue 4) is still being finished: committed, not yet part of the run.
-# (The end-to-end test in tests/e2e does run the trainer worker.) Remove once tests/trainer is green.
-collect_ignore = ["trainer"]
-
 
 @pytest.fixture(scope="session")
 def model_store() -> Path:

@@ -39,9 +39,9 @@ class VLLMRuntime:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         if cpu_threads_bind:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind
-        from shared.engines.vllm_engine import _bind_all_cores
+        from shared.engines.vllm_engine import bind_all_cores, scheduler_options
 
-        _bind_all_cores()
+        bind_all_cores()
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -60,6 +60,7 @@ class VLLMRuntime:
             max_loras=max(2, max_loras),  # 1 mixes base requests into the adapter's batch (DESIGN §4)
             max_lora_rank=max_lora_rank,
             seed=0,
+            **scheduler_options(max_model_len),
         )
         self.engine = AsyncLLM.from_engine_args(args)
         self._loras: dict[str, object] = {}

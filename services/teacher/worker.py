@@ -137,6 +137,10 @@ class JobWorker:
         except DscError as error:  # the task is gone: no retry can help
             finish(sessions, Job, lease.job_id, lease.owner, lease.attempt, "failed", error=error.message)
             return
+        if job.attempt > settings.job_max_attempts:  # each holder died or stopped mid-job: a crash loop must end
+            finish(sessions, Job, lease.job_id, lease.owner, lease.attempt, "failed",
+                   error=f"gave up after {job.attempt - 1} attempts (job_max_attempts): each worker stopped before finishing the job")
+            return
         plan = plan_from_job(job, task)
         start, failures = job.done, job.failures
         while start < job.total:

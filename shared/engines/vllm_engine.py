@@ -18,11 +18,22 @@ def vllm_available() -> bool:
     return True
 
 
-def _bind_all_cores() -> None:
+def bind_all_cores() -> None:
     # vLLM-CPU binds its OpenMP threads to ONE core by default: about half the throughput here.
     if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         cores = sorted(os.sched_getaffinity(0))
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(core) for core in cores)
+
+
+def scheduler_options(max_model_len: int) -> dict:
+    """Engine arguments every vLLM engine of dSC needs on this platform."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return {}
+    # vLLM-CPU 0.32 kills the engine ("CPU Generator does not use offset") when a seeded request's
+    # prefill is split across steps; whole prefills avoid that code path.
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
 
 
 class VLLMEngine:
@@ -44,7 +55,7 @@ class VLLMEngine:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         if cpu_threads_bind:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind
-        _bind_all_cores()
+        bind_all_cores()
         from vllm import LLM
 
         self.model = str(model_path)
@@ -53,6 +64,7 @@ class VLLMEngine:
             # max_loras >= 2: with 1, a batch mixing base and adapter requests served the base
             # requests with the adapter (DESIGN §4).
             options.update(enable_lora=True, max_loras=max(2, max_loras), max_lora_rank=max_lora_rank)
+        options.update(scheduler_options(max_model_len))
         self.llm = LLM(
             model=self.model,
             dtype=dtype or preferred_dtype(),

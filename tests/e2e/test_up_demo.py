@@ -16,15 +16,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from live_server import free_port
 from services.demo import DemoConfig, run_demo
 from shared.db.models import Pair, Student
 from shared.db.session import make_engine, session_factory
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> None:
@@ -42,7 +37,7 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> No
 
 @pytest.mark.timeout(1500)
 def test_dsc_up_runs_the_demo_flow_and_stops_cleanly(tmp_path, model_store, postgres_url):
-    teacher_port, student_port = _free_port(), _free_port()
+    teacher_port, student_port = free_port(), free_port()
     env = {
         **os.environ,
         "DSC_DATA_DIR": str(tmp_path / "data"),

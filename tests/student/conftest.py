@@ -4,9 +4,6 @@ LoRA adapter trained for a few steps on a fixed phrase."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,8 +11,8 @@ from typing import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
+from live_server import live_server  # tests/ is on sys.path (pytest prepends the root conftest's directory)
 from shared.db.models import Student
 from shared.db.session import make_engine, session_factory, transaction, upgrade
 from shared.settings import Settings
@@ -34,37 +31,6 @@ def student_runtime(model_path: Path):
     runtime = TransformersRuntime(model_path, max_batch=16, window_s=0.05, max_model_len=2048)
     yield runtime
     runtime._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def running_server(app, *, ready_timeout: float = 120.0) -> Iterator[str]:
-    """uvicorn on a free 127.0.0.1 port in a background thread; yields the base URL once /readyz is 200."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
-    try:
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError(f"student server on port {port} not ready")
-            time.sleep(0.1)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def student_settings(tmp_path: Path, model_store: Path, **overrides) -> Settings:
@@ -87,7 +53,7 @@ def registry_server(tmp_path_factory, model_store: Path, student_runtime):
     settings = student_settings(tmp, model_store)
     upgrade(settings.resolved_database_url)
     app = create_app(settings, runtime=student_runtime)
-    with running_server(app) as url:
+    with live_server(app, name="student") as url:
         yield url, app
 
 
@@ -164,4 +130,4 @@ def keys() -> dict:
 @pytest.fixture(scope="session")
 def student_helpers():
     """The helpers above, for test modules (test directories are not packages here)."""
-    return {"running_server": running_server, "student_settings": student_settings, "register_student": register_student}
+    return {"running_server": lambda app: live_server(app, name="student", stop_timeout=30), "student_settings": student_settings, "register_student": register_student}

@@ -4,8 +4,6 @@ servers on free loopback ports, real SQLite and Postgres databases, real bearer 
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,10 +12,10 @@ from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from live_server import free_port, live_server  # tests/ is on sys.path (pytest prepends the root conftest's directory)
 from shared.db.models import Chain, ChainStep, Job, Pair, Task
 from shared.db.session import make_engine, session_factory
 from shared.settings import Settings
@@ -38,12 +36,6 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(int(os.environ.get("DSC_TEST_TORCH_THREADS", "1")))
     yield
     torch.set_num_threads(before)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def teacher_settings(data_dir: Path, model_store: Path, database_url: str, **overrides: Any) -> Settings:
@@ -93,29 +85,12 @@ def running_teacher(settings: Settings, engine, *, ready_timeout: float = 120.0)
     from services.teacher.app import create_app
 
     app = create_app(settings, engine=engine)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name=f"teacher-{port}", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
-    while True:
+    with live_server(app, name="teacher", ready_timeout=ready_timeout) as url:
+        db_engine = make_engine(settings.resolved_database_url)
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            raise RuntimeError(f"teacher on port {port} not ready")
-        time.sleep(0.05)
-    db_engine = make_engine(settings.resolved_database_url)
-    try:
-        yield Teacher(url=url, app=app, settings=settings, sessions=session_factory(db_engine))
-    finally:
-        server.should_exit = True
-        thread.join(60)
-        db_engine.dispose()
+            yield Teacher(url=url, app=app, settings=settings, sessions=session_factory(db_engine))
+        finally:
+            db_engine.dispose()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -169,3 +169,19 @@ def test_shutdown_mid_batch_hands_the_job_back_to_the_queue(make_state, tmp_path
     assert stored(state.sessions, job_id) == ([], 0, 0)
     state.stopping.clear()
     assert claim(state.sessions, Job, "next", 60).id == job_id  # claimable at once, no lease to wait out
+
+
+def test_a_job_whose_workers_keep_dying_fails_after_job_max_attempts(make_state, tmp_path, tf_engine):
+    """Two claims whose holders vanish (leases run out), then a third claim over the cap: the job
+    fails with the reason instead of being resumed forever; the engine is never called for it."""
+    engine = BrokenEngine(tf_engine, failures=0)
+    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", engine, job_max_attempts=2)
+    job_id = enqueue(state.sessions, ["Review a film."])
+    for owner in ("dies-1", "dies-2"):
+        assert claim(state.sessions, Job, owner, lease_seconds=0.05).id == job_id
+        time.sleep(0.1)
+    assert JobWorker(state).run_once()
+    job = load(state.sessions, job_id)
+    assert (job.status, job.attempt, job.done) == ("failed", 3, 0)
+    assert "job_max_attempts" in job.error and "gave up after 2 attempts" in job.error
+    assert engine.calls == 0 and job.lease_owner is None
