@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.student.protocol import ChatCompletionRequest, ModelList
-from services.student.serving import StudentServing
+from services.student.serving import Completion, StudentServing
 from shared.errors import DscError
 from shared.web.auth import AdminScope, ClientScope
 
@@ -58,7 +58,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, servin
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         # Starlette cancels this generator when the client disconnects; that cancels generation.
-        return StreamingResponse(_sse(serving.stream(completion, include_usage=include_usage)), media_type="text/event-stream", headers=headers)
+        return _CompletionStream(completion, _sse(serving.stream(completion, include_usage=include_usage)), media_type="text/event-stream", headers=headers)
     try:
         response = await _unless_disconnected(serving.respond(completion), request)
     finally:
@@ -70,6 +70,21 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, servin
 async def reload(serving: Serving, _scope: AdminScope) -> dict:
     """Load the newly active students now (the service also polls the registry)."""
     return await serving.reload(retry_failed=True)
+
+
+class _CompletionStream(StreamingResponse):
+    """Releases its completion's queue slot however the response ends, including a client gone
+    before the first byte (the body generator then never starts, so its own cleanup never runs)."""
+
+    def __init__(self, completion: Completion, content: AsyncIterator[str], **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self.completion = completion
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.completion.close()
 
 
 async def _sse(chunks: AsyncIterator) -> AsyncIterator[str]:
