@@ -1,4 +1,5 @@
-"""An app under uvicorn on a free loopback port in a background thread, for tests that talk HTTP."""
+"""Test plumbing for live services: an app under uvicorn on a free loopback port in a background
+thread, and polling until something becomes true."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import uvicorn
@@ -41,3 +42,15 @@ def live_server(app, *, name: str = "server", ready_timeout: float = 120.0, stop
     finally:
         server.should_exit = True
         thread.join(stop_timeout)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll until `predicate()` is truthy and return its value; AssertionError naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)

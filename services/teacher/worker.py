@@ -21,7 +21,6 @@ import os
 import socket
 import threading
 import uuid
-from dataclasses import dataclass
 from typing import Sequence
 
 from sqlalchemy import select, update
@@ -30,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.teacher.logs import job_id_var
 from services.teacher.state import TeacherState
 from shared.db.models import Job
-from shared.db.queue import Heartbeat, claim, fenced_update, finish, release
+from shared.db.queue import Heartbeat, Lease, claim, fenced_update, finish, release
 from shared.db.session import is_sqlite
 from shared.db.store import Recorded, record_chains
 from shared.errors import DscError
@@ -39,15 +38,6 @@ from shared.sampling import plan_from_job, run_plan
 from shared.tasks import get_task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Lease:
-    """The claim a worker holds on a job; every write it makes is fenced by (owner, attempt)."""
-
-    job_id: str
-    owner: str
-    attempt: int
 
 
 class _LeaseLost(Exception):
@@ -66,12 +56,12 @@ def commit_batch(
     try:
         with sessions() as session, session.begin():
             # The fence first: it takes the job row's lock, so no rescuer can claim mid-commit.
-            if not fenced_update(session, Job, lease.job_id, lease.owner, lease.attempt, done=end):
+            if not fenced_update(session, Job, lease.row_id, lease.owner, lease.attempt, done=end):
                 raise _LeaseLost()
-            recorded = record_chains(session, job_id=lease.job_id, task_name=task_name, acceptance=acceptance, traces=chains, prompt_offset=start)
+            recorded = record_chains(session, job_id=lease.row_id, task_name=task_name, acceptance=acceptance, traces=chains, prompt_offset=start)
             if recorded.pairs:
                 session.execute(
-                    update(Job).where(Job.id == lease.job_id).values(accepted=Job.accepted + recorded.pairs).execution_options(synchronize_session=False)
+                    update(Job).where(Job.id == lease.row_id).values(accepted=Job.accepted + recorded.pairs).execution_options(synchronize_session=False)
                 )
             return recorded
     except _LeaseLost:  # the transaction rolled back: nothing of this batch was written
@@ -123,7 +113,7 @@ class JobWorker:
         token = job_id_var.set(job.id)
         try:
             log.info("claimed job %s (attempt %d, %d/%d done)", job.id, job.attempt, job.done, job.total)
-            with Heartbeat(self.state.sessions, Job, lease.job_id, lease.owner, lease.attempt, settings.job_lease_seconds) as beat:
+            with Heartbeat(self.state.sessions, Job, lease.row_id, lease.owner, lease.attempt, settings.job_lease_seconds) as beat:
                 self._process(job, lease, beat)
         finally:
             job_id_var.reset(token)
@@ -135,10 +125,10 @@ class JobWorker:
             with sessions() as session:
                 task = get_task(session, job.task_name)
         except DscError as error:  # the task is gone: no retry can help
-            finish(sessions, Job, lease.job_id, lease.owner, lease.attempt, "failed", error=error.message)
+            finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "failed", error=error.message)
             return
         if job.attempt > settings.job_max_attempts:  # each holder died or stopped mid-job: a crash loop must end
-            finish(sessions, Job, lease.job_id, lease.owner, lease.attempt, "failed",
+            finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "failed",
                    error=f"gave up after {job.attempt - 1} attempts (job_max_attempts): each worker stopped before finishing the job")
             return
         plan = plan_from_job(job, task)
@@ -147,10 +137,10 @@ class JobWorker:
             if beat.lost.is_set():
                 return  # someone else holds the job now; our uncommitted work is simply dropped
             if state.stopping.is_set():
-                release(sessions, Job, lease.job_id, lease.owner, lease.attempt)
+                release(sessions, Job, lease.row_id, lease.owner, lease.attempt)
                 return
-            if self._cancel_requested(lease.job_id):
-                finish(sessions, Job, lease.job_id, lease.owner, lease.attempt, "cancelled")
+            if self._cancel_requested(lease.row_id):
+                finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "cancelled")
                 log.info("job %s cancelled at %d/%d", job.id, start, job.total)
                 return
             end = min(start + settings.job_batch_size, job.total)
@@ -159,7 +149,7 @@ class JobWorker:
                     chains = run_plan(plan, state.engine, state.rewards, prompts=plan.prompts[start:end], seed_offset=start, progress=self._check_stop)
                 recorded = commit_batch(sessions, lease, task_name=task.name, acceptance=plan.acceptance, chains=chains, start=start, end=end)
             except _Stopping:
-                release(sessions, Job, lease.job_id, lease.owner, lease.attempt)
+                release(sessions, Job, lease.row_id, lease.owner, lease.attempt)
                 return
             except Exception as error:
                 failures += 1
@@ -167,11 +157,11 @@ class JobWorker:
                 log.warning("job %s: %s (failure %d of %d)", job.id, message, failures, settings.job_max_failures, exc_info=not isinstance(error, DscError))
                 state.metrics.batches.labels("failed").inc()
                 if failures >= settings.job_max_failures:
-                    finish(sessions, Job, lease.job_id, lease.owner, lease.attempt, "failed", failures=failures,
+                    finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "failed", failures=failures,
                            error=f"{message}; giving up after {failures} failed batches (job_max_failures)")
                     return
                 with sessions() as session, session.begin():
-                    if not fenced_update(session, Job, lease.job_id, lease.owner, lease.attempt, failures=failures, error=message):
+                    if not fenced_update(session, Job, lease.row_id, lease.owner, lease.attempt, failures=failures, error=message):
                         return
                 state.stopping.wait(min(settings.job_poll_seconds * failures, 30))
                 continue
@@ -181,7 +171,7 @@ class JobWorker:
             state.metrics.batches.labels("committed").inc()
             state.metrics.observe_chains(chains, "job")
             start = end
-        if finish(sessions, Job, lease.job_id, lease.owner, lease.attempt, "succeeded"):
+        if finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "succeeded"):
             log.info("job %s succeeded", job.id)
 
     def _cancel_requested(self, job_id: str) -> bool:

@@ -25,7 +25,6 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -39,7 +38,7 @@ from services.trainer.registry import register_student
 from services.trainer.report import write_report
 from services.trainer.runs import run_dir
 from shared.db.models import DistillationRun, utcnow
-from shared.db.queue import Heartbeat, claim, fenced_update, finish, release
+from shared.db.queue import Heartbeat, Lease, claim, fenced_update, finish, release
 from shared.engines.base import SamplingParams
 from shared.errors import DscError
 from shared.model_store import resolve_model
@@ -47,13 +46,6 @@ from shared.settings import Settings
 from shared.tasks import get_task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Lease:
-    run_id: str
-    owner: str
-    attempt: int
 
 
 class LeaseLost(Exception):
@@ -108,7 +100,7 @@ class TrainerWorker:
                    error=f"gave up after {run.attempt - 1} attempts (trainer_max_attempts): each worker stopped without "
                          f"finishing (killed or crashed; last progress step {last}); see the trainer log")
             return True
-        with Heartbeat(self.sessions, DistillationRun, lease.run_id, lease.owner, lease.attempt, self.settings.trainer_lease_seconds) as beat:
+        with Heartbeat(self.sessions, DistillationRun, lease.row_id, lease.owner, lease.attempt, self.settings.trainer_lease_seconds) as beat:
             try:
                 self._process(run, lease, beat)
             except LeaseLost:
@@ -138,7 +130,7 @@ class TrainerWorker:
 
     def _update(self, lease: Lease, **values) -> None:
         with self.sessions() as session, session.begin():
-            if not fenced_update(session, DistillationRun, lease.run_id, lease.owner, lease.attempt, **values):
+            if not fenced_update(session, DistillationRun, lease.row_id, lease.owner, lease.attempt, **values):
                 raise LeaseLost()
 
     def _control(self, lease: Lease, beat: Heartbeat) -> str | None:
@@ -147,7 +139,7 @@ class TrainerWorker:
         if self.stopping.is_set():
             return "stopping"
         with self.sessions() as session:
-            if session.scalar(select(DistillationRun.cancel_requested).where(DistillationRun.id == lease.run_id)):
+            if session.scalar(select(DistillationRun.cancel_requested).where(DistillationRun.id == lease.row_id)):
                 return "cancelled"
         return None
 
@@ -214,7 +206,7 @@ class TrainerWorker:
             raise Interrupted(stop, result.steps)
         with self.sessions() as session, session.begin():
             final = {**progress, "phase": "succeeded"}
-            if not fenced_update(session, DistillationRun, lease.run_id, lease.owner, lease.attempt, status="succeeded", metrics=metrics,
+            if not fenced_update(session, DistillationRun, lease.row_id, lease.owner, lease.attempt, status="succeeded", metrics=metrics,
                                  progress=final, lease_owner=None, lease_expires_at=None, finished_at=utcnow(), error=None):
                 raise LeaseLost()
             student = register_student(session, run, name=config.student_name, base_model=config.base_model,

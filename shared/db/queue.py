@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -28,6 +29,15 @@ Row = TypeVar("Row")
 
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The claim a worker holds on a row; every write it makes is fenced by (owner, attempt)."""
+
+    row_id: str
+    owner: str
+    attempt: int
 
 
 def _claimable(model: type, now):

@@ -4,12 +4,9 @@ LoRA adapter trained for a few steps on a fixed phrase."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
-import httpx
 import pytest
 
 from live_server import live_server  # tests/ is on sys.path (pytest prepends the root conftest's directory)

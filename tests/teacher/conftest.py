@@ -4,7 +4,6 @@ servers on free loopback ports, real SQLite and Postgres databases, real bearer 
 from __future__ import annotations
 
 import os
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from live_server import free_port, live_server  # tests/ is on sys.path (pytest prepends the root conftest's directory)
+from live_server import free_port, live_server, wait_for  # tests/ is on sys.path (pytest prepends the root conftest's directory)
 from shared.db.models import Chain, ChainStep, Job, Pair, Task
 from shared.db.session import make_engine, session_factory
 from shared.settings import Settings
@@ -91,17 +90,6 @@ def running_teacher(settings: Settings, engine, *, ready_timeout: float = 120.0)
             yield Teacher(url=url, app=app, settings=settings, sessions=session_factory(db_engine))
         finally:
             db_engine.dispose()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_job(client: httpx.Client, job_id: str, statuses: tuple[str, ...], timeout: float = 240) -> dict:

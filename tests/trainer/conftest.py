@@ -20,7 +20,7 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from live_server import live_server  # tests/ is on sys.path (pytest prepends the root conftest's directory)
+from live_server import live_server, wait_for  # tests/ is on sys.path (pytest prepends the root conftest's directory)
 from shared.db.models import Job, utcnow
 from shared.db.session import make_engine, session_factory, transaction, upgrade
 from shared.db.store import record_chains
@@ -100,17 +100,6 @@ def migrated(settings: Settings) -> sessionmaker[Session]:
     engine = make_engine(settings.resolved_database_url)
     upgrade(settings.resolved_database_url)
     return session_factory(engine)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 # --- training data ------------------------------------------------------------------------------
