@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 
 import httpx
@@ -156,6 +158,36 @@ def test_client_disconnect_cancels_generation(registry_server):
     assert serving.pending == 0
     metrics = httpx.get(f"{url}/metrics").text
     assert 'outcome="cancelled"' in metrics
+
+
+def _chat_requests_seen(app) -> float:
+    """Chat completion requests the service has finished handling, whatever their status."""
+    return sum(sample.value for metric in app.state.registry.collect() if metric.name == "dsc_http_requests"
+               for sample in metric.samples if sample.name.endswith("_total") and sample.labels["route"] == "/v1/chat/completions")
+
+
+def test_client_gone_before_the_first_byte_frees_its_slot(registry_server):
+    """Streamed requests whose clients hang up right after sending, before any byte of the answer:
+    once the service has handled them, none of their sequences stays counted against the queue."""
+    url, app = registry_server
+    serving = app.state.student
+    host, port = url.removeprefix("http://").split(":")
+    payload = json.dumps({"model": "student", "messages": HELLO, "max_tokens": 64, "stream": True}).encode()
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {CLIENT_KEY}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
+    seen = _chat_requests_seen(app)
+    for _ in range(5):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_RDWR)
+    deadline = time.monotonic() + 60
+    while _chat_requests_seen(app) < seen + 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _chat_requests_seen(app) == seen + 5, "the service did not finish handling the abandoned requests"
+    assert serving.pending == 0
+    answer = httpx.post(f"{url}/v1/chat/completions", json={"model": "student", "messages": HELLO, "max_tokens": 2},
+                        headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=60)
+    assert answer.status_code == 200
 
 
 def test_health_ready_metrics(registry_server, openai_client):
