@@ -193,11 +193,11 @@ def student_serve(
 ) -> None:
     """Serve the active student (or --model) through an OpenAI-compatible API."""
     from services.student.app import serve
-    from shared.web.auth import auth_enabled
+    from shared.web.auth import open_bind_refusal
 
     settings = load_settings(engine=engine, host=host, student_port=port)
-    if not auth_enabled(settings) and settings.host not in ("127.0.0.1", "localhost", "::1") and not insecure:
-        fail(DscError(f"no DSC_API_KEYS / DSC_ADMIN_TOKEN configured: refusing to bind {settings.host}; set keys or pass --insecure"))
+    if refusal := open_bind_refusal(settings, insecure=insecure):
+        fail(DscError(refusal))
     serve(settings, host=settings.host, port=settings.student_port, model=model)
 
 
@@ -211,12 +211,12 @@ def teacher_serve(
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind with no API keys configured."),
 ) -> None:
     """Serve the teacher API and run job workers; loads the engine and reward models once."""
-    from services.teacher.app import LOOPBACK_HOSTS, serve
-    from shared.web.auth import auth_enabled
+    from services.teacher.app import serve
+    from shared.web.auth import open_bind_refusal
 
     settings = load_settings(engine=engine, host=host, teacher_port=port, teacher_model=model, job_workers=workers)
-    if not auth_enabled(settings) and settings.host not in LOOPBACK_HOSTS and not insecure:
-        fail(DscError(f"no DSC_API_KEYS / DSC_ADMIN_TOKEN configured: refusing to bind {settings.host}; set keys or pass --insecure"))
+    if refusal := open_bind_refusal(settings, insecure=insecure):
+        fail(DscError(refusal))
     serve(settings, host=settings.host, port=settings.teacher_port, log_level=os.environ.get("DSC_LOG_LEVEL", "INFO"))
 
 

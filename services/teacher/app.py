@@ -30,8 +30,6 @@ from shared.web.middleware import HttpMetrics, RequestContextMiddleware
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
 
 def _load_engine(state: TeacherState) -> None:
     try:

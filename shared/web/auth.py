@@ -28,8 +28,19 @@ def _matches(token: str, candidates: list[str]) -> bool:
     return found
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def auth_enabled(settings: Settings) -> bool:
     return bool(settings.api_keys or settings.admin_token)
+
+
+def open_bind_refusal(settings: Settings, *, insecure: bool) -> str | None:
+    """Why a service must not start on settings.host (None: it may): with no tokens everything is
+    open, so only loopback is allowed unless the operator says --insecure."""
+    if auth_enabled(settings) or settings.host in LOOPBACK_HOSTS or insecure:
+        return None
+    return f"no DSC_API_KEYS / DSC_ADMIN_TOKEN configured: refusing to bind {settings.host}; set keys or pass --insecure"
 
 
 def caller_scope(request: Request) -> Scope:
