@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import uuid
 from pathlib import Path
 
 from services.student.runtime import Delta, Failed, Finished, RowParams, RowStream
-from shared.settings import preferred_dtype
+from shared.engines.vllm_engine import engine_options
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,12 +35,10 @@ class VLLMRuntime:
         max_loras: int = 4,
         max_lora_rank: int = 64,
     ) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        if cpu_threads_bind:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind
-        from shared.engines.vllm_engine import bind_all_cores, scheduler_options
-
-        bind_all_cores()
+        options = engine_options(
+            str(base_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+            max_model_len=max_model_len, cpu_threads_bind=cpu_threads_bind, max_loras=max_loras, max_lora_rank=max_lora_rank,
+        )
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -49,19 +46,7 @@ class VLLMRuntime:
         self.base_path = Path(base_path)
         self.max_model_len = max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(base_path)
-        args = AsyncEngineArgs(
-            model=str(base_path),
-            dtype=dtype or preferred_dtype(),
-            gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=enforce_eager,
-            max_model_len=max_model_len,
-            enable_prefix_caching=True,
-            enable_lora=True,
-            max_loras=max(2, max_loras),  # 1 mixes base requests into the adapter's batch (DESIGN §4)
-            max_lora_rank=max_lora_rank,
-            seed=0,
-            **scheduler_options(max_model_len),
-        )
+        args = AsyncEngineArgs(**options)
         self.engine = AsyncLLM.from_engine_args(args)
         self._loras: dict[str, object] = {}
         self._next_lora_id = 1

