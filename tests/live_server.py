@@ -27,17 +27,8 @@ def live_server(app, *, name: str = "server", ready_timeout: float = 120.0, stop
     thread = threading.Thread(target=server.run, name=f"{name}-{port}", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError(f"{name} on port {port} not ready")
-            time.sleep(0.05)
+        wait_ready(url, alive=thread.is_alive, timeout=ready_timeout, what=name)
         yield url
     finally:
         server.should_exit = True
@@ -53,4 +44,22 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_ready(url: str, *, alive: Callable[[], bool], timeout: float, what: str,
+               detail: Callable[[], str] = lambda: "", interval: float = 0.05) -> None:
+    """Poll `url`/readyz until it answers 200. AssertionError (with `detail()` appended, e.g. the
+    service's log) as soon as `alive()` turns false, or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if not alive():
+            raise AssertionError(f"{what} exited before it was ready\n{detail()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not ready after {timeout:.0f} s\n{detail()}")
         time.sleep(interval)

@@ -10,29 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
-from live_server import free_port
+from live_server import free_port, wait_ready
 from services.demo import DemoConfig, run_demo
 from shared.db.models import Pair, Student
 from shared.db.session import make_engine, session_factory
-
-
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "dsc up exited during start-up"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"{url} not ready after {timeout}s")
 
 
 @pytest.mark.timeout(1500)
@@ -52,8 +37,8 @@ def test_dsc_up_runs_the_demo_flow_and_stops_cleanly(tmp_path, model_store, post
     }
     up = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_ready(f"http://127.0.0.1:{teacher_port}/readyz", up)
-        _wait_ready(f"http://127.0.0.1:{student_port}/readyz", up)
+        for port in (teacher_port, student_port):
+            wait_ready(f"http://127.0.0.1:{port}", alive=lambda: up.poll() is None, timeout=600, what="dsc up", interval=1)
         config = DemoConfig(train_prompts=8, eval_prompts=2, chains=2, max_tokens=24, max_steps=4, acceptance="always", out_dir=tmp_path / "demo")
         summary = run_demo(f"http://127.0.0.1:{teacher_port}", f"http://127.0.0.1:{student_port}", "client-key-e2e", "admin-token-e2e", config)
 

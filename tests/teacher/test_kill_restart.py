@@ -10,12 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 from sqlalchemy import func, select
 
+from live_server import wait_ready
 from shared.db.models import Chain, Job, Pair
 from shared.db.session import make_engine, session_factory
 
@@ -32,16 +32,8 @@ def _start(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
 
 
 def _wait_ready(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"teacher exited:\n{log_path.read_text()[-3000:]}"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"teacher not ready after {timeout}s:\n{log_path.read_text()[-3000:]}")
+    wait_ready(url, alive=lambda: process.poll() is None, timeout=timeout, what="teacher",
+               detail=lambda: log_path.read_text()[-3000:], interval=0.2)
 
 
 def _stop(process: subprocess.Popen) -> None:
