@@ -121,15 +121,15 @@ class JobWorker:
 
     def _process(self, job: Job, lease: Lease, beat: Heartbeat) -> None:
         state, settings, sessions = self.state, self.state.settings, self.state.sessions
+        if job.attempt > settings.job_max_attempts:  # each holder died or stopped mid-job: a crash loop must end
+            finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "failed",
+                   error=f"gave up after {job.attempt - 1} attempts (job_max_attempts): each worker stopped before finishing the job")
+            return
         try:
             with sessions() as session:
                 task = get_task(session, job.task_name)
         except DscError as error:  # the task is gone: no retry can help
             finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "failed", error=error.message)
-            return
-        if job.attempt > settings.job_max_attempts:  # each holder died or stopped mid-job: a crash loop must end
-            finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "failed",
-                   error=f"gave up after {job.attempt - 1} attempts (job_max_attempts): each worker stopped before finishing the job")
             return
         plan = plan_from_job(job, task)
         start, failures = job.done, job.failures
