@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from services.demo import DemoConfig as DemoDefaults
 from shared.errors import DscError
 from shared.settings import BUNDLED_MODEL, Settings
 
@@ -157,10 +158,11 @@ def up(
 def demo(
     teacher_url: Optional[str] = typer.Option(None, help="Use running services instead of starting them (with --student-url)."),
     student_url: Optional[str] = typer.Option(None),
-    train_prompts: int = typer.Option(48, help="Sentiment prompts the teacher samples (the rest are held out)."),
-    eval_prompts: int = typer.Option(12, help="Held-out prompts for the comparison."),
-    chains: int = typer.Option(2, help="Chains per training prompt."),
-    max_steps: int = typer.Option(60, help="Training steps of the distillation."),
+    train_prompts: int = typer.Option(DemoDefaults.train_prompts, help="Training prompts of the task the teacher samples."),
+    eval_prompts: int = typer.Option(DemoDefaults.eval_prompts, help="Prompts of the task's evaluation set for the comparison."),
+    samples: int = typer.Option(DemoDefaults.samples, help="Answers per evaluation prompt and system."),
+    chains: int = typer.Option(DemoDefaults.chains, help="Chains per training prompt."),
+    max_steps: Optional[int] = typer.Option(None, help="Training steps of the distillation (default: the trainer's epochs)."),
     engine: Optional[str] = typer.Option(None, help="auto | vllm | transformers (default DSC_ENGINE)."),
     out_dir: Optional[Path] = typer.Option(None, help="Where the report image goes (default DATA_DIR/demo)."),
 ) -> None:
@@ -169,7 +171,7 @@ def demo(
     from services.local import LocalStack
 
     settings = load_settings(engine=engine)
-    config = DemoConfig(train_prompts=train_prompts, eval_prompts=eval_prompts, chains=chains, max_steps=max_steps,
+    config = DemoConfig(train_prompts=train_prompts, eval_prompts=eval_prompts, samples=samples, chains=chains, max_steps=max_steps,
                         out_dir=out_dir or settings.data_dir / "demo")
     try:
         if teacher_url and student_url:
@@ -181,6 +183,69 @@ def demo(
             run_demo(stack.teacher_url, stack.student_url, stack.api_keys[0], stack.admin_token, config)
     except (DemoError, RuntimeError) as error:
         fail(DscError(str(error)))
+
+
+@app.command("eval")
+def evaluate(
+    task: str = typer.Option("sentiment", help="Task whose evaluation set and reward are used."),
+    student: Optional[str] = typer.Option(None, help="Registered student id (default: the task's active student)."),
+    adapter: Optional[Path] = typer.Option(None, help="Evaluate this LoRA adapter directory instead of a registered student."),
+    merged: Optional[Path] = typer.Option(None, help="Evaluate this merged model directory instead of a registered student."),
+    base_model: Optional[str] = typer.Option(None, help="Base model of --adapter/--merged (default DSC_STUDENT_BASE_MODEL)."),
+    samples: int = typer.Option(4, min=1, max=32, help="Answers per prompt and system (K)."),
+    prompts: int = typer.Option(48, min=1, help="Evaluate on the first N prompts of the evaluation set."),
+    max_tokens: int = typer.Option(96, min=1, max=1024),
+    teacher: bool = typer.Option(False, "--teacher", help="Also run the teacher's critique→revise chain (slow)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """Student vs base (vs teacher) on the task's evaluation set: K samples per prompt, 95% intervals."""
+    import json
+
+    from services.trainer.evaluate import figures_table
+    from services.trainer.evaluations import EvaluationConfig, run_evaluation
+    from shared.model_store import resolve_model
+    from shared.tasks import get_task
+
+    settings = load_settings()
+    config = EvaluationConfig(task=task, samples=samples, max_eval_prompts=prompts, max_tokens=max_tokens, teacher=teacher)
+    try:
+        with _db_session(settings) as session:
+            spec = get_task(session, task)
+            if adapter or merged:
+                base_name, adapter_dir, merged_dir = base_model or settings.student_base_model, adapter, merged
+            else:
+                base_name, adapter_dir, merged_dir = _registered_student(session, task, student)
+        base_path = resolve_model(base_name, settings.resolved_model_store)
+        with console.status("evaluating …") as status:
+            figures = run_evaluation(settings, config, spec, base_path=base_path, adapter_dir=adapter_dir, merged_dir=merged_dir,
+                                     on_phase=lambda phase: status.update(phase))
+    except DscError as error:
+        fail(error)
+    if as_json:
+        typer.echo(json.dumps(figures, ensure_ascii=False))
+        return
+    Console().print(figures_table(figures, title=f"task {task}"))
+    Console().print(figures["gate"]["reason"])
+
+
+def _db_session(settings: Settings):
+    from shared.db.session import make_engine, session_factory, upgrade
+
+    upgrade(settings.resolved_database_url)
+    return session_factory(make_engine(settings.resolved_database_url))()
+
+
+def _registered_student(session, task: str, student_id: str | None) -> tuple[str, Path | None, Path | None]:
+    from sqlalchemy import select
+
+    from shared.db.models import Student
+
+    query = select(Student).where(Student.id == student_id) if student_id else select(Student).where(
+        Student.task_name == task, Student.active.is_(True))
+    row = session.scalar(query)
+    if row is None:
+        raise DscError(f"no student {student_id!r}" if student_id else f"task {task!r} has no active student: pass --student or --adapter")
+    return row.base_model, Path(row.adapter_path) if row.adapter_path else None, Path(row.merged_path) if row.merged_path else None
 
 
 @student_app.command("serve")

@@ -1,12 +1,14 @@
 """`dsc demo`: the main job end to end, as a client of the running services over HTTP.
 
-Sample a sentiment job on the teacher, distil a student from its accepted pairs, promote it, then
-ask base model, teacher (critique→revise) and student the same held-out prompts and compare rewards.
+Sample a sentiment job on the teacher over the task's training prompts, distil a student from its
+accepted pairs (the trainer evaluates it against its base on the task's separately written
+evaluation set, K samples per prompt), have the teacher's critique→revise chain answer the same
+evaluation prompts, print every figure with its 95% interval, promote the student if its gain is
+significant, and show a few answers of base and student through the student service.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,11 +26,13 @@ console = Console()
 @dataclass
 class DemoConfig:
     task: str = "sentiment"
-    train_prompts: int = 48
-    eval_prompts: int = 12
+    train_prompts: int = 240  # of the task's training set
+    eval_prompts: int = 48  # of the task's evaluation set (written apart from the training prompts)
+    samples: int = 4  # answers per evaluation prompt and system
     chains: int = 2
     max_tokens: int = 96
-    max_steps: int = 60
+    max_steps: int | None = None  # None: the trainer's default epochs
+    min_reward: float | None = None  # None: the task's reward floor for training pairs
     acceptance: str = "improve"
     seed: int = 0
     out_dir: Path = Path("demo-output")
@@ -72,14 +76,13 @@ def _watch(title: str, poll: Callable[[], dict], done_of: Callable[[dict], tuple
 
 
 def run_demo(teacher_url: str, student_url: str, client_key: str, admin_token: str, config: DemoConfig) -> dict:
-    from shared.rewards import build_reward
+    from services.trainer.evaluate import figures_table
+    from shared import stats
 
     teacher = Client(teacher_url, admin_token)
     student = Client(student_url, client_key)
     task = teacher.call("GET", f"/v1/tasks/{config.task}")
-    prompts = task["prompts"]
-    train, held_out = prompts[: config.train_prompts], prompts[-config.eval_prompts:]
-    reward = build_reward(task["reward"])
+    train, held_out = task["prompts"][: config.train_prompts], task["eval_prompts"][: config.eval_prompts]
     started = time.monotonic()
 
     console.rule(f"1. teacher: critique→revise job, {len(train)} prompts × {config.chains} chains")
@@ -91,41 +94,78 @@ def run_demo(teacher_url: str, student_url: str, client_key: str, admin_token: s
                  lambda s: (s["progress"]["done"], s["progress"]["total"], f"({s['progress']['accepted']} accepted)"))
     console.print(f"job {job['id']}: {job['progress']['accepted']} accepted chains of {job['progress']['total'] * config.chains}")
 
-    console.rule("2. trainer: distil a LoRA student from the accepted pairs")
-    run = teacher.call("POST", "/admin/distillations", json={
-        "task": config.task, "jobs": [job["id"]], "eval_prompts": held_out, "max_steps": config.max_steps, "seed": config.seed,
-    })
-    run = _watch("training", lambda: teacher.call("GET", f"/admin/distillations/{run['id']}"),
-                 lambda s: (s.get("progress", {}).get("step", 0), s.get("progress", {}).get("total", 0),
-                            f"loss {s['progress']['loss']:.3f}" if s.get("progress", {}).get("loss") is not None else ""), interval=3)
-    students = teacher.call("GET", "/admin/students")["data"]
-    new_student = next(s for s in students if s["id"] == run["student_id"])
+    console.rule("2. trainer: distil a LoRA student, evaluate it against its base")
+    body = {"task": config.task, "jobs": [job["id"]], "eval_prompts": held_out, "eval_samples": config.samples,
+            "eval_max_tokens": config.max_tokens, "seed": config.seed}
+    for key in ("max_steps", "min_reward"):
+        if getattr(config, key) is not None:
+            body[key] = getattr(config, key)
+    run = teacher.call("POST", "/admin/distillations", json=body)
+    run = _watch("training", lambda: teacher.call("GET", f"/admin/distillations/{run['id']}"), _training_progress, interval=3)
+    figures = run["metrics"]["eval"]
 
-    console.rule("3. promote the student; the student service hot-swaps to it")
-    teacher.call("POST", f"/admin/students/{new_student['id']}/promote")
+    console.rule(f"3. teacher: critique→revise chains on the {len(held_out)} evaluation prompts × {config.samples}")
+    teacher_rewards = _teacher_rewards(teacher, config, held_out)
+    per_prompt = {row["prompt"]: row for row in figures["per_prompt"]}
+    base = [[per_prompt[p]["base"]] for p in held_out]
+    student_means = [[per_prompt[p]["student"]] for p in held_out]
+    figures["systems"]["teacher"] = stats.mean(teacher_rewards, seed=config.seed).as_dict(null=None)
+    figures["teacher_minus_base"] = stats.difference(teacher_rewards, base, seed=config.seed).as_dict()
+    figures["gain_share"] = stats.gain_share(student_means, base, teacher_rewards, seed=config.seed).as_dict(null=None)
+    console.print(figures_table(figures, title=f"{config.task}: reward on the evaluation set (higher = better)"))
+    train_figures = run["metrics"]["train"]
+    console.print(f"trained on {train_figures['pairs']} pairs ({job['progress']['accepted']} accepted chains), "
+                  f"{train_figures['steps']} steps; {figures['gate']['reason']}")
+
+    console.rule("4. promote the student; the student service hot-swaps to it")
+    new_student = teacher.call("GET", "/admin/students")["data"]
+    new_student = next(s for s in new_student if s["id"] == run["student_id"])
+    forced = not new_student["promotable"]
+    if forced:
+        console.print("[yellow]the gain is not significant: promoting anyway (force=true) so the demo can show it[/yellow]")
+    teacher.call("POST", f"/admin/students/{new_student['id']}/promote", params={"force": "true"} if forced else None)
     served = _wait_for_model(student, new_student)
-
-    console.rule("4. held-out prompts: base model vs teacher revision vs student")
-    base_model = served["base"]
-    base_answers = _answers(student, base_model, held_out, config)
-    student_answers = _answers(student, served["student"], held_out, config)
-    revised = teacher.call("POST", "/v1/critique-revise", json={"task": config.task, "prompts": held_out[:8], "max_tokens": config.max_tokens, "seed": config.seed, "store": False})["results"]
-    base_rewards = reward.score(held_out, base_answers)
-    student_rewards = reward.score(held_out, student_answers)
-    teacher_rewards = [result["final"]["reward"] for result in revised]
+    shown = held_out[:3]
+    base_answers = _answers(student, served["base"], shown, config)
+    student_answers = _answers(student, served["student"], shown, config)
+    _print_examples(shown, base_answers, student_answers)
 
     summary = {
-        "base": _stats(base_rewards), "teacher_revision": _stats(teacher_rewards), "student": _stats(student_rewards),
-        "improved_share": sum(s > b for s, b in zip(student_rewards, base_rewards)) / len(held_out),
-        "pairs": job["progress"]["accepted"], "seconds": round(time.monotonic() - started),
+        "figures": {k: v for k, v in figures.items() if k not in ("per_prompt", "examples")},
+        "pairs": train_figures["pairs"], "accepted_chains": job["progress"]["accepted"], "forced_promotion": forced,
+        "seconds": round(time.monotonic() - started),
     }
-    _print_comparison(summary, held_out, base_answers, student_answers, base_rewards, student_rewards)
     config.out_dir.mkdir(parents=True, exist_ok=True)
     report = config.out_dir / "report.png"
     report.write_bytes(teacher.call("GET", f"/admin/distillations/{run['id']}/report.png"))
     console.print(f"\nreport image: {report.resolve()}\nstudent artifacts: {new_student.get('adapter_path') or new_student.get('merged_path')}")
     console.print(f"the demo took {summary['seconds']} s")
     return summary
+
+
+def _training_progress(state: dict) -> tuple[int, int, str]:
+    progress = state.get("progress", {})
+    phase = progress.get("phase", "")
+    note = f"loss {progress['loss']:.3f}" if progress.get("loss") is not None and phase == "training" else phase
+    return progress.get("step", 0), progress.get("total", 0), note
+
+
+def _teacher_rewards(teacher: Client, config: DemoConfig, prompts: list[str]) -> list[list[float]]:
+    """K chains per prompt through the teacher's synchronous API, in chunks its limits allow; not stored."""
+    rewards: dict[int, list[float]] = {}
+    chunk = 8
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        handle = bar.add_task("teacher chains", total=len(prompts))
+        for start in range(0, len(prompts), chunk):
+            part = prompts[start:start + chunk]
+            results = teacher.call("POST", "/v1/critique-revise", json={
+                "task": config.task, "prompts": part, "chains": config.samples, "acceptance": config.acceptance,
+                "max_tokens": config.max_tokens, "seed": config.seed + start, "store": False})["results"]
+            for result in results:
+                rewards.setdefault(start + result["prompt_index"], []).append(result["final"]["reward"])
+            bar.update(handle, advance=len(part))
+    return [rewards[i] for i in range(len(prompts))]
 
 
 def _wait_for_model(student: Client, new_student: dict, timeout: float = 300) -> dict:
@@ -151,24 +191,12 @@ def _answers(student: Client, model: str, prompts: list[str], config: DemoConfig
         return list(pool.map(ask, prompts))
 
 
-def _stats(values: list[float]) -> dict:
-    return {"mean": round(statistics.fmean(values), 3), "median": round(statistics.median(values), 3), "n": len(values)}
-
-
-def _print_comparison(summary, prompts, base_answers, student_answers, base_rewards, student_rewards) -> None:
-    table = Table(title="reward on held-out prompts (higher = more positive)")
-    for column in ("model", "mean", "median", "n"):
-        table.add_column(column, justify="right")
-    for name, key in (("base model", "base"), ("teacher (critique→revise)", "teacher_revision"), ("distilled student", "student")):
-        stats = summary[key]
-        table.add_row(name, f"{stats['mean']:.3f}", f"{stats['median']:.3f}", str(stats["n"]))
-    console.print(table)
-    console.print(f"student beats base on {summary['improved_share']:.0%} of held-out prompts; trained on {summary['pairs']} accepted pairs")
-    examples = Table(title="examples", show_lines=True)
+def _print_examples(prompts, base_answers, student_answers) -> None:
+    examples = Table(title="answers through the student service (greedy)", show_lines=True)
     for column in ("prompt", "base", "student"):
         examples.add_column(column, overflow="fold", max_width=50)
-    for i in range(min(3, len(prompts))):
-        examples.add_row(prompts[i], f"[{base_rewards[i]:+.2f}] {_clip(base_answers[i])}", f"[{student_rewards[i]:+.2f}] {_clip(student_answers[i])}")
+    for prompt, base, student in zip(prompts, base_answers, student_answers):
+        examples.add_row(prompt, _clip(base), _clip(student))
     console.print(examples)
 
 

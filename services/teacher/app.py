@@ -1,8 +1,10 @@
 """The teacher service: the critique→revise sampler behind a REST API (DESIGN §5).
 
 Start-up (lifespan): migrate the database, load the engine in a thread (/readyz is 503 until it
-is in), start the job workers. Shutdown: stop the workers (a batch in flight is handed back to
-the queue), close the engine.
+is in), start the job workers. Shutdown, in bounded time even with work in flight: on SIGTERM
+(`serve`) at once, else when the lifespan ends, the state's `begin_shutdown` sets `stopping` and
+closes the engine, so generate calls in flight end (synchronous calls answer 503, workers hand
+their job back to the queue); then the server drains, the workers are joined, the database closed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from services.teacher import worker
 from services.teacher.logs import RequestIdMiddleware, configure_json_logging
 from services.teacher.metrics import QueueCollector, TeacherMetrics
-from services.teacher.routes import distillations, health, jobs, pairs, sampling, students, tasks
+from services.teacher.routes import distillations, evaluations, health, jobs, pairs, sampling, students, tasks
 from services.teacher.state import TeacherState
 from shared import __version__
 from shared.db.session import make_engine, session_factory, upgrade
@@ -31,9 +33,15 @@ from shared.web.middleware import HttpMetrics, RequestContextMiddleware
 log = logging.getLogger(__name__)
 
 
+SHUTDOWN_GRACE_S = 15  # the most uvicorn waits for requests in flight after SIGTERM
+
+
 def _load_engine(state: TeacherState) -> None:
     try:
         engine = create_engine(state.settings, state.settings.teacher_model)
+        if state.stopping.is_set():  # shut down while the model loaded
+            engine.close()
+            return
         state.rewards = RewardPool(judge_engine=engine)
         state.engine = engine
         state.ready.set()
@@ -54,7 +62,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         upgrade(url)
         db_engine = make_engine(url)
         sessions = session_factory(db_engine)
-        state = TeacherState(settings=settings, db_engine=db_engine, sessions=sessions, registry=registry, metrics=metrics)
+        state = TeacherState(settings=settings, db_engine=db_engine, sessions=sessions, registry=registry, metrics=metrics,
+                             owns_engine=engine is None)
         queue_collector = QueueCollector(sessions)
         registry.register(queue_collector)
         app.state.teacher = state
@@ -69,11 +78,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         try:
             yield
         finally:
-            state.stopping.set()
+            state.begin_shutdown()  # already begun on SIGTERM under `serve`
             worker.stop_workers(workers)
             registry.unregister(queue_collector)
-            if engine is None and state.engine is not None:
-                state.engine.close()
+            state.close_engine()
             db_engine.dispose()
 
     app = FastAPI(
@@ -89,7 +97,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     # Added first = runs innermost: it reads the request id the outer middleware assigned.
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "teacher"), max_body_bytes=settings.max_body_bytes)
-    for module in (health, tasks, sampling, jobs, pairs, distillations, students):
+    for module in (health, tasks, sampling, jobs, pairs, distillations, evaluations, students):
         app.include_router(module.router)
     return app
 
@@ -99,4 +107,16 @@ def serve(settings: Settings, *, host: str, port: int, log_level: str = "INFO") 
     import uvicorn
 
     configure_json_logging(log_level)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=30)
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # uvicorn first waits for the requests in flight, and only then runs the lifespan's
+            # shutdown: begin it now, or a long synchronous call would hold the whole exit up.
+            state = getattr(app.state, "teacher", None)
+            if state is not None:
+                state.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    Server(config).run()

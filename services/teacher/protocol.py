@@ -30,13 +30,15 @@ class TaskSummary(BaseModel):
     beta: float
     steps: int
     prompt_count: int
+    eval_prompt_count: int
     builtin: bool
 
     @classmethod
     def of(cls, spec: TaskSpec) -> "TaskSummary":
         return cls(
             name=spec.name, description=spec.description, reward=spec.reward, acceptance=spec.acceptance,
-            beta=spec.beta, steps=spec.steps, prompt_count=len(spec.prompts), builtin=spec.builtin,
+            beta=spec.beta, steps=spec.steps, prompt_count=len(spec.prompts),
+            eval_prompt_count=len(spec.eval_prompts), builtin=spec.builtin,
         )
 
 

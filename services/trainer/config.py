@@ -37,6 +37,15 @@ class DistillationConfig(BaseModel):
         description="Only pairs whose reward rose by at least this much (reward_after - reward_before).",
     )
     acceptance: Acceptance | None = Field(None, description="Only pairs of chains sampled with this acceptance rule.")
+    min_reward: float | None = Field(
+        None,
+        description="Only pairs whose improved answer scored at least this (an absolute floor on reward_after); "
+        "default: the task's train_min_reward, if it has one.",
+    )
+    best_per_prompt: bool = Field(
+        True,
+        description="Train on the best-scored accepted answer of each prompt only (of its chains), not on every accepted chain.",
+    )
     max_pairs: int | None = Field(None, ge=1, description="Use at most this many pairs (the oldest first).")
     pair_id_max: int | None = Field(
         None, ge=0,
@@ -94,21 +103,34 @@ class DistillationConfig(BaseModel):
     )
 
     # --- evaluation ---
-    held_out_fraction: float = Field(
-        0.1, ge=0, le=0.5,
-        description="Share of distinct prompts kept out of training and used to evaluate.",
-    )
     eval_prompts: list[str] | None = Field(
         None, max_length=1000,
-        description="Evaluate on these prompts instead of held-out pair prompts (then all pairs train).",
+        description="Evaluate on these prompts (default: the task's evaluation set; pairs of them never train).",
     )
-    max_eval_prompts: int = Field(16, ge=1, le=1000, description="Evaluate on at most this many prompts.")
-    eval_max_tokens: int = Field(64, ge=1, le=1024, description="Answer length for base and student alike.")
+    held_out_fraction: float = Field(
+        0.1, ge=0, le=0.5,
+        description="Only for a task without an evaluation set and no eval_prompts: share of distinct pair prompts "
+        "kept out of training to evaluate on.",
+    )
+    max_eval_prompts: int = Field(48, ge=1, le=1000, description="Evaluate on at most this many prompts.")
+    eval_samples: int = Field(4, ge=1, le=32, description="Answers per prompt and system (K); the intervals need K > 1 to be honest.")
+    eval_max_tokens: int = Field(96, ge=1, le=1024, description="Answer length for every system alike.")
     eval_temperature: float = Field(
         0.7, ge=0, le=2,
-        description="Sampling temperature for base and student alike (0: greedy).",
+        description="Sampling temperature for every system alike (0: greedy).",
     )
+    eval_teacher: bool = Field(
+        False,
+        description="Also run the teacher's critique→revise chain on the evaluation prompts (three generations per answer: "
+        "slow on a CPU), to report the share of the teacher's gain the student kept.",
+    )
+    collapse_check: bool = Field(True, description="Check the student's answers to general instructions (perplexity, length).")
     eval_examples: int = Field(4, ge=0, le=100, description="Before/after examples kept in the metrics.")
+    auto_promote: bool = Field(
+        False,
+        description="Promote the new student when its gain over the base is significant and it did not collapse; "
+        "otherwise it is registered only, and promoting it needs force.",
+    )
 
     # --- artifacts ---
     merge: bool = Field(
@@ -132,3 +154,13 @@ class DistillationConfig(BaseModel):
     @property
     def student_name(self) -> str:
         return self.name or f"{self.task}-student"
+
+    def evaluation(self):
+        """The evaluation this run ends with (the same one POST /admin/evaluations runs on demand)."""
+        from services.trainer.evaluations import EvaluationConfig
+
+        return EvaluationConfig(
+            task=self.task, eval_prompts=self.eval_prompts, max_eval_prompts=self.max_eval_prompts, samples=self.eval_samples,
+            max_tokens=self.eval_max_tokens, temperature=self.eval_temperature, seed=self.seed, teacher=self.eval_teacher,
+            collapse_check=self.collapse_check, examples=self.eval_examples,
+        )

@@ -5,8 +5,14 @@ written once to the run's artifact directory (`snapshot.jsonl`, `split.json`). E
 attempt of the run (a resume after a kill) reads the snapshot, never the database again, so pairs
 added meanwhile cannot change what a run trains on, and the run can be repeated from its files.
 
-The held-out split is by distinct prompt (all chains of one prompt land on the same side), so the
-evaluation never sees a prompt the student was trained on.
+What a run evaluates on is, in order: the run's own `eval_prompts`, else the task's evaluation set
+(written apart from its training prompts), else a held-out share of the pair prompts (split by
+distinct prompt, so all chains of one prompt land on the same side). Whichever it is, no pair whose
+prompt is an evaluation prompt — of the run or of the task — ever trains (`plan_split`).
+
+Of the pairs that match, `select_examples` keeps those whose improved answer reached the run's
+reward floor and, by default, only the best-scored one per prompt: the chain that climbed
+highest under the reward is the closest sample to the tilted posterior the student should learn.
 
 Tokenisation uses the student's own chat template: the prompt is the rendered user turn with the
 generation prompt (`<|im_start|>assistant\\n` for SmolLM2), the completion is the rest of the
@@ -24,11 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from services.trainer.config import DistillationConfig
 from shared.db.models import Chain, Pair
+from shared.tasks import TaskSpec, normalise_prompt
 
 IGNORE_INDEX = -100
 
@@ -48,10 +55,6 @@ def pair_query(config: DistillationConfig) -> Select:
     if config.max_pairs is not None:
         query = query.limit(config.max_pairs)
     return query
-
-
-def count_pairs(session: Session, config: DistillationConfig) -> int:
-    return session.scalar(select(func.count()).select_from(pair_query(config).subquery())) or 0
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,6 @@ class Snapshot:
     eval_prompts: list[str]
     digest: str  # sha256 of the snapshot file: the identity of the training data
 
-    @property
-    def pair_ids(self) -> list[int]:
-        return [example.pair_id for example in self.train if example.pair_id is not None]
-
 
 def split_prompts(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[str]]:
     """Hold out `fraction` of the distinct prompts (at least one when fraction > 0)."""
@@ -91,11 +90,36 @@ def split_prompts(examples: Sequence[Example], fraction: float, seed: int) -> tu
     return [e for e in examples if e.prompt not in held], [p for p in prompts if p in held]
 
 
-def plan_split(examples: Sequence[Example], config: DistillationConfig) -> tuple[list[Example], list[str]]:
+def select_examples(examples: Sequence[Example], config: DistillationConfig, task_floor: float | None = None) -> list[Example]:
+    """The pairs worth training on: above the reward floor and, with best_per_prompt, one per prompt."""
+    floor = config.min_reward if config.min_reward is not None else task_floor
+    kept = [e for e in examples if floor is None or (e.reward_after is not None and e.reward_after >= floor)]
+    if not config.best_per_prompt:
+        return kept
+    best: dict[str, Example] = {}
+    for example in kept:  # oldest first: the first of equally good answers wins
+        current = best.get(example.prompt)
+        if current is None or (example.reward_after or 0.0) > (current.reward_after or 0.0):
+            best[example.prompt] = example
+    chosen = {id(e) for e in best.values()}
+    return [e for e in kept if id(e) in chosen]
+
+
+def plan_split(examples: Sequence[Example], config: DistillationConfig, task_eval_prompts: Sequence[str] = ()) -> tuple[list[Example], list[str]]:
+    """(training examples, evaluation prompts). Pairs of any evaluation prompt are dropped from training."""
+    barred = {normalise_prompt(p) for p in [*task_eval_prompts, *(config.eval_prompts or [])]}
+    allowed = [e for e in examples if normalise_prompt(e.prompt) not in barred]
     if config.eval_prompts is not None:
-        held = set(config.eval_prompts)
-        return [e for e in examples if e.prompt not in held], list(dict.fromkeys(config.eval_prompts))
-    return split_prompts(examples, config.held_out_fraction, config.seed)
+        return allowed, list(dict.fromkeys(config.eval_prompts))
+    if task_eval_prompts:
+        return allowed, list(dict.fromkeys(task_eval_prompts))
+    return split_prompts(allowed, config.held_out_fraction, config.seed)
+
+
+def plan_data(examples: Sequence[Example], config: DistillationConfig, task: TaskSpec) -> tuple[list[Example], list[str]]:
+    """Split, then select: what a run of `config` on `task` trains on and evaluates on."""
+    train, eval_prompts = plan_split(examples, config, task.eval_prompts)
+    return select_examples(train, config, task.train_min_reward), eval_prompts[: config.max_eval_prompts]
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -104,7 +128,7 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def take_snapshot(session: Session, config: DistillationConfig, run_dir: Path) -> Snapshot:
+def take_snapshot(session: Session, config: DistillationConfig, task: TaskSpec, run_dir: Path) -> Snapshot:
     """Write the run's data once; later attempts read it back unchanged."""
     data_file, split_file = run_dir / "snapshot.jsonl", run_dir / "split.json"
     if data_file.is_file() and split_file.is_file():
@@ -113,11 +137,11 @@ def take_snapshot(session: Session, config: DistillationConfig, run_dir: Path) -
         Example(row.id, row.prompt, row.response, row.reward_before, row.reward_after)
         for row in session.scalars(pair_query(config))
     ]
-    train, eval_prompts = plan_split(examples, config)
+    train, eval_prompts = plan_data(examples, config, task)
     text = "".join(json.dumps(example.to_json(), ensure_ascii=False) + "\n" for example in train)
     run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(data_file, text)
-    split = {"eval_prompts": eval_prompts, "held_out_pair_ids": [e.pair_id for e in examples if e.prompt in set(eval_prompts)],
+    split = {"eval_prompts": eval_prompts, "held_out_pair_ids": sorted({e.pair_id for e in examples} - {e.pair_id for e in plan_split(examples, config, task.eval_prompts)[0]}),
              "sha256": hashlib.sha256(text.encode()).hexdigest(), "pairs_selected": len(examples)}
     _atomic_write(split_file, json.dumps(split, indent=1, ensure_ascii=False))
     return load_snapshot(run_dir)

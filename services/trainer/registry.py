@@ -1,6 +1,10 @@
 """The student registry: every finished run registers a student version; promotion makes one
 student the active one of its task, atomically.
 
+The promotion gate: a student's evaluation decides whether it may be promoted as it is (a
+significant gain over its base, no collapse; see evaluate.gate). One that may not is still
+registered and listed with the reason; promoting it takes an explicit force.
+
 Atomic promotion: the task's student rows are locked (FOR UPDATE on Postgres; SQLite's
 BEGIN IMMEDIATE already serialises writers), every other student of the task is deactivated and
 the chosen one activated in the same transaction. A partial unique index (one active row per
@@ -16,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import DistillationRun, Student, utcnow
-from shared.errors import NotFound
+from shared.errors import Conflict, NotFound
 
 
 def next_version(session: Session, name: str) -> int:
@@ -53,27 +57,53 @@ def register_student(
     return student
 
 
-def promote(sessions: sessionmaker[Session], student_id: str) -> Student:
-    """Make `student_id` the one active student of its task."""
+def activate(session: Session, student: Student) -> Student:
+    """Make `student` the one active student of its task (caller owns the transaction)."""
+    # Lock the whole task's rows in one statement, in id order, so concurrent promotions queue.
+    lock = select(Student.id).where(Student.task_name == student.task_name).order_by(Student.id)
+    if session.get_bind().dialect.name == "postgresql":
+        lock = lock.with_for_update()
+    session.execute(lock).all()
+    session.execute(
+        update(Student).where(Student.task_name == student.task_name, Student.id != student.id, Student.active.is_(True))
+        .values(active=False).execution_options(synchronize_session=False)
+    )
+    session.flush()
+    if not student.active:
+        student.active = True
+        student.promoted_at = utcnow()
+    return student
+
+
+def promotion_gate(student: Student) -> dict[str, Any]:
+    """The student's gate as its evaluation decided it; students registered before gates existed have none."""
+    return (student.metrics or {}).get("gate") or {"promotable": False, "reason": "no evaluation figures"}
+
+
+def promote(sessions: sessionmaker[Session], student_id: str, *, force: bool = False) -> Student:
+    """Make `student_id` the one active student of its task. A student whose evaluation shows no
+    significant gain over its base (or a collapse) needs `force`."""
     with sessions() as session, session.begin():
-        postgres = session.get_bind().dialect.name == "postgresql"
         student = session.get(Student, student_id)
         if student is None:
             raise NotFound(f"no student {student_id!r}", param="id")
-        # Lock the whole task's rows in one statement, in id order, so concurrent promotions queue.
-        lock = select(Student.id).where(Student.task_name == student.task_name).order_by(Student.id)
-        if postgres:
-            lock = lock.with_for_update()
-        session.execute(lock).all()
-        session.execute(
-            update(Student).where(Student.task_name == student.task_name, Student.id != student.id, Student.active.is_(True))
-            .values(active=False).execution_options(synchronize_session=False)
-        )
-        session.flush()
-        if not student.active:
-            student.active = True
-            student.promoted_at = utcnow()
-        return student
+        gate = promotion_gate(student)
+        if not gate["promotable"] and not force and not student.active:
+            raise Conflict(f"student {student.name}-v{student.version} is not promotable: {gate['reason']}. "
+                           "Promote it anyway with force=true.", param="force")
+        return activate(session, student)
+
+
+def record_evaluation(session: Session, student_id: str, evaluation_id: str, figures: dict[str, Any]) -> None:
+    """An on-demand evaluation's gate becomes the student's gate (caller owns the transaction)."""
+    student = session.get(Student, student_id)
+    if student is None:
+        return
+    metrics = dict(student.metrics or {})
+    metrics.update(gate=figures["gate"], latest_evaluation={
+        "id": evaluation_id, "student_minus_base": figures["student_minus_base"], "systems": figures["systems"],
+        "prompts": figures["prompts"], "samples": figures["samples"]})
+    student.metrics = metrics
 
 
 def student_view(student: Student) -> dict[str, Any]:
@@ -87,6 +117,8 @@ def student_view(student: Student) -> dict[str, Any]:
         "adapter_path": student.adapter_path,
         "merged_path": student.merged_path,
         "metrics": student.metrics,
+        "promotable": promotion_gate(student)["promotable"],
+        "gate": promotion_gate(student)["reason"],
         "run_id": student.run_id,
         "active": student.active,
         "created_at": student.created_at,

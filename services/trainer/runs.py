@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.trainer.config import DistillationConfig
-from services.trainer.data import Example, pair_query, plan_split, tokenize_all
+from services.trainer.data import Example, pair_query, plan_data, tokenize_all
 from services.trainer.distill import load_tokenizer, total_steps
 from shared.db.models import DistillationRun, Pair
 from shared.db.queue import request_cancel
@@ -64,8 +64,9 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
             f"lora_r {config.lora_r} exceeds the rank the student service serves ({settings.student_max_lora_rank}, student_max_lora_rank)",
             param="lora_r",
         )
-    if config.eval_prompts is None and config.held_out_fraction == 0:
-        raise InvalidRequest("nothing to evaluate on: give eval_prompts or a held_out_fraction above 0", param="held_out_fraction")
+    if config.eval_prompts is None and not task.eval_prompts and config.held_out_fraction == 0:
+        raise InvalidRequest(f"nothing to evaluate on: task {task.name!r} has no evaluation set; give eval_prompts or a "
+                             "held_out_fraction above 0", param="held_out_fraction")
     try:
         base_path = resolve_model(config.base_model, settings.resolved_model_store)
     except InvalidRequest as error:
@@ -76,7 +77,9 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
 
     pair_id_max = session.scalar(select(func.max(Pair.id))) or 0
     config = config.model_copy(update={"pair_id_max": config.pair_id_max if config.pair_id_max is not None else pair_id_max})
-    rows = session.execute(pair_query(config).with_only_columns(Pair.id, Pair.prompt, Pair.response)).all()
+    rows = session.execute(
+        pair_query(config).with_only_columns(Pair.id, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after)
+    ).all()
     where = f"task {task.name!r}" + (f", jobs {config.jobs}" if config.jobs else "") + (
         f", min_reward_gain {config.min_reward_gain}" if config.min_reward_gain is not None else "") + (
         f", acceptance {config.acceptance!r}" if config.acceptance else "")
@@ -86,20 +89,29 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
             "(distill_min_pairs). Sample more with POST /v1/jobs.",
             param="task",
         )
-    examples = [Example(row.id, row.prompt, row.response) for row in rows]
-    train, eval_prompts = plan_split(examples, config)
+    examples = [Example(row.id, row.prompt, row.response, row.reward_before, row.reward_after) for row in rows]
+    train, eval_prompts = plan_data(examples, config, task)
     if not eval_prompts:
         raise InvalidRequest("no held-out prompt left to evaluate on; raise held_out_fraction or give eval_prompts", param="held_out_fraction")
     items, skipped = tokenize_all(load_tokenizer(base_path), train, config.max_seq_len)
     if len(items) < settings.distill_min_pairs:
         raise InvalidRequest(
-            f"too few training pairs: {len(items)} of {len(train)} fit max_seq_len={config.max_seq_len} tokens after holding out "
-            f"{len(eval_prompts)} prompts; at least {settings.distill_min_pairs} are needed (distill_min_pairs)",
+            f"too few training pairs: {len(items)} of {len(rows)} matching pairs are left after dropping evaluation prompts "
+            f"({len(eval_prompts)}), {_selection(config, task)} and max_seq_len={config.max_seq_len}; at least "
+            f"{settings.distill_min_pairs} are needed (distill_min_pairs)",
             param="max_seq_len" if skipped else "task",
         )
     progress = {"phase": "queued", "step": 0, "total": total_steps(config, len(items)), "loss": None,
                 "pairs": len(train), "eval_prompts": len(eval_prompts)}
     return config, progress
+
+
+def _selection(config: DistillationConfig, task) -> str:
+    floor = config.min_reward if config.min_reward is not None else task.train_min_reward
+    parts = [f"the reward floor {floor}" if floor is not None else "no reward floor"]
+    if config.best_per_prompt:
+        parts.append("one best answer per prompt")
+    return " and ".join(parts)
 
 
 def submit(sessions: sessionmaker[Session], settings: Settings, config: DistillationConfig) -> DistillationRun:

@@ -4,9 +4,10 @@ from stored pairs to an evaluated, registered student.
     claim        shared.db.queue (SKIP LOCKED on Postgres, BEGIN IMMEDIATE on SQLite), lease + heartbeat
     snapshot     the run's pairs, written once to its artifact directory (reproducible, resumable)
     train        distill.train: checkpoints every save_steps; progress {step, total, loss} after each step
-    evaluate     base vs student on the held-out prompts with the task's reward
+    evaluate     base vs student (K samples per prompt, bootstrap CIs) on the evaluation prompts; collapse check
     report       metrics.json and report.png beside the adapter
-    register     the Student row and the run's final status, in ONE fenced transaction
+    register     the Student row and the run's final status, in ONE fenced transaction (promoted too with
+                 auto_promote, when the gain is significant)
 
 A worker killed mid-run leaves a checkpoint behind; its lease expires and the next claim (this
 worker restarted, or another one) resumes from the newest checkpoint. Every claim counts an
@@ -33,14 +34,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.trainer.config import DistillationConfig
 from services.trainer.data import take_snapshot
 from services.trainer.distill import Interrupted, train, write_json
-from services.trainer.evaluate import evaluate, teacher_rewards
-from services.trainer.registry import register_student
+from services.trainer.evaluations import EvaluationConfig, run_evaluation
+from services.trainer.registry import activate, record_evaluation, register_student
 from services.trainer.report import write_report
 from services.trainer.runs import run_dir
-from shared.db.models import DistillationRun, utcnow
+from shared.db.models import DistillationRun, EvaluationRun, Student, utcnow
 from shared.db.queue import Heartbeat, Lease, claim, fenced_update, finish, release
-from shared.engines.base import SamplingParams
-from shared.errors import DscError
+from shared.errors import DscError, InvalidRequest
 from shared.model_store import resolve_model
 from shared.settings import Settings
 from shared.tasks import get_task
@@ -89,59 +89,92 @@ class TrainerWorker:
     # --- one run -------------------------------------------------------------------------------
 
     def run_once(self) -> bool:
-        run = claim(self.sessions, DistillationRun, self.owner, self.settings.trainer_lease_seconds)
-        if run is None:
-            return False
+        """Claim and process one distillation run, else one evaluation; False when both queues are empty."""
+        for model, process in ((DistillationRun, self._process), (EvaluationRun, self._process_evaluation)):
+            run = claim(self.sessions, model, self.owner, self.settings.trainer_lease_seconds)
+            if run is not None:
+                self._run_claimed(model, run, process)
+                return True
+        return False
+
+    def _run_claimed(self, model: type, run, process) -> None:
+        kind = "distillation" if model is DistillationRun else "evaluation"
         lease = Lease(run.id, self.owner, run.attempt)
-        log.info("claimed distillation %s (attempt %d)", run.id, run.attempt)
+        log.info("claimed %s %s (attempt %d)", kind, run.id, run.attempt)
         if run.attempt > self.settings.trainer_max_attempts:
             last = run.progress.get("step", 0) if isinstance(run.progress, dict) else 0
-            finish(self.sessions, DistillationRun, run.id, self.owner, run.attempt, "failed",
+            finish(self.sessions, model, run.id, self.owner, run.attempt, "failed",
                    error=f"gave up after {run.attempt - 1} attempts (trainer_max_attempts): each worker stopped without "
                          f"finishing (killed or crashed; last progress step {last}); see the trainer log")
-            return True
-        with Heartbeat(self.sessions, DistillationRun, lease.row_id, lease.owner, lease.attempt, self.settings.trainer_lease_seconds) as beat:
+            return
+        with Heartbeat(self.sessions, model, lease.row_id, lease.owner, lease.attempt, self.settings.trainer_lease_seconds) as beat:
             try:
-                self._process(run, lease, beat)
+                process(run, lease, beat)
             except LeaseLost:
-                log.warning("run %s: lease lost; leaving it to the worker that holds it now", run.id)
+                log.warning("%s %s: lease lost; leaving it to the worker that holds it now", kind, run.id)
             except Interrupted as stop:
-                self._interrupted(run, lease, stop)
+                self._interrupted(model, run, lease, stop)
             except Exception as error:
                 message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
-                log.warning("run %s failed: %s", run.id, message, exc_info=not isinstance(error, DscError))
-                finish(self.sessions, DistillationRun, run.id, self.owner, lease.attempt, "failed",
-                       error=message, progress={**self._progress(run.id), "phase": "failed"})
-        return True
+                log.warning("%s %s failed: %s", kind, run.id, message, exc_info=not isinstance(error, DscError))
+                finish(self.sessions, model, run.id, self.owner, lease.attempt, "failed",
+                       error=message, progress={**self._progress(model, run.id), "phase": "failed"})
 
-    def _interrupted(self, run: DistillationRun, lease: Lease, stop: Interrupted) -> None:
+    def _interrupted(self, model: type, run, lease: Lease, stop: Interrupted) -> None:
         if stop.reason == "cancelled":
-            finish(self.sessions, DistillationRun, run.id, self.owner, lease.attempt, "cancelled",
-                   progress={**self._progress(run.id), "phase": "cancelled"})
-            log.info("run %s cancelled at step %d", run.id, stop.step)
+            finish(self.sessions, model, run.id, self.owner, lease.attempt, "cancelled",
+                   progress={**self._progress(model, run.id), "phase": "cancelled"})
+            log.info("%s cancelled at step %d", run.id, stop.step)
         elif stop.reason == "stopping":
-            release(self.sessions, DistillationRun, run.id, self.owner, lease.attempt)  # resumed from its checkpoint by the next claim
-            log.info("run %s handed back at step %d (worker stopping)", run.id, stop.step)
+            release(self.sessions, model, run.id, self.owner, lease.attempt)  # resumed (from its checkpoint) by the next claim
+            log.info("%s handed back at step %d (worker stopping)", run.id, stop.step)
         # "lease lost": someone else holds it now; write nothing
 
-    def _progress(self, run_id: str) -> dict:
+    def _progress(self, model: type, run_id: str) -> dict:
         with self.sessions() as session:
-            return dict(session.scalar(select(DistillationRun.progress).where(DistillationRun.id == run_id)) or {})
+            return dict(session.scalar(select(model.progress).where(model.id == run_id)) or {})
 
-    def _update(self, lease: Lease, **values) -> None:
+    def _update(self, lease: Lease, model: type = DistillationRun, **values) -> None:
         with self.sessions() as session, session.begin():
-            if not fenced_update(session, DistillationRun, lease.row_id, lease.owner, lease.attempt, **values):
+            if not fenced_update(session, model, lease.row_id, lease.owner, lease.attempt, **values):
                 raise LeaseLost()
 
-    def _control(self, lease: Lease, beat: Heartbeat) -> str | None:
+    def _control(self, lease: Lease, beat: Heartbeat, model: type = DistillationRun) -> str | None:
         if beat.lost.is_set():
             return "lease lost"
         if self.stopping.is_set():
             return "stopping"
         with self.sessions() as session:
-            if session.scalar(select(DistillationRun.cancel_requested).where(DistillationRun.id == lease.row_id)):
+            if session.scalar(select(model.cancel_requested).where(model.id == lease.row_id)):
                 return "cancelled"
         return None
+
+    def _process_evaluation(self, run: EvaluationRun, lease: Lease, beat: Heartbeat) -> None:
+        config = EvaluationConfig.model_validate(run.config)
+        with self.sessions() as session:
+            student = session.get(Student, run.student_id) if run.student_id else None
+            if student is None:
+                raise InvalidRequest("the evaluated student no longer exists")
+            task = get_task(session, run.task_name)
+        progress = {"phase": "evaluating"}
+
+        def on_phase(phase: str) -> None:
+            if (stop := self._control(lease, beat, EvaluationRun)) is not None:
+                raise Interrupted(stop, 0)
+            progress.update(phase=phase)
+            self._update(lease, EvaluationRun, progress=progress)
+
+        on_phase("evaluating")
+        base_path = resolve_model(student.base_model, self.settings.resolved_model_store)
+        figures = run_evaluation(self.settings, config, task, base_path=base_path,
+                                 adapter_dir=Path(student.adapter_path) if student.adapter_path else None,
+                                 merged_dir=Path(student.merged_path) if student.merged_path else None, on_phase=on_phase)
+        with self.sessions() as session, session.begin():
+            if not fenced_update(session, EvaluationRun, lease.row_id, lease.owner, lease.attempt, status="succeeded", metrics=figures,
+                                 progress={"phase": "succeeded"}, lease_owner=None, lease_expires_at=None, finished_at=utcnow(), error=None):
+                raise LeaseLost()
+            record_evaluation(session, run.student_id, run.id, figures)
+        log.info("evaluation %s succeeded: %s", run.id, figures["gate"]["reason"])
 
     def _process(self, run: DistillationRun, lease: Lease, beat: Heartbeat) -> None:
         settings = self.settings
@@ -155,7 +188,7 @@ class TrainerWorker:
         write_json(directory / "distillation.json", {"run_id": run.id, "config": run.config})
         with self.sessions() as session:
             task = get_task(session, config.task)
-            snapshot = take_snapshot(session, config, directory)
+            snapshot = take_snapshot(session, config, task, directory)
         base_path = resolve_model(config.base_model, settings.resolved_model_store)
         progress = dict(run.progress or {})
         progress.update(phase="training", pairs=len(snapshot.train), eval_prompts=len(snapshot.eval_prompts), data_sha256=snapshot.digest)
@@ -179,7 +212,7 @@ class TrainerWorker:
         if (stop := self._control(lease, beat)) is not None:
             raise Interrupted(stop, result.steps)
 
-        evaluation = self._evaluate(config, task, base_path, result.adapter_dir or result.merged_dir, snapshot.eval_prompts, lease, beat)
+        evaluation = self._evaluate(config, task, base_path, result, snapshot.eval_prompts, lease, progress)
         curve = result.losses if len(result.losses) <= 400 else result.losses[:: max(1, len(result.losses) // 400)]
         metrics = {
             "train": {
@@ -190,20 +223,22 @@ class TrainerWorker:
                 "resumed_from_step": result.resumed_from, "seconds_this_attempt": round(result.seconds, 1),
                 "data_sha256": snapshot.digest, "loss_curve": curve,
             },
-            "eval": evaluation.metrics(config.eval_examples),
+            "eval": evaluation,
             "reward": task.reward,
         }
         write_json(directory / "metrics.json", metrics)
+        per_prompt = evaluation["per_prompt"]
         write_report(
             directory / "report.png",
             title=f"distillation {run.id[:8]} · task {task.name} · {config.student_name}",
             losses=result.losses,
-            base_rewards=evaluation.base_rewards,
-            student_rewards=evaluation.student_rewards,
-            teacher_rewards=[evaluation.teacher[p] for p in evaluation.prompts if p in evaluation.teacher],
+            base_rewards=[row["base"] for row in per_prompt],
+            student_rewards=[row["student"] for row in per_prompt],
+            teacher_rewards=[row["teacher"] for row in per_prompt if "teacher" in row],
         )
         if (stop := self._control(lease, beat)) is not None:
             raise Interrupted(stop, result.steps)
+        promote = config.auto_promote and evaluation["gate"]["promotable"]
         with self.sessions() as session, session.begin():
             final = {**progress, "phase": "succeeded"}
             if not fenced_update(session, DistillationRun, lease.row_id, lease.owner, lease.attempt, status="succeeded", metrics=metrics,
@@ -211,36 +246,26 @@ class TrainerWorker:
                 raise LeaseLost()
             student = register_student(session, run, name=config.student_name, base_model=config.base_model,
                                        adapter_dir=result.adapter_dir, merged_dir=result.merged_dir,
-                                       metrics={"eval": {k: v for k, v in metrics["eval"].items() if k != "examples"},
-                                                "final_loss": metrics["train"]["final_loss"], "steps": result.steps})
+                                       metrics=student_metrics(evaluation, metrics["train"]))
+            if promote:
+                activate(session, student)
         log.info("run %s succeeded: student %s v%d (%s)", run.id, student.name, student.version, student.id)
 
-    def _evaluate(self, config, task, base_path: Path, student_path: Path, prompts: list[str], lease: Lease, beat: Heartbeat):
-        from shared.engines.transformers_engine import TransformersEngine
-        from shared.rewards import build_reward
+    def _evaluate(self, config: DistillationConfig, task, base_path: Path, result, prompts: list[str], lease: Lease, progress: dict) -> dict:
+        def on_phase(phase: str) -> None:
+            progress.update(phase=phase)
+            self._update(lease, progress=progress)
 
-        prompts = prompts[: config.max_eval_prompts]
-        judge = None
-        if task.reward.get("type") == "llm-judge":
-            from shared.engines import create_engine
+        return run_evaluation(self.settings, config.evaluation(), task, base_path=base_path, adapter_dir=result.adapter_dir,
+                              merged_dir=result.merged_dir, prompts=prompts, on_phase=on_phase)
 
-            judge = create_engine(self.settings, self.settings.teacher_model, engine="transformers")
-        reward = build_reward(task.reward, judge_engine=judge)
-        params = SamplingParams(temperature=config.eval_temperature, max_tokens=config.eval_max_tokens, seed=config.seed)
-        base = TransformersEngine(base_path, dtype=config.dtype)
-        if config.method == "lora":
-            student = TransformersEngine(base_path, dtype=config.dtype, adapter_path=student_path)
-        else:
-            student = TransformersEngine(student_path, dtype=config.dtype)
-        try:
-            with self.sessions() as session:
-                teacher = teacher_rewards(session, task.name, prompts)
-            return evaluate(base, student, reward, prompts, params, teacher)
-        finally:
-            base.close()
-            student.close()
-            if judge is not None:
-                judge.close()
+
+def student_metrics(evaluation: dict, train: dict) -> dict:
+    """What the registry keeps with a student: the evaluation's figures (no answers), the gate, the loss."""
+    kept = {key: value for key, value in evaluation.items() if key not in ("examples", "per_prompt")}
+    if "collapse" in kept:
+        kept["collapse"] = {key: value for key, value in kept["collapse"].items() if key != "examples"}
+    return {"eval": kept, "gate": evaluation["gate"], "final_loss": train["final_loss"], "steps": train["steps"]}
 
 
 def work(settings: Settings, *, once: bool = False) -> None:

@@ -40,6 +40,8 @@ class Task(Base):
     beta: Mapped[float] = mapped_column(Float, default=1.0)
     steps: Mapped[int] = mapped_column(Integer, default=1)
     prompts: Mapped[list[Any]] = mapped_column(default=list)
+    eval_prompts: Mapped[list[Any]] = mapped_column(default=list)
+    train_min_reward: Mapped[float | None] = mapped_column(Float, nullable=True)
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -130,19 +132,14 @@ class Pair(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class DistillationRun(Base):
-    """A queued/running/finished distillation; same lease pattern as jobs."""
+class RunColumns:
+    """What a queued piece of trainer work has: status, progress, results and the lease (see queue.py)."""
 
-    __tablename__ = "distillation_runs"
-    __table_args__ = (Index("ix_distillation_runs_status_created", "status", "created_at"),)
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     task_name: Mapped[str] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16), default="queued")
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    artifact_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
@@ -151,6 +148,27 @@ class DistillationRun(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class DistillationRun(RunColumns, Base):
+    """A queued/running/finished distillation; same lease pattern as jobs."""
+
+    __tablename__ = "distillation_runs"
+    __table_args__ = (Index("ix_distillation_runs_status_created", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    artifact_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class EvaluationRun(RunColumns, Base):
+    """An on-demand evaluation of a student (or of the base model alone) against its base, run by a
+    trainer worker; the trainer's own evaluation after each distillation is stored on the run."""
+
+    __tablename__ = "evaluation_runs"
+    __table_args__ = (Index("ix_evaluation_runs_status_created", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    student_id: Mapped[str | None] = mapped_column(ForeignKey("students.id", ondelete="SET NULL"), nullable=True, index=True)
 
 
 class Student(Base):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -30,7 +30,14 @@ class TaskSpec(BaseModel):
     acceptance: Acceptance = "improve"
     beta: float = Field(1.0, gt=0, description="Temperature of the reward tilt (mh acceptance).")
     steps: int = Field(1, ge=1, le=8)
-    prompts: list[str] = Field(default_factory=list, description="Optional prompt set.")
+    train_min_reward: float | None = Field(
+        None, description="Default reward floor of the pairs a distillation trains on (a run's min_reward overrides it).",
+    )
+    prompts: list[str] = Field(default_factory=list, description="Optional prompt set (what jobs sample by default).")
+    eval_prompts: list[str] = Field(
+        default_factory=list,
+        description="Evaluation prompts, written apart from the training prompts; pairs of these prompts never train a student.",
+    )
     builtin: bool = False
 
     @field_validator("reward")
@@ -40,21 +47,34 @@ class TaskSpec(BaseModel):
 
         return parse_reward_spec(value).model_dump(exclude_none=True)
 
-    @field_validator("prompts")
+    @field_validator("prompts", "eval_prompts")
     @classmethod
     def _check_prompts(cls, value: list[str]) -> list[str]:
         if any(not prompt.strip() for prompt in value):
             raise ValueError("prompts must be non-empty strings")
         return value
 
+    @model_validator(mode="after")
+    def _check_separation(self) -> "TaskSpec":
+        shared = {normalise_prompt(p) for p in self.prompts} & {normalise_prompt(p) for p in self.eval_prompts}
+        if shared:
+            raise ValueError(f"{len(shared)} prompt(s) are in both prompts and eval_prompts; an evaluation prompt must never train")
+        return self
+
+
+def normalise_prompt(prompt: str) -> str:
+    """The identity of a prompt for train/eval separation: case and spacing do not make a new prompt."""
+    return " ".join(prompt.split()).casefold()
+
 
 def preset_tasks() -> dict[str, TaskSpec]:
-    from shared.tasks.presets import PRESET_TASKS, load_preset_prompts
+    from shared.tasks.presets import PRESET_TASKS, eval_file_name, load_preset_prompts
 
     specs = {}
     for name, preset in PRESET_TASKS.items():
         fields = {key: value for key, value in preset.items() if key != "prompts_file"}
-        specs[name] = TaskSpec(**fields, prompts=load_preset_prompts(preset["prompts_file"]), builtin=True)
+        specs[name] = TaskSpec(**fields, prompts=load_preset_prompts(preset["prompts_file"]),
+                               eval_prompts=load_preset_prompts(eval_file_name(preset["prompts_file"])), builtin=True)
     return specs
 
 
@@ -68,7 +88,9 @@ def _from_row(row: Task) -> TaskSpec:
         acceptance=row.acceptance,
         beta=row.beta,
         steps=row.steps,
+        train_min_reward=row.train_min_reward,
         prompts=list(row.prompts or []),
+        eval_prompts=list(row.eval_prompts or []),
         builtin=False,
     )
 

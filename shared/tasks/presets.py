@@ -1,7 +1,9 @@
 """The three preset tasks, after the paper's experiments: sentiment, safety and privacy.
 
 Each preset is a plain dict with the fields of a task (see ``shared.tasks.TaskSpec``) plus
-``prompts_file``, the name of its prompt set in the ``prompts/`` folder beside this module.
+``prompts_file``, the name of its training prompt set in the ``prompts/`` folder beside this module;
+its evaluation set is the file of the same stem with ``.eval.txt`` (written separately: other
+subjects, names and phrasings, so an evaluation measures generalisation, not recall).
 Critique and revision requests are short and concrete on purpose: the default teacher is a
 135M-parameter model, and long instructions get lost in it. Prompt sets are plain UTF-8 text
 files (one prompt a line) written for this project.
@@ -66,6 +68,11 @@ PRESET_TASKS: dict[str, dict] = {
         "prompts_file": "privacy.txt",
     },
 }
+
+
+def eval_file_name(prompts_file: str) -> str:
+    """sentiment.txt → sentiment.eval.txt"""
+    return prompts_file.removesuffix(".txt") + ".eval.txt"
 
 
 def load_preset_prompts(file_name: str) -> list[str]:

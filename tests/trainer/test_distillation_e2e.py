@@ -22,7 +22,7 @@ def test_distillation_from_sampled_pairs_end_to_end(make_settings, tf_engine, se
 
         body = {"task": "sentiment", "jobs": [job_id], "eval_prompts": sentiment_samples.eval_prompts, "max_steps": 6,
                 "batch_size": 2, "max_seq_len": 96, "save_steps": 3, "learning_rate": 5e-4, "eval_max_tokens": 16,
-                "merge": True, "seed": 3}
+                "eval_samples": 2, "merge": True, "seed": 3}
         created = admin.post("/admin/distillations", json=body)
         assert created.status_code == 202, created.text
         run_id = created.json()["id"]
@@ -39,12 +39,18 @@ def test_distillation_from_sampled_pairs_end_to_end(make_settings, tf_engine, se
     assert run["progress"]["step"] == run["progress"]["total"] == 6 and run["progress"]["loss"] > 0
     train, evaluation = run["metrics"]["train"], run["metrics"]["eval"]
     assert train["steps"] == 6 and len(train["loss_curve"]) == 6 and train["pairs"] == sentiment_samples.accepted
-    assert evaluation["prompts"] == len(sentiment_samples.eval_prompts)
+    assert evaluation["prompts"] == len(sentiment_samples.eval_prompts) and evaluation["samples"] == 2
     for side in ("base", "student"):
-        assert evaluation[side]["n"] == evaluation["prompts"] and -1 <= evaluation[side]["mean"] <= 1
-        assert evaluation[side]["median"] is not None
-    assert 0 <= evaluation["improved_share"] <= 1 and evaluation["examples"]
+        estimate = evaluation["systems"][side]
+        assert -1 <= estimate["low"] <= estimate["value"] <= estimate["high"] <= 1 and estimate["n"] == evaluation["prompts"]
+    gap = evaluation["student_minus_base"]
+    assert gap["low"] <= gap["value"] <= gap["high"] and gap["significant"] == (gap["low"] > 0 or gap["high"] < 0)
+    assert 0 <= evaluation["win_rate"]["value"] <= 1 and len(evaluation["per_prompt"]) == evaluation["prompts"]
     assert {"prompt", "base", "student", "base_reward", "student_reward"} <= set(evaluation["examples"][0])
+    collapse = evaluation["collapse"]
+    assert collapse["prompts"] == 24 and collapse["base_ppl_of_base_answers"] > 1 and collapse["ppl_ratio"] > 0
+    assert evaluation["gate"]["promotable"] is False and evaluation["significant"] is False  # 3 prompts: never significant
+    assert run["progress"]["phase"] == "succeeded"
 
     # artifacts: adapter (plain peft), merged weights, tokenizer, config, metrics, report, data snapshot
     run_dir = Path(run["artifact_dir"])
@@ -53,7 +59,7 @@ def test_distillation_from_sampled_pairs_end_to_end(make_settings, tf_engine, se
                  "merged/config.json", "merged/tokenizer_config.json", "distillation.json", "metrics.json", "report.png",
                  "snapshot.jsonl", "split.json"):
         assert (run_dir / name).is_file(), name
-    assert json.loads((run_dir / "metrics.json").read_text())["eval"]["student"] == evaluation["student"]
+    assert json.loads((run_dir / "metrics.json").read_text())["eval"]["systems"] == evaluation["systems"]
     snapshot = [json.loads(line) for line in (run_dir / "snapshot.jsonl").read_text().splitlines()]
     assert len(snapshot) == sentiment_samples.accepted and all(row["pair_id"] for row in snapshot)
 
@@ -71,17 +77,23 @@ def test_distillation_from_sampled_pairs_end_to_end(make_settings, tf_engine, se
         new = next(s for s in students if s["run_id"] == run_id)
         assert (new["name"], new["version"], new["task"], new["active"]) == ("sentiment-student", 1, "sentiment", False)
         assert new["adapter_path"] == str(run_dir / "adapter") and new["merged_path"] == str(run_dir / "merged")
-        assert new["metrics"]["eval"]["student"] == evaluation["student"] and new["base_model"] == str(model_path)
+        assert new["metrics"]["eval"]["systems"] == evaluation["systems"] and new["base_model"] == str(model_path)
+        assert new["promotable"] == evaluation["gate"]["promotable"] and new["gate"] == evaluation["gate"]["reason"]
         assert admin.get(f"/admin/distillations/{run_id}").json()["student_id"] == new["id"]
 
         # the run did not touch the active student; promotion switches it, atomically, one per task
         assert _active(teacher.sessions) == ["old-student"]
-        promoted = admin.post(f"/admin/students/{new['id']}/promote")
+        # three evaluation prompts cannot show a significant gain: the gate refuses, force promotes
+        assert not new["promotable"] and "too few to call a gain significant" in new["gate"]
+        refused = admin.post(f"/admin/students/{new['id']}/promote")
+        assert refused.status_code == 409 and "force=true" in refused.json()["error"]["message"]
+        assert _active(teacher.sessions) == ["old-student"]
+        promoted = admin.post(f"/admin/students/{new['id']}/promote", params={"force": "true"})
         assert promoted.status_code == 200 and promoted.json()["active"] is True
         assert _active(teacher.sessions) == [new["id"]]
-        assert admin.post("/admin/students/old-student/promote").json()["active"] is True
+        assert admin.post("/admin/students/old-student/promote", params={"force": "true"}).json()["active"] is True
         assert _active(teacher.sessions) == ["old-student"]
-        assert admin.post(f"/admin/students/{new['id']}/promote").status_code == 200
+        assert admin.post(f"/admin/students/{new['id']}/promote", params={"force": True}).status_code == 200
         assert [s["id"] for s in admin.get("/admin/students", params={"active": True}).json()["data"]] == [new["id"]]
         listed = admin.get("/admin/distillations", params={"status": "succeeded"}).json()["data"]
         assert [r["id"] for r in listed] == [run_id]

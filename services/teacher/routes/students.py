@@ -32,6 +32,11 @@ def list_students(
 
 
 @router.post("/{student_id}/promote")
-def promote_student(student_id: str, _scope: AdminScope, state: State) -> dict[str, Any]:
+def promote_student(
+    student_id: str,
+    _scope: AdminScope,
+    state: State,
+    force: bool = Query(False, description="Promote even when the evaluation shows no significant gain (409 otherwise)."),
+) -> dict[str, Any]:
     """Make this student the one active student of its task (the student service follows)."""
-    return student_view(promote(state.sessions, student_id))
+    return student_view(promote(state.sessions, student_id, force=force))

@@ -33,6 +33,7 @@ async def create(spec: TaskSpec, _scope: AdminScope, state: State) -> TaskSpec:
     if spec.builtin:
         raise InvalidRequest("builtin is set by the service (presets only); omit it", param="builtin")
     check_prompts(spec.prompts, state.settings, max_prompts=state.settings.max_job_prompts, count_setting="max_job_prompts")
+    check_prompts(spec.eval_prompts, state.settings, max_prompts=state.settings.max_job_prompts, count_setting="max_job_prompts")
     if state.rewards is not None:
         try:
             await run_in_threadpool(state.rewards.get, spec.reward)

@@ -1,0 +1,174 @@
+"""Distillation recipes side by side: which data and training settings make a student that beats its
+base on prompts it never saw.
+
+One run samples a pool of critique→revise chains over the task's training prompts (vLLM), has the
+teacher chain answer the task's evaluation set (K chains per prompt), and has the base model answer
+it (K samples); all three are cached in the work directory. Then every recipe trains a student
+from the same pool with the trainer's own code (selection, LoRA/full SFT) and is evaluated with the
+trainer's own evaluation (K samples per prompt, bootstrap CIs, collapse check).
+
+    .venv/bin/python bench/distill_recipe.py --task sentiment --work /tmp/recipes \\
+        --recipe 'default={}' --recipe 'all-pairs={"best_per_prompt": false}'
+
+The table prints student − base with its 95% CI and the share of the teacher's gain; the last line
+is one JSON object with every recipe's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _save(path: Path, data) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False))
+
+
+def build_pool(args, task, reward, settings, eval_prompts):
+    """Chains over the training prompts and the teacher's answers to the eval set, cached."""
+    from services.trainer.evaluate import teacher_answers
+    from shared.engines import create_engine
+    from shared.engines.base import SamplingParams
+    from shared.sampler import Sampler
+
+    pool_file, teacher_file = args.work / "pool.json", args.work / "teacher_eval.json"
+    pool, teacher = _load(pool_file), _load(teacher_file)
+    if pool is not None and teacher is not None:
+        return pool, teacher
+    engine = create_engine(settings, settings.teacher_model, engine="vllm")
+    try:
+        if pool is None:
+            started = time.monotonic()
+            params = SamplingParams(temperature=0.7, max_tokens=args.pool_max_tokens, seed=args.seed)
+            sampler = Sampler(engine, reward, critique_request=task.critique_request, revision_request=task.revision_request)
+            chains = sampler.run(task.prompts[: args.prompts], steps=args.steps, chains=args.chains, acceptance=task.acceptance,
+                                 beta=task.beta, params=params)
+            pool = {"seconds": round(time.monotonic() - started, 1), "chains": [
+                {"prompt": c.prompt, "chain": c.chain_index, "initial": c.initial_text, "initial_reward": c.initial_reward,
+                 "final": c.final_text, "final_reward": c.final_reward, "accepted": c.accepted} for c in chains]}
+            _save(pool_file, pool)
+        if teacher is None:
+            eval_params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
+            teacher = teacher_answers(engine, task, reward, eval_prompts, args.samples, eval_params)
+            _save(teacher_file, teacher)
+        return pool, teacher
+    finally:
+        engine.close()
+
+
+def _share(g: dict) -> str:
+    return "n/a" if g["value"] is None or g["low"] is None else f"{g['value']:.2f} [{g['low']:.2f}, {g['high']:.2f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="sentiment")
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--prompts", type=int, default=1000, help="training prompts to sample (first N of the task's set)")
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--pool-max-tokens", type=int, default=96)
+    parser.add_argument("--eval-prompts", type=int, default=1000, help="evaluate on the first N of the task's eval set")
+    parser.add_argument("--samples", type=int, default=4, help="K answers per eval prompt and system")
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--use-chains", type=int, default=1000, help="train on the first N chains of each prompt only")
+    parser.add_argument("--use-prompts", type=int, default=1000, help="train on the first N prompts' chains only")
+    parser.add_argument("--pool-only", action="store_true", help="sample the pool and the teacher's eval answers, then stop")
+    parser.add_argument("--recipe", action="append", default=[], help="NAME=JSON of DistillationConfig fields")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from services.trainer.config import DistillationConfig
+    from services.trainer.data import Example, plan_data
+    from services.trainer.distill import train
+    from services.trainer.evaluate import SystemAnswers, collapse_check, compare, gate, general_prompts, sample_answers, score
+    from shared.engines.base import SamplingParams
+    from shared.engines.transformers_engine import TransformersEngine
+    from shared.model_store import resolve_model
+    from shared.rewards import build_reward
+    from shared.settings import Settings
+    from shared.tasks import preset_tasks
+
+    console = Console(width=200)
+    settings = Settings(vllm_enforce_eager=True)
+    task = preset_tasks()[args.task]
+    reward = build_reward(task.reward)
+    base_path = resolve_model(settings.student_base_model, settings.resolved_model_store)
+    eval_prompts = list(task.eval_prompts)[: args.eval_prompts]
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
+    general = general_prompts()
+
+    pool, teacher = build_pool(args, task, reward, settings, eval_prompts)
+    if args.pool_only:
+        return
+    prompts_used = set(task.prompts[: args.use_prompts])
+    accepted = [c for c in pool["chains"] if c["accepted"] and c["chain"] < args.use_chains and c["prompt"] in prompts_used]
+    console.print(f"pool: {len(pool['chains'])} chains, {len(accepted)} accepted ({pool['seconds']} s)")
+    examples = [Example(i, c["prompt"], c["final"], c["initial_reward"], c["final_reward"]) for i, c in enumerate(accepted)]
+
+    base_file = args.work / "base_eval.json"
+    base_data = _load(base_file)
+    scorer = TransformersEngine(base_path, dtype="float32")
+    if base_data is None:
+        started = time.monotonic()
+        base_answers = sample_answers(scorer, eval_prompts, args.samples, params)
+        base_general = [g[0] for g in sample_answers(scorer, general, 1, params)]
+        base_data = {"answers": base_answers, "general": base_general, "seconds": round(time.monotonic() - started, 1)}
+        _save(base_file, base_data)
+    systems = {"base": score(reward, eval_prompts, base_data["answers"]), "teacher": score(reward, eval_prompts, teacher)}
+
+    rows = []
+    for spec in args.recipe or ["default={}"]:
+        name, _, body = spec.partition("=")
+        config = DistillationConfig(task=args.task, **json.loads(body or "{}"))
+        train_examples, _ = plan_data(examples, config, task)
+        run_dir = args.work / "runs" / name
+        started = time.monotonic()
+        result = train(config, base_path, train_examples, run_dir)
+        train_seconds = time.monotonic() - started
+        student = TransformersEngine(base_path, dtype=config.dtype,
+                                     adapter_path=result.adapter_dir) if result.adapter_dir else TransformersEngine(result.merged_dir)
+        student_answers = sample_answers(student, eval_prompts, args.samples, params)
+        figures = compare(eval_prompts, {**systems, "student": score(reward, eval_prompts, student_answers)}, seed=args.seed)
+        student_general = [g[0] for g in sample_answers(student, general, 1, params)]
+        figures["collapse"] = collapse_check(scorer, general, base_data["general"], student_general)
+        figures["gate"] = gate(figures)
+        student.close()
+        row = {"recipe": name, "config": json.loads(body or "{}"), "pairs": len(train_examples), "steps": result.steps,
+               "train_seconds": round(train_seconds), "final_loss10": round(sum(v for _, v in result.losses[-10:]) / min(10, len(result.losses)), 3),
+               **{k: figures[k] for k in ("systems", "student_minus_base", "win_rate", "gain_share", "collapse", "gate")}}
+        rows.append(row)
+        _save(args.work / f"result-{name}.json", {**row, "per_prompt": figures["per_prompt"], "examples": figures["examples"]})
+        console.print(f"{name}: student {figures['systems']['student']['value']:.3f}, "
+                      f"student−base {figures['student_minus_base']}, share {figures['gain_share']}")
+
+    table = Table(title=f"{args.task}: {len(eval_prompts)} eval prompts × {args.samples} samples")
+    for column in ("recipe", "pairs", "steps", "train s", "base", "teacher", "student", "student − base [95% CI]", "share of teacher gain", "ppl ratio"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        s, d, g = row["systems"], row["student_minus_base"], row["gain_share"]
+        table.add_row(row["recipe"], str(row["pairs"]), str(row["steps"]), str(row["train_seconds"]),
+                      f"{s['base']['value']:.3f}", f"{s['teacher']['value']:.3f}", f"{s['student']['value']:.3f}",
+                      f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]", _share(g),
+                      f"{row['collapse']['ppl_ratio']:.2f}")
+    console.print(table)
+    print(json.dumps({"bench": "distill_recipe", "task": args.task, "pool_chains": len(pool["chains"]), "accepted": len(accepted),
+                      "rows": [{k: v for k, v in row.items() if k != "collapse"} | {"ppl_ratio": row["collapse"]["ppl_ratio"]} for row in rows]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Evaluation prompts never train a student: the preset files are written apart, and the trainer's
+data plan drops every pair whose prompt is an evaluation prompt (the task's or the run's)."""
+
+import re
+
+import pytest
+from pydantic import ValidationError
+
+from services.trainer.config import DistillationConfig
+from services.trainer.data import Example, plan_data, plan_split, select_examples
+from services.trainer.evaluate import gate
+from shared.tasks import TaskSpec, normalise_prompt, preset_tasks
+
+
+def _five_grams(text: str) -> set[tuple[str, ...]]:
+    words = re.sub(r"[^\w\s]", " ", text.lower()).split()
+    return {tuple(words[i:i + 5]) for i in range(len(words) - 4)}
+
+
+@pytest.mark.parametrize("name", ["sentiment", "safety", "privacy"])
+def test_preset_eval_sets_are_written_apart_from_training_prompts(name):
+    task = preset_tasks()[name]
+    assert len(task.eval_prompts) >= 40 and len(task.prompts) >= 200
+    assert len(set(task.eval_prompts)) == len(task.eval_prompts)
+    train = {normalise_prompt(p) for p in task.prompts}
+    assert not [p for p in task.eval_prompts if normalise_prompt(p) in train]
+    # No shared template: not one run of five words in common between any eval and any training prompt.
+    train_grams = set().union(*(_five_grams(p) for p in task.prompts))
+    shared = [p for p in task.eval_prompts if _five_grams(p) & train_grams]
+    assert not shared, shared[:3]
+
+
+def _examples(prompts, rewards):
+    return [Example(i + 1, p, f"answer {i}", 0.0, r) for i, (p, r) in enumerate(zip(prompts, rewards))]
+
+
+def test_the_tasks_eval_prompts_never_reach_training():
+    task = preset_tasks()["sentiment"]
+    leaked = [task.eval_prompts[0], "  " + task.eval_prompts[1].upper() + " "]  # case and spacing do not hide a prompt
+    examples = _examples(task.prompts[:6] + leaked, [0.5] * 8)
+    config = DistillationConfig(task="sentiment", best_per_prompt=False)
+    train, eval_prompts = plan_data(examples, config, task)
+    assert eval_prompts == task.eval_prompts[: config.max_eval_prompts]
+    assert [e.prompt for e in train] == task.prompts[:6]
+    train_set = {normalise_prompt(e.prompt) for e in train}
+    assert not train_set & {normalise_prompt(p) for p in task.eval_prompts}
+
+
+def test_a_runs_own_eval_prompts_are_barred_too():
+    task = preset_tasks()["sentiment"]
+    examples = _examples(task.prompts[:4], [0.5] * 4)
+    config = DistillationConfig(task="sentiment", eval_prompts=[task.prompts[0]], best_per_prompt=False)
+    train, eval_prompts = plan_split(examples, config, task.eval_prompts)
+    assert eval_prompts == [task.prompts[0]] and task.prompts[0] not in [e.prompt for e in train]
+
+
+def test_held_out_split_when_a_task_has_no_eval_set():
+    examples = _examples([f"prompt {i}" for i in range(20)], [0.5] * 20)
+    config = DistillationConfig(task="custom", held_out_fraction=0.2)
+    train, eval_prompts = plan_split(examples, config, [])
+    assert len(eval_prompts) == 4 and not {e.prompt for e in train} & set(eval_prompts)
+
+
+def test_selection_floor_and_best_per_prompt():
+    examples = _examples(["a", "a", "a", "b", "b", "c"], [0.2, 0.9, 0.5, 0.1, 0.4, 0.35])
+    best = select_examples(examples, DistillationConfig(task="x", min_reward=0.3))
+    assert [(e.prompt, e.reward_after) for e in best] == [("a", 0.9), ("b", 0.4), ("c", 0.35)]
+    floor_only = select_examples(examples, DistillationConfig(task="x", best_per_prompt=False), task_floor=0.38)
+    assert [e.reward_after for e in floor_only] == [0.9, 0.5, 0.4]
+    assert len(select_examples(examples, DistillationConfig(task="x", best_per_prompt=False))) == 6
+
+
+def test_a_custom_task_cannot_evaluate_on_its_training_prompts():
+    spec = dict(name="tone", critique_request="c", revision_request="r", reward={"type": "vader"})
+    with pytest.raises(ValidationError, match="both prompts and eval_prompts"):
+        TaskSpec(**spec, prompts=["Say hi.", "Say bye."], eval_prompts=["say  HI."])
+    assert TaskSpec(**spec, prompts=["Say hi."], eval_prompts=["Wave goodbye."]).eval_prompts == ["Wave goodbye."]
+
+
+def _figures(low, high, prompts=40, collapsed=False):
+    return {"prompts": prompts, "student_minus_base": {"value": (low + high) / 2, "low": low, "high": high},
+            "collapse": {"collapsed": collapsed, "ppl_ratio": 3.0 if collapsed else 1.1, "length_ratio": 1.0}}
+
+
+def test_promotion_gate():
+    assert gate(_figures(0.05, 0.3))["promotable"] is True
+    assert "includes 0" in gate(_figures(-0.05, 0.3))["reason"]
+    assert gate(_figures(-0.3, -0.05))["promotable"] is False  # significantly worse is not promotable either
+    assert "too few" in gate(_figures(0.05, 0.3, prompts=5))["reason"]
+    assert "collapsed" in gate(_figures(0.05, 0.3, collapsed=True))["reason"]
+    assert gate({})["promotable"] is False
