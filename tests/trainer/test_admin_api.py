@@ -22,6 +22,10 @@ def api(make_settings, db_url, tf_engine, helpers):
     settings = make_settings(db_url, distill_min_pairs=4)
     with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:
         helpers.store_fixed_pairs(teacher.sessions, helpers.film_prompts[:5], "A warm, lovely film.", job_id="small-job")
+        created = admin.post("/v1/tasks", json={"name": "tone", "critique_request": "Critique it.", "revision_request": "Fix it.",
+                                                "reward": {"type": "vader"}})
+        assert created.status_code == 201, created.text
+        helpers.store_fixed_pairs(teacher.sessions, helpers.film_prompts[:5], "A warm, lovely film.", job_id="tone-job", task="tone")
         yield teacher, admin
 
 
@@ -33,9 +37,9 @@ BAD = [  # (change to a good body, status, words the message must contain)
     ({"base_model": "/nonexistent/dir/model"}, 400, "base_model"),
     ({"lora_target_modules": ["warp_drive_proj"]}, 400, "warp_drive_proj"),
     ({"max_seq_len": 9000}, 400, "positions"),
-    ({"max_seq_len": 16}, 400, "fit max_seq_len=16"),
+    ({"max_seq_len": 16}, 400, "max_seq_len=16"),
     ({"lora_r": 128}, 400, "student_max_lora_rank"),
-    ({"held_out_fraction": 0}, 400, "nothing to evaluate on"),
+    ({"task": "tone", "held_out_fraction": 0}, 400, "task 'tone' has no evaluation set"),
     ({"batch_size": 0}, 422, "batch_size"),
     ({"learning_rate": -1}, 422, "learning_rate"),
     ({"epochs": 0}, 422, "epochs"),
@@ -92,3 +96,37 @@ def test_queue_list_cancel_and_auth(api):
         assert anonymous.post("/admin/distillations", json=GOOD).status_code == 401
         assert anonymous.get("/admin/students", headers={"Authorization": "Bearer trainer-test-client-key"}).status_code == 403
     assert _runs(teacher) == 1
+
+
+def test_evaluation_bad_input_is_a_clear_4xx_and_queues_nothing(api, model_path):
+    from shared.db.models import EvaluationRun, Student
+
+    teacher, admin = api
+    with teacher.sessions() as session, session.begin():
+        session.add(Student(id="s-1", name="tone-student", version=1, task_name="tone", base_model=str(model_path),
+                            merged_path=str(model_path), metrics={}))
+    cases = [
+        ({}, 400, "student_id is required"),
+        ({"student_id": "nope"}, 404, "no student 'nope'"),
+        ({"student_id": "s-1"}, 400, "task 'tone' has no evaluation set"),
+        ({"student_id": "s-1", "task": "no-such-task"}, 404, "unknown task"),
+        ({"student_id": "s-1", "samples": 0}, 422, "samples"),
+        ({"student_id": "s-1", "eval_prompts": []}, 422, "eval_prompts"),
+        ({"student_id": "s-1", "eval_prompts": ["  "]}, 422, "eval_prompts"),
+        ({"student_id": "s-1", "temperature": 3}, 422, "temperature"),
+        ({"student_id": "s-1", "sample": 4}, 422, "sample"),
+    ]
+    for body, status, words in cases:
+        response = admin.post("/admin/evaluations", json=body)
+        assert response.status_code == status, (body, response.text)
+        assert words in response.json()["error"]["message"], (body, response.json())
+    with teacher.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(EvaluationRun)) == 0
+    assert admin.get("/admin/evaluations/nope").status_code == 404
+    queued = admin.post("/admin/evaluations", json={"student_id": "s-1", "eval_prompts": ["Say something kind."]})
+    assert queued.status_code == 202 and queued.json()["task"] == "tone"
+    assert admin.post(f"/admin/evaluations/{queued.json()['id']}/cancel").json()["status"] == "cancelled"
+    refused = admin.post("/admin/students/s-1/promote")
+    assert refused.status_code == 409 and "no evaluation figures" in refused.json()["error"]["message"]
+    with httpx.Client(base_url=teacher.url, timeout=30) as anonymous:
+        assert anonymous.post("/admin/evaluations", json={"student_id": "s-1"}).status_code == 401

@@ -1,0 +1,52 @@
+"""On-demand evaluation end to end: POST /admin/evaluations → a trainer worker evaluates with the
+real model → figures, and the student's promotion gate follows them. A student that *is* its base
+(the same weights) must come out with a difference of exactly zero, not significant."""
+
+from __future__ import annotations
+
+from services.trainer.evaluate import collapse_check
+from services.trainer.worker import TrainerWorker
+from shared.db.models import Student
+
+
+def test_on_demand_evaluation_of_a_student_identical_to_its_base(make_settings, tf_engine, model_path, helpers):
+    settings = make_settings()
+    with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:
+        with teacher.sessions() as session, session.begin():
+            session.add(Student(id="same-as-base", name="sentiment-student", version=1, task_name="sentiment",
+                                base_model=str(model_path), merged_path=str(model_path), metrics={}))
+        prompts = helpers.film_prompts  # 12 prompts: enough for the gate to judge significance
+        created = admin.post("/admin/evaluations", json={"student_id": "same-as-base", "eval_prompts": prompts, "samples": 2,
+                                                         "max_tokens": 12, "seed": 5})
+        assert created.status_code == 202, created.text
+        assert TrainerWorker(settings, teacher.sessions).run_once()
+        evaluation = admin.get(f"/admin/evaluations/{created.json()['id']}").json()
+        assert evaluation["status"] == "succeeded", evaluation["error"]
+        figures = evaluation["metrics"]
+        assert figures["prompts"] == 12 and figures["samples"] == 2 and len(figures["per_prompt"]) == 12
+        gap = figures["student_minus_base"]
+        assert gap["value"] == gap["low"] == gap["high"] == 0 and gap["significant"] is False
+        assert figures["win_rate"]["value"] == 0.5 and figures["significant"] is False
+        assert figures["systems"]["base"] == figures["systems"]["student"]
+        assert figures["collapse"]["ppl_ratio"] == 1.0 and figures["collapse"]["collapsed"] is False
+        assert figures["gate"] == {"promotable": False, "reason": "no significant gain over the base: student − base +0.000 "
+                                                                  "[+0.000, +0.000] includes 0"}
+        student = next(s for s in admin.get("/admin/students").json()["data"] if s["id"] == "same-as-base")
+        assert student["promotable"] is False and "includes 0" in student["gate"]
+        assert student["metrics"]["latest_evaluation"]["id"] == evaluation["id"]
+        assert [e["id"] for e in admin.get("/admin/evaluations", params={"student_id": "same-as-base"}).json()["data"]] == [evaluation["id"]]
+        assert admin.post("/admin/students/same-as-base/promote").status_code == 409
+
+
+def test_collapse_check_flags_a_student_that_says_one_thing_to_everything(tf_engine):
+    prompts = ["Explain how a bicycle pump works.", "List three uses of baking soda.", "What does a compass show?",
+               "How do plants drink water?"]
+    from services.trainer.evaluate import sample_answers
+    from shared.engines.base import SamplingParams
+
+    base = [group[0] for group in sample_answers(tf_engine, prompts, 1, SamplingParams(temperature=0, max_tokens=32))]
+    same = collapse_check(tf_engine, prompts, base, base)
+    assert same["ppl_ratio"] == 1.0 and not same["collapsed"]
+    stuck = collapse_check(tf_engine, prompts, base, ["Wonderful wonderful wonderful film, truly a masterpiece!"] * 4)
+    assert stuck["ppl_ratio"] > 2 and stuck["collapsed"]
+    assert stuck["base_ppl_of_student_answers"] > stuck["base_ppl_of_base_answers"]
