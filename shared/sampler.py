@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 from shared.engines.base import Conversation, Engine, SamplingParams
-from shared.errors import InvalidRequest
+from shared.errors import EngineError, InvalidRequest
 from shared.rewards.base import RewardModel
 
 Acceptance = Literal["improve", "mh", "always"]
@@ -137,7 +137,13 @@ class Sampler:
             seed=_phase_seed(params.seed, phase),
             stop=params.stop,
         )
-        return self.engine.generate(conversations, seeded)
+        generations = self.engine.generate(conversations, seeded)
+        if len(generations) != len(conversations):  # a mis-paired answer would be stored as another prompt's
+            raise EngineError(
+                f"engine {getattr(self.engine, 'name', type(self.engine).__name__)} returned {len(generations)} "
+                f"generations for {len(conversations)} conversations"
+            )
+        return generations
 
     def _score(self, prompts: list[str], responses: list[str]) -> list[float]:
         return [float(score) for score in self.reward.score(prompts, responses)]

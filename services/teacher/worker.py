@@ -152,6 +152,10 @@ class JobWorker:
                 release(sessions, Job, lease.row_id, lease.owner, lease.attempt)
                 return
             except Exception as error:
+                if state.stopping.is_set():  # the engine was closed under the batch: not the job's fault
+                    log.info("job %s: batch %d-%d stopped by shutdown (%s); handing the job back", job.id, start, end, error)
+                    release(sessions, Job, lease.row_id, lease.owner, lease.attempt)
+                    return
                 failures += 1
                 message = f"batch {start}-{end} failed: {getattr(error, 'message', None) or error!r}"
                 log.warning("job %s: %s (failure %d of %d)", job.id, message, failures, settings.job_max_failures, exc_info=not isinstance(error, DscError))

@@ -4,12 +4,22 @@ Every engine (vLLM, transformers, a remote OpenAI-compatible server) takes a bat
 conversations and returns one `Generation` per conversation, in order. Batching is the caller's
 main lever for throughput, so engines must never loop over the batch one request at a time
 unless the backend itself is per-request (the HTTP engine sends requests concurrently).
+
+The contract every engine keeps (tests/integration/test_engine_contract.py checks each one):
+
+- `generate` may be called from many threads at once (the teacher's job workers, its synchronous
+  endpoint and llm-judge rewards share one engine). Each call gets back exactly its own
+  generations, in its own order, whatever else runs meanwhile.
+- `close()` ends in bounded time, also with calls in flight: those calls, and any later one,
+  raise `EngineClosed` (a 503: the service is stopping) instead of hanging. Calling it twice is fine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
+
+from shared.errors import NotReady
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -46,3 +56,17 @@ class Engine(Protocol):
 def request_seed(seed: int | None, index: int) -> int | None:
     """Seed of the `index`-th request of a seeded batch (None stays None)."""
     return None if seed is None else (seed * 1_000_003 + index) % (2**31 - 1)
+
+
+class EngineClosed(NotReady):
+    """The engine was closed (the service is shutting down) before or while this call ran."""
+
+    def __init__(self, message: str = "the engine is shutting down; retry shortly", *, retry_after: int = 5) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+def chat_prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
+    """Token ids of `conversation` rendered by the model's chat template, ready for the answer.
+    The template already writes any special tokens (BOS, role markers), so none are added again."""
+    text = tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

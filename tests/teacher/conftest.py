@@ -101,13 +101,15 @@ def wait_job(client: httpx.Client, job_id: str, statuses: tuple[str, ...], timeo
 
 
 @pytest.fixture()
-def make_teacher(tmp_path: Path, model_store: Path, tf_engine):
-    """Factory: start a teacher over `database_url` (default: a fresh SQLite file) with overrides."""
+def make_teacher(request, tmp_path: Path, model_store: Path):
+    """Factory: start a teacher over `database_url` (default: a fresh SQLite file) with overrides,
+    on the session's transformers engine unless `engine` hands it another (e.g. vllm_engine)."""
     stack: list = []
 
-    def start(database_url: str | None = None, **overrides: Any) -> Teacher:
+    def start(database_url: str | None = None, *, engine=None, **overrides: Any) -> Teacher:
         url = database_url or f"sqlite:///{tmp_path / f'teacher-{len(stack)}.db'}"
-        context = running_teacher(teacher_settings(tmp_path / "data", model_store, url, **overrides), tf_engine)
+        engine = engine if engine is not None else request.getfixturevalue("tf_engine")
+        context = running_teacher(teacher_settings(tmp_path / "data", model_store, url, **overrides), engine)
         stack.append(context)
         return context.__enter__()
 

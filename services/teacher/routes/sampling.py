@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from services.teacher.deps import ReadyState
 from services.teacher.limits import check_plan
-from shared.errors import Overloaded
+from shared.errors import NotReady, Overloaded
 from shared.sampling import plan_sample, run_plan, store_finished_run
 from shared.schemas import ChainResult, SampleRequest, SampleResponse
 from shared.web.auth import ClientScope
@@ -21,8 +21,16 @@ def critique_revise(request: SampleRequest, _scope: ClientScope, state: ReadySta
     """Answer, critique, revise and score each prompt now; store the chains (and accepted pairs) as
     a finished job of kind "sync" when `store` is true. A plain `def`: FastAPI runs it in its
     threadpool, so the event loop keeps serving while the engine works. At most
-    `max_concurrent_sync` calls run at once; the next one gets 429 with Retry-After at once."""
+    `max_concurrent_sync` calls run at once; the next one gets 429 with Retry-After at once.
+    A teacher shutting down answers 503 with Retry-After, also to a call it had begun (the
+    engine is closed under it, or it stops at its next phase)."""
     settings = state.settings
+
+    def check_stopping(*_progress) -> None:
+        if state.stopping.is_set():
+            raise NotReady("the teacher is shutting down; retry shortly")
+
+    check_stopping()
     with state.sessions() as session:
         plan = plan_sample(session, request)
     check_plan(plan, settings, max_prompts=settings.max_sync_prompts, count_setting="max_sync_prompts")
@@ -34,7 +42,7 @@ def critique_revise(request: SampleRequest, _scope: ClientScope, state: ReadySta
             retry_after=SYNC_RETRY_AFTER_S,
         )
     try:
-        chains = run_plan(plan, state.engine, state.rewards)
+        chains = run_plan(plan, state.engine, state.rewards, progress=check_stopping)
     finally:
         state.sync_slots.release()
     state.metrics.observe_chains(chains, "sync")
