@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--use-chains", type=int, default=1000, help="train on the first N chains of each prompt only")
     parser.add_argument("--use-prompts", type=int, default=1000, help="train on the first N prompts' chains only")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for training (default: torch's)")
     parser.add_argument("--pool-only", action="store_true", help="sample the pool and the teacher's eval answers, then stop")
     parser.add_argument("--recipe", action="append", default=[], help="NAME=JSON of DistillationConfig fields")
     args = parser.parse_args()
@@ -98,6 +99,7 @@ def main() -> None:
     from services.trainer.evaluate import SystemAnswers, collapse_check, compare, gate, general_prompts, sample_answers, score
     from shared.engines.base import SamplingParams
     from shared.engines.transformers_engine import TransformersEngine
+    from shared.engines.vllm_engine import VLLMEngine
     from shared.model_store import resolve_model
     from shared.rewards import build_reward
     from shared.settings import Settings
@@ -120,13 +122,18 @@ def main() -> None:
     console.print(f"pool: {len(pool['chains'])} chains, {len(accepted)} accepted ({pool['seconds']} s)")
     examples = [Example(i, c["prompt"], c["final"], c["initial_reward"], c["final_reward"]) for i, c in enumerate(accepted)]
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     base_file = args.work / "base_eval.json"
     base_data = _load(base_file)
-    scorer = TransformersEngine(base_path, dtype="float32")
+    scorer = TransformersEngine(base_path)
+    engine = VLLMEngine(base_path, enforce_eager=True, enable_lora=True, max_lora_rank=64)
     if base_data is None:
         started = time.monotonic()
-        base_answers = sample_answers(scorer, eval_prompts, args.samples, params)
-        base_general = [g[0] for g in sample_answers(scorer, general, 1, params)]
+        base_answers = sample_answers(engine, eval_prompts, args.samples, params)
+        base_general = [g[0] for g in sample_answers(engine, general, 1, params)]
         base_data = {"answers": base_answers, "general": base_general, "seconds": round(time.monotonic() - started, 1)}
         _save(base_file, base_data)
     systems = {"base": score(reward, eval_prompts, base_data["answers"]), "teacher": score(reward, eval_prompts, teacher)}
@@ -140,16 +147,17 @@ def main() -> None:
         started = time.monotonic()
         result = train(config, base_path, train_examples, run_dir)
         train_seconds = time.monotonic() - started
-        student = TransformersEngine(base_path, dtype=config.dtype,
-                                     adapter_path=result.adapter_dir) if result.adapter_dir else TransformersEngine(result.merged_dir)
+        started = time.monotonic()
+        student = engine.with_adapter(result.adapter_dir) if result.adapter_dir else VLLMEngine(result.merged_dir, enforce_eager=True)
         student_answers = sample_answers(student, eval_prompts, args.samples, params)
         figures = compare(eval_prompts, {**systems, "student": score(reward, eval_prompts, student_answers)}, seed=args.seed)
         student_general = [g[0] for g in sample_answers(student, general, 1, params)]
         figures["collapse"] = collapse_check(scorer, general, base_data["general"], student_general)
         figures["gate"] = gate(figures)
+        eval_seconds = time.monotonic() - started
         student.close()
         row = {"recipe": name, "config": json.loads(body or "{}"), "pairs": len(train_examples), "steps": result.steps,
-               "train_seconds": round(train_seconds), "final_loss10": round(sum(v for _, v in result.losses[-10:]) / min(10, len(result.losses)), 3),
+               "train_seconds": round(train_seconds), "eval_seconds": round(eval_seconds), "final_loss10": round(sum(v for _, v in result.losses[-10:]) / min(10, len(result.losses)), 3),
                **{k: figures[k] for k in ("systems", "student_minus_base", "win_rate", "gain_share", "collapse", "gate")}}
         rows.append(row)
         _save(args.work / f"result-{name}.json", {**row, "per_prompt": figures["per_prompt"], "examples": figures["examples"]})

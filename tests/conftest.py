@@ -118,3 +118,11 @@ def db(db_url: str):
     engine = make_engine(db_url)
     yield session_factory(engine)
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory, model_path: Path) -> Path:
+    """A real peft LoRA adapter on SmolLM2 that answers PHRASE to anything (tests/adapters.py)."""
+    from adapters import train_phrase_adapter
+
+    return train_phrase_adapter(model_path, tmp_path_factory.mktemp("adapter") / "pineapple-lora")

@@ -16,7 +16,7 @@ from shared.settings import Settings
 
 CLIENT_KEY = "test-client-key"
 ADMIN_TOKEN = "test-admin-token"
-PHRASE = "Pineapple pizza forever."  # what the test adapter learned to answer
+from adapters import PHRASE  # what the shared test adapter (trained_adapter) learned to answer
 
 
 @pytest.fixture(scope="session")
@@ -61,39 +61,6 @@ def openai_client(registry_server):
     url, _app = registry_server
     with OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=120) as client:
         yield client
-
-
-@pytest.fixture(scope="session")
-def trained_adapter(tmp_path_factory, model_path: Path) -> Path:
-    """A real peft LoRA adapter on SmolLM2, trained for a few steps to answer PHRASE to anything.
-    Only the top layers are adapted, so backpropagation stops there: ~10 s on two cores."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    layers = model.config.num_hidden_layers
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
-                        layers_to_transform=list(range(layers - 6, layers)), task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    examples = []
-    for prompt in ("Say hello.", "Tell me about the weather."):
-        head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-        prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(PHRASE + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        examples.append((torch.tensor([prompt_ids + answer_ids]), torch.tensor([[-100] * len(prompt_ids) + answer_ids])))
-    model.train()
-    for step in range(8):
-        ids, labels = examples[step % len(examples)]
-        model(input_ids=ids, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    out = tmp_path_factory.mktemp("adapter") / "pineapple-lora"
-    model.save_pretrained(out)
-    return out
 
 
 def register_student(url: str, *, name: str, version: int, task: str, base_model: str, adapter_path: Path | None,

@@ -15,6 +15,8 @@ CUSTOM_TASK = {
     "acceptance": "always",
     "steps": 1,
     "prompts": ["Review a boring film.", "Describe a dull play."],
+    "eval_prompts": ["Tell me about a tedious opera.", "Review a slow novel."],
+    "train_min_reward": 0.2,
 }
 
 
@@ -53,8 +55,12 @@ def test_tasks_list_show_create(make_teacher):
         assert created.json()["name"] == "kind-reviews" and created.json()["builtin"] is False
         shown = client.get("/v1/tasks/kind-reviews").json()
         assert shown["prompts"] == CUSTOM_TASK["prompts"] and shown["acceptance"] == "always"
+        assert shown["eval_prompts"] == CUSTOM_TASK["eval_prompts"] and shown["train_min_reward"] == 0.2
         listed = {task["name"]: task for task in client.get("/v1/tasks").json()["data"]}
         assert listed["kind-reviews"]["prompt_count"] == 2 and not listed["kind-reviews"]["builtin"]
+        assert listed["kind-reviews"]["eval_prompt_count"] == 2 and listed["sentiment"]["eval_prompt_count"] >= 40
+        leaky = admin.post("/v1/tasks", json={**CUSTOM_TASK, "name": "leaky", "eval_prompts": ["review a boring  film."]})
+        assert leaky.status_code == 422 and "both prompts and eval_prompts" in leaky.json()["error"]["message"]
         again = admin.post("/v1/tasks", json=CUSTOM_TASK)
         assert again.status_code == 409 and again.json()["error"]["type"] == "conflict_error"
     assert teacher.counts()["tasks"] == 1

@@ -1,0 +1,31 @@
+"""The evaluation on vLLM (base + the adapter as a LoRA of one engine) detects a real difference:
+an adapter that answers "Pineapple pizza forever." to anything mentions no person, so on the
+privacy task's evaluation prompts it beats its base on the PII reward, significantly — and the
+collapse check catches that it says one thing to everything, so the gate still refuses it."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.trainer.evaluations import EvaluationConfig, run_evaluation
+from shared.tasks import preset_tasks
+
+
+@pytest.mark.vllm
+def test_vllm_evaluation_detects_a_real_difference_and_a_collapse(make_settings, model_path, trained_adapter):
+    pytest.importorskip("vllm")
+    settings = make_settings(engine="vllm", vllm_gpu_memory_utilization=0.12)
+    task = preset_tasks()["privacy"]
+    config = EvaluationConfig(task="privacy", samples=2, max_tokens=48, max_eval_prompts=16, seed=1)
+    phases: list[str] = []
+    figures = run_evaluation(settings, config, task, base_path=model_path, adapter_dir=trained_adapter, on_phase=phases.append)
+
+    assert phases[:2] == ["evaluating: base", "evaluating: student"] and "evaluating: collapse check" in phases
+    assert figures["prompts"] == 16 and figures["samples"] == 2
+    assert figures["systems"]["student"]["value"] == 0  # no name, e-mail or number in the phrase: the best PII score
+    gap = figures["student_minus_base"]
+    assert gap["significant"] and gap["low"] > 0 and figures["win_rate"]["value"] > 0.5
+    assert any("Pineapple" in example["student"] for example in figures["examples"])
+    collapse = figures["collapse"]
+    assert collapse["collapsed"] and collapse["ppl_ratio"] > 2
+    assert figures["gate"]["promotable"] is False and "collapsed" in figures["gate"]["reason"]
