@@ -96,6 +96,7 @@ def main() -> None:
     from services.trainer.config import DistillationConfig
     from services.trainer.data import Example, plan_data
     from services.trainer.distill import train
+    from services.trainer.evaluations import merge_adapter
     from services.trainer.evaluate import SystemAnswers, collapse_check, compare, gate, general_prompts, sample_answers, score
     from shared.engines.base import SamplingParams
     from shared.engines.transformers_engine import TransformersEngine
@@ -129,7 +130,7 @@ def main() -> None:
     base_file = args.work / "base_eval.json"
     base_data = _load(base_file)
     scorer = TransformersEngine(base_path)
-    engine = VLLMEngine(base_path, enforce_eager=True, enable_lora=True, max_lora_rank=64)
+    engine = VLLMEngine(base_path, enforce_eager=True)
     if base_data is None:
         started = time.monotonic()
         base_answers = sample_answers(engine, eval_prompts, args.samples, params)
@@ -148,7 +149,7 @@ def main() -> None:
         result = train(config, base_path, train_examples, run_dir)
         train_seconds = time.monotonic() - started
         started = time.monotonic()
-        student = engine.with_adapter(result.adapter_dir) if result.adapter_dir else VLLMEngine(result.merged_dir, enforce_eager=True)
+        student = VLLMEngine(result.merged_dir or merge_adapter(base_path, result.adapter_dir, run_dir / "merged"), enforce_eager=True)
         student_answers = sample_answers(student, eval_prompts, args.samples, params)
         figures = compare(eval_prompts, {**systems, "student": score(reward, eval_prompts, student_answers)}, seed=args.seed)
         student_general = [g[0] for g in sample_answers(student, general, 1, params)]

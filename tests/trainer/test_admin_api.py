@@ -80,7 +80,7 @@ def test_queue_list_cancel_and_auth(api):
     run_id = created.json()["id"]
     listed = admin.get("/admin/distillations").json()["data"]
     assert [run["id"] for run in listed] == [run_id] and listed[0]["status"] == "queued"
-    assert listed[0]["config"]["lora_r"] == 8 and listed[0]["progress"]["pairs"] == 5
+    assert listed[0]["config"]["lora_r"] == 16 and listed[0]["progress"]["pairs"] == 5
     missing = admin.get(f"/admin/distillations/{run_id}/report.png")
     assert missing.status_code == 404 and "no report yet" in missing.json()["error"]["message"]
 

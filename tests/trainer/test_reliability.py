@@ -18,7 +18,7 @@ from services.trainer.runs import cancel, submit
 from services.trainer.worker import TrainerWorker
 from shared.db.models import DistillationRun, Student, utcnow
 
-TINY = dict(task="sentiment", batch_size=2, max_seq_len=48, eval_max_tokens=6, learning_rate=5e-4)
+TINY = dict(task="sentiment", batch_size=2, max_seq_len=48, eval_max_tokens=6, eval_samples=1, collapse_check=False, learning_rate=5e-4)
 
 
 def _seed(helpers, settings, model_path: Path):
