@@ -26,7 +26,7 @@ console = Console()
 @dataclass
 class DemoConfig:
     task: str = "sentiment"
-    train_prompts: int = 240  # of the task's training set
+    train_prompts: int = 160  # of the task's training set
     eval_prompts: int = 48  # of the task's evaluation set (written apart from the training prompts)
     samples: int = 4  # answers per evaluation prompt and system
     chains: int = 2

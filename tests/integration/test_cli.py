@@ -11,15 +11,24 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from services.trainer.evaluate import figures_table
 from shared.db.models import Chain, Job, Pair
 from shared.db.session import make_engine, session_factory
 
 DSC = [sys.executable, "-m", "services.cli"]
 
 
-def _run(args: list[str], data_dir: Path, model_store: Path, db_url: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DSC_DATA_DIR": str(data_dir), "DSC_MODEL_STORE": str(model_store), "DSC_DATABASE_URL": db_url}
+def _run(args: list[str], data_dir: Path, model_store: Path, db_url: str, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DSC_DATA_DIR": str(data_dir), "DSC_MODEL_STORE": str(model_store), "DSC_DATABASE_URL": db_url, **env_vars}
     return subprocess.run(DSC + args, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _render(table) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    console.print(table)
+    return console.export_text()
 
 
 def _counts(db_url: str) -> tuple[int, int, int]:
@@ -64,3 +73,21 @@ def test_bad_input_is_a_clear_error_and_stores_nothing(tmp_path, model_store, ar
     assert "Traceback" not in result.stderr
     if Path(db_url.split("///")[1]).exists():
         assert _counts(db_url) == (0, 0, 0)
+
+
+def test_eval_json_and_table_for_an_adapter(tmp_path, model_store, model_path, trained_adapter):
+    """`dsc eval` on the test adapter (it answers one phrase to anything, naming no one): on the
+    privacy evaluation prompts it cannot score below its base, and the collapse check sees it."""
+    db_url = f"sqlite:///{tmp_path / 'eval.db'}"
+    args = ["eval", "--task", "privacy", "--adapter", str(trained_adapter), "--base-model", str(model_path),
+            "--prompts", "10", "--samples", "1", "--max-tokens", "16", "--json"]
+    result = _run(args, tmp_path, model_store, db_url, DSC_ENGINE="transformers")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["prompts"] == 10 and figures["samples"] == 1
+    assert figures["systems"]["student"]["value"] == 0 and figures["student_minus_base"]["value"] >= 0
+    assert figures["collapse"]["collapsed"] and figures["gate"]["promotable"] is False
+    rendered = _render(figures_table(figures))
+    assert "student − base" in rendered and "collapsed" in rendered and "distilled student" in rendered
+    missing = _run(["eval", "--task", "privacy"], tmp_path, model_store, db_url)
+    assert missing.returncode == 2 and "no active student" in missing.stderr
