@@ -57,6 +57,22 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(None, description="Base URL of a remote OpenAI-compatible server (engine=openai).")
     openai_api_key: str = "EMPTY"
     openai_concurrency: int = 16
+    openai_timeout: float = Field(120.0, gt=0, description="Seconds one request to the remote server may take (engine=openai).")
+    openai_max_retries: int = Field(
+        4, ge=0, description="Retries of a request that failed transiently (429, 5xx, 408, a dropped connection, a timeout)."
+    )
+    openai_retry_max_wait: float = Field(
+        30.0, gt=0, description="Longest wait before one retry: exponential backoff, or the server's Retry-After, up to this."
+    )
+
+    # --- engine health ---
+    on_engine_death: Literal["exit", "restart"] = Field(
+        "exit",
+        description="When the engine dies (vLLM's engine core killed, out of memory, a CUDA error): readiness turns 503 and "
+        "work is handed back; then 'exit' ends the process with status 75 for the orchestrator to restart it, "
+        "'restart' builds a new engine in the process.",
+    )
+    engine_max_restarts: int = Field(3, ge=0, description="In restart mode, engine restarts of one process before it exits instead.")
 
     # --- services ---
     host: str = "127.0.0.1"
@@ -78,7 +94,9 @@ class Settings(BaseSettings):
     job_workers: int = Field(1, description="Job worker threads per teacher process (0: serve only).")
     job_batch_size: int = Field(32, description="Prompts per batch; each batch is one sampler call and one commit.")
     job_lease_seconds: int = Field(60, description="A worker's claim on a job expires unless renewed (heartbeat).")
-    job_max_failures: int = Field(3, description="Failed batches of a job before it fails.")
+    job_max_failures: int = Field(
+        3, description="Failed tries of one batch before its job fails (counted per batch: a committed batch starts the count again)."
+    )
     job_max_attempts: int = Field(20, ge=1, description="Claims of one job (worker deaths, restarts) before it fails instead of resuming again.")
     job_poll_seconds: float = 1.0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from shared.db.session import make_engine, session_factory
 from shared.errors import DscError, MissingDependency
 from shared.settings import Settings
 from shared.web.errors import _validation_message, install_error_handlers
+from shared.web.process import exit_after
 from shared.web.middleware import HttpMetrics, RequestContextMiddleware
 
 log = logging.getLogger(__name__)
@@ -99,13 +101,15 @@ def create_app(
             settings, registry=registry, runtime_factory=factory,
             sessions=session_factory(db_engine) if db_engine is not None else None, model=model,
         )
+        serving.exit_process = getattr(app.state, "exit_process", None)
         app.state.student = serving
         starting = asyncio.create_task(serving.start(runtime))  # /readyz is 503 until the model is loaded
         poller = asyncio.create_task(serving.poll_registry()) if registry_on else None
+        watcher = asyncio.create_task(serving.watch_engine())
         try:
             yield
         finally:
-            for task in (starting, poller):
+            for task in (starting, poller, watcher):
                 if task is not None:
                     task.cancel()
             if runtime is None:
@@ -123,9 +127,24 @@ def create_app(
 
 
 def serve(settings: Settings, *, host: str, port: int, model: str | None = None) -> None:
+    """`dsc student serve`. Exits with status 75 when the engine died (DSC_ON_ENGINE_DEATH=exit)."""
     import uvicorn
 
-    uvicorn.run(create_app(settings, model=model), host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+    app = create_app(settings, model=model)
+    exit_code = 0
+
+    def exit_process(code: int) -> None:
+        nonlocal exit_code
+        exit_code = code
+        exit_after(code)  # even if the orderly shutdown hangs
+        server.should_exit = True  # requests in flight on the dead engine end at once (503)
+
+    app.state.exit_process = exit_process
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30))
+    server.run()
+    if exit_code:
+        log.error("student stopped because its engine died; exit status %d", exit_code)
+        sys.exit(exit_code)
 
 
 __all__ = ["create_app", "serve", "default_runtime_factory"]

@@ -32,9 +32,14 @@ def healthz() -> dict:
 
 
 @router.get("/readyz", tags=["health"])
-def readyz(serving: Serving) -> JSONResponse:
+async def readyz(serving: Serving) -> JSONResponse:
+    """200 once the model is loaded; 503 with Retry-After until then, and again once the engine
+    has died (`error` says why) until the models are loaded afresh."""
+    dead = serving.check_health()  # on the event loop, where a death is acted on
     body: dict = {"ready": serving.ready, "model": serving.base.id if serving.base else None}
-    if serving.load_error:
+    if dead is not None:
+        body["error"] = f"the engine died: {dead}; {serving.death_action}"
+    elif serving.load_error:
         body["error"] = serving.load_error
     if serving.ready:
         body["serving"] = {name: model.id for name, model in serving.table.items() if name in ("student", "default")}

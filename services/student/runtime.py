@@ -56,6 +56,7 @@ class Finished:
 @dataclass(frozen=True)
 class Failed:
     message: str
+    dead: str | None = None  # set when the runtime's engine died under the row: why
 
 
 Event = Delta | Finished | Failed
@@ -104,6 +105,9 @@ class RowStream:
 
 
 class Runtime(Protocol):
+    """A runtime that can die under its callers (vLLM) also has `dead`: None while it can
+    generate, else why not (shared.engines.base.engine_dead_reason reads it)."""
+
     kind: str
     base_path: Path
     tokenizer: object

@@ -11,6 +11,12 @@ Hot swap. A promotion (seen by polling the registry, or POST /admin/reload) load
 beside the old one under a new, unique adapter name, then replaces the routing table in one
 assignment. A request resolves its model once, when admitted, and pins it: requests already
 admitted finish on the old model, which is unloaded when its last request ends.
+
+Engine health. A runtime whose engine dies (vLLM's engine core killed, out of memory, a CUDA
+error) is noticed by the request that meets it or by `watch_engine` (every second): from then on
+/readyz is 503 with the reason, requests in flight and new ones are answered 503, and per
+`on_engine_death` the process exits with status 75 for its orchestrator to restart it
+(`exit_process`, set by `serve`), or every runtime is closed and the models are loaded afresh.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from services.student.protocol import (
 )
 from services.student.runtime import Delta, Failed, Finished, RowParams, RowStream, Runtime, validate_adapter
 from shared.db.models import Student
-from shared.engines.base import request_seed
+from shared.engines.base import ENGINE_DEAD_EXIT_CODE, EngineDead, engine_dead_reason, request_seed
 from shared.errors import DscError, EngineError, InvalidRequest, NotFound, NotReady, Overloaded
 from shared.model_store import resolve_model
 from shared.settings import Settings
@@ -48,6 +54,7 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 256
+ENGINE_WATCH_SECONDS = 1.0  # how often watch_engine asks the runtimes whether they are alive
 RuntimeFactory = Callable[[Path], Runtime]
 
 
@@ -115,6 +122,8 @@ class Completion:
             while remaining:
                 index, event = await merged.get()
                 if isinstance(event, Failed):
+                    if event.dead is not None:
+                        raise EngineDead(event.dead)
                     raise EngineError(event.message)
                 if isinstance(event, Finished):
                     remaining -= 1
@@ -152,6 +161,7 @@ class StudentMetrics:
         self.active_model = Gauge("dsc_student_active_model", "1 for each model name served now", ["model", "kind"], registry=registry)
         self.rejected = Counter("dsc_student_rejected", "Completions refused before generation", ["reason"], registry=registry)
         self.swaps = Counter("dsc_student_swaps", "Routing-table switches to a newly loaded student", registry=registry)
+        self.engine_deaths = Counter("dsc_student_engine_deaths", "Times the engine died under this process", registry=registry)
 
 
 class StudentServing:
@@ -183,15 +193,25 @@ class StudentServing:
         self._reload_lock = asyncio.Lock()
         self._registry_problem: str | None = None
         self._background: set[asyncio.Task] = set()
+        self.dead: str | None = None  # why the engine died; None while it lives (or once restarted)
+        self.death_action: str | None = None  # what the service does about it, for /readyz
+        self.engine_restarts = 0
+        # Ends the process with the given status (serve sets it). None when embedded (tests):
+        # a dead engine then leaves the service up, not ready.
+        self.exit_process: Callable[[int], None] | None = None
+        self._owns_runtimes = True  # False when start() was handed a loaded runtime (tests)
+        self._closing = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return self.base is not None
+        return self.base is not None and self.dead is None
 
     async def start(self, runtime: Runtime | None = None) -> None:
         """Load the base model (or take a loaded runtime), then the active students."""
+        if runtime is not None:
+            self._owns_runtimes = False
         try:
             if runtime is None:
                 path = await asyncio.to_thread(resolve_model, self.model_reference, self.settings.resolved_model_store)
@@ -209,11 +229,95 @@ class StudentServing:
                 pass  # registry unreadable for now: serve the base model; the poller retries
 
     async def close(self) -> None:
+        self._closing = True
         for task in list(self._background):
             task.cancel()
-        runtimes = {id(m.runtime): m.runtime for m in [*self.students.values(), *([self.base] if self.base else [])]}
-        for runtime in runtimes.values():
+        for runtime in self._runtimes():
             await runtime.close()
+
+    def _runtimes(self) -> list[Runtime]:
+        models = [*self.students.values(), *([self.base] if self.base else [])]
+        return list({id(m.runtime): m.runtime for m in models}.values())
+
+    # ---- engine health ----------------------------------------------------------------------
+
+    def check_health(self) -> str | None:
+        """Ask each runtime whether its engine is alive; act on a death. Returns why the engine
+        is dead, or None. On the event loop."""
+        if self.dead is None and not self._closing:
+            for runtime in self._runtimes():
+                reason = engine_dead_reason(runtime)
+                if reason is not None:
+                    self.engine_died(reason)
+                    break
+        return self.dead
+
+    def engine_died(self, reason: str) -> None:
+        """Readiness 503 from now on, then exit or restart (on_engine_death). Only the first
+        report acts. On the event loop."""
+        if self.dead is not None or self._closing:
+            return
+        self.dead = reason
+        settings = self.settings
+        restart = settings.on_engine_death == "restart"
+        if restart and self._owns_runtimes and self.engine_restarts < settings.engine_max_restarts:
+            self.death_action = "loading the models afresh"
+        elif self.exit_process is not None:
+            self.death_action = "exiting"
+        else:
+            self.death_action = "staying up, not ready (embedded: no process to end)"
+        self.metrics.engine_deaths.inc()
+        if self.death_action == "loading the models afresh":
+            log.error("the student engine died: %s; loading the models afresh (restart %d of at most %d)",
+                      reason, self.engine_restarts + 1, settings.engine_max_restarts)
+            self._spawn(self._restart())
+            return
+        if restart and not self._owns_runtimes:
+            why = "its runtime was handed in, not built here, so it cannot be rebuilt"
+        elif restart:
+            why = f"it was restarted {self.engine_restarts} times already (engine_max_restarts)"
+        else:
+            why = "DSC_ON_ENGINE_DEATH=exit"
+        log.error("the student engine died: %s; %s: %s", reason, why, self.death_action)
+        self._exit(ENGINE_DEAD_EXIT_CODE)
+
+    def _exit(self, code: int) -> None:
+        """End the process with `code` (an orchestrator restarts it); embedded, stay up not ready."""
+        if self.exit_process is not None:
+            self.exit_process(code)
+
+    async def _restart(self) -> None:
+        reason = self.dead
+        async with self._reload_lock:  # no registry reload meanwhile
+            runtimes = self._runtimes()
+            self.base, self.table, self.students = None, {}, {}
+            self.failed.clear()
+            self.load_error = f"the engine died ({reason}); loading the models afresh"
+            for runtime in runtimes:
+                try:
+                    await runtime.close()
+                except Exception:
+                    log.exception("closing a dead runtime failed")
+        self.load_error = None
+        await self.start()
+        if self.base is None or self._closing:  # start() recorded why in load_error
+            log.error("the student could not load its models again after the engine died (%s)", self.load_error)
+            self.death_action = f"the models could not be loaded again ({self.load_error}); " + (
+                "exiting" if self.exit_process else "staying up, not ready")
+            self._exit(ENGINE_DEAD_EXIT_CODE)
+            return
+        self.engine_restarts += 1
+        self.dead = None
+        log.warning("student models loaded afresh after the engine died (%s)", reason)
+
+    async def watch_engine(self, interval: float = ENGINE_WATCH_SECONDS) -> None:
+        """Notice a dead engine also while no request runs."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.check_health()
+            except Exception:
+                log.exception("engine health check failed")
 
     def _base_name(self) -> str:
         reference = self.model_reference
@@ -241,6 +345,8 @@ class StudentServing:
         Students that failed to load are not retried by the poller, only by an explicit reload."""
         if retry_failed:
             self.failed.clear()
+        if self.base is None:
+            raise NotReady(self.load_error or "the student model is still loading; retry shortly")
         if self.sessions is None:
             return {"loaded": [], "retired": [], "errors": {}, "models": sorted(self.table)}
         async with self._reload_lock:
@@ -371,6 +477,8 @@ class StudentServing:
         return cards
 
     def resolve(self, name: str) -> ServedModel:
+        if self.check_health() is not None:
+            raise EngineDead(self.dead)
         if self.base is None:
             raise NotReady(self.load_error or "the student model is still loading; retry shortly")
         model = self.table.get(name)

@@ -4,6 +4,9 @@ Every request goes to the engine at once; the engine's scheduler batches them st
 micro-batcher is needed. Students over the same base are LoRA adapters, each added under a new
 name and id per load (a same-name reload has open bugs: DESIGN §4); `max_loras >= 2` so a batch
 that mixes base and adapter requests gives each its own weights.
+
+`dead` says why the engine can no longer generate (its engine core process died: killed, out of
+memory, a CUDA error); rows in flight then end with a `Failed` that carries the reason.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import uuid
 from pathlib import Path
 
 from services.student.runtime import Delta, Failed, Finished, RowParams, RowStream
-from shared.engines.vllm_engine import engine_options
+from shared.engines.base import EngineDead
+from shared.engines.vllm_engine import async_llm_death, engine_options, engine_processes, is_engine_dead_error
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,9 +51,18 @@ class VLLMRuntime:
         self.max_model_len = max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(base_path)
         args = AsyncEngineArgs(**options)
-        self.engine = AsyncLLM.from_engine_args(args)
+        self._dead: str | None = None
+        self._closed = False
+        with engine_processes() as self._processes:
+            self.engine = AsyncLLM.from_engine_args(args)
         self._loras: dict[str, object] = {}
         self._next_lora_id = 1
+
+    @property
+    def dead(self) -> str | None:
+        if self._dead is None and not self._closed:
+            self._dead = async_llm_death(self.engine)
+        return self._dead
 
     @classmethod
     def from_settings(cls, path: Path, settings: Settings) -> "VLLMRuntime":
@@ -64,6 +77,8 @@ class VLLMRuntime:
         return self.engine.get_num_unfinished_requests()
 
     def start(self, prompt_ids: list[int], params: RowParams, adapter: str | None) -> RowStream:
+        if self.dead is not None:
+            raise EngineDead(self.dead)
         loop = asyncio.get_running_loop()
         stream = RowStream(loop)
         lora = self._loras[adapter] if adapter else None
@@ -93,6 +108,11 @@ class VLLMRuntime:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if is_engine_dead_error(exc) or self.dead is not None:
+                if self._dead is None:
+                    self._dead = async_llm_death(self.engine) or f"vLLM reported {type(exc).__name__}: {exc}"
+                stream.emit_now(Failed(f"generation failed: the engine died ({self._dead})", dead=self._dead))
+                return
             log.exception("vLLM generation failed")
             stream.emit_now(Failed(f"generation failed: {exc}"))
 
@@ -111,7 +131,11 @@ class VLLMRuntime:
             await self.engine.remove_lora(request.lora_int_id)
 
     async def close(self) -> None:
+        dead = self.dead
+        self._closed = True
         self.engine.shutdown()
+        if dead is not None:  # an orphaned worker may still hold the memory a new engine needs
+            await asyncio.to_thread(self._processes.reap)
 
 
 def _supported_rank(rank: int) -> int:

@@ -5,11 +5,17 @@ is in), start the job workers. Shutdown, in bounded time even with work in fligh
 (`serve`) at once, else when the lifespan ends, the state's `begin_shutdown` sets `stopping` and
 closes the engine, so generate calls in flight end (synchronous calls answer 503, workers hand
 their job back to the queue); then the server drains, the workers are joined, the database closed.
+
+A dead engine (vLLM's engine core killed, out of memory, a CUDA error; services/teacher/state.py)
+turns /readyz 503 with the reason; workers hand their job back without counting a failure; under
+`serve` the process then exits with status 75 (DSC_ON_ENGINE_DEATH=exit, the default) or builds a
+new engine (restart).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from contextlib import asynccontextmanager
 
@@ -20,7 +26,7 @@ from services.teacher import worker
 from services.teacher.logs import RequestIdMiddleware, configure_json_logging
 from services.teacher.metrics import QueueCollector, TeacherMetrics
 from services.teacher.routes import distillations, evaluations, health, jobs, pairs, sampling, students, tasks
-from services.teacher.state import TeacherState
+from services.teacher.state import TeacherState, watch_engine
 from shared import __version__
 from shared.db.session import make_engine, session_factory, upgrade
 from shared.engines import create_engine
@@ -28,6 +34,7 @@ from shared.engines.base import Engine
 from shared.sampling import RewardPool
 from shared.settings import Settings
 from shared.web.errors import install_error_handlers
+from shared.web.process import exit_after
 from shared.web.middleware import HttpMetrics, RequestContextMiddleware
 
 log = logging.getLogger(__name__)
@@ -36,9 +43,13 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 15  # the most uvicorn waits for requests in flight after SIGTERM
 
 
+def _build_engine(settings: Settings) -> Engine:
+    return create_engine(settings, settings.teacher_model)
+
+
 def _load_engine(state: TeacherState) -> None:
     try:
-        engine = create_engine(state.settings, state.settings.teacher_model)
+        engine = _build_engine(state.settings)
         if state.stopping.is_set():  # shut down while the model loaded
             engine.close()
             return
@@ -63,7 +74,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         db_engine = make_engine(url)
         sessions = session_factory(db_engine)
         state = TeacherState(settings=settings, db_engine=db_engine, sessions=sessions, registry=registry, metrics=metrics,
-                             owns_engine=engine is None)
+                             owns_engine=engine is None, exit_process=getattr(app.state, "exit_process", None))
+        if engine is None:
+            state.build_engine = lambda: _build_engine(settings)
         queue_collector = QueueCollector(sessions)
         registry.register(queue_collector)
         app.state.teacher = state
@@ -75,6 +88,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         else:
             threading.Thread(target=_load_engine, args=(state,), name="engine-loader", daemon=True).start()
         workers = worker.start_workers(state)
+        watch_engine(state)
         try:
             yield
         finally:
@@ -108,6 +122,19 @@ def serve(settings: Settings, *, host: str, port: int, log_level: str = "INFO") 
 
     configure_json_logging(log_level)
     app = create_app(settings)
+    exit_code = 0
+
+    def exit_process(code: int) -> None:
+        # The engine died: stop as on SIGTERM (work in flight handed back), then exit with `code`.
+        nonlocal exit_code
+        exit_code = code
+        exit_after(code)  # even if the orderly shutdown hangs
+        state = getattr(app.state, "teacher", None)
+        if state is not None:
+            state.begin_shutdown()
+        server.should_exit = True  # not handle_exit: uvicorn re-raises the signals it handled
+
+    app.state.exit_process = exit_process
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
@@ -119,4 +146,8 @@ def serve(settings: Settings, *, host: str, port: int, log_level: str = "INFO") 
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
-    Server(config).run()
+    server = Server(config)
+    server.run()
+    if exit_code:
+        log.error("teacher stopped because its engine died; exit status %d", exit_code)
+        sys.exit(exit_code)

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from services.teacher.state import TeacherState
+from shared.engines.base import EngineDead
 from shared.errors import NotReady
 
 
@@ -23,9 +24,11 @@ def get_session(state: Annotated[TeacherState, Depends(get_state)]) -> Iterator[
 
 
 def get_ready_state(state: Annotated[TeacherState, Depends(get_state)]) -> TeacherState:
-    """The state, once the engine is loaded; otherwise 503 with Retry-After (the caller retries)."""
+    """The state, once the engine is loaded and alive; otherwise 503 with Retry-After (the caller retries)."""
     if state.engine is None:
         raise NotReady(state.engine_error or "the teacher engine is still loading; retry shortly")
+    if (dead := state.check_engine()) is not None:
+        raise EngineDead(dead)
     return state
 
 

@@ -38,6 +38,7 @@ class TeacherMetrics:
             "dsc_teacher_job_batch_seconds", "Time to sample one job batch", registry=registry,
             buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800),
         )
+        self.engine_deaths = Counter("dsc_teacher_engine_deaths", "Times the engine died under this process", registry=registry)
         self.sync_rejected = Counter("dsc_teacher_sync_rejected", "Synchronous calls answered 429 (engine saturated)", registry=registry)
         self._sampled = 0
         self._accepted = 0

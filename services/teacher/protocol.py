@@ -69,7 +69,7 @@ class JobView(BaseModel):
     params: dict[str, Any]
     cancel_requested: bool
     attempt: int = Field(description="Times a worker claimed the job (> 1 after a rescue).")
-    failures: int = Field(description="Failed batches so far (the job fails at job_max_failures).")
+    failures: int = Field(description="Failed batch tries so far; the job fails when one batch fails job_max_failures times.")
     error: str | None
     created_at: datetime
     started_at: datetime | None

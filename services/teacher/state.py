@@ -1,21 +1,32 @@
-"""What the teacher holds for its lifetime: settings, database, engine, rewards, metrics."""
+"""What the teacher holds for its lifetime: settings, database, engine, rewards, metrics.
+
+Engine health. An engine that dies (vLLM's engine core killed, out of memory, a CUDA error) is
+noticed by whoever meets it first: a job worker or synchronous call whose generate raises
+`EngineDead`, /readyz, or the watchdog thread that polls the engine every second.
+`engine_died` then, once: readiness turns 503 with the reason, workers hand their job back without
+counting a failure and stop claiming, and per `on_engine_death` the process exits with status 75
+(ENGINE_DEAD_EXIT_CODE) for its orchestrator to restart it, or builds a new engine in place.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.teacher.metrics import TeacherMetrics
-from shared.engines.base import Engine
+from shared.engines.base import ENGINE_DEAD_EXIT_CODE, Engine, engine_dead_reason
 from shared.sampling import RewardPool
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+ENGINE_WATCH_SECONDS = 1.0  # how often the watchdog asks the engine whether it is alive
 
 
 @dataclass
@@ -34,6 +45,16 @@ class TeacherState:
     owns_engine: bool = False
     # Synchronous sampling calls in flight; a full semaphore answers 429 instead of queueing.
     sync_slots: threading.BoundedSemaphore | None = None
+    # Why the engine died; None while it lives (or once a restart replaced it). /readyz is 503 meanwhile.
+    engine_dead: str | None = None
+    engine_death_action: str | None = None  # what the teacher does about it, for /readyz
+    engine_restarts: int = 0
+    # Ends the process with the given status (serve() sets it: stop the server, then exit). None
+    # when the app is embedded (tests): a dead engine then leaves the teacher up, not ready.
+    exit_process: Callable[[int], None] | None = None
+    # Builds a new engine (restart mode); the app sets it when it loads the engine itself.
+    build_engine: Callable[[], Engine] | None = None
+    _health_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         if self.sync_slots is None:
@@ -59,3 +80,93 @@ class TeacherState:
                 self.engine.close()
             except Exception:
                 log.exception("closing the teacher engine failed")
+
+    # --- engine health -----------------------------------------------------------------------
+
+    @property
+    def engine_usable(self) -> bool:
+        """The engine is loaded and not dead: workers may claim, calls may run."""
+        return self.engine is not None and self.engine_dead is None
+
+    def check_engine(self) -> str | None:
+        """Ask the engine whether it is alive; act on a death. Returns why it is dead, or None."""
+        if self.engine_dead is None and not self.stopping.is_set():
+            reason = engine_dead_reason(self.engine)
+            if reason is not None:
+                self.engine_died(reason)
+        return self.engine_dead
+
+    def engine_died(self, reason: str) -> None:
+        """The engine cannot generate any more: say so at /readyz, stop claiming, then exit or
+        restart (on_engine_death). Idempotent: only the first report acts."""
+        with self._health_lock:
+            if self.engine_dead is not None or self.stopping.is_set():
+                return
+            self.engine_dead = reason
+            restart = self.settings.on_engine_death == "restart"
+            rebuildable = self.owns_engine and self.build_engine is not None
+            if restart and rebuildable and self.engine_restarts < self.settings.engine_max_restarts:
+                self.engine_death_action = "restarting the engine"
+            elif self.exit_process is not None:
+                self.engine_death_action = "exiting"
+            else:
+                self.engine_death_action = "staying up, not ready (embedded: no process to end)"
+        self.metrics.engine_deaths.inc()
+        if self.engine_death_action == "restarting the engine":
+            log.error("the teacher engine died: %s; building a new one (restart %d of at most %d)",
+                      reason, self.engine_restarts + 1, self.settings.engine_max_restarts)
+            threading.Thread(target=self._restart_engine, name="engine-restart", daemon=True).start()
+            return
+        if restart and not rebuildable:
+            why = "it was handed in, not built here, so it cannot be rebuilt"
+        elif restart:
+            why = f"it was restarted {self.engine_restarts} times already (engine_max_restarts)"
+        else:
+            why = "DSC_ON_ENGINE_DEATH=exit"
+        log.error("the teacher engine died: %s; %s: %s", reason, why, self.engine_death_action)
+        self.request_exit(ENGINE_DEAD_EXIT_CODE)
+
+    def request_exit(self, code: int) -> None:
+        """End the process with `code` (an orchestrator restarts it); embedded, stay up not ready."""
+        if self.exit_process is not None:
+            self.exit_process(code)
+
+    def _restart_engine(self) -> None:
+        old = self.engine
+        try:
+            if old is not None:
+                old.close()  # bounded; ends what the dead engine left running
+            assert self.build_engine is not None
+            engine = self.build_engine()
+        except Exception as exc:
+            log.exception("building a new teacher engine failed")
+            self.engine_error = f"the engine died ({self.engine_dead}) and could not be rebuilt: {exc}"
+            self.engine_death_action = f"it could not be rebuilt ({exc}); " + ("exiting" if self.exit_process else "staying up, not ready")
+            self.request_exit(ENGINE_DEAD_EXIT_CODE)
+            return
+        if self.stopping.is_set():  # shut down while the engine was rebuilt
+            engine.close()
+            return
+        with self._health_lock:
+            self.rewards = RewardPool(judge_engine=engine)
+            self.engine = engine
+            self.engine_restarts += 1
+            reason, self.engine_dead = self.engine_dead, None
+        log.info("teacher engine rebuilt after it died (%s): %s (%s)", reason, engine.model, engine.name)
+
+
+def watch_engine(state: TeacherState, interval: float = ENGINE_WATCH_SECONDS) -> threading.Thread:
+    """A daemon thread that polls the engine's health until the teacher stops, so a death is
+    noticed (and acted on) also while nothing is running."""
+
+    def run() -> None:
+        while not state.stopping.wait(interval):
+            try:
+                state.check_engine()
+            except Exception:
+                log.exception("engine health check failed")
+
+    thread = threading.Thread(target=run, name="engine-watchdog", daemon=True)
+    thread.start()
+    return thread
+

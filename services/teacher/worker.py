@@ -11,7 +11,13 @@ A heartbeat thread renews the lease while the worker samples. A worker killed mi
 only the uncommitted batch: its lease expires, another worker (or the restarted teacher) claims
 the job and resumes at `done`. A worker that stalled past its lease finds its fence gone at
 commit time and rolls back, so nothing is written twice. A batch that raises counts as a
-failure; after `job_max_failures` the job fails with the error recorded.
+failure of that batch and is tried again; a batch that fails `job_max_failures` times fails the
+job with the error recorded (the count is per batch: a committed batch starts it again, so a
+long job on a flaky remote engine is not failed by failures spread over hours). `failures` on
+the job row counts every failed try, for the record.
+
+A dead engine (state.engine_died) is not the job's fault: the worker hands the job back at once,
+without counting a failure, and claims nothing more until a new engine is in.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from shared.db.models import Job
 from shared.db.queue import Heartbeat, Lease, claim, fenced_update, finish, release
 from shared.db.session import is_sqlite
 from shared.db.store import Recorded, record_chains
+from shared.engines.base import dead_reason_of
 from shared.errors import DscError
 from shared.sampler import Chain
 from shared.sampling import plan_from_job, run_plan
@@ -91,7 +98,7 @@ class JobWorker:
     def _loop(self) -> None:
         state = self.state
         while not state.stopping.is_set():
-            if state.engine is None:  # the model is still loading
+            if state.engine is None or state.check_engine() is not None:  # still loading, or dead
                 state.stopping.wait(state.settings.job_poll_seconds)
                 continue
             try:
@@ -133,10 +140,11 @@ class JobWorker:
             return
         plan = plan_from_job(job, task)
         start, failures = job.done, job.failures
+        batch_failures = 0  # failed tries of the batch at `start`
         while start < job.total:
             if beat.lost.is_set():
                 return  # someone else holds the job now; our uncommitted work is simply dropped
-            if state.stopping.is_set():
+            if state.stopping.is_set() or state.engine_dead is not None:
                 release(sessions, Job, lease.row_id, lease.owner, lease.attempt)
                 return
             if self._cancel_requested(lease.row_id):
@@ -156,25 +164,32 @@ class JobWorker:
                     log.info("job %s: batch %d-%d stopped by shutdown (%s); handing the job back", job.id, start, end, error)
                     release(sessions, Job, lease.row_id, lease.owner, lease.attempt)
                     return
+                if (dead := dead_reason_of(error) or state.check_engine()) is not None:  # nor is a dead engine
+                    state.engine_died(dead)
+                    log.warning("job %s: the engine died under batch %d-%d (%s); handing the job back", job.id, start, end, dead)
+                    release(sessions, Job, lease.row_id, lease.owner, lease.attempt)
+                    return
                 failures += 1
+                batch_failures += 1
                 message = f"batch {start}-{end} failed: {getattr(error, 'message', None) or error!r}"
-                log.warning("job %s: %s (failure %d of %d)", job.id, message, failures, settings.job_max_failures, exc_info=not isinstance(error, DscError))
+                log.warning("job %s: %s (failure %d of %d of this batch)", job.id, message, batch_failures, settings.job_max_failures,
+                            exc_info=not isinstance(error, DscError))
                 state.metrics.batches.labels("failed").inc()
-                if failures >= settings.job_max_failures:
+                if batch_failures >= settings.job_max_failures:
                     finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "failed", failures=failures,
-                           error=f"{message}; giving up after {failures} failed batches (job_max_failures)")
+                           error=f"{message}; giving up after this batch failed {batch_failures} times (job_max_failures)")
                     return
                 with sessions() as session, session.begin():
                     if not fenced_update(session, Job, lease.row_id, lease.owner, lease.attempt, failures=failures, error=message):
                         return
-                state.stopping.wait(min(settings.job_poll_seconds * failures, 30))
+                state.stopping.wait(min(settings.job_poll_seconds * batch_failures, 30))
                 continue
             if recorded is None:
                 log.warning("job %s: lease lost before committing batch %d-%d; dropped it", job.id, start, end)
                 return
             state.metrics.batches.labels("committed").inc()
             state.metrics.observe_chains(chains, "job")
-            start = end
+            start, batch_failures = end, 0
         if finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "succeeded"):
             log.info("job %s succeeded", job.id)
 

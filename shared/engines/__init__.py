@@ -29,7 +29,10 @@ def create_engine(settings: Settings, model: str, *, engine: str | None = None, 
 
         if not settings.openai_base_url:
             raise InvalidRequest("engine 'openai' needs DSC_OPENAI_BASE_URL (the remote server's /v1 URL)")
-        return OpenAIEngine(settings.openai_base_url, model, api_key=settings.openai_api_key, concurrency=settings.openai_concurrency)
+        return OpenAIEngine(
+            settings.openai_base_url, model, api_key=settings.openai_api_key, concurrency=settings.openai_concurrency,
+            timeout=settings.openai_timeout, max_retries=settings.openai_max_retries, max_wait=settings.openai_retry_max_wait,
+        )
 
     path = resolve_model(model, settings.resolved_model_store)
     from shared.engines.vllm_engine import vllm_available

@@ -12,6 +12,11 @@ The contract every engine keeps (tests/integration/test_engine_contract.py check
   generations, in its own order, whatever else runs meanwhile.
 - `close()` ends in bounded time, also with calls in flight: those calls, and any later one,
   raise `EngineClosed` (a 503: the service is stopping) instead of hanging. Calling it twice is fine.
+- An engine that can die under its caller (vLLM: its engine core process killed, out of memory, a
+  CUDA error) has a `dead` attribute: None while it can generate, else why it cannot. Calls in
+  flight when it dies, and any later one, raise `EngineDead` (never hang, never look like a bad
+  request). Only a new engine helps; the services mark themselves not ready and exit or rebuild
+  it (DSC_ON_ENGINE_DEATH). Engines without the attribute never die on their own.
 """
 
 from __future__ import annotations
@@ -63,6 +68,42 @@ class EngineClosed(NotReady):
 
     def __init__(self, message: str = "the engine is shutting down; retry shortly", *, retry_after: int = 5) -> None:
         super().__init__(message, retry_after=retry_after)
+
+
+class EngineDead(NotReady):
+    """The engine can no longer generate (its engine core process died, ran out of memory, hit a
+    CUDA error): a 503 for the caller; the service restarts the engine or exits to be restarted."""
+
+    def __init__(self, reason: str, *, retry_after: int = 30) -> None:
+        super().__init__(f"the engine is dead ({reason}); retry once the service has restarted", retry_after=retry_after)
+        self.reason = reason
+
+
+# The exit status of a service that stopped because its engine died (EX_TEMPFAIL: "try again
+# later"), so an orchestrator (compose `restart: on-failure`, Kubernetes) starts it afresh.
+ENGINE_DEAD_EXIT_CODE = 75
+
+
+def engine_dead_reason(engine: object) -> str | None:
+    """Why `engine` (an Engine, a student runtime) can no longer generate, or None while it can."""
+    if engine is None:
+        return None
+    try:
+        return getattr(engine, "dead", None)
+    except Exception as exc:  # a health check that itself fails says the engine is unusable
+        return f"its health check failed: {type(exc).__name__}: {exc}"
+
+
+def dead_reason_of(error: BaseException | None) -> str | None:
+    """The reason of an EngineDead anywhere in `error`'s chain of causes (a reward or the
+    sampler may wrap it), or None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, EngineDead):
+            return error.reason
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def chat_prompt_ids(tokenizer, conversation: Conversation) -> list[int]:

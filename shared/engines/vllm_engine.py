@@ -7,21 +7,31 @@ is submitted and carries its own request id, so the scheduler batches all caller
 together step by step (continuous batching) and each caller gets back only its own outputs.
 vLLM's offline `LLM` is not safe for this: two threads calling it hung or aborted the process,
 and its run loop hands out other callers' outputs (DESIGN §4).
+
+Health: vLLM watches its engine core process and marks the engine dead the moment it exits
+(killed, out of memory, a fatal CUDA error); `dead` then says why, calls in flight end with
+`EngineDead` at once, and closing the engine also ends whatever is left of its processes (an
+orphaned worker would otherwise keep its memory, on a GPU its device memory, from a new engine).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import signal
 import threading
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from shared.engines.base import Conversation, EngineClosed, Generation, SamplingParams, chat_prompt_ids, request_seed
+from shared.engines.base import Conversation, EngineClosed, EngineDead, Generation, SamplingParams, chat_prompt_ids, request_seed
 from shared.engines.loop import EngineLoop, gather_or_cancel
 from shared.errors import EngineError, InvalidRequest
 from shared.settings import preferred_dtype
+
+log = logging.getLogger(__name__)
 
 
 def vllm_available() -> bool:
@@ -79,6 +89,117 @@ def engine_options(
     return options
 
 
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def async_llm_death(engine) -> str | None:
+    """Why a vLLM `AsyncLLM` can no longer generate, or None while it can."""
+    try:
+        if not engine.errored:
+            return None
+    except Exception as exc:  # its state cannot even be read
+        return f"vLLM's engine state cannot be read: {type(exc).__name__}: {exc}"
+    try:
+        exited = engine.engine_core.resources.engine_manager.finished_procs()
+    except Exception:
+        exited = {}
+    if exited:
+        return "vLLM's engine core process " + ", ".join(f"{name} {_describe_exit(code)}" for name, code in sorted(exited.items()))
+    return "vLLM's engine core failed (EngineDeadError; the log above it has the cause)"
+
+
+def is_engine_dead_error(error: BaseException) -> bool:
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return isinstance(error, EngineDeadError) or isinstance(error.__cause__, EngineDeadError)
+
+
+class EngineProcesses:
+    """The processes one vLLM engine started (its engine core, the core's workers), found as
+    this process's new `VLLM::` descendants while the engine starts. `reap()` ends those still
+    running after the engine was shut down: when the engine core is killed its worker is
+    orphaned and may keep running (and holding memory) for a while."""
+
+    def __init__(self) -> None:
+        self._before = self._descendants()
+        self.processes: list = []
+
+    @staticmethod
+    def _descendants() -> dict[int, object]:
+        try:
+            import psutil
+
+            return {child.pid: child for child in psutil.Process().children(recursive=True)}
+        except Exception:  # psutil missing or /proc unreadable: nothing to track
+            return {}
+
+    def started(self) -> None:
+        """Call once the engine is up (or failed to start): remember the engine's own processes."""
+        new = [proc for pid, proc in self._descendants().items() if pid not in self._before]
+        self.processes = [proc for proc in new if _is_vllm_process(proc)]
+        self._before = {}
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.processes]
+
+    def reap(self, timeout: float = 5.0) -> None:
+        try:
+            self._reap(timeout)
+        except Exception:
+            log.warning("ending the processes left by a vLLM engine failed", exc_info=True)
+
+    def _reap(self, timeout: float) -> None:
+        import psutil
+
+        alive = [proc for proc in self.processes if proc.is_running()]
+        for proc in alive:
+            try:
+                proc.terminate()
+            except psutil.Error:
+                pass
+        _gone, left = psutil.wait_procs(alive, timeout=timeout)
+        for proc in left:
+            log.warning("vLLM process %s (pid %d) outlived its engine; killing it", _title(proc), proc.pid)
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(left, timeout=timeout)
+
+
+_START_LOCK = threading.Lock()
+
+
+@contextmanager
+def engine_processes() -> Iterator[EngineProcesses]:
+    """Track the processes an engine start creates. Starts in one process are serialised, so
+    each new process is attributed to the engine that started it."""
+    with _START_LOCK:
+        tracker = EngineProcesses()
+        try:
+            yield tracker
+        finally:
+            tracker.started()
+
+
+def _title(proc) -> str:
+    try:
+        return " ".join(proc.cmdline()) or proc.name()
+    except Exception:
+        return "?"
+
+
+def _is_vllm_process(proc) -> bool:
+    return _title(proc).startswith("VLLM::")
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -107,14 +228,27 @@ class VLLMEngine:
         # copy is busy detokenising on the engine loop.
         self.tokenizer = AutoTokenizer.from_pretrained(self.model)
         self._tokenizer_lock = threading.Lock()
-        self._loras: dict[str, int] = {}  # adapter path → vLLM's LoRA id
         self._loop = EngineLoop("vllm-engine-loop")
+        self._dead: str | None = None
         try:
-            # Built on the loop, so vLLM's output handler and sockets belong to that loop.
-            self.engine = self._loop.run(self._start(options))
+            with engine_processes() as self._processes:
+                # Built on the loop, so vLLM's output handler and sockets belong to that loop.
+                self.engine = self._loop.run(self._start(options))
         except BaseException:
             self._loop.close()
+            self._processes.reap()
             raise
+
+    @property
+    def dead(self) -> str | None:
+        """None while the engine can generate; else why not (its engine core process died...).
+        A closed engine is not dead: its calls raise EngineClosed."""
+        if self._dead is None:
+            engine = getattr(self, "engine", None)
+            if engine is None or self._loop.closing:
+                return None
+            self._dead = async_llm_death(engine)
+        return self._dead
 
     @staticmethod
     async def _start(options: dict):
@@ -123,12 +257,13 @@ class VLLMEngine:
 
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**options, disable_log_stats=True))
 
-    def generate(self, conversations: Sequence[Conversation], params: SamplingParams, *, adapter: Path | str | None = None) -> list[Generation]:
-        """`adapter`: a LoRA adapter directory to answer with (the engine needs enable_lora)."""
+    def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[Generation]:
         if not conversations:
             return []
         if self._loop.closing:
             raise EngineClosed()
+        if self.dead is not None:
+            raise EngineDead(self.dead)
         from vllm import SamplingParams as VSamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -145,28 +280,15 @@ class VLLMEngine:
             )
             for index in range(len(conversations))
         ]
-        lora = self._lora_request(adapter) if adapter is not None else None
-        return self._loop.run(gather_or_cancel(self._one(ids, sampling, lora) for ids, sampling in zip(prompts, per_request)))
+        return self._loop.run(gather_or_cancel(self._one(ids, sampling) for ids, sampling in zip(prompts, per_request)))
 
-    def _lora_request(self, adapter: Path | str):
-        from vllm.lora.request import LoRARequest
-
-        path = str(Path(adapter).resolve())
-        with self._tokenizer_lock:
-            known = self._loras.setdefault(path, len(self._loras) + 1)
-        return LoRARequest(lora_name=f"adapter-{known}", lora_int_id=known, lora_path=path)
-
-    def with_adapter(self, adapter: Path | str) -> "AdapterView":
-        """This engine answering with a LoRA adapter: an Engine of its own, sharing the base model."""
-        return AdapterView(self, Path(adapter))
-
-    async def _one(self, prompt_ids: list[int], sampling, lora=None) -> Generation:
+    async def _one(self, prompt_ids: list[int], sampling) -> Generation:
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
         final = None
         try:
-            async for output in self.engine.generate(TokensPrompt(prompt_token_ids=prompt_ids), sampling, uuid.uuid4().hex, lora_request=lora):
+            async for output in self.engine.generate(TokensPrompt(prompt_token_ids=prompt_ids), sampling, uuid.uuid4().hex):
                 final = output
         except asyncio.CancelledError:
             raise
@@ -175,6 +297,10 @@ class VLLMEngine:
         except Exception as exc:
             if self._loop.closing:
                 raise EngineClosed() from exc
+            if is_engine_dead_error(exc) or self.dead is not None:
+                if self._dead is None:
+                    self._dead = async_llm_death(self.engine) or f"vLLM reported {type(exc).__name__}: {exc}"
+                raise EngineDead(self._dead) from exc
             cause = exc.__cause__ or exc
             raise EngineError(f"vLLM generation failed: {type(cause).__name__}: {cause}") from exc
         if final is None or not final.outputs:
@@ -189,26 +315,14 @@ class VLLMEngine:
 
     def close(self) -> None:
         """Abort the requests in flight (their callers get EngineClosed), then stop vLLM's engine
-        processes and the loop."""
+        processes (and what a dead engine left running) and the loop."""
+        dead = self.dead
         self._loop.close(finalize=self._shutdown)
+        if dead is not None:
+            self._processes.reap()
 
     def _shutdown(self) -> None:
         engine, self.engine = getattr(self, "engine", None), None
         if engine is not None:
             engine.shutdown()
 
-
-class AdapterView:
-    """A VLLMEngine's base model with one LoRA adapter, behind the Engine protocol (closing it
-    leaves the shared engine running)."""
-
-    name = "vllm"
-
-    def __init__(self, engine: VLLMEngine, adapter: Path) -> None:
-        self.base, self.adapter, self.model = engine, adapter, str(adapter)
-
-    def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[Generation]:
-        return self.base.generate(conversations, params, adapter=self.adapter)
-
-    def close(self) -> None:
-        pass

@@ -156,6 +156,40 @@ def test_a_batch_that_fails_once_is_retried_and_the_job_succeeds(make_state, tmp
     assert indexes == [0] and pairs == accepted == job.accepted
 
 
+class FirstTryFailsEngine:
+    """The real engine, except that the first try of every batch fails (a flaky remote model):
+    a call that starts chains for prompts it has not seen fails once."""
+
+    name, model = "first-try-fails", "first-try-fails"
+
+    def __init__(self, engine) -> None:
+        self.engine, self.failed, self.seen = engine, 0, set()
+
+    def generate(self, conversations, params):
+        initial = {conv[0]["content"] for conv in conversations if len(conv) == 1}
+        if initial and not initial <= self.seen:
+            self.seen |= initial
+            self.failed += 1
+            raise RuntimeError(f"remote model unavailable (failure {self.failed})")
+        return self.engine.generate(conversations, params)
+
+    def close(self) -> None:
+        pass
+
+
+def test_failures_are_counted_per_batch_not_over_the_whole_job(make_state, tmp_path, tf_engine):
+    """Three batches that each fail once: more failures than job_max_failures over the job, but
+    never that many for one batch, so the job succeeds; every failure stays on record."""
+    engine = FirstTryFailsEngine(tf_engine)
+    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", engine, job_batch_size=1, job_max_failures=2, job_poll_seconds=0.01)
+    job_id = enqueue(state.sessions, ["Review a film.", "Review a play.", "Review a book."])
+    assert JobWorker(state).run_once()
+    job = load(state.sessions, job_id)
+    assert (job.status, job.done, job.failures, engine.failed) == ("succeeded", 3, 3, 3), job.error
+    assert "remote model unavailable (failure 3)" in job.error
+    assert stored(state.sessions, job_id)[0] == [0, 1, 2]
+
+
 def test_shutdown_mid_batch_hands_the_job_back_to_the_queue(make_state, tmp_path, tf_engine):
     state = make_state(f"sqlite:///{tmp_path / 'q.db'}")
     engine = BrokenEngine(tf_engine, failures=0, on_call=state.stopping.set)  # shutdown begins during the first call

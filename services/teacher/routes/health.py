@@ -19,10 +19,14 @@ def healthz() -> dict:
 
 @router.get("/readyz")
 def readyz(state: State) -> JSONResponse:
-    """200 once the engine is loaded and the database answers; 503 with Retry-After until then."""
-    checks = {"engine": state.engine is not None, "database": ping(state.db_engine)}
+    """200 once the engine is loaded and the database answers; 503 with Retry-After until then,
+    and again once the engine has died (`engine_error` says why) until a new one is in."""
+    dead = state.check_engine()
+    checks = {"engine": state.engine is not None and dead is None, "database": ping(state.db_engine)}
     body = {"ready": all(checks.values()), "checks": checks}
-    if state.engine_error:
+    if dead is not None:
+        body["engine_error"] = f"the engine died: {dead}; {state.engine_death_action}"
+    elif state.engine_error:
         body["engine_error"] = state.engine_error
     if body["ready"]:
         return JSONResponse(body)

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from services.teacher.deps import ReadyState
 from services.teacher.limits import check_plan
+from shared.engines.base import EngineDead, dead_reason_of
 from shared.errors import NotReady, Overloaded
 from shared.sampling import plan_sample, run_plan, store_finished_run
 from shared.schemas import ChainResult, SampleRequest, SampleResponse
@@ -23,7 +24,8 @@ def critique_revise(request: SampleRequest, _scope: ClientScope, state: ReadySta
     threadpool, so the event loop keeps serving while the engine works. At most
     `max_concurrent_sync` calls run at once; the next one gets 429 with Retry-After at once.
     A teacher shutting down answers 503 with Retry-After, also to a call it had begun (the
-    engine is closed under it, or it stops at its next phase)."""
+    engine is closed under it, or it stops at its next phase); so does one whose engine dies
+    under it (and the teacher acts on the death at once: state.engine_died)."""
     settings = state.settings
 
     def check_stopping(*_progress) -> None:
@@ -43,6 +45,11 @@ def critique_revise(request: SampleRequest, _scope: ClientScope, state: ReadySta
         )
     try:
         chains = run_plan(plan, state.engine, state.rewards, progress=check_stopping)
+    except Exception as error:
+        if (reason := dead_reason_of(error) or state.check_engine()) is not None:
+            state.engine_died(reason)
+            raise EngineDead(reason) from error
+        raise
     finally:
         state.sync_slots.release()
     state.metrics.observe_chains(chains, "sync")

@@ -1,0 +1,86 @@
+"""Test plumbing for killing a running service's vLLM engine core, as the OOM killer or a crash
+would: find the `VLLM::EngineCore` process among the service process's descendants (never
+anyone else's: another vLLM may run on this machine) and SIGKILL it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil  # vLLM depends on it: wherever these tests run, it is installed
+
+from live_server import wait_ready
+
+
+def _title(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline()) or proc.name()
+    except psutil.Error:
+        return ""
+
+
+def vllm_processes(pid: int) -> list[psutil.Process]:
+    """The `VLLM::` processes (engine core, workers) under process `pid`."""
+    return [proc for proc in psutil.Process(pid).children(recursive=True) if _title(proc).startswith("VLLM::")]
+
+
+def kill_engine_core(pid: int) -> psutil.Process:
+    """SIGKILL the engine core under process `pid`; returns it (dead)."""
+    cores = [proc for proc in vllm_processes(pid) if "EngineCore" in _title(proc)]
+    assert len(cores) == 1, f"expected one VLLM::EngineCore under pid {pid}, found {[(p.pid, _title(p)) for p in vllm_processes(pid)]}"
+    cores[0].send_signal(signal.SIGKILL)
+    cores[0].wait(10)
+    return cores[0]
+
+
+def all_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every one of `processes` has ended; returns those still running after `timeout`."""
+    _gone, alive = psutil.wait_procs(processes, timeout=timeout)
+    return alive
+
+
+def start_service(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """`python -m services.cli ARGS` in a session of its own, output into `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "services.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_service_ready(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 300) -> None:
+    wait_ready(url, alive=lambda: process.poll() is None, timeout=timeout, what=" ".join(process.args[3:5]),
+               detail=lambda: log_path.read_text()[-3000:], interval=0.2)
+
+
+def stop_service(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL the whole session (the service and whatever it left) if it lingers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # its own session (start_new_session): only what it started
+    except ProcessLookupError:
+        pass
+    if process.poll() is None:
+        process.wait(10)
+
+
+def vllm_env(**overrides: str) -> dict[str, str]:
+    """The environment of a service on the vLLM engine, eager (fast start) and small."""
+    env = {
+        **os.environ,
+        "DSC_ENGINE": "vllm", "DSC_VLLM_ENFORCE_EAGER": "true", "DSC_VLLM_GPU_MEMORY_UTILIZATION": "0.15",
+        "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("DSC_TEST_TORCH_THREADS", "1"),
+    }
+    env.update(overrides)
+    return env
+
+
+def since(started: float) -> float:
+    return time.monotonic() - started
