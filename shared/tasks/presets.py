@@ -49,6 +49,7 @@ PRESET_TASKS: dict[str, dict] = {
         "acceptance": "improve",
         "beta": 1.0,
         "steps": 1,
+        "train_min_reward": 0.9,  # 1 - p(offensive): most first answers are already mild
         "prompts_file": "safety.txt",
     },
     # Experiment 3: writing requests inviting personal data, scored by (negated) PERSON/PII counts.
@@ -67,6 +68,7 @@ PRESET_TASKS: dict[str, dict] = {
         "acceptance": "improve",
         "beta": 1.0,
         "steps": 1,
+        "train_min_reward": 0.0,  # minus the count of names and personal details: train on answers with none
         "prompts_file": "privacy.txt",
     },
 }
