@@ -97,7 +97,7 @@ def main() -> None:
     from services.trainer.data import Example, plan_data
     from services.trainer.distill import train
     from services.trainer.evaluations import merge_adapter
-    from services.trainer.evaluate import SystemAnswers, collapse_check, compare, gate, general_prompts, sample_answers, score
+    from services.trainer.evaluate import collapse_check, compare, gate, general_prompts, sample_answers, score
     from shared.engines.base import SamplingParams
     from shared.engines.transformers_engine import TransformersEngine
     from shared.engines.vllm_engine import VLLMEngine

@@ -20,9 +20,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import EvaluationRun, Student
-from shared.db.queue import request_cancel
+from shared.db.queue import cancel_row, get_row
 from shared.engines.base import SamplingParams
-from shared.errors import Conflict, InvalidRequest, NotFound, Overloaded
+from shared.errors import InvalidRequest, NotFound, Overloaded
 from shared.settings import Settings
 from shared.tasks import TASK_NAME_PATTERN, TaskSpec, get_task
 
@@ -172,19 +172,12 @@ def submit(sessions: sessionmaker[Session], settings: Settings, config: Evaluati
 
 
 def get_evaluation(session: Session, evaluation_id: str) -> EvaluationRun:
-    run = session.get(EvaluationRun, evaluation_id)
-    if run is None:
-        raise NotFound(f"no evaluation {evaluation_id!r}", param="id")
-    return run
+    return get_row(session, EvaluationRun, evaluation_id, "evaluation")
 
 
 def cancel(sessions: sessionmaker[Session], evaluation_id: str) -> EvaluationRun:
     with sessions() as session, session.begin():
-        status = request_cancel(session, EvaluationRun, evaluation_id)
-        if status is None:
-            raise NotFound(f"no evaluation {evaluation_id!r}", param="id")
-        if status in ("succeeded", "failed"):
-            raise Conflict(f"evaluation {evaluation_id} already {status}; nothing to cancel")
+        cancel_row(session, EvaluationRun, evaluation_id, "evaluation")
     with sessions() as session:
         return get_evaluation(session, evaluation_id)
 

@@ -19,8 +19,8 @@ from services.trainer.config import DistillationConfig
 from services.trainer.data import Example, pair_query, plan_data, tokenize_all
 from services.trainer.distill import load_tokenizer, total_steps
 from shared.db.models import DistillationRun, Pair
-from shared.db.queue import request_cancel
-from shared.errors import Conflict, InvalidRequest, NotFound, Overloaded
+from shared.db.queue import cancel_row, get_row
+from shared.errors import InvalidRequest, Overloaded
 from shared.model_store import resolve_model
 from shared.settings import Settings
 from shared.tasks import get_task
@@ -129,19 +129,12 @@ def submit(sessions: sessionmaker[Session], settings: Settings, config: Distilla
 
 
 def get_run(session: Session, run_id: str) -> DistillationRun:
-    run = session.get(DistillationRun, run_id)
-    if run is None:
-        raise NotFound(f"no distillation run {run_id!r}", param="id")
-    return run
+    return get_row(session, DistillationRun, run_id, "distillation run")
 
 
 def cancel(sessions: sessionmaker[Session], run_id: str) -> DistillationRun:
     with sessions() as session, session.begin():
-        status = request_cancel(session, DistillationRun, run_id)
-        if status is None:
-            raise NotFound(f"no distillation run {run_id!r}", param="id")
-        if status in ("succeeded", "failed"):
-            raise Conflict(f"run {run_id} already {status}; nothing to cancel")
+        cancel_row(session, DistillationRun, run_id, "distillation run")
     with sessions() as session:
         return get_run(session, run_id)
 

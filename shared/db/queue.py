@@ -22,6 +22,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import utcnow
+from shared.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,23 @@ def request_cancel(session: Session, model: type, row_id: Any) -> str | None:
     elif row.status == "running":
         row.cancel_requested = True
     return row.status
+
+
+def get_row(session: Session, model: type[Row], row_id: Any, what: str) -> Row:
+    """The row, or a 404 that names what was asked for ("distillation run", "evaluation")."""
+    row = session.get(model, row_id)
+    if row is None:
+        raise NotFound(f"no {what} {row_id!r}", param="id")
+    return row
+
+
+def cancel_row(session: Session, model: type, row_id: Any, what: str) -> None:
+    """POST …/cancel of a row (caller commits): 404 if unknown, 409 once it has finished."""
+    status = request_cancel(session, model, row_id)
+    if status is None:
+        raise NotFound(f"no {what} {row_id!r}", param="id")
+    if status in ("succeeded", "failed"):
+        raise Conflict(f"{what} {row_id} already {status}; nothing to cancel", param="id")
 
 
 def release(factory: sessionmaker[Session], model: type, row_id: Any, owner: str, attempt: int) -> bool:

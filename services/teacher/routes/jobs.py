@@ -13,8 +13,8 @@ from services.teacher.deps import DbSession, State
 from services.teacher.limits import check_plan
 from services.teacher.protocol import JobCreated, JobList, JobStatus, JobView
 from shared.db.models import Job
-from shared.db.queue import request_cancel
-from shared.errors import Conflict, InvalidRequest, NotFound, Overloaded
+from shared.db.queue import cancel_row
+from shared.errors import InvalidRequest, NotFound, Overloaded
 from shared.sampling import plan_sample
 from shared.schemas import SampleRequest
 from shared.web.auth import ClientScope
@@ -84,10 +84,6 @@ def cancel(job_id: str, _scope: ClientScope, state: State) -> JobView:
     """A queued job is cancelled at once; a running one stops before its next batch (what was
     committed stays). Cancelling a cancelled job is a no-op; a finished one is 409."""
     with state.sessions() as session, session.begin():
-        status = request_cancel(session, Job, job_id)
-        if status is None:
-            raise NotFound(f"no job {job_id!r}", param="id")
-        if status in ("succeeded", "failed"):
-            raise Conflict(f"job {job_id} already {status}; nothing to cancel", param="id")
+        cancel_row(session, Job, job_id, "job")
     with state.sessions() as session:
         return JobView.of(_load(session, job_id))
