@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     trainer_lease_seconds: int = Field(60, description="A trainer's claim on a run expires unless renewed (heartbeat).")
     trainer_poll_seconds: float = Field(2.0, description="How often an idle trainer looks for queued runs.")
     trainer_max_attempts: int = Field(3, description="Claims of one run (crashes, kills) before it fails instead of resuming again.")
+    trainer_eval_memory_utilization: float = Field(
+        0.06, gt=0, le=1,
+        description="vLLM memory fraction of each of the two engines (base, student) an evaluation starts in the trainer; "
+        "small, because the teacher's and the student's engines may hold theirs on the same machine.",
+    )
     trainer_threads: int | None = Field(None, description="torch CPU threads of the trainer; default: torch's choice (all cores).")
     distill_min_pairs: int = Field(8, description="Fewest accepted pairs a distillation may train on (POST /admin/distillations).")
     distill_max_steps: int = Field(100_000, description="Most optimizer steps one run may ask for.")
