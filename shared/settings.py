@@ -116,9 +116,10 @@ class Settings(BaseSettings):
     trainer_poll_seconds: float = Field(2.0, description="How often an idle trainer looks for queued runs.")
     trainer_max_attempts: int = Field(3, description="Claims of one run (crashes, kills) before it fails instead of resuming again.")
     trainer_eval_memory_utilization: float = Field(
-        0.06, gt=0, le=1,
+        0.1, gt=0, le=1,
         description="vLLM memory fraction of each of the two engines (base, student) an evaluation starts in the trainer; "
-        "small, because the teacher's and the student's engines may hold theirs on the same machine.",
+        "small, because the teacher's and the student's engines may hold theirs on the same machine (the model alone "
+        "needs ~1.1 GiB of it: 0.06 of 24 GiB left no KV cache).",
     )
     trainer_threads: int | None = Field(None, description="torch CPU threads of the trainer; default: torch's choice (all cores).")
     distill_min_pairs: int = Field(8, description="Fewest accepted pairs a distillation may train on (POST /admin/distillations).")
