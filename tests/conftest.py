@@ -52,7 +52,7 @@ def vllm_engine(model_path: Path):
 
     if not vllm_available():
         pytest.skip("vLLM does not import on this machine")
-    engine = VLLMEngine(model_path, enforce_eager=True, gpu_memory_utilization=0.15, max_model_len=2048)
+    engine = VLLMEngine(model_path, enforce_eager=True, gpu_memory_utilization=0.15, kv_cache_gib=0.5, max_model_len=2048)
     yield engine
     engine.close()
 

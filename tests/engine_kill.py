@@ -75,7 +75,7 @@ def vllm_env(**overrides: str) -> dict[str, str]:
     """The environment of a service on the vLLM engine, eager (fast start) and small."""
     env = {
         **os.environ,
-        "DSC_ENGINE": "vllm", "DSC_VLLM_ENFORCE_EAGER": "true", "DSC_VLLM_GPU_MEMORY_UTILIZATION": "0.15",
+        "DSC_ENGINE": "vllm", "DSC_VLLM_ENFORCE_EAGER": "true", "DSC_VLLM_GPU_MEMORY_UTILIZATION": "0.15", "DSC_VLLM_KV_CACHE_GIB": "0.5",
         "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("DSC_TEST_TORCH_THREADS", "1"),
     }
     env.update(overrides)

@@ -35,13 +35,14 @@ class VLLMRuntime:
         gpu_memory_utilization: float = 0.2,
         enforce_eager: bool = False,
         max_model_len: int = 2048,
+        kv_cache_gib: float | None = None,
         cpu_threads_bind: str | None = None,
         max_loras: int = 4,
         max_lora_rank: int = 64,
     ) -> None:
         options = engine_options(
             str(base_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-            max_model_len=max_model_len, cpu_threads_bind=cpu_threads_bind, max_loras=max_loras, max_lora_rank=max_lora_rank,
+            max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, cpu_threads_bind=cpu_threads_bind, max_loras=max_loras, max_lora_rank=max_lora_rank,
         )
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -69,7 +70,8 @@ class VLLMRuntime:
         return cls(
             path, dtype=settings.dtype, gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
             enforce_eager=settings.vllm_enforce_eager, max_model_len=settings.vllm_max_model_len,
-            cpu_threads_bind=settings.vllm_cpu_threads_bind, max_loras=settings.student_max_loras,
+            kv_cache_gib=settings.vllm_kv_cache_gib, cpu_threads_bind=settings.vllm_cpu_threads_bind,
+            max_loras=settings.student_max_loras,
             max_lora_rank=_supported_rank(settings.student_max_lora_rank),
         )
 

@@ -80,7 +80,7 @@ def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | 
             # Eager: a one-off engine for a few hundred answers starts in ~20 s instead of ~60-90 s compiled.
             return VLLMEngine(path, dtype=settings.dtype, gpu_memory_utilization=settings.trainer_eval_memory_utilization,
                               enforce_eager=True, max_model_len=settings.vllm_max_model_len,
-                              cpu_threads_bind=settings.vllm_cpu_threads_bind)
+                              kv_cache_gib=settings.vllm_kv_cache_gib, cpu_threads_bind=settings.vllm_cpu_threads_bind)
 
         try:
             base = start(base_path)

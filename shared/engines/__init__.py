@@ -47,6 +47,7 @@ def create_engine(settings: Settings, model: str, *, engine: str | None = None, 
                 gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
                 enforce_eager=settings.vllm_enforce_eager,
                 max_model_len=settings.vllm_max_model_len,
+                kv_cache_gib=settings.vllm_kv_cache_gib,
                 cpu_threads_bind=settings.vllm_cpu_threads_bind,
                 **vllm_options,
             )

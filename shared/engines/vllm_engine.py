@@ -49,6 +49,17 @@ def _bind_all_cores() -> None:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(core) for core in cores)
 
 
+CPU_KV_CACHE_GIB = 1.0  # the KV cache of an engine on CPU when settings name none (Settings.vllm_kv_cache_gib)
+
+
+def _kv_cache_options(kv_cache_gib: float | None) -> dict:
+    from vllm.platforms import current_platform
+
+    if kv_cache_gib is None and current_platform.is_cpu():
+        kv_cache_gib = CPU_KV_CACHE_GIB
+    return {} if kv_cache_gib is None else {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
+
+
 def _scheduler_options(max_model_len: int) -> dict:
     from vllm.platforms import current_platform
 
@@ -66,6 +77,7 @@ def engine_options(
     gpu_memory_utilization: float,
     enforce_eager: bool,
     max_model_len: int,
+    kv_cache_gib: float | None = None,
     cpu_threads_bind: str | None = None,
     max_loras: int = 0,
     max_lora_rank: int = 16,
@@ -85,6 +97,7 @@ def engine_options(
         # max_loras >= 2: with 1, a batch mixing base and adapter requests served the base
         # requests with the adapter (DESIGN §4).
         options.update(enable_lora=True, max_loras=max(2, max_loras), max_lora_rank=max_lora_rank)
+    options.update(_kv_cache_options(kv_cache_gib))
     options.update(_scheduler_options(max_model_len))
     return options
 
@@ -211,6 +224,7 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.2,
         enforce_eager: bool = False,
         max_model_len: int = 2048,
+        kv_cache_gib: float | None = None,
         cpu_threads_bind: str | None = None,
         enable_lora: bool = False,
         max_loras: int = 2,
@@ -218,7 +232,7 @@ class VLLMEngine:
     ) -> None:
         options = engine_options(
             str(model_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-            max_model_len=max_model_len, cpu_threads_bind=cpu_threads_bind,
+            max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, cpu_threads_bind=cpu_threads_bind,
             max_loras=max_loras if enable_lora else 0, max_lora_rank=max_lora_rank,
         )
         from transformers import AutoTokenizer

@@ -41,7 +41,7 @@ def test_sigterm_stops_the_teacher_in_bounded_time_with_work_in_flight(engine, t
         "DSC_DATABASE_URL": database_url, "DSC_DATA_DIR": str(tmp_path / "data"), "DSC_MODEL_STORE": str(model_store),
         "DSC_ENGINE": engine, "DSC_API_KEYS": CLIENT_KEY, "DSC_ADMIN_TOKEN": ADMIN_TOKEN,
         "DSC_JOB_BATCH_SIZE": "8", "DSC_JOB_POLL_SECONDS": "0.2", "DSC_JOB_LEASE_SECONDS": "60",
-        "DSC_VLLM_ENFORCE_EAGER": "true", "DSC_VLLM_GPU_MEMORY_UTILIZATION": "0.15",
+        "DSC_VLLM_ENFORCE_EAGER": "true", "DSC_VLLM_GPU_MEMORY_UTILIZATION": "0.15", "DSC_VLLM_KV_CACHE_GIB": "0.5",
         "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("DSC_TEST_TORCH_THREADS", "1"),
     }
     port = unused_port()
