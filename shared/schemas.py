@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from shared.sampler import Acceptance, Chain
+
+
+def _valid_unicode(value: str) -> str:
+    # JSON allows "\ud800", Python keeps it, and every tokenizer, database driver and log line
+    # then fails on it: refuse it at the door.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"text is not valid Unicode: a lone surrogate at character {error.start}") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+"""A request string: any Unicode text, but no lone surrogate."""
+
+# Bounds of a request seed: a 64-bit signed integer, as vLLM's OpenAI server bounds it.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+Seed = Annotated[int, Field(strict=True, ge=SEED_MIN, le=SEED_MAX)]
+Count = Annotated[int, Field(strict=True, ge=1)]
+"""A positive whole number; `true` is not 1, and "3" is not 3."""
+Real = Annotated[float, Field(allow_inf_nan=False)]
+"""A finite number: JSON's non-standard Infinity and NaN are refused."""
 
 
 class SampleRequest(BaseModel):
@@ -16,17 +40,17 @@ class SampleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: str = Field(min_length=1, max_length=64)
-    prompts: list[str] | None = Field(None, description="Prompts; omitted → the task's prompt set.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
-    steps: int | None = Field(None, ge=1)
-    chains: int = Field(1, ge=1)
+    prompts: list[Text] | None = Field(None, description="Prompts; omitted → the task's prompt set.")
+    limit: Count | None = Field(None, description="Use only the first N prompts.")
+    steps: Count | None = None
+    chains: Count = 1
     acceptance: Acceptance | None = None
-    beta: float | None = Field(None, gt=0)
-    temperature: float = Field(0.7, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(128, ge=1)
-    seed: int | None = None
-    store: bool = True
+    beta: Real | None = Field(None, gt=0)
+    temperature: Real = Field(0.7, ge=0, le=2)
+    top_p: Real = Field(1.0, gt=0, le=1)
+    max_tokens: Count = 128
+    seed: Seed | None = None
+    store: bool = Field(True, strict=True)
 
 
 class Scored(BaseModel):

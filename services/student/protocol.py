@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.schemas import Count, Real, Seed, Text
+
 
 def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
@@ -22,13 +24,13 @@ def completion_id() -> str:
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
-    text: str | None = None
+    text: Text | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
     name: str | None = None
 
     def text(self) -> str:
@@ -54,14 +56,14 @@ class ChatCompletionRequest(BaseModel):
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
+    temperature: Real | None = Field(None, ge=0.0, le=2.0)
+    top_p: Real | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
+    n: Count = 1
+    stop: Text | list[Text] | None = None
+    seed: Seed | None = None
+    stream: bool = Field(False, strict=True)
     stream_options: StreamOptions | None = None
     user: str | None = None
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from shared.db.models import Task
 from shared.errors import Conflict, NotFound
 from shared.sampler import Acceptance
+from shared.schemas import Count, Real, Text
 
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
@@ -23,18 +24,18 @@ class TaskSpec(BaseModel):
     """A task as users see and create it."""
 
     name: str = Field(pattern=TASK_NAME_PATTERN, description="Lower-case slug, unique.")
-    description: str = Field("", max_length=2000)
-    critique_request: str = Field(min_length=1, max_length=4000, description="User turn asking for a critique of the answer.")
-    revision_request: str = Field(min_length=1, max_length=4000, description="User turn asking for a revision that applies the critique.")
+    description: Text = Field("", max_length=2000)
+    critique_request: Text = Field(min_length=1, max_length=4000, description="User turn asking for a critique of the answer.")
+    revision_request: Text = Field(min_length=1, max_length=4000, description="User turn asking for a revision that applies the critique.")
     reward: dict[str, Any] = Field(description='Reward spec, e.g. {"type": "vader"}.')
     acceptance: Acceptance = "improve"
-    beta: float = Field(1.0, gt=0, description="Temperature of the reward tilt (mh acceptance).")
-    steps: int = Field(1, ge=1, le=8)
-    train_min_reward: float | None = Field(
+    beta: Real = Field(1.0, gt=0, description="Temperature of the reward tilt (mh acceptance).")
+    steps: Count = Field(1, le=8)
+    train_min_reward: Real | None = Field(
         None, description="Default reward floor of the pairs a distillation trains on (a run's min_reward overrides it).",
     )
-    prompts: list[str] = Field(default_factory=list, description="Optional prompt set (what jobs sample by default).")
-    eval_prompts: list[str] = Field(
+    prompts: list[Text] = Field(default_factory=list, description="Optional prompt set (what jobs sample by default).")
+    eval_prompts: list[Text] = Field(
         default_factory=list,
         description="Evaluation prompts, written apart from the training prompts; pairs of these prompts never train a student.",
     )

@@ -1,11 +1,11 @@
 """Every failure leaves a service as {"error": {"type", "message"}} with a 4xx/5xx status.
 
-Handlers are installed once per app, so no route builds error bodies itself.
+Handlers are installed once per app, so no route builds error bodies itself; an unexpected
+exception (a bug) is answered by RequestContextMiddleware (shared/web/middleware.py), which every
+app installs.
 """
 
 from __future__ import annotations
-
-import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,8 +13,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.errors import DscError
-
-log = logging.getLogger(__name__)
 
 
 def error_response(status: int, error_type: str, message: str, *, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -51,11 +49,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        kinds = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 405: "invalid_request_error"}
+        kinds = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
+                 413: "payload_too_large_error"}
         return error_response(error.status_code, kinds.get(error.status_code, "invalid_request_error"), str(error.detail), headers=getattr(error, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        # A bug, not a bad request: log it with the request id, never send the traceback.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal error; see the service log (request id in X-Request-ID)")

@@ -1,5 +1,10 @@
-"""Request ids, access logs, request-body limits and HTTP metrics, as pure ASGI middleware
-(streaming responses pass through untouched)."""
+"""Request ids, access logs, request-body limits, the last line of error handling and HTTP
+metrics, as pure ASGI middleware (streaming responses pass through untouched).
+
+It sits inside Starlette's ServerErrorMiddleware, so an unexpected exception ends here: logged
+once with the request id and answered with the JSON error shape (ServerErrorMiddleware would
+log it a second time and re-raise it to the server).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,12 @@ import time
 import uuid
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("dsc.access")
+log_errors = logging.getLogger("dsc.errors")
 
 
 class HttpMetrics:
@@ -45,13 +53,12 @@ class RequestContextMiddleware:
         request_id = headers.get(b"x-request-id", b"").decode()[:64] or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
-        status = {"code": 500}
+        status = {"code": 500, "sent": False}
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(send, request_id)
-            status["code"] = 413
-            self._observe(scope, status["code"], started, request_id)
+            await self._send_error(send, request_id, 413, "payload_too_large_error", self._too_large_message())
+            self._observe(scope, 413, started, request_id)
             return
 
         received = 0
@@ -62,26 +69,39 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise _BodyTooLarge()
+                    # An HTTPException: FastAPI re-raises it from body parsing (any other
+                    # exception there becomes a 400), and the app's handler answers 413.
+                    raise BodyTooLarge(self._too_large_message())
             return message
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["sent"] = message["status"], True
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
         try:
             await self.app(scope, limited_receive, send_with_id)
-        except _BodyTooLarge:
+        except BodyTooLarge as error:  # raised where no handler runs (e.g. a streamed body read)
             status["code"] = 413
-            await self._too_large(send, request_id)
+            if not status["sent"]:
+                await self._send_error(send, request_id, 413, "payload_too_large_error", error.detail)
+        except ClientDisconnect:  # the client left mid-request: nobody to answer, nothing broken
+            status["code"] = 499
+        except Exception:
+            log_errors.exception("unhandled error on %s %s (request id %s)", scope["method"], scope["path"], request_id)
+            if not status["sent"]:
+                await self._send_error(send, request_id, 500, "internal_error",
+                                       "internal error; see the service log (request id in X-Request-ID)")
         finally:
             self._observe(scope, status["code"], started, request_id)
 
-    async def _too_large(self, send: Send, request_id: str) -> None:
-        body = json.dumps({"error": {"type": "payload_too_large_error", "message": f"request body exceeds the limit of {self.max_body_bytes} bytes (max_body_bytes)"}}).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]})
+    def _too_large_message(self) -> str:
+        return f"request body exceeds the limit of {self.max_body_bytes} bytes (max_body_bytes)"
+
+    async def _send_error(self, send: Send, request_id: str, code: int, error_type: str, message: str) -> None:
+        body = json.dumps({"error": {"type": error_type, "message": message}}).encode()
+        await send({"type": "http.response.start", "status": code, "headers": [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]})
         await send({"type": "http.response.body", "body": body})
 
     def _observe(self, scope: Scope, status: int, started: float, request_id: str) -> None:
@@ -93,5 +113,6 @@ class RequestContextMiddleware:
         log.info(json.dumps({"request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status, "ms": round(elapsed * 1000, 1)}))
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)

@@ -96,10 +96,20 @@ def test_errors_are_the_clients_own_types(registry_server, openai_client):
         bad_key.models.list()
     # raw HTTP: bad bodies are OpenAI-style 4xx, never 500
     headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
-    for body in (b"{not json", b"[]", b'{"model": "student"}', b'{"model": "student", "messages": [{"role": "wizard", "content": "x"}]}'):
+    message = b'"messages": [{"role": "user", "content": "hi"}]'
+    for body, param in (
+        (b"{not json", None), (b"[]", None), (b'{"model": "student"}', "messages"),
+        (b'{"model": "student", "messages": [{"role": "wizard", "content": "x"}]}', "messages"),
+        (b'{"model": "student", "messages": [{"role": "user", "content": "\\ud800"}]}', "messages"),  # a lone surrogate
+        (b'{"model": "student", ' + message + b', "max_tokens": true}', "max_tokens"),
+        (b'{"model": "student", ' + message + b', "temperature": NaN}', "temperature"),
+        (b'{"model": "student", ' + message + b', "seed": 18446744073709551616}', "seed"),  # beyond int64, as vLLM bounds it
+    ):
         r = httpx.post(f"{url}/v1/chat/completions", content=body, headers={**headers, "content-type": "application/json"})
         assert r.status_code == 400, (body, r.text)
         assert set(r.json()["error"]) >= {"message", "type", "param", "code"}
+        if param:
+            assert r.json()["error"]["param"] == param, (body, r.json())
     r = httpx.post(f"{url}/admin/reload", headers=headers)
     assert r.status_code == 403
 

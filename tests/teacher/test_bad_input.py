@@ -17,6 +17,16 @@ def job(**body):
     return ("POST", "/v1/jobs", {"task": "sentiment", "prompts": OK_PROMPT, "max_tokens": 8, **body})
 
 
+def chunked(size: int):
+    """A body sent with Transfer-Encoding: chunked (no Content-Length to refuse it by)."""
+    def chunks():
+        yield b'{"task": "sentiment", "prompts": ["'
+        for _ in range(size // 1024):
+            yield b"y" * 1024
+        yield b'"]}'
+    return chunks
+
+
 TASK = {"name": "custom-x", "critique_request": "Critique.", "revision_request": "Revise.", "reward": {"type": "vader"}}
 
 # (id, (method, path, json body | raw bytes), status, error type, text the message must contain)
@@ -38,12 +48,24 @@ CASES = [
     ("sync-steps-limit", sync(steps=3), 400, "limit_exceeded_error", "max_steps"),
     ("sync-chains-limit", sync(chains=3), 400, "limit_exceeded_error", "max_chains"),
     ("sync-body-too-large", sync(prompts=["y" * 70_000]), 413, "payload_too_large_error", "max_body_bytes"),
+    ("sync-chunked-body-too-large", ("POST", "/v1/critique-revise", chunked(70_000)), 413, "payload_too_large_error", "max_body_bytes"),
+    ("sync-lone-surrogate", ("POST", "/v1/critique-revise", b'{"task": "sentiment", "prompts": ["\\ud800 hi"], "max_tokens": 8}'), 422,
+     "invalid_request_error", "surrogate"),
+    ("sync-max-tokens-bool", sync(max_tokens=True), 422, "invalid_request_error", "max_tokens"),
+    ("sync-beta-infinity", ("POST", "/v1/critique-revise", b'{"task": "sentiment", "prompts": ["hi"], "beta": Infinity}'), 422,
+     "invalid_request_error", "finite"),
+    ("sync-temperature-nan", ("POST", "/v1/critique-revise", b'{"task": "sentiment", "prompts": ["hi"], "temperature": NaN}'), 422,
+     "invalid_request_error", "finite"),
+    ("sync-seed-too-big", sync(seed=2**64), 422, "invalid_request_error", "seed"),
+    ("sync-store-string", sync(store="yes"), 422, "invalid_request_error", "store"),
     ("job-malformed-json", ("POST", "/v1/jobs", b"{nope"), 400, "invalid_request_error", "malformed JSON"),
     ("job-wrong-type", job(chains="two"), 422, "invalid_request_error", "chains"),
     ("job-unknown-task", job(task="no-such-task"), 404, "not_found_error", "no-such-task"),
     ("job-too-many-prompts", job(prompts=["a"] * 201), 400, "limit_exceeded_error", "max_job_prompts"),
     ("job-prompt-too-long", job(prompts=["ok", LONG]), 400, "limit_exceeded_error", "max_prompt_chars"),
     ("job-store-false", job(store=False), 400, "invalid_request_error", "store"),
+    ("job-lone-surrogate", ("POST", "/v1/jobs", b'{"task": "sentiment", "prompts": ["ok", "\\udfff"], "max_tokens": 8}'), 422,
+     "invalid_request_error", "surrogate"),
     ("job-steps-limit", job(steps=9), 400, "limit_exceeded_error", "max_steps"),
     ("job-unknown", ("GET", "/v1/jobs/0123456789abcdef", None), 404, "not_found_error", "0123456789abcdef"),
     ("job-cancel-unknown", ("POST", "/v1/jobs/0123456789abcdef/cancel", None), 404, "not_found_error", "0123456789abcdef"),
@@ -63,6 +85,9 @@ CASES = [
     ("task-classifier-missing-dir", ("POST", "/v1/tasks", {**TASK, "reward": {"type": "hf-classifier", "path": "/no/such/dir"}}), 400, "invalid_request_error", "/no/such/dir"),
     ("task-preset-name", ("POST", "/v1/tasks", {**TASK, "name": "sentiment"}), 409, "conflict_error", "sentiment"),
     ("task-prompt-too-long", ("POST", "/v1/tasks", {**TASK, "prompts": [LONG]}), 400, "limit_exceeded_error", "max_prompt_chars"),
+    ("task-lone-surrogate", ("POST", "/v1/tasks", b'{"name": "custom-x", "critique_request": "Critique \\ud83d.", '
+     b'"revision_request": "Revise.", "reward": {"type": "vader"}}'), 422, "invalid_request_error", "unicode"),
+    ("task-steps-bool", ("POST", "/v1/tasks", {**TASK, "steps": True}), 422, "invalid_request_error", "steps"),
     ("task-builtin", ("POST", "/v1/tasks", {**TASK, "builtin": True}), 400, "invalid_request_error", "builtin"),
     ("unknown-route", ("GET", "/v1/nothing-here", None), 404, "not_found_error", ""),
     ("wrong-method", ("DELETE", "/v1/jobs", None), 405, "invalid_request_error", ""),
@@ -75,8 +100,9 @@ def test_bad_requests_get_documented_errors_and_write_nothing(make_teacher, teac
     failures = []
     with teacher.client(teacher.admin_token) as client:
         for case_id, (method, path, body), status, error_type, needle in CASES:
-            if isinstance(body, bytes):
-                response = client.request(method, path, content=body, headers={"Content-Type": "application/json"})
+            if isinstance(body, bytes) or callable(body):
+                content = body() if callable(body) else body
+                response = client.request(method, path, content=content, headers={"Content-Type": "application/json"})
             else:
                 response = client.request(method, path, json=body)
             try:
