@@ -1,12 +1,20 @@
-"""`dsc up`: teacher, trainer worker and student as local processes, until Ctrl-C."""
+"""`dsc up`: teacher, trainer worker and student as local processes, until Ctrl-C.
+
+The supervisor never leaves a child behind: SIGINT, SIGTERM and SIGHUP stop every child (each in
+a process group of its own, so the vLLM engine processes under it go too); a second signal while
+stopping kills them at once; and each child gets SIGTERM from the kernel if the supervisor dies
+without a chance to stop it (SIGKILL, a crash: Linux's parent-death signal).
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +38,10 @@ class Child:
 
     def start(self, env: dict[str, str]) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        # Own process group: Ctrl-C in the terminal reaches us, and we stop the children in order.
-        self.process = subprocess.Popen([sys.executable, "-m", "services.cli", *self.args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_path, "ab") as log:
+            # Own process group: Ctrl-C in the terminal reaches us only, and we stop the children in order.
+            self.process = subprocess.Popen([sys.executable, "-m", "services.cli", *self.args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, preexec_fn=_die_with_parent)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -45,21 +54,53 @@ class Child:
         except httpx.HTTPError:
             return False
 
-    def stop(self, grace: float = 20.0) -> None:
-        if not self.alive():
+    def terminate(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, deadline: float) -> None:
+        """Wait for the child until `deadline` (monotonic), then kill what is left of its process group."""
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(grace)
+            self.process.wait(max(deadline - time.monotonic(), 0))
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            pass
+        self.kill()
+        self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the child's whole process group (it, and engine processes it may have left)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: have the kernel send SIGTERM when the supervisor dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the signal handlers still stop the children
+        pass
+
+
+class StopRequested(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) reached the supervisor."""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def local_tokens(settings: Settings) -> tuple[list[str], str]:
@@ -110,6 +151,9 @@ def wait_ready(children: list[Child], timeout: float) -> None:
             time.sleep(1)
 
 
+STOP_GRACE_SECONDS = 30.0  # for all children together, before SIGKILL
+
+
 class LocalStack:
     """The three services as child processes; a context manager that always stops them."""
 
@@ -129,15 +173,39 @@ class LocalStack:
         self.student_url = f"http://{host}:{settings.student_port}"
 
     def __enter__(self) -> "LocalStack":
+        self._stopping = False
+        self._previous_handlers = {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            self._previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         env = child_env(self.settings, self.api_keys, self.admin_token)
-        for child in self.children:
-            child.start(env)
+        try:
+            for child in self.children:
+                child.start(env)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *_exc) -> None:
+        self._stopping = True
         console.print("stopping …")
-        for child in reversed(self.children):
-            child.stop()
+        try:
+            for child in reversed(self.children):
+                child.terminate()
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            for child in reversed(self.children):
+                child.wait(deadline)
+        finally:
+            for sig, handler in self._previous_handlers.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        if not self._stopping:
+            self._stopping = True
+            raise StopRequested(signal.Signals(signum).name)
+        console.print(f"{signal.Signals(signum).name} while stopping: killing the services now")
+        for child in self.children:
+            child.kill()
 
     def wait_ready(self, timeout: float) -> None:
         wait_ready(self.children, timeout)
@@ -158,31 +226,21 @@ class LocalStack:
 
 
 def run_up(settings: Settings, *, host: str = "127.0.0.1", timeout: float = 900.0) -> int:
-    """Start everything, print where it is, block until Ctrl-C (or SIGTERM), then stop it all."""
-    stop = {"now": False}
-
-    def _on_signal(_signum, _frame) -> None:
-        stop["now"] = True
-
+    """Start everything, print where it is, block until Ctrl-C (or SIGTERM, SIGHUP), then stop it
+    all. 0 after a stop once ready, 130 when stopped during start-up, 1 when a service failed."""
+    ready = False
     try:
         with LocalStack(settings, host=host) as stack:
-            stack.wait_ready(timeout)  # Ctrl-C here raises KeyboardInterrupt; the stack still stops
+            stack.wait_ready(timeout)
+            ready = True
             stack.print_summary()
             Console().print("Ctrl-C stops everything.")
-            previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                while not stop["now"]:
-                    child = stack.exited()
-                    if child is not None:
-                        console.print(f"[red]{child.name} exited[/red]; last lines of {child.log_path}:\n{child.log_tail()}")
-                        return 1
-                    time.sleep(0.5)
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-        return 0
+            while (child := stack.exited()) is None:
+                time.sleep(0.5)
+            console.print(f"[red]{child.name} exited[/red]; last lines of {child.log_path}:\n{child.log_tail()}")
+            return 1
     except RuntimeError as error:
         console.print(f"[red]error:[/red] {error}")
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # StopRequested included
+        return 0 if ready else 130
