@@ -55,6 +55,23 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 256
 ENGINE_WATCH_SECONDS = 1.0  # how often watch_engine asks the runtimes whether they are alive
+LOAD_RETRY_FIRST_S, LOAD_RETRY_MAX_S = 5.0, 300.0  # backoff of a student that failed to load (an I/O blip heals)
+
+
+@dataclass
+class FailedLoad:
+    """A registry student that could not be loaded; the poller tries again at `retry_at`."""
+
+    message: str
+    attempts: int = 1
+    retry_at: float = 0.0
+
+    def due(self, now: float) -> bool:
+        return now >= self.retry_at
+
+    def again(self, message: str, now: float) -> "FailedLoad":
+        attempts = self.attempts + 1
+        return FailedLoad(message, attempts, now + min(LOAD_RETRY_FIRST_S * 2 ** (attempts - 1), LOAD_RETRY_MAX_S))
 RuntimeFactory = Callable[[Path], Runtime]
 
 
@@ -187,7 +204,7 @@ class StudentServing:
         self.base: ServedModel | None = None
         self.table: dict[str, ServedModel] = {}
         self.students: dict[str, ServedModel] = {}  # student id → loaded model
-        self.failed: dict[str, str] = {}  # student id → why it could not be loaded (not retried)
+        self.failed: dict[str, FailedLoad] = {}  # student id → why it could not be loaded (retried with backoff)
         self.pending = 0
         self.load_error: str | None = None
         self._reload_lock = asyncio.Lock()
@@ -342,7 +359,8 @@ class StudentServing:
 
     async def reload(self, *, retry_failed: bool = False) -> dict:
         """Bring the served students in line with the registry. Returns what changed.
-        Students that failed to load are not retried by the poller, only by an explicit reload."""
+        A student that failed to load is tried again by the poller once its backoff is over
+        (5 s, doubling, at most 5 min), and at once by an explicit reload (retry_failed)."""
         if retry_failed:
             self.failed.clear()
         if self.base is None:
@@ -360,16 +378,22 @@ class StudentServing:
                 if student_id in self.students:
                     served[student_id] = self.students[student_id]
                     continue
-                if student_id in self.failed:
-                    errors[student_id] = self.failed[student_id]
+                earlier = self.failed.get(student_id)
+                if earlier is not None and not earlier.due(time.monotonic()):
+                    errors[student_id] = earlier.message
                     continue
                 try:
                     served[student_id] = await self._load_student(row)
                     loaded.append(served[student_id].id)
+                    if self.failed.pop(student_id, None) is not None:
+                        log.info("student %s (%s v%s) loaded after %d failed tries", row.id, row.name, row.version, earlier.attempts)
                 except Exception as exc:
-                    message = exc.message if isinstance(exc, DscError) else str(exc)
-                    log.error("student %s (%s v%s) not loaded: %s", row.id, row.name, row.version, message)
-                    self.failed[student_id] = errors[student_id] = message
+                    message = exc.message if isinstance(exc, DscError) else f"{type(exc).__name__}: {exc}".rstrip(": ")
+                    failure = earlier.again(message, time.monotonic()) if earlier else FailedLoad(message, 1, time.monotonic() + LOAD_RETRY_FIRST_S)
+                    self.failed[student_id] = failure
+                    errors[student_id] = message
+                    log.error("student %s (%s v%s) not loaded (try %d; next in %.0f s): %s", row.id, row.name, row.version,
+                              failure.attempts, failure.retry_at - time.monotonic(), message, exc_info=not isinstance(exc, DscError))
             # A task whose new student failed keeps its previous one rather than falling to the base model.
             tasks_served = {model.task for model in served.values()}
             for student_id, model in self.students.items():

@@ -152,3 +152,31 @@ def test_an_invalid_adapter_is_refused_and_the_old_student_keeps_serving(swap_se
     assert "pineapple-v2" in served_ids(url, keys["client"])  # the task keeps its previous student
     with openai.OpenAI(base_url=f"{url}/v1", api_key=keys["client"], max_retries=0, timeout=120) as client:
         assert client.chat.completions.create(model="sentiment", messages=PROMPT, max_tokens=2).model == "pineapple-v2"
+
+
+def test_an_adapter_unreadable_for_a_while_is_loaded_once_it_is_readable(swap_server, keys, model_path, trained_adapter, tmp_path,
+                                                                         student_helpers):
+    """A shared volume that blinks: the first load fails, the poller tries again with backoff
+    (no admin reload) and the student is served as soon as its adapter can be read."""
+    import shutil
+
+    url, app, settings = swap_server
+    serving = app.state.student
+    late = tmp_path / "late-lora"  # not there yet
+    student_id = student_helpers["register_student"](settings.resolved_database_url, name="late", version=1, task="privacy",
+                                                     base_model=str(model_path), adapter_path=late)
+    deadline = time.monotonic() + 30
+    while student_id not in serving.failed and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert student_id in serving.failed, "the poller never tried the new student"
+    assert "late-v1" not in served_ids(url, keys["client"])
+    shutil.copytree(trained_adapter, late)  # the volume is back
+
+    deadline = time.monotonic() + 60
+    while "late-v1" not in served_ids(url, keys["client"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "late-v1" in served_ids(url, keys["client"]), serving.failed.get(student_id)
+    assert student_id not in serving.failed
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=keys["client"], max_retries=0, timeout=120) as client:
+        answer = client.chat.completions.create(model="privacy", messages=PROMPT, max_tokens=8, temperature=0)
+    assert answer.model == "late-v1" and answer.choices[0].message.content.startswith(keys["phrase"][:9]), answer
