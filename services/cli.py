@@ -74,11 +74,11 @@ def models_prepare(model: str = typer.Argument(BUNDLED_MODEL, help="Bundled name
 @db_app.command("upgrade")
 def db_upgrade(database_url: Optional[str] = typer.Option(None, help="Overrides DSC_DATABASE_URL.")) -> None:
     """Apply all migrations to the database (idempotent)."""
-    from shared.db.session import upgrade
+    from shared.db.session import redacted_url, upgrade
 
     settings = load_settings(database_url=database_url)
     upgrade(settings.resolved_database_url)
-    typer.echo(f"database at head: {settings.resolved_database_url}")
+    typer.echo(f"database at head: {redacted_url(settings.resolved_database_url)}")  # compose logs keep this line
 
 
 @app.command("sample")
@@ -101,6 +101,7 @@ def sample(
     """Run the critique→revise sampler locally, store the chains and show rewards before/after."""
     from shared.db.session import make_engine, session_factory, upgrade
     from shared.engines import create_engine
+    from shared.rewards import NetworkPolicy
     from shared.sampling import RewardPool, plan_sample, run_plan, store_finished_run
     from shared.schemas import ChainResult, SampleRequest, SampleResponse
 
@@ -118,7 +119,7 @@ def sample(
         with factory() as session:
             plan = plan_sample(session, request)
         with console.status("loading reward model …"):
-            rewards = RewardPool()
+            rewards = RewardPool(network=NetworkPolicy.from_settings(settings))
             rewards.get(plan.task.reward)  # fail on a missing reward before the slow engine start
         with console.status(f"starting engine ({settings.engine}) with {settings.teacher_model} …"):
             llm = create_engine(settings, settings.teacher_model)
@@ -158,6 +159,11 @@ def up(
 def demo(
     teacher_url: Optional[str] = typer.Option(None, help="Use running services instead of starting them (with --student-url)."),
     student_url: Optional[str] = typer.Option(None),
+    client_key: Optional[str] = typer.Option(
+        None, envvar="DSC_DEMO_CLIENT_KEY",
+        help="Plain client key for the services: needed with --teacher-url or when DSC_API_KEYS is set (settings keep only digests)."),
+    admin_token: Optional[str] = typer.Option(
+        None, envvar="DSC_DEMO_ADMIN_TOKEN", help="Plain admin token, likewise (with --teacher-url or when DSC_ADMIN_TOKEN is set)."),
     train_prompts: int = typer.Option(DemoDefaults.train_prompts, help="Training prompts of the task the teacher samples."),
     eval_prompts: int = typer.Option(DemoDefaults.eval_prompts, help="Prompts of the task's evaluation set for the comparison."),
     samples: int = typer.Option(DemoDefaults.samples, help="Answers per evaluation prompt and system."),
@@ -175,14 +181,25 @@ def demo(
                         out_dir=out_dir or settings.data_dir / "demo")
     try:
         if teacher_url and student_url:
-            run_demo(teacher_url, student_url, (settings.api_keys or [""])[0], settings.admin_token or "", config)
+            run_demo(teacher_url, student_url, _needed(client_key, "--client-key"), _needed(admin_token, "--admin-token"), config)
             return
+        if settings.api_keys:  # checked before anything starts
+            _needed(client_key, "--client-key (DSC_API_KEYS is set)")
+        if settings.admin_token:
+            _needed(admin_token, "--admin-token (DSC_ADMIN_TOKEN is set)")
         with LocalStack(settings) as stack:
+            client, admin = client_key or stack.tokens.client_key, admin_token or stack.tokens.admin_token
             stack.wait_ready(900)
             stack.print_summary()
-            run_demo(stack.teacher_url, stack.student_url, stack.api_keys[0], stack.admin_token, config)
+            run_demo(stack.teacher_url, stack.student_url, client, admin, config)
     except (DemoError, RuntimeError) as error:
         fail(DscError(str(error)))
+
+
+def _needed(token: Optional[str], option: str) -> str:
+    if not token:
+        fail(DscError(f"the demo needs a plain token to call the services: pass {option}"))
+    return token
 
 
 @app.command("eval")

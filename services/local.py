@@ -23,6 +23,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from shared.db.session import redacted_url
+from shared.keys import hash_key
 from shared.settings import Settings
 
 console = Console(stderr=True)
@@ -103,9 +105,25 @@ class StopRequested(KeyboardInterrupt):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def local_tokens(settings: Settings) -> tuple[list[str], str]:
+@dataclass(frozen=True)
+class StackTokens:
+    """The children's tokens as digests (what they are told), and the plain tokens this process
+    generated for the session (None where the operator configured them: only digests are known)."""
+
+    key_digests: list[str]
+    admin_digest: str
+    client_key: str | None
+    admin_token: str | None
+
+
+def local_tokens(settings: Settings) -> StackTokens:
     """The configured tokens, or fresh ones for this session: local mode is never open by accident."""
-    return settings.api_keys or [f"dsc-client-{secrets.token_urlsafe(12)}"], settings.admin_token or f"dsc-admin-{secrets.token_urlsafe(12)}"
+    client = None if settings.api_keys else f"dsc-client-{secrets.token_urlsafe(12)}"
+    admin = None if settings.admin_token else f"dsc-admin-{secrets.token_urlsafe(12)}"
+    return StackTokens(
+        key_digests=settings.api_keys or [hash_key(client)], admin_digest=settings.admin_token or hash_key(admin),
+        client_key=client, admin_token=admin,
+    )
 
 
 def build_children(settings: Settings, host: str) -> list[Child]:
@@ -118,15 +136,16 @@ def build_children(settings: Settings, host: str) -> list[Child]:
     ]
 
 
-def child_env(settings: Settings, api_keys: list[str], admin_token: str) -> dict[str, str]:
+def child_env(settings: Settings, tokens: StackTokens) -> dict[str, str]:
+    # Digests only: the children's environment never holds a plain token.
     env = dict(os.environ)
     env.update(
         DSC_DATA_DIR=str(settings.data_dir),
         DSC_DATABASE_URL=settings.resolved_database_url,
         DSC_MODEL_STORE=str(settings.resolved_model_store),
         DSC_ENGINE=settings.engine,
-        DSC_API_KEYS=",".join(api_keys),
-        DSC_ADMIN_TOKEN=admin_token,
+        DSC_API_KEYS=",".join(tokens.key_digests),
+        DSC_ADMIN_TOKEN=tokens.admin_digest,
         DSC_TEACHER_PORT=str(settings.teacher_port),
         DSC_STUDENT_PORT=str(settings.student_port),
         HF_HUB_OFFLINE=env.get("HF_HUB_OFFLINE", "1"),
@@ -167,7 +186,7 @@ class LocalStack:
                 resolve_model(model, settings.resolved_model_store)
         self.settings = settings
         self.host = host
-        self.api_keys, self.admin_token = local_tokens(settings)
+        self.tokens = local_tokens(settings)
         self.children = build_children(settings, host)
         self.teacher_url = f"http://{host}:{settings.teacher_port}"
         self.student_url = f"http://{host}:{settings.student_port}"
@@ -177,7 +196,7 @@ class LocalStack:
         self._previous_handlers = {}
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
             self._previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
-        env = child_env(self.settings, self.api_keys, self.admin_token)
+        env = child_env(self.settings, self.tokens)
         try:
             for child in self.children:
                 child.start(env)
@@ -222,7 +241,10 @@ class LocalStack:
         table.add_row("trainer", f"pid {trainer.process.pid}", str(trainer.log_path))
         table.add_row("student", f"{self.student_url}/v1", str(student.log_path))
         Console().print(table)
-        Console().print(f"client key:  {self.api_keys[0]}\nadmin token: {self.admin_token}\ndatabase:    {self.settings.resolved_database_url}")
+        # Only tokens generated for this session are shown; configured ones are known here as digests only.
+        client = self.tokens.client_key or "as configured (DSC_API_KEYS)"
+        admin = self.tokens.admin_token or "as configured (DSC_ADMIN_TOKEN)"
+        Console().print(f"client key:  {client}\nadmin token: {admin}\ndatabase:    {redacted_url(self.settings.resolved_database_url)}")
 
 
 def run_up(settings: Settings, *, host: str = "127.0.0.1", timeout: float = 900.0) -> int:

@@ -18,7 +18,7 @@ from shared.db.session import transaction
 from shared.db.store import Recorded, record_chains
 from shared.engines.base import Engine, SamplingParams
 from shared.errors import InvalidRequest
-from shared.rewards import RewardModel, build_reward
+from shared.rewards import NetworkPolicy, RewardModel, build_reward
 from shared.sampler import Acceptance, Chain, ProgressCallback, Sampler, validate_run
 from shared.schemas import SampleRequest
 from shared.tasks import TaskSpec, get_task
@@ -88,8 +88,9 @@ def plan_from_job(job: Job, task: TaskSpec) -> SamplePlan:
 class RewardPool:
     """Builds each distinct reward spec once (spaCy, classifiers are slow to load) and reuses it."""
 
-    def __init__(self, judge_engine: Engine | None = None) -> None:
+    def __init__(self, judge_engine: Engine | None = None, network: NetworkPolicy | None = None) -> None:
         self._judge_engine = judge_engine
+        self.network = network or NetworkPolicy()  # where http rewards may connect
         self._rewards: dict[str, RewardModel] = {}
         self._lock = threading.Lock()
 
@@ -97,7 +98,7 @@ class RewardPool:
         key = json.dumps(spec, sort_keys=True)
         with self._lock:
             if key not in self._rewards:
-                self._rewards[key] = build_reward(spec, judge_engine=self._judge_engine)
+                self._rewards[key] = build_reward(spec, judge_engine=self._judge_engine, network=self.network)
             return self._rewards[key]
 
 
@@ -129,13 +130,16 @@ def run_plan(
     )
 
 
-def store_finished_run(factory: sessionmaker[Session], plan: SamplePlan, chains: list[Chain], *, kind: str) -> tuple[str, Recorded]:
+def store_finished_run(
+    factory: sessionmaker[Session], plan: SamplePlan, chains: list[Chain], *, kind: str, owner: str | None = None
+) -> tuple[str, Recorded]:
     """Write a completed run (CLI or synchronous API) as a finished job with its chains and pairs,
-    all in one transaction."""
+    all in one transaction. `owner`: the key id of the caller (None: only admins see it)."""
     with transaction(factory) as session:
         now = utcnow()
         job = Job(
             kind=kind,
+            owner=owner,
             task_name=plan.task.name,
             status="succeeded",
             params=plan.job_params(),

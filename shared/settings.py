@@ -14,6 +14,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+from shared.keys import configured_digest
+
 EngineName = Literal["auto", "vllm", "transformers", "openai"]
 BUNDLED_MODEL = "smollm2-135m-instruct"
 
@@ -133,19 +135,73 @@ class Settings(BaseSettings):
     distill_max_steps: int = Field(100_000, description="Most optimizer steps one run may ask for.")
     distill_max_queued: int = Field(20, description="Queued runs before POST /admin/distillations answers 429.")
 
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    admin_token: str | None = None
+    # --- auth and tenants (README "Security") ---
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Client keys (comma-separated) for /v1/*, each a plain key or its digest 'sha256:<hex>'; "
+        "held only as SHA-256 digests once loaded.",
+    )
+    admin_token: str | None = Field(
+        None, description="Token for /admin/* and task creation: plain or 'sha256:<hex>'; held only as its digest."
+    )
+    rate_limit: str | None = Field(
+        None,
+        description="Requests each key may make, in the notation of the `limits` library ('120/minute', "
+        "'10/second;600/minute'); counted per process; 429 with Retry-After beyond it. Unset: no per-key limit.",
+    )
+
+    # --- where the http reward may connect ---
+    reward_http_allow_private: bool = Field(
+        False, description="Let http rewards reach private, loopback, link-local and other non-public addresses."
+    )
+    reward_http_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts and CIDRs (comma-separated) an http reward may reach even though they are not public, "
+        "e.g. 'scorer.internal,10.2.0.0/16'.",
+    )
 
     @field_validator("dtype")
     @classmethod
     def _resolve_dtype(cls, value: str) -> str:
         return preferred_dtype() if value == "auto" else value
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "reward_http_allow", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _digest_keys(cls, value: list[str]) -> list[str]:
+        return [configured_digest(key) for key in value if key.strip()]
+
+    @field_validator("admin_token")
+    @classmethod
+    def _digest_admin(cls, value: str | None) -> str | None:
+        return configured_digest(value) if value and value.strip() else None
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate such as '120/minute' or '10/second;600/minute'") from None
+        return value.strip()
+
+    @field_validator("reward_http_allow")
+    @classmethod
+    def _check_allow(cls, value: list[str]) -> list[str]:
+        from shared.rewards.net import parse_allow_entry
+
+        for entry in value:
+            parse_allow_entry(entry)  # ValueError names the bad entry
         return value
 
     @property

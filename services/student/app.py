@@ -20,6 +20,7 @@ from shared import __version__
 from shared.db.session import make_engine, session_factory
 from shared.errors import DscError, MissingDependency
 from shared.settings import Settings
+from shared.web.ratelimit import KeyRateLimiter
 from shared.web.errors import _validation_message, install_error_handlers
 from shared.web.process import exit_after
 from shared.web.middleware import HttpMetrics, RequestContextMiddleware
@@ -120,6 +121,7 @@ def create_app(
     app = FastAPI(title="dSC student", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
+    app.state.rate_limiter = KeyRateLimiter.from_settings(settings)  # per key; None: DSC_RATE_LIMIT unset
     install_openai_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "student"), max_body_bytes=settings.max_body_bytes)
     app.include_router(router)

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.student.protocol import ChatCompletionRequest, ModelList
 from services.student.serving import Completion, StudentServing
 from shared.errors import DscError
-from shared.web.auth import AdminScope, ClientScope
+from shared.web.auth import AdminScope, ClientScope, is_admin_request
 
 router = APIRouter()
 T = TypeVar("T")
@@ -32,18 +32,25 @@ def healthz() -> dict:
 
 
 @router.get("/readyz", tags=["health"])
-async def readyz(serving: Serving) -> JSONResponse:
+async def readyz(serving: Serving, request: Request) -> JSONResponse:
     """200 once the model is loaded; 503 with Retry-After until then, and again once the engine
-    has died (`error` says why) until the models are loaded afresh."""
+    has died, until the models are loaded afresh. `reason` (model_loading, model_failed,
+    engine_dead) says why; the error itself (it can name files and URLs) is in the log, and in
+    `error` only for a caller presenting the admin token."""
     dead = serving.check_health()  # on the event loop, where a death is acted on
     body: dict = {"ready": serving.ready, "model": serving.base.id if serving.base else None}
-    if dead is not None:
-        body["error"] = f"the engine died: {dead}; {serving.death_action}"
-    elif serving.load_error:
-        body["error"] = serving.load_error
     if serving.ready:
         body["serving"] = {name: model.id for name, model in serving.table.items() if name in ("student", "default")}
-    return JSONResponse(body, status_code=200 if serving.ready else 503, headers=None if serving.ready else {"Retry-After": "5"})
+        return JSONResponse(body)
+    if dead is not None:
+        body["reason"], detail = "engine_dead", f"the engine died: {dead}; {serving.death_action}"
+    elif serving.load_error:
+        body["reason"], detail = "model_failed", serving.load_error
+    else:
+        body["reason"], detail = "model_loading", None
+    if detail is not None and is_admin_request(request):
+        body["error"] = detail
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
 
 @router.get("/metrics", tags=["health"])

@@ -31,8 +31,10 @@ from shared import __version__
 from shared.db.session import make_engine, session_factory, upgrade
 from shared.engines import create_engine
 from shared.engines.base import Engine
+from shared.rewards.net import NetworkPolicy
 from shared.sampling import RewardPool
 from shared.settings import Settings
+from shared.web.ratelimit import KeyRateLimiter
 from shared.web.errors import install_error_handlers
 from shared.web.process import exit_after
 from shared.web.middleware import HttpMetrics, RequestContextMiddleware
@@ -53,7 +55,7 @@ def _load_engine(state: TeacherState) -> None:
         if state.stopping.is_set():  # shut down while the model loaded
             engine.close()
             return
-        state.rewards = RewardPool(judge_engine=engine)
+        state.rewards = RewardPool(judge_engine=engine, network=NetworkPolicy.from_settings(state.settings))
         state.engine = engine
         state.ready.set()
         log.info("teacher engine loaded: %s (%s)", engine.model, engine.name)
@@ -82,7 +84,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         app.state.teacher = state
         app.state.settings = settings
         if engine is not None:
-            state.rewards = RewardPool(judge_engine=engine)
+            state.rewards = RewardPool(judge_engine=engine, network=NetworkPolicy.from_settings(settings))
             state.engine = engine
             state.ready.set()
         else:
@@ -108,6 +110,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.state.rate_limiter = KeyRateLimiter.from_settings(settings)  # per key; None: DSC_RATE_LIMIT unset
     # Added first = runs innermost: it reads the request id the outer middleware assigned.
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "teacher"), max_body_bytes=settings.max_body_bytes)

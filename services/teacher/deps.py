@@ -26,7 +26,9 @@ def get_session(state: Annotated[TeacherState, Depends(get_state)]) -> Iterator[
 def get_ready_state(state: Annotated[TeacherState, Depends(get_state)]) -> TeacherState:
     """The state, once the engine is loaded and alive; otherwise 503 with Retry-After (the caller retries)."""
     if state.engine is None:
-        raise NotReady(state.engine_error or "the teacher engine is still loading; retry shortly")
+        # The load error itself can name files and URLs: it is in the log and, for admins, at /readyz.
+        raise NotReady("the teacher engine failed to load; see the teacher's log" if state.engine_error
+                       else "the teacher engine is still loading; retry shortly")
     if (dead := state.check_engine()) is not None:
         raise EngineDead(dead)
     return state

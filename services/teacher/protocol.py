@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from shared.db.models import Job, Pair
+from shared.rewards import public_reward
 from shared.tasks import TaskSpec
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -21,7 +22,7 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class TaskSummary(BaseModel):
-    """A task without its prompt set (GET /v1/tasks/{name} has the prompts)."""
+    """A task without its prompt set (GET /v1/tasks/{name} has the prompts); reward secrets redacted."""
 
     name: str
     description: str
@@ -36,7 +37,7 @@ class TaskSummary(BaseModel):
     @classmethod
     def of(cls, spec: TaskSpec) -> "TaskSummary":
         return cls(
-            name=spec.name, description=spec.description, reward=spec.reward, acceptance=spec.acceptance,
+            name=spec.name, description=spec.description, reward=public_reward(spec.reward), acceptance=spec.acceptance,
             beta=spec.beta, steps=spec.steps, prompt_count=len(spec.prompts),
             eval_prompt_count=len(spec.eval_prompts), builtin=spec.builtin,
         )

@@ -119,7 +119,7 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
     """Load base and student (and the teacher where asked), evaluate, release them."""
     from services.trainer.evaluate import evaluate_student, general_prompts
     from shared.engines.transformers_engine import TransformersEngine
-    from shared.rewards import build_reward
+    from shared.rewards import NetworkPolicy, build_reward
 
     scratch = Path(tempfile.mkdtemp(prefix="dsc-eval-"))
     engines = evaluation_engines(settings, base_path, adapter_dir, merged_dir, scratch)
@@ -136,7 +136,7 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
         engines.append(scorer)
     try:
         return evaluate_student(
-            task=task, reward=build_reward(task.reward, judge_engine=judge), base=base, student=student,
+            task=task, reward=build_reward(task.reward, judge_engine=judge, network=NetworkPolicy.from_settings(settings)), base=base, student=student,
             prompts=prompts or config.prompts_for(task), samples=config.samples, params=config.params,
             teacher=judge if config.teacher else None, scorer=scorer, general=general_prompts() if config.collapse_check else (),
             examples=config.examples, on_phase=on_phase,

@@ -224,7 +224,7 @@ class TrainerWorker:
                 "data_sha256": snapshot.digest, "loss_curve": curve,
             },
             "eval": evaluation,
-            "reward": task.reward,
+            "reward": public_reward(task.reward),  # shown by the admin API and stored with the student: no secrets
         }
         write_json(directory / "metrics.json", metrics)
         per_prompt = evaluation["per_prompt"]

@@ -58,6 +58,10 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     kind: Mapped[str] = mapped_column(String(16), default="job")  # job | sync | cli
+    # The key id (shared/keys.py: the start of the key's SHA-256, never the key) of the caller that
+    # created the job; its jobs and pairs are visible to that key and to admins only. NULL: CLI runs,
+    # jobs from before owners were recorded, a teacher without keys — admins only.
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     task_name: Mapped[str] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16), default="queued")
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from shared.errors import InvalidRequest
 from shared.rewards.base import RewardModel
+from shared.rewards.net import NetworkPolicy
 from shared.rewards.specs import (
     REWARD_TYPES,
     HFClassifierSpec,
@@ -20,17 +21,38 @@ from shared.rewards.specs import (
     RewardSpec,
     VaderSpec,
     parse_reward_spec,
+    public_reward,
 )
 
 if TYPE_CHECKING:  # the engines package pulls in settings and the model store; scoring needs neither
     from shared.engines.base import Engine
 
-__all__ = ["REWARD_TYPES", "RewardModel", "RewardSpec", "build_reward", "parse_reward_spec"]
+__all__ = ["REWARD_TYPES", "NetworkPolicy", "RewardModel", "RewardSpec", "build_reward", "check_reward", "parse_reward_spec", "public_reward"]
 
 
-def build_reward(spec: RewardSpec | Mapping[str, Any], *, judge_engine: Engine | None = None) -> RewardModel:
-    """Build (and load, once) the reward model a spec describes; `judge_engine` serves llm-judge."""
+def check_reward(spec: RewardSpec | Mapping[str, Any], *, network: NetworkPolicy) -> None:
+    """What a spec needs of this deployment, checked without loading anything: that an http
+    reward's host resolves to addresses the operator permits, and that its secrets are set."""
     spec = parse_reward_spec(spec)
+    if isinstance(spec, HTTPSpec):
+        from shared.rewards.http import missing_secrets
+
+        network.check_url(spec.url)
+        if missing := missing_secrets(spec):
+            raise InvalidRequest(
+                f"headers_from_env names environment variable(s) {', '.join(missing)}, which are not set on the teacher",
+                param="reward.headers_from_env",
+            )
+
+
+def build_reward(
+    spec: RewardSpec | Mapping[str, Any], *, judge_engine: Engine | None = None, network: NetworkPolicy | None = None
+) -> RewardModel:
+    """Build (and load, once) the reward model a spec describes; `judge_engine` serves llm-judge;
+    `network` says where an http reward may connect (default: public addresses only)."""
+    spec = parse_reward_spec(spec)
+    network = network or NetworkPolicy()
+    check_reward(spec, network=network)
     if isinstance(spec, VaderSpec):
         from shared.rewards.vader import VaderReward
 
@@ -58,5 +80,5 @@ def build_reward(spec: RewardSpec | Mapping[str, Any], *, judge_engine: Engine |
     if isinstance(spec, HTTPSpec):
         from shared.rewards.http import HTTPReward
 
-        return HTTPReward(spec)
+        return HTTPReward(spec, network)
     raise InvalidRequest(f"no builder for reward type {spec.type!r}")  # unreachable while specs and builders agree

@@ -10,9 +10,10 @@ database and into a cache key.
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
@@ -141,26 +142,90 @@ class LLMJudgeSpec(_Spec):
         return self
 
 
+SECRET_ENV_PREFIX = "DSC_REWARD_SECRET_"
+REDACTED = "<redacted>"
+_SECRET_ENV_NAME = re.compile(rf"^{SECRET_ENV_PREFIX}[A-Z0-9_]+$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+
+
 class HTTPSpec(_Spec):
-    """The user's own scoring service: POST {"prompts", "responses"} → {"scores"}."""
+    """The user's own scoring service: POST {"prompts", "responses"} → {"scores"}.
+
+    `headers` are write-only: stored (the teacher sends them) but never shown again.
+    `headers_from_env` names, per header, an environment variable of the teacher that holds its
+    value, so the secret lives with the operator and never in the database."""
 
     type: Literal["http"] = "http"
     url: str
     timeout: float = Field(30.0, gt=0, le=3600, description="Seconds to wait for one batch.")
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict, description="Sent with every request; never returned.")
+    headers_from_env: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"Header name → environment variable of the teacher holding its value (names start with {SECRET_ENV_PREFIX}).",
+    )
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         parts = urlparse(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"http reward url {value!r} must be an absolute http:// or https:// URL")
+            raise ValueError(f"http reward url {public_url(value)!r} must be an absolute http:// or https:// URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("http reward url must not carry credentials (user:password@); send them with headers_from_env")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_values(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            _check_header_name(name)
+            if text == REDACTED:
+                raise ValueError(f"header {name!r} holds {REDACTED!r}, the mark a task shows instead of a secret; give the real value")
+            if "\r" in text or "\n" in text:
+                raise ValueError(f"header {name!r} has a line break in its value")
+        return value
+
+    @field_validator("headers_from_env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, variable in value.items():
+            _check_header_name(name)
+            # A prefix, so a task cannot send the teacher's other settings (DSC_DATABASE_URL, ...) to its scorer.
+            if not _SECRET_ENV_NAME.match(variable):
+                raise ValueError(f"headers_from_env[{name!r}]: {variable!r} must be an environment variable named {SECRET_ENV_PREFIX}<NAME> (A-Z, 0-9, _)")
         return value
 
     @model_validator(mode="after")
     def _deps(self) -> HTTPSpec:
+        both = {name.lower() for name in self.headers} & {name.lower() for name in self.headers_from_env}
+        if both:
+            raise ValueError(f"header(s) {', '.join(sorted(both))} given both in headers and in headers_from_env")
         require("http", "httpx", "httpx")
         return self
+
+
+def _check_header_name(name: str) -> None:
+    if not _HEADER_NAME.match(name):
+        raise ValueError(f"{name!r} is not a valid HTTP header name")
+
+
+def public_url(url: str) -> str:
+    """The URL as it may be shown: query values (often tokens) and any user:password@ removed."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "&".join(f"{name}={REDACTED}" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def public_reward(reward: Mapping[str, Any]) -> dict[str, Any]:
+    """A reward spec as it may leave the teacher: secrets replaced by REDACTED (write-only)."""
+    shown = dict(reward)
+    if shown.get("type") == "http":
+        if isinstance(shown.get("headers"), Mapping):
+            shown["headers"] = {name: REDACTED for name in shown["headers"]}
+        if isinstance(shown.get("url"), str):
+            shown["url"] = public_url(shown["url"])
+    return shown
 
 
 RewardSpec = Annotated[

@@ -18,6 +18,8 @@ from shared.sampler import Acceptance
 from shared.schemas import Count, Real, Text
 
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# The student service's model aliases: a task (and so a student) by one of these names could never be addressed.
+RESERVED_TASK_NAMES = frozenset({"base", "default", "student"})
 
 
 class TaskSpec(BaseModel):
@@ -41,6 +43,13 @@ class TaskSpec(BaseModel):
     )
     builtin: bool = False
 
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_TASK_NAMES:
+            raise ValueError(f"{value!r} is reserved ({', '.join(sorted(RESERVED_TASK_NAMES))} are the student service's model aliases)")
+        return value
+
     @field_validator("reward")
     @classmethod
     def _check_reward(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +63,12 @@ class TaskSpec(BaseModel):
         if any(not prompt.strip() for prompt in value):
             raise ValueError("prompts must be non-empty strings")
         return value
+
+    def public(self) -> "TaskSpec":
+        """The task as it may be shown: its reward spec's secrets redacted (they are write-only)."""
+        from shared.rewards import public_reward
+
+        return self.model_copy(update={"reward": public_reward(self.reward)})
 
     @model_validator(mode="after")
     def _check_separation(self) -> "TaskSpec":

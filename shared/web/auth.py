@@ -1,17 +1,21 @@
 """Bearer-token auth (DESIGN §5): client keys open /v1/*, the admin token opens /admin/* too.
 
-Tokens are compared in constant time and never logged.
+Settings hold only SHA-256 digests of the tokens (shared/keys.py); a presented token is hashed
+and compared with each digest in constant time, and never logged. The caller's key id (the start
+of its digest) is who owns the jobs it creates, and what its rate limit counts.
 """
 
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from shared.errors import Forbidden, Unauthorized
+from shared.errors import Forbidden, Overloaded, Unauthorized
+from shared.keys import hash_key, key_id
 from shared.settings import Settings
 
 
@@ -20,11 +24,30 @@ class Scope(str, Enum):
     ADMIN = "admin"
 
 
-def _matches(token: str, candidates: list[str]) -> bool:
-    # Check every candidate, so the time taken does not reveal which one (or whether any) matched.
-    found = False
-    for candidate in candidates:
-        found |= hmac.compare_digest(token.encode(), candidate.encode())
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the scope its token grants and its key id (None when auth is off)."""
+
+    scope: Scope
+    key_id: str | None
+
+    @property
+    def sees_all(self) -> bool:
+        """Admins see every key's jobs and pairs; a client key only its own."""
+        return self.scope is Scope.ADMIN
+
+    def may_see(self, owner: str | None) -> bool:
+        return self.sees_all or (self.key_id is not None and owner == self.key_id)
+
+
+def _matching(token: str, digests: list[str]) -> str | None:
+    """The configured digest the token hashes to, or None. Every candidate is compared, so the time
+    taken does not reveal which one (or whether any) matched."""
+    presented = hash_key(token).encode()
+    found = None
+    for digest in digests:
+        if hmac.compare_digest(presented, digest.encode()):
+            found = digest
     return found
 
 
@@ -43,21 +66,50 @@ def open_bind_refusal(settings: Settings, *, insecure: bool) -> str | None:
     return f"no DSC_API_KEYS / DSC_ADMIN_TOKEN configured: refusing to bind {settings.host}; set keys or pass --insecure"
 
 
-def caller_scope(request: Request) -> Scope:
-    """The scope the bearer token grants, or 401. With no tokens configured everything is open
-    (the service then binds to loopback unless told --insecure)."""
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _identify(settings: Settings, token: str) -> Caller | None:
+    if settings.admin_token and (digest := _matching(token, [settings.admin_token])):
+        return Caller(Scope.ADMIN, key_id(digest))
+    if digest := _matching(token, settings.api_keys):
+        return Caller(Scope.CLIENT, key_id(digest))
+    return None
+
+
+def authenticate(request: Request) -> Caller:
+    """The caller behind the bearer token, or 401; 429 with Retry-After past its rate limit. With
+    no tokens configured everything is open (the service then binds to loopback unless told
+    --insecure) and there is no key to limit."""
     settings: Settings = request.app.state.settings
     if not auth_enabled(settings):
-        return Scope.ADMIN
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+        return Caller(Scope.ADMIN, None)
+    token = _bearer(request)
+    if token is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <key>'")
-    if settings.admin_token and _matches(token, [settings.admin_token]):
-        return Scope.ADMIN
-    if _matches(token, settings.api_keys):
-        return Scope.CLIENT
-    raise Unauthorized("invalid bearer token")
+    caller = _identify(settings, token)
+    if caller is None:
+        raise Unauthorized("invalid bearer token")
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None and (retry_after := limiter.admit(caller.key_id)) is not None:
+        raise Overloaded(f"rate limit of this key exceeded ({limiter.rate}, DSC_RATE_LIMIT); retry after {retry_after} s", retry_after=retry_after)
+    return caller
+
+
+def is_admin_request(request: Request) -> bool:
+    """Whether an open route's caller presented the admin token (or auth is off); never raises."""
+    settings: Settings = request.app.state.settings
+    if not auth_enabled(settings):
+        return True
+    token = _bearer(request)
+    caller = _identify(settings, token) if token else None
+    return caller is not None and caller.scope is Scope.ADMIN
+
+
+def caller_scope(caller: Annotated[Caller, Depends(authenticate)]) -> Scope:
+    return caller.scope
 
 
 def require_client(scope: Annotated[Scope, Depends(caller_scope)]) -> Scope:
@@ -72,3 +124,4 @@ def require_admin(scope: Annotated[Scope, Depends(caller_scope)]) -> Scope:
 
 ClientScope = Annotated[Scope, Depends(require_client)]
 AdminScope = Annotated[Scope, Depends(require_admin)]
+ClientCaller = Annotated[Caller, Depends(authenticate)]

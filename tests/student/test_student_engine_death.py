@@ -122,12 +122,14 @@ def test_restart_mode_loads_the_model_afresh(tmp_path: Path, model_store: Path):
         killed = kill_engine_core(process.pid)
 
         def not_ready():
-            response = httpx.get(f"{url}/readyz", timeout=10)
+            response = httpx.get(f"{url}/readyz", timeout=10, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
             return response if response.status_code == 503 else None
 
         readyz = wait_for(not_ready, 30, "/readyz to turn 503")
-        assert readyz.headers.get("retry-after") and KILLED in readyz.json()["error"], readyz.json()
-        assert "loading the models afresh" in readyz.json()["error"], readyz.json()
+        assert readyz.headers.get("retry-after") and KILLED in readyz.json()["error"], readyz.json()  # the admin sees why
+        assert "loading the models afresh" in readyz.json()["error"] and readyz.json()["reason"] == "engine_dead", readyz.json()
+        anonymous = httpx.get(f"{url}/readyz", timeout=10).json()
+        assert "error" not in anonymous, anonymous  # an open caller gets the reason code only
         refused = httpx.post(f"{url}/v1/chat/completions", headers=HEADERS, json=short, timeout=30)
         assert refused.status_code == 503 and refused.json()["error"]["type"] == "service_unavailable_error", refused.text
 

@@ -139,13 +139,15 @@ def test_restart_mode_rebuilds_the_engine_and_the_jobs_finish(tmp_path: Path, mo
         killed = kill_engine_core(process.pid)
 
         def not_ready():
-            response = httpx.get(f"{url}/readyz", timeout=10)
+            response = httpx.get(f"{url}/readyz", timeout=10, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
             return response if response.status_code == 503 else None
 
         readyz = wait_for(not_ready, 30, "/readyz to turn 503")
         body = readyz.json()
-        assert readyz.headers.get("retry-after") and body["checks"]["engine"] is False, body
-        assert KILLED in body["engine_error"] and "restarting the engine" in body["engine_error"], body
+        assert readyz.headers.get("retry-after") and body["checks"]["engine"] is False and body["reason"] == "engine_dead", body
+        assert KILLED in body["engine_error"] and "restarting the engine" in body["engine_error"], body  # the admin sees why
+        anonymous = httpx.get(f"{url}/readyz", timeout=10).json()
+        assert anonymous.get("reason") in ("engine_dead", None) and "engine_error" not in anonymous, anonymous  # None: rebuilt already
         refused = httpx.post(f"{url}/v1/critique-revise", headers=HEADERS, timeout=30,
                              json={"task": "sentiment", "prompts": ["Review a film."], "max_tokens": 4})
         assert refused.status_code == 503 and KILLED in refused.json()["error"]["message"], refused.text

@@ -20,7 +20,12 @@ from shared.errors import InvalidRequest, MissingDependency, RewardError
 from shared.rewards import REWARD_TYPES, RewardModel, build_reward, parse_reward_spec
 from shared.rewards.llm_judge import fill_template, parse_rating
 from shared.rewards.pii import find_patterns, luhn_valid
+from shared.rewards.net import NetworkPolicy
 from shared.rewards.specs import HTTPSpec, LLMJudgeSpec, PIISpec, VaderSpec, require
+
+# The scoring server below listens on loopback, which http rewards may reach only where the operator
+# allows it (DSC_REWARD_HTTP_ALLOW): these tests are that operator.
+LOOPBACK_ALLOWED = NetworkPolicy.parse(allow=["127.0.0.1/32"])
 
 GLOWING = "What a wonderful, delightful film! The cast is brilliant and I loved every minute of it."
 HOSTILE = "This film is a terrible, hateful mess. The acting is awful and I despise everyone involved."
@@ -220,7 +225,7 @@ def scoring_server() -> Iterator[str]:
 def test_http_reward_scores_through_the_service(scoring_server: str) -> None:
     _ScoringHandler.requests.clear()
     spec = {"type": "http", "url": f"{scoring_server}/score", "headers": {"Authorization": "Bearer t0k"}}
-    reward = build_reward(spec)
+    reward = build_reward(spec, network=LOOPBACK_ALLOWED)
     assert reward.score(["p1", "p2", "p3"], ["a", "abcd", ""]) == [1.0, 4.0, 0.0]
     assert reward.score([], []) == []  # an empty batch makes no request
     assert len(_ScoringHandler.requests) == 1
@@ -240,7 +245,7 @@ def test_http_reward_scores_through_the_service(scoring_server: str) -> None:
     ],
 )
 def test_http_reward_wrong_answers_are_reward_errors(scoring_server: str, path: str, message: str) -> None:
-    reward = build_reward({"type": "http", "url": scoring_server + path, "timeout": 5})
+    reward = build_reward({"type": "http", "url": scoring_server + path, "timeout": 5}, network=LOOPBACK_ALLOWED)
     with pytest.raises(RewardError, match=message):
         reward.score(["p", "q"], ["a", "b"])
 
@@ -249,7 +254,7 @@ def test_http_reward_server_down_is_a_reward_error() -> None:
     with socket.socket() as sock:  # a port that was free a moment ago and has no listener now
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    reward = build_reward(HTTPSpec(url=f"http://127.0.0.1:{port}/score", timeout=2))
+    reward = build_reward(HTTPSpec(url=f"http://127.0.0.1:{port}/score", timeout=2), network=LOOPBACK_ALLOWED)
     with pytest.raises(RewardError, match="request failed"):
         reward.score(["p"], ["a"])
 

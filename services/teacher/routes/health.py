@@ -1,13 +1,18 @@
-"""Health, readiness and Prometheus metrics: open, no auth."""
+"""Health, readiness and Prometheus metrics: open, no auth.
+
+/readyz tells an open caller only a reason code; the error behind it (which can name files, hosts
+and URLs) is in the log, and in the body only for a caller presenting the admin token."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.teacher.deps import State
+from services.teacher.state import TeacherState
 from shared.db.session import ping
+from shared.web.auth import is_admin_request
 
 router = APIRouter(tags=["health"])
 
@@ -17,19 +22,29 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
+def _not_ready(state: TeacherState, dead: str | None, checks: dict[str, bool]) -> tuple[str, str | None]:
+    """(reason code, the detail behind it or None)."""
+    if dead is not None:
+        return "engine_dead", f"the engine died: {dead}; {state.engine_death_action}"
+    if not checks["engine"]:
+        return ("engine_failed", state.engine_error) if state.engine_error else ("engine_loading", None)
+    return "database_unavailable", None
+
+
 @router.get("/readyz")
-def readyz(state: State) -> JSONResponse:
+def readyz(state: State, request: Request) -> JSONResponse:
     """200 once the engine is loaded and the database answers; 503 with Retry-After until then,
-    and again once the engine has died (`engine_error` says why) until a new one is in."""
+    and again once the engine has died, until a new one is in. `reason` says which:
+    engine_loading, engine_failed, engine_dead or database_unavailable; with the admin token the
+    body also carries `engine_error`, the error itself."""
     dead = state.check_engine()
     checks = {"engine": state.engine is not None and dead is None, "database": ping(state.db_engine)}
-    body = {"ready": all(checks.values()), "checks": checks}
-    if dead is not None:
-        body["engine_error"] = f"the engine died: {dead}; {state.engine_death_action}"
-    elif state.engine_error:
-        body["engine_error"] = state.engine_error
+    body: dict = {"ready": all(checks.values()), "checks": checks}
     if body["ready"]:
         return JSONResponse(body)
+    body["reason"], detail = _not_ready(state, dead, checks)
+    if detail is not None and is_admin_request(request):
+        body["engine_error"] = detail
     return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
 

@@ -1,4 +1,7 @@
-"""Jobs: many prompts sampled in the background by the job workers (services/teacher/worker.py)."""
+"""Jobs: many prompts sampled in the background by the job workers (services/teacher/worker.py).
+
+A job belongs to the key that created it: another client key gets 404 for it (as if it did not
+exist: a 403 would confirm the id), and lists only its own; admins see every job."""
 
 from __future__ import annotations
 
@@ -17,22 +20,22 @@ from shared.db.queue import cancel_row
 from shared.errors import InvalidRequest, NotFound, Overloaded
 from shared.sampling import plan_sample
 from shared.schemas import SampleRequest
-from shared.web.auth import ClientScope
+from shared.web.auth import Caller, ClientCaller
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 QUEUE_FULL_RETRY_AFTER_S = 30
 
 
-def _load(session, job_id: str) -> Job:
+def _load(session, job_id: str, caller: Caller) -> Job:
     job = session.get(Job, job_id, options=[defer(Job.prompts)])  # a job may hold 50k prompts
-    if job is None:
+    if job is None or not caller.may_see(job.owner):
         raise NotFound(f"no job {job_id!r}", param="id")
     return job
 
 
 @router.post("", status_code=202, response_model=JobCreated)
-def submit(request: SampleRequest, _scope: ClientScope, state: State) -> JSONResponse:
+def submit(request: SampleRequest, caller: ClientCaller, state: State) -> JSONResponse:
     """Queue a job (inline prompts, or the task's prompt set when `prompts` is omitted) and answer
     at once; poll GET /v1/jobs/{id}. A job always stores its chains (`store` must not be false)."""
     settings = state.settings
@@ -47,7 +50,7 @@ def submit(request: SampleRequest, _scope: ClientScope, state: State) -> JSONRes
                 f"the job queue is full: {queued} jobs queued (max_queued_jobs {settings.max_queued_jobs})",
                 retry_after=QUEUE_FULL_RETRY_AFTER_S,
             )
-        job = Job(kind="job", task_name=plan.task.name, status="queued", params=plan.job_params(), prompts=plan.prompts, total=len(plan.prompts))
+        job = Job(kind="job", owner=caller.key_id, task_name=plan.task.name, status="queued", params=plan.job_params(), prompts=plan.prompts, total=len(plan.prompts))
         session.add(job)
         session.flush()
         created = JobCreated(id=job.id, status="queued")
@@ -56,15 +59,17 @@ def submit(request: SampleRequest, _scope: ClientScope, state: State) -> JSONRes
 
 @router.get("", response_model=JobList)
 def list_jobs(
-    _scope: ClientScope,
+    caller: ClientCaller,
     session: DbSession,
     status: JobStatus | None = None,
     kind: Literal["job", "sync", "cli"] | None = None,
     task: str | None = None,
     limit: int = Query(50, ge=1, le=500),
 ) -> JobList:
-    """Newest first."""
+    """The caller's jobs (an admin: every job), newest first."""
     query = select(Job).options(defer(Job.prompts)).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if not caller.sees_all:
+        query = query.where(Job.owner == caller.key_id)
     if status is not None:
         query = query.where(Job.status == status)
     if kind is not None:
@@ -75,15 +80,16 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobView)
-def show(job_id: str, _scope: ClientScope, session: DbSession) -> JobView:
-    return JobView.of(_load(session, job_id))
+def show(job_id: str, caller: ClientCaller, session: DbSession) -> JobView:
+    return JobView.of(_load(session, job_id, caller))
 
 
 @router.post("/{job_id}/cancel", response_model=JobView)
-def cancel(job_id: str, _scope: ClientScope, state: State) -> JobView:
+def cancel(job_id: str, caller: ClientCaller, state: State) -> JobView:
     """A queued job is cancelled at once; a running one stops before its next batch (what was
     committed stays). Cancelling a cancelled job is a no-op; a finished one is 409."""
     with state.sessions() as session, session.begin():
+        _load(session, job_id, caller)  # another key's job is a 404, and stays uncancelled
         cancel_row(session, Job, job_id, "job")
     with state.sessions() as session:
-        return JobView.of(_load(session, job_id))
+        return JobView.of(_load(session, job_id, caller))

@@ -1,4 +1,6 @@
-"""Accepted pairs: filtered, cursor-paginated listing and a streamed JSONL export (TRL's format)."""
+"""Accepted pairs: filtered, cursor-paginated listing and a streamed JSONL export (TRL's format).
+
+A client key sees the pairs of its own jobs only; admins see every pair."""
 
 from __future__ import annotations
 
@@ -12,12 +14,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.teacher.deps import DbSession, State
 from services.teacher.protocol import PairPage, PairView, chat_record
-from shared.db.models import Pair
-from shared.web.auth import ClientScope
+from shared.db.models import Job, Pair
+from shared.web.auth import Caller, ClientCaller
 
 router = APIRouter(prefix="/v1/pairs", tags=["pairs"])
 
 EXPORT_PAGE = 500  # rows per keyset page of the export: memory stays flat however many pairs exist
+
+
+def _visible(query: Select, caller: Caller) -> Select:
+    """Only pairs of jobs the caller owns (all of them for an admin)."""
+    if caller.sees_all:
+        return query
+    return query.join(Job, Job.id == Pair.job_id).where(Job.owner == caller.key_id)
 
 
 def _filtered(query: Select, task: str | None, job: str | None, min_gain: float | None) -> Select:
@@ -37,7 +46,7 @@ GainFilter = Query(None, description="Only pairs whose reward gain (after − be
 
 @router.get("", response_model=PairPage)
 def list_pairs(
-    _scope: ClientScope,
+    caller: ClientCaller,
     session: DbSession,
     task: str | None = TaskFilter,
     job: str | None = JobFilter,
@@ -46,7 +55,7 @@ def list_pairs(
     limit: int = Query(100, ge=1, le=1000),
 ) -> PairPage:
     """Pairs in id order; keyset pagination (id > cursor), so pages stay stable while jobs add pairs."""
-    query = _filtered(select(Pair), task, job, min_gain).order_by(Pair.id).limit(limit + 1)
+    query = _filtered(_visible(select(Pair), caller), task, job, min_gain).order_by(Pair.id).limit(limit + 1)
     if cursor is not None:
         query = query.where(Pair.id > cursor)
     rows = list(session.scalars(query))
@@ -54,13 +63,13 @@ def list_pairs(
     return PairPage(data=[PairView.of(pair) for pair in page], next_cursor=page[-1].id if more else None)
 
 
-def _export_lines(sessions: sessionmaker[Session], task: str | None, job: str | None, min_gain: float | None) -> Iterator[bytes]:
+def _export_lines(sessions: sessionmaker[Session], caller: Caller, task: str | None, job: str | None, min_gain: float | None) -> Iterator[bytes]:
     """Keyset pages, each read in its own short session (no transaction held open while the client
     downloads, which on SQLite would block every writer)."""
     columns = select(Pair.id, Pair.task_name, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after)
     last_id = -1
     while True:
-        query = _filtered(columns, task, job, min_gain).where(Pair.id > last_id).order_by(Pair.id).limit(EXPORT_PAGE)
+        query = _filtered(_visible(columns, caller), task, job, min_gain).where(Pair.id > last_id).order_by(Pair.id).limit(EXPORT_PAGE)
         with sessions() as session:
             rows = session.execute(query).all()
         if not rows:
@@ -71,7 +80,7 @@ def _export_lines(sessions: sessionmaker[Session], task: str | None, job: str | 
 
 @router.get("/export", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}})
 def export(
-    _scope: ClientScope,
+    caller: ClientCaller,
     state: State,
     format: Literal["jsonl"] = Query("jsonl", description="Only jsonl: one chat-format record per line."),
     task: str | None = TaskFilter,
@@ -81,7 +90,7 @@ def export(
     """Every matching pair as `{"messages": [user, assistant], "task", "reward_before",
     "reward_after"}` per line: the conversational format TRL's SFT trainer reads."""
     return StreamingResponse(
-        _export_lines(state.sessions, task, job, min_gain),
+        _export_lines(state.sessions, caller, task, job, min_gain),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": 'attachment; filename="pairs.jsonl"'},
     )

@@ -10,7 +10,7 @@ from shared.engines.base import EngineDead, dead_reason_of
 from shared.errors import NotReady, Overloaded
 from shared.sampling import plan_sample, run_plan, store_finished_run
 from shared.schemas import ChainResult, SampleRequest, SampleResponse
-from shared.web.auth import ClientScope
+from shared.web.auth import ClientCaller
 
 router = APIRouter(prefix="/v1", tags=["sampling"])
 
@@ -18,7 +18,7 @@ SYNC_RETRY_AFTER_S = 5
 
 
 @router.post("/critique-revise", response_model=SampleResponse)
-def critique_revise(request: SampleRequest, _scope: ClientScope, state: ReadyState) -> SampleResponse:
+def critique_revise(request: SampleRequest, caller: ClientCaller, state: ReadyState) -> SampleResponse:
     """Answer, critique, revise and score each prompt now; store the chains (and accepted pairs) as
     a finished job of kind "sync" when `store` is true. A plain `def`: FastAPI runs it in its
     threadpool, so the event loop keeps serving while the engine works. At most
@@ -55,5 +55,5 @@ def critique_revise(request: SampleRequest, _scope: ClientScope, state: ReadySta
     state.metrics.observe_chains(chains, "sync")
     job_id = None
     if request.store:
-        job_id, _recorded = store_finished_run(state.sessions, plan, chains, kind="sync")
+        job_id, _recorded = store_finished_run(state.sessions, plan, chains, kind="sync", owner=caller.key_id)
     return SampleResponse(job_id=job_id, results=[ChainResult.from_chain(chain) for chain in chains])

@@ -1,4 +1,7 @@
-"""Tasks: list and show presets and custom tasks; admins create custom tasks."""
+"""Tasks: list and show presets and custom tasks; admins create custom tasks.
+
+Secrets in a task's reward spec (an http reward's headers, query values of its URL) are
+write-only: every answer shows them as "<redacted>" (shared.rewards.public_reward)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from services.teacher.deps import DbSession, State
 from services.teacher.limits import check_prompts
 from services.teacher.protocol import TaskList, TaskSummary
 from shared.errors import DscError, InvalidRequest
+from shared.rewards import NetworkPolicy, check_reward
 from shared.tasks import TaskSpec, create_task, get_task, list_tasks
 from shared.web.auth import AdminScope, ClientScope
 
@@ -22,28 +26,30 @@ def list_all(_scope: ClientScope, session: DbSession) -> TaskList:
 
 @router.get("/{name}", response_model=TaskSpec)
 def show(name: str, _scope: ClientScope, session: DbSession) -> TaskSpec:
-    return get_task(session, name)
+    return get_task(session, name).public()
 
 
 @router.post("", response_model=TaskSpec, status_code=201)
 async def create(spec: TaskSpec, _scope: AdminScope, state: State) -> TaskSpec:
     """Create a custom task. The reward spec was checked while parsing the body (fields, installed
-    packages); here the reward model is also built once, so a spec that cannot load fails now
-    rather than in the first job."""
+    packages); here an http reward's target is checked against the operator's network policy and
+    the reward model is built once, so a spec that cannot load fails now rather than in the first job."""
     if spec.builtin:
         raise InvalidRequest("builtin is set by the service (presets only); omit it", param="builtin")
     check_prompts(spec.prompts, state.settings, max_prompts=state.settings.max_job_prompts, count_setting="max_job_prompts")
     check_prompts(spec.eval_prompts, state.settings, max_prompts=state.settings.max_job_prompts, count_setting="max_job_prompts")
+    network = state.rewards.network if state.rewards is not None else NetworkPolicy.from_settings(state.settings)
+    await run_in_threadpool(check_reward, spec.reward, network=network)  # resolves the scorer's host: off the event loop
     if state.rewards is not None:
         try:
             await run_in_threadpool(state.rewards.get, spec.reward)
         except DscError:
             raise
         except Exception as error:
-            raise InvalidRequest(f"reward spec could not be built: {error}", param="reward") from None
+            raise InvalidRequest(f"reward spec could not be built: {type(error).__name__}: {error}", param="reward") from None
 
     def _store() -> TaskSpec:
         with state.sessions() as session, session.begin():
             return create_task(session, spec)
 
-    return await run_in_threadpool(_store)
+    return (await run_in_threadpool(_store)).public()
