@@ -100,14 +100,22 @@ class Settings(BaseSettings):
     max_concurrent_sync: int = Field(2, description="Synchronous sampling calls in flight before 429.")
 
     # --- job queue ---
-    job_workers: int = Field(1, description="Job worker threads per teacher process (0: serve only).")
-    job_batch_size: int = Field(32, description="Prompts per batch; each batch is one sampler call and one commit.")
-    job_lease_seconds: int = Field(60, description="A worker's claim on a job expires unless renewed (heartbeat).")
+    job_workers: int = Field(1, description="Job worker threads per teacher process (0: serve only; 1 on SQLite).")
+    job_batch_size: int = Field(
+        32, ge=1, description="Prompts per batch, fixed for a job when it is created; each batch is claimed by one worker, "
+        "sampled in one sampler call and committed in one transaction."
+    )
+    job_lease_seconds: int = Field(60, description="A worker's claim on a batch expires unless renewed (heartbeat).")
     job_max_failures: int = Field(
         3, description="Failed tries of one batch before its job fails (counted per batch: a committed batch starts the count again)."
     )
-    job_max_attempts: int = Field(20, ge=1, description="Claims of one job (worker deaths, restarts) before it fails instead of resuming again.")
+    job_max_attempts: int = Field(
+        20, ge=1, description="Claims of one batch (worker deaths, restarts) before its job fails instead of resuming again."
+    )
     job_poll_seconds: float = 1.0
+    teacher_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads of the teacher process (its transformers engine); default: torch's choice (all cores)."
+    )
 
     # --- student service (OpenAI-compatible serving of the distilled model) ---
     student_max_prompt_tokens: int = Field(1536, description="Longest rendered chat prompt, in tokens, before 400.")

@@ -4,10 +4,10 @@ Start-up (lifespan): migrate the database, load the engine in a thread (/readyz 
 is in), start the job workers. Shutdown, in bounded time even with work in flight: on SIGTERM
 (`serve`) at once, else when the lifespan ends, the state's `begin_shutdown` sets `stopping` and
 closes the engine, so generate calls in flight end (synchronous calls answer 503, workers hand
-their job back to the queue); then the server drains, the workers are joined, the database closed.
+their batch back to the queue); then the server drains, the workers are joined, the database closed.
 
 A dead engine (vLLM's engine core killed, out of memory, a CUDA error; services/teacher/state.py)
-turns /readyz 503 with the reason; workers hand their job back without counting a failure; under
+turns /readyz 503 with the reason; workers hand their batch back without counting a failure; under
 `serve` the process then exits with status 75 (DSC_ON_ENGINE_DEATH=exit, the default) or builds a
 new engine (restart).
 """
@@ -46,6 +46,10 @@ SHUTDOWN_GRACE_S = 15  # the most uvicorn waits for requests in flight after SIG
 
 
 def _build_engine(settings: Settings) -> Engine:
+    if settings.teacher_threads:
+        import torch
+
+        torch.set_num_threads(settings.teacher_threads)  # process-wide: the teacher's engine and rewards
     return create_engine(settings, settings.teacher_model)
 
 

@@ -69,7 +69,7 @@ class JobView(BaseModel):
     progress: Progress
     params: dict[str, Any]
     cancel_requested: bool
-    attempt: int = Field(description="Times a worker claimed the job (> 1 after a rescue).")
+    attempt: int = Field(description="The most times one of its batches was claimed (> 1 after a rescue).")
     failures: int = Field(description="Failed batch tries so far; the job fails when one batch fails job_max_failures times.")
     error: str | None
     created_at: datetime

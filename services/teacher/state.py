@@ -3,7 +3,7 @@
 Engine health. An engine that dies (vLLM's engine core killed, out of memory, a CUDA error) is
 noticed by whoever meets it first: a job worker or synchronous call whose generate raises
 `EngineDead`, /readyz, or the watchdog thread that polls the engine every second.
-`engine_died` then, once: readiness turns 503 with the reason, workers hand their job back without
+`engine_died` then, once: readiness turns 503 with the reason, workers hand their batch back without
 counting a failure and stop claiming, and per `on_engine_death` the process exits with status 75
 (ENGINE_DEAD_EXIT_CODE) for its orchestrator to restart it, or builds a new engine in place.
 """
@@ -64,13 +64,13 @@ class TeacherState:
     def begin_shutdown(self) -> None:
         """The first step of shutdown, as soon as it is asked for (SIGTERM), before the server
         waits for requests in flight: stop taking work and end the work in flight. Workers hand
-        their job back at the next phase; an owned engine is closed at once (in a thread, so a
+        their batch back at the next phase; an owned engine is closed at once (in a thread, so a
         signal handler returns immediately), so every generate in flight ends with EngineClosed
         and synchronous calls answer 503 instead of holding the shutdown up."""
         if self.stopping.is_set():
             return
         self.stopping.set()
-        log.info("teacher shutting down: handing jobs back, ending the work in flight")
+        log.info("teacher shutting down: handing job batches back, ending the work in flight")
         if self.owns_engine and self.engine is not None:
             threading.Thread(target=self.close_engine, name="engine-close", daemon=True).start()
 

@@ -1,23 +1,29 @@
 """Background job workers: threads in the teacher process that drain the shared job queue.
 
-A worker claims a job (shared.db.queue: SKIP LOCKED on Postgres, BEGIN IMMEDIATE on SQLite), then
-walks its prompts in batches of `job_batch_size`, starting at `job.done`:
+A job is cut into batches of `job_batch_size` prompts when it is created; workers claim BATCHES
+(shared/db/job_queue.py over shared/db/queue.py: SKIP LOCKED on Postgres, BEGIN IMMEDIATE on
+SQLite), so every worker of every teacher replica on one database works on the same job at once.
+For each batch it claims, a worker does:
 
-    sample the batch        one sampler call (seed offset = batch start, so a retry repeats it)
-    commit the batch        ONE transaction: fenced progress update + chains + pairs
-    check cancel            between batches
+    sample the batch        one sampler call (seed offset = batch start, so a retry, by this
+                            worker or another, repeats the same answers)
+    commit the batch        ONE transaction: the batch's fence, chains + pairs, the job's progress;
+                            the commit that leaves no batch unfinished marks the job succeeded
 
-A heartbeat thread renews the lease while the worker samples. A worker killed mid-batch loses
-only the uncommitted batch: its lease expires, another worker (or the restarted teacher) claims
-the job and resumes at `done`. A worker that stalled past its lease finds its fence gone at
-commit time and rolls back, so nothing is written twice. A batch that raises counts as a
-failure of that batch and is tried again; a batch that fails `job_max_failures` times fails the
-job with the error recorded (the count is per batch: a committed batch starts it again, so a
-long job on a flaky remote engine is not failed by failures spread over hours). `failures` on
-the job row counts every failed try, for the record.
+A heartbeat thread renews the batch's lease while the worker samples. A worker killed mid-batch
+loses only that batch: its lease expires and another worker (or the restarted teacher) claims it.
+A worker that stalled past its lease finds its fence gone at commit time and rolls back, so
+nothing is written twice. A batch that raises counts a failure of that batch (and of the job,
+for the record) and is tried again; the job_max_failures-th failure of one batch fails the job
+with the error recorded, and its other batches are no longer claimed. A batch claimed more than
+job_max_attempts times (each holder died or stopped) fails the job too.
 
-A dead engine (state.engine_died) is not the job's fault: the worker hands the job back at once,
-without counting a failure, and claims nothing more until a new engine is in.
+Cancel: workers stop claiming a cancel-requested job's batches; one that holds a batch of it
+commits that batch, then the job is cancelled once none of its batches is held (the cancel route
+does it at once when none is; idle workers settle jobs whose holder died, after its lease).
+
+A dead engine (state.engine_died) or a shutdown is not the batch's fault: the worker hands its
+batch back at once, without counting a failure, and claims nothing more until a new engine is in.
 """
 
 from __future__ import annotations
@@ -27,62 +33,37 @@ import os
 import socket
 import threading
 import uuid
-from typing import Sequence
-
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+from collections import OrderedDict
 
 from services.teacher.logs import job_id_var
 from services.teacher.state import TeacherState
-from shared.db.models import Job
-from shared.db.queue import Heartbeat, Lease, claim, fenced_update, finish, release
-from shared.db.session import is_sqlite
-from shared.db.store import Recorded, record_chains
+from shared.db.job_queue import claim_batch, commit_batch, fail_job, hand_back, job_standing, record_failure, settle_cancelled
+from shared.db.models import Job, JobBatch
+from shared.db.queue import Heartbeat, Lease, get_row
+from shared.db.session import is_sqlite, transaction
 from shared.engines.base import dead_reason_of
 from shared.errors import DscError
-from shared.sampler import Chain
-from shared.sampling import plan_from_job, run_plan
+from shared.sampling import SamplePlan, plan_from_job, run_plan
 from shared.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-
-class _LeaseLost(Exception):
-    pass
+PLAN_CACHE = 4  # jobs whose prompts a worker keeps: a 50k-prompt job is read once, not per batch
 
 
 class _Stopping(Exception):
     """The teacher is shutting down: abandon the batch in flight (it was not committed)."""
 
 
-def commit_batch(
-    sessions: sessionmaker[Session], lease: Lease, *, task_name: str, acceptance: str, chains: Sequence[Chain], start: int, end: int
-) -> Recorded | None:
-    """Write one batch's chains and pairs and advance the job's progress, all in one transaction,
-    only while `lease` still holds. None (and nothing written) when the lease was lost."""
-    try:
-        with sessions() as session, session.begin():
-            # The fence first: it takes the job row's lock, so no rescuer can claim mid-commit.
-            if not fenced_update(session, Job, lease.row_id, lease.owner, lease.attempt, done=end):
-                raise _LeaseLost()
-            recorded = record_chains(session, job_id=lease.row_id, task_name=task_name, acceptance=acceptance, traces=chains, prompt_offset=start)
-            if recorded.pairs:
-                session.execute(
-                    update(Job).where(Job.id == lease.row_id).values(accepted=Job.accepted + recorded.pairs).execution_options(synchronize_session=False)
-                )
-            return recorded
-    except _LeaseLost:  # the transaction rolled back: nothing of this batch was written
-        return None
-
-
 class JobWorker:
-    """One worker thread. `run_once` claims and processes at most one job (tests drive it)."""
+    """One worker thread. `run_once` claims and processes at most one batch (tests drive it)."""
 
     def __init__(self, state: TeacherState, name: str = "job-worker") -> None:
         self.state = state
         self.name = name
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}:{uuid.uuid4().hex[:8]}"
         self._thread: threading.Thread | None = None
+        self._plans: OrderedDict[str, SamplePlan] = OrderedDict()
 
     # --- thread ------------------------------------------------------------------------------
 
@@ -103,99 +84,116 @@ class JobWorker:
                 continue
             try:
                 claimed = self.run_once()
-            except Exception:  # never let one bad job kill the worker
+            except Exception:  # never let one bad batch kill the worker
                 log.exception("job worker %s: unexpected error", self.name)
                 claimed = False
             if not claimed:
                 state.stopping.wait(state.settings.job_poll_seconds)
 
-    # --- one job -----------------------------------------------------------------------------
+    # --- one batch ---------------------------------------------------------------------------
 
     def run_once(self) -> bool:
+        """Claim one batch and process it; False when there was none to claim."""
         settings = self.state.settings
-        job = claim(self.state.sessions, Job, self.owner, settings.job_lease_seconds)
-        if job is None:
+        batch = claim_batch(self.state.sessions, self.owner, settings.job_lease_seconds)
+        if batch is None:
+            self._settle()  # cancel-requested jobs whose last holder died
             return False
-        lease = Lease(job.id, self.owner, job.attempt)
-        token = job_id_var.set(job.id)
+        lease = Lease(batch.id, self.owner, batch.attempt)
+        token = job_id_var.set(batch.job_id)
         try:
-            log.info("claimed job %s (attempt %d, %d/%d done)", job.id, job.attempt, job.done, job.total)
-            with Heartbeat(self.state.sessions, Job, lease.row_id, lease.owner, lease.attempt, settings.job_lease_seconds) as beat:
-                self._process(job, lease, beat)
+            log.info("claimed job %s batch %d-%d (attempt %d)", batch.job_id, batch.start, batch.end, batch.attempt)
+            with Heartbeat(self.state.sessions, JobBatch, lease.row_id, lease.owner, lease.attempt, settings.job_lease_seconds) as beat:
+                self._process(batch, lease, beat)
         finally:
             job_id_var.reset(token)
         return True
 
-    def _process(self, job: Job, lease: Lease, beat: Heartbeat) -> None:
+    def _process(self, batch: JobBatch, lease: Lease, beat: Heartbeat) -> None:
         state, settings, sessions = self.state, self.state.settings, self.state.sessions
-        if job.attempt > settings.job_max_attempts:  # each holder died or stopped mid-job: a crash loop must end
-            finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "failed",
-                   error=f"gave up after {job.attempt - 1} attempts (job_max_attempts): each worker stopped before finishing the job")
+        where = f"batch {batch.start}-{batch.end}"
+        if batch.attempt > settings.job_max_attempts:  # each holder died or stopped mid-batch: a crash loop must end
+            fail_job(sessions, lease, batch, f"{where}: gave up after {batch.attempt - 1} attempts (job_max_attempts): "
+                                             "each worker stopped before finishing it")
             return
         try:
-            with sessions() as session:
-                task = get_task(session, job.task_name)
+            plan = self._plan(batch.job_id)
         except DscError as error:  # the task is gone: no retry can help
-            finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "failed", error=error.message)
+            fail_job(sessions, lease, batch, error.message)
             return
-        plan = plan_from_job(job, task)
-        start, failures = job.done, job.failures
-        batch_failures = 0  # failed tries of the batch at `start`
-        while start < job.total:
+        while True:
             if beat.lost.is_set():
-                return  # someone else holds the job now; our uncommitted work is simply dropped
+                log.warning("job %s: lease on %s lost; dropped it", batch.job_id, where)
+                return  # someone else holds the batch now; our uncommitted work is simply dropped
             if state.stopping.is_set() or state.engine_dead is not None:
-                release(sessions, Job, lease.row_id, lease.owner, lease.attempt)
+                hand_back(sessions, lease, batch)
                 return
-            if self._cancel_requested(lease.row_id):
-                finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "cancelled")
-                log.info("job %s cancelled at %d/%d", job.id, start, job.total)
+            standing = job_standing(sessions, batch.job_id)
+            if standing is None or standing[0] not in ("queued", "running") or standing[1]:  # ended or cancel requested
+                hand_back(sessions, lease, batch)
+                self._settle(batch.job_id)
                 return
-            end = min(start + settings.job_batch_size, job.total)
             try:
                 with state.metrics.batch_seconds.time():
-                    chains = run_plan(plan, state.engine, state.rewards, prompts=plan.prompts[start:end], seed_offset=start, progress=self._check_stop)
-                recorded = commit_batch(sessions, lease, task_name=task.name, acceptance=plan.acceptance, chains=chains, start=start, end=end)
+                    chains = run_plan(plan, state.engine, state.rewards, prompts=plan.prompts[batch.start:batch.end],
+                                      seed_offset=batch.start, progress=self._check_stop)
+                recorded = commit_batch(sessions, lease, batch, task_name=plan.task.name, acceptance=plan.acceptance, chains=chains)
             except _Stopping:
-                release(sessions, Job, lease.row_id, lease.owner, lease.attempt)
+                hand_back(sessions, lease, batch)
                 return
             except Exception as error:
-                if state.stopping.is_set():  # the engine was closed under the batch: not the job's fault
-                    log.info("job %s: batch %d-%d stopped by shutdown (%s); handing the job back", job.id, start, end, error)
-                    release(sessions, Job, lease.row_id, lease.owner, lease.attempt)
+                if state.stopping.is_set():  # the engine was closed under the batch: not the batch's fault
+                    log.info("job %s: %s stopped by shutdown (%s); handing it back", batch.job_id, where, error)
+                    hand_back(sessions, lease, batch)
                     return
                 if (dead := dead_reason_of(error) or state.check_engine()) is not None:  # nor is a dead engine
                     state.engine_died(dead)
-                    log.warning("job %s: the engine died under batch %d-%d (%s); handing the job back", job.id, start, end, dead)
-                    release(sessions, Job, lease.row_id, lease.owner, lease.attempt)
+                    log.warning("job %s: the engine died under %s (%s); handing it back", batch.job_id, where, dead)
+                    hand_back(sessions, lease, batch)
                     return
-                failures += 1
-                batch_failures += 1
-                message = f"batch {start}-{end} failed: {getattr(error, 'message', None) or error!r}"
-                log.warning("job %s: %s (failure %d of %d of this batch)", job.id, message, batch_failures, settings.job_max_failures,
-                            exc_info=not isinstance(error, DscError))
+                message = f"{where} failed: {getattr(error, 'message', None) or error!r}"
                 state.metrics.batches.labels("failed").inc()
-                if batch_failures >= settings.job_max_failures:
-                    finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "failed", failures=failures,
-                           error=f"{message}; giving up after this batch failed {batch_failures} times (job_max_failures)")
-                    return
-                with sessions() as session, session.begin():
-                    if not fenced_update(session, Job, lease.row_id, lease.owner, lease.attempt, failures=failures, error=message):
-                        return
-                state.stopping.wait(min(settings.job_poll_seconds * batch_failures, 30))
+                failures = record_failure(sessions, lease, batch, message, max_failures=settings.job_max_failures)
+                log.warning("job %s: %s (failure %s of %d of this batch)", batch.job_id, message, failures, settings.job_max_failures,
+                            exc_info=not isinstance(error, DscError))
+                if failures is None or failures >= settings.job_max_failures:
+                    return  # lease lost, or the batch failed its job
+                state.stopping.wait(min(settings.job_poll_seconds * failures, 30))
                 continue
             if recorded is None:
-                log.warning("job %s: lease lost before committing batch %d-%d; dropped it", job.id, start, end)
+                log.warning("job %s: lease lost or job ended before committing %s; dropped it", batch.job_id, where)
                 return
             state.metrics.batches.labels("committed").inc()
             state.metrics.observe_chains(chains, "job")
-            start, batch_failures = end, 0
-        if finish(sessions, Job, lease.row_id, lease.owner, lease.attempt, "succeeded"):
-            log.info("job %s succeeded", job.id)
+            self._after_commit(batch.job_id)
+            return
 
-    def _cancel_requested(self, job_id: str) -> bool:
+    def _after_commit(self, job_id: str) -> None:
+        standing = job_standing(self.state.sessions, job_id)
+        if standing is not None and standing[0] == "succeeded":
+            log.info("job %s succeeded", job_id)
+        elif standing is not None and standing[1]:
+            self._settle(job_id)
+
+    def _settle(self, job_id: str | None = None) -> None:
+        with transaction(self.state.sessions) as session:
+            cancelled = settle_cancelled(session, job_id)
+        for cancelled_id in cancelled:
+            log.info("job %s cancelled", cancelled_id)
+
+    def _plan(self, job_id: str) -> SamplePlan:
+        """The job's plan (params and all its prompts), read once per job and kept for its batches."""
+        if job_id in self._plans:
+            self._plans.move_to_end(job_id)
+            return self._plans[job_id]
         with self.state.sessions() as session:
-            return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+            job = get_row(session, Job, job_id, "job")
+            task = get_task(session, job.task_name)
+            plan = plan_from_job(job, task)
+        self._plans[job_id] = plan
+        if len(self._plans) > PLAN_CACHE:
+            self._plans.popitem(last=False)
+        return plan
 
     def _check_stop(self, _phase: str, _done: int, _total: int) -> None:
         if self.state.stopping.is_set():
@@ -213,6 +211,6 @@ def start_workers(state: TeacherState) -> list[JobWorker]:
 
 def stop_workers(workers: list[JobWorker], timeout: float = 30.0) -> None:
     """Wait for workers to leave (the caller has set state.stopping; a batch in flight stops at its
-    next sampler phase and hands its job back to the queue)."""
+    next sampler phase and is handed back to the queue)."""
     for worker in workers:
         worker.join(timeout)

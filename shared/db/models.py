@@ -49,8 +49,9 @@ class Task(Base):
 class Job(Base):
     """One sampling request: a background job, a synchronous API call or a CLI run.
 
-    Queue fields (lease_owner, lease_expires_at, attempt) let several workers share the table:
-    a worker may write only while it holds the lease it claimed.
+    A background job is cut into batches (JobBatch) when it is created; workers claim batches,
+    not jobs (shared/db/job_queue.py), so many workers share one job. The job row keeps the
+    progress every batch commit adds to, and the outcome.
     """
 
     __tablename__ = "jobs"
@@ -69,11 +70,42 @@ class Job(Base):
     total: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[int] = mapped_column(Integer, default=0)
     accepted: Mapped[int] = mapped_column(Integer, default=0)
+    # Prompts per batch, fixed when the job was cut (None for sync and CLI runs, which have no batches).
+    batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # the most claims of any one of its batches
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # failed batch tries, all batches together
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class JobBatch(Base):
+    """Prompts [start, end) of a job: the unit job workers claim, each with its own lease (see queue.py).
+
+    Statuses: queued, running (leased), succeeded (committed with its chains), failed (it failed
+    job_max_failures times and failed its job). Batches of a job that ended keep their status and
+    are never claimed again.
+    """
+
+    __tablename__ = "job_batches"
+    __table_args__ = (
+        UniqueConstraint("job_id", "start", name="uq_job_batches_job_start"),
+        Index("ix_job_batches_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    start: Mapped[int] = mapped_column(Integer)
+    end: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # Who committed it (the lease owner at commit time): lease_owner is cleared when a batch ends.
+    committed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)

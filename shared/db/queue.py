@@ -16,9 +16,9 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import utcnow
@@ -48,31 +48,53 @@ def _claimable(model: type, now):
     )
 
 
-def claim(factory: sessionmaker[Session], model: type[Row], owner: str, lease_seconds: float) -> Row | None:
-    """Take the oldest claimable row (queued, or running with an expired lease), or None."""
+class _Refused(Exception):
+    """on_claim turned the claim down: roll the claim back."""
+
+
+def claim(
+    factory: sessionmaker[Session],
+    model: type[Row],
+    owner: str,
+    lease_seconds: float,
+    *,
+    candidates: Select | None = None,
+    on_claim: Callable[[Session, Row], bool] | None = None,
+) -> Row | None:
+    """Take the first claimable row (queued, or running with an expired lease), or None.
+
+    `candidates` is a SELECT of `model.id` with any extra joins, filters and order (default: all
+    rows, oldest first); the claimable filter, LIMIT 1 and the row lock are added here.
+    `on_claim(session, row)` runs inside the claim's transaction (e.g. to mark a parent row); when
+    it returns False the claim is rolled back and None returned."""
     now = utcnow()
     expires = now + timedelta(seconds=lease_seconds)
-    with factory() as session, session.begin():
-        if session.get_bind().dialect.name == "postgresql":
-            row_id = session.scalar(
-                select(model.id).where(_claimable(model, now)).order_by(model.created_at).limit(1).with_for_update(skip_locked=True)
-            )
-            if row_id is None:
+    query = (candidates if candidates is not None else select(model.id).order_by(model.created_at)).where(_claimable(model, now)).limit(1)
+    try:
+        with factory() as session, session.begin():
+            if session.get_bind().dialect.name == "postgresql":
+                row_id = session.scalar(query.with_for_update(skip_locked=True, of=model))
+                if row_id is None:
+                    return None
+                target = model.id == row_id
+            else:  # BEGIN IMMEDIATE (session.py) already holds SQLite's one write lock
+                target = model.id == query.scalar_subquery()
+            claimed = session.scalars(
+                update(model)
+                .where(target)
+                .values(status="running", lease_owner=owner, lease_expires_at=expires, attempt=model.attempt + 1)
+                .returning(model)
+                .execution_options(synchronize_session=False)
+            ).one_or_none()
+            if claimed is None:
                 return None
-            target = model.id == row_id
-        else:
-            oldest = select(model.id).where(_claimable(model, now)).order_by(model.created_at).limit(1).scalar_subquery()
-            target = model.id == oldest
-        claimed = session.scalars(
-            update(model)
-            .where(target)
-            .values(status="running", lease_owner=owner, lease_expires_at=expires, attempt=model.attempt + 1)
-            .returning(model)
-            .execution_options(synchronize_session=False)
-        ).one_or_none()
-        if claimed is not None and claimed.started_at is None:
-            claimed.started_at = now
-        return claimed
+            if claimed.started_at is None:
+                claimed.started_at = now
+            if on_claim is not None and not on_claim(session, claimed):
+                raise _Refused()
+            return claimed
+    except _Refused:
+        return None
 
 
 def fence(model: type, row_id: Any, owner: str, attempt: int):

@@ -8,9 +8,10 @@ from collections import Counter
 
 from sqlalchemy import select
 
-from services.teacher.worker import JobWorker, Lease, commit_batch
-from shared.db.models import Chain, Job, Pair
-from shared.db.queue import claim
+from services.teacher.worker import JobWorker
+from shared.db.job_queue import add_job, cancel_job, claim_batch, commit_batch
+from shared.db.models import Chain, Job, JobBatch, Pair
+from shared.db.queue import Lease
 from shared.db.session import transaction
 from shared.sampler import Chain as ChainTrace, Step
 from shared.sampling import RewardPool
@@ -56,17 +57,27 @@ class BrokenEngine:
         pass
 
 
-def enqueue(sessions, prompts: list[str], **params) -> str:
+def enqueue(sessions, prompts: list[str], batch_size: int = 2, **params) -> str:
     with transaction(sessions) as session:
-        job = Job(kind="job", task_name="sentiment", params={**PARAMS, **params}, prompts=prompts, total=len(prompts))
-        session.add(job)
-        session.flush()
-        return job.id
+        return add_job(session, task_name="sentiment", params={**PARAMS, **params}, prompts=prompts, batch_size=batch_size).id
 
 
 def load(sessions, job_id: str) -> Job:
     with sessions() as session:
         return session.get(Job, job_id)
+
+
+def batches(sessions, job_id: str) -> list[JobBatch]:
+    with sessions() as session:
+        return list(session.scalars(select(JobBatch).where(JobBatch.job_id == job_id).order_by(JobBatch.start)))
+
+
+def drain(worker: JobWorker) -> int:
+    """run_once until nothing is left to claim; returns how many batches it took."""
+    taken = 0
+    while worker.run_once():
+        taken += 1
+    return taken
 
 
 def stored(sessions, job_id: str) -> tuple[list[int], int, int]:
@@ -92,14 +103,16 @@ def test_two_workers_share_the_queue_and_process_each_prompt_once(make_state, po
             worker.join(60)
     # Every prompt answered exactly once across both workers, and stored exactly once.
     assert len(engine.initial) == 6 and set(engine.initial.values()) == {1}
-    owners = set()
     for job_id in jobs:
         job = load(state.sessions, job_id)
         indexes, accepted, pairs = stored(state.sessions, job_id)
         assert (job.done, job.total, job.attempt, job.failures) == (sizes[job_id], sizes[job_id], 1, 0)
         assert indexes == list(range(sizes[job_id])) and pairs == accepted == job.accepted
-        owners.add(job.lease_owner)
-    assert owners == {None}  # leases released at finish
+        rows = batches(state.sessions, job_id)
+        assert [(b.start, b.end, b.status, b.attempt, b.lease_owner) for b in rows] == [
+            (start, min(start + 2, sizes[job_id]), "succeeded", 1, None) for start in range(0, sizes[job_id], 2)
+        ]  # leases released at commit
+        assert {b.committed_by for b in rows} <= {worker.owner for worker in workers}
 
 
 def _trace(prompt_index: int, accepted: bool = True) -> ChainTrace:
@@ -110,28 +123,28 @@ def _trace(prompt_index: int, accepted: bool = True) -> ChainTrace:
 
 
 def test_a_stalled_worker_cannot_commit_after_a_rescue(make_state, db_url):
-    """Worker A's lease expires mid-batch and B takes the job over: A's late commit is fenced out
-    (rolled back whole), B's commit lands, and B re-committing the same batch (a retry) adds
-    nothing: each prompt is stored once."""
+    """Worker A's lease on a batch expires mid-batch and B takes the batch over: A's late commit is
+    fenced out (rolled back whole), B's commit lands, and a second commit of the same batch (a
+    retry) is refused: each prompt is stored once and counted once."""
     state = make_state(db_url)
-    job_id = enqueue(state.sessions, ["p0", "p1", "p2"])
-    stalled = claim(state.sessions, Job, "A", lease_seconds=0.2)
+    job_id = enqueue(state.sessions, ["p0", "p1", "p2"])  # batches 0-2 and 2-3
+    stalled = claim_batch(state.sessions, "A", lease_seconds=0.2)
     time.sleep(0.4)
-    rescuer = claim(state.sessions, Job, "B", lease_seconds=60)
-    assert rescuer.id == stalled.id == job_id and rescuer.attempt == 2
-    a, b = Lease(job_id, "A", stalled.attempt), Lease(job_id, "B", rescuer.attempt)
-    batch = [_trace(0), _trace(1, accepted=False)]
+    rescuer = claim_batch(state.sessions, "B", lease_seconds=60)
+    assert rescuer.id == stalled.id and (rescuer.job_id, rescuer.start, rescuer.end, rescuer.attempt) == (job_id, 0, 2, 2)
+    a, b = Lease(stalled.id, "A", stalled.attempt), Lease(rescuer.id, "B", rescuer.attempt)
+    traces = [_trace(0), _trace(1, accepted=False)]
 
-    assert commit_batch(state.sessions, a, task_name="sentiment", acceptance="always", chains=batch, start=0, end=2) is None
+    assert commit_batch(state.sessions, a, stalled, task_name="sentiment", acceptance="always", chains=traces) is None
     assert stored(state.sessions, job_id) == ([], 0, 0) and load(state.sessions, job_id).done == 0
 
-    first = commit_batch(state.sessions, b, task_name="sentiment", acceptance="always", chains=batch, start=0, end=2)
+    first = commit_batch(state.sessions, b, rescuer, task_name="sentiment", acceptance="always", chains=traces)
     assert (first.chains, first.pairs) == (2, 1)
-    again = commit_batch(state.sessions, b, task_name="sentiment", acceptance="always", chains=batch, start=0, end=2)
-    assert (again.chains, again.pairs) == (0, 0)
+    assert commit_batch(state.sessions, b, rescuer, task_name="sentiment", acceptance="always", chains=traces) is None
     job = load(state.sessions, job_id)
-    assert (job.done, job.accepted) == (2, 1)
+    assert (job.status, job.done, job.accepted, job.attempt) == ("running", 2, 1, 2)  # batch 2-3 still to do
     assert stored(state.sessions, job_id) == ([0, 1], 1, 1)
+    assert [(row.status, row.committed_by) for row in batches(state.sessions, job_id)] == [("succeeded", "B"), ("queued", None)]
 
 
 def test_failed_batches_are_retried_then_the_job_fails_with_the_error(make_state, tmp_path, tf_engine):
@@ -141,7 +154,9 @@ def test_failed_batches_are_retried_then_the_job_fails_with_the_error(make_state
     job = load(state.sessions, job_id)
     assert (job.status, job.failures, job.done) == ("failed", 2, 0)
     assert "engine exploded" in job.error and "job_max_failures" in job.error
-    assert job.lease_owner is None and job.finished_at is not None
+    assert job.finished_at is not None
+    [batch] = batches(state.sessions, job_id)
+    assert (batch.status, batch.failures, batch.lease_owner) == ("failed", 2, None) and "engine exploded" in batch.error
     assert stored(state.sessions, job_id) == ([], 0, 0)
 
 
@@ -182,15 +197,16 @@ def test_failures_are_counted_per_batch_not_over_the_whole_job(make_state, tmp_p
     never that many for one batch, so the job succeeds; every failure stays on record."""
     engine = FirstTryFailsEngine(tf_engine)
     state = make_state(f"sqlite:///{tmp_path / 'q.db'}", engine, job_batch_size=1, job_max_failures=2, job_poll_seconds=0.01)
-    job_id = enqueue(state.sessions, ["Review a film.", "Review a play.", "Review a book."])
-    assert JobWorker(state).run_once()
+    job_id = enqueue(state.sessions, ["Review a film.", "Review a play.", "Review a book."], batch_size=1)
+    assert drain(JobWorker(state)) == 3
     job = load(state.sessions, job_id)
     assert (job.status, job.done, job.failures, engine.failed) == ("succeeded", 3, 3, 3), job.error
+    assert [row.failures for row in batches(state.sessions, job_id)] == [1, 1, 1]
     assert "remote model unavailable (failure 3)" in job.error
     assert stored(state.sessions, job_id)[0] == [0, 1, 2]
 
 
-def test_shutdown_mid_batch_hands_the_job_back_to_the_queue(make_state, tmp_path, tf_engine):
+def test_shutdown_mid_batch_hands_the_batch_back_to_the_queue(make_state, tmp_path, tf_engine):
     state = make_state(f"sqlite:///{tmp_path / 'q.db'}")
     engine = BrokenEngine(tf_engine, failures=0, on_call=state.stopping.set)  # shutdown begins during the first call
     state.engine = engine
@@ -198,24 +214,77 @@ def test_shutdown_mid_batch_hands_the_job_back_to_the_queue(make_state, tmp_path
     job_id = enqueue(state.sessions, ["Review a film.", "Review a play."])
     assert JobWorker(state).run_once()
     job = load(state.sessions, job_id)
-    assert (job.status, job.lease_owner, job.done, job.attempt) == ("queued", None, 0, 1)
+    assert (job.status, job.done, job.attempt, job.failures) == ("queued", 0, 1, 0)
+    [batch] = batches(state.sessions, job_id)
+    assert (batch.status, batch.lease_owner, batch.attempt, batch.failures) == ("queued", None, 1, 0)
     assert engine.calls == 1  # stopped after the phase in flight, not at the end of the batch
     assert stored(state.sessions, job_id) == ([], 0, 0)
     state.stopping.clear()
-    assert claim(state.sessions, Job, "next", 60).id == job_id  # claimable at once, no lease to wait out
+    assert claim_batch(state.sessions, "next", 60).id == batch.id  # claimable at once, no lease to wait out
 
 
 def test_a_job_whose_workers_keep_dying_fails_after_job_max_attempts(make_state, tmp_path, tf_engine):
-    """Two claims whose holders vanish (leases run out), then a third claim over the cap: the job
-    fails with the reason instead of being resumed forever; the engine is never called for it."""
+    """Two claims of a batch whose holders vanish (leases run out), then a third claim over the
+    cap: the job fails with the reason instead of being resumed forever; the engine is never
+    called for it."""
     engine = BrokenEngine(tf_engine, failures=0)
     state = make_state(f"sqlite:///{tmp_path / 'q.db'}", engine, job_max_attempts=2)
     job_id = enqueue(state.sessions, ["Review a film."])
     for owner in ("dies-1", "dies-2"):
-        assert claim(state.sessions, Job, owner, lease_seconds=0.05).id == job_id
+        assert claim_batch(state.sessions, owner, lease_seconds=0.05).job_id == job_id
         time.sleep(0.1)
     assert JobWorker(state).run_once()
     job = load(state.sessions, job_id)
     assert (job.status, job.attempt, job.done) == ("failed", 3, 0)
-    assert "job_max_attempts" in job.error and "gave up after 2 attempts" in job.error
-    assert engine.calls == 0 and job.lease_owner is None
+    assert "job_max_attempts" in job.error and "gave up after 2 attempts" in job.error and "batch 0-1" in job.error
+    assert engine.calls == 0
+    assert [(row.status, row.lease_owner) for row in batches(state.sessions, job_id)] == [("failed", None)]
+
+
+def test_a_batch_that_fails_job_max_failures_times_fails_the_job_and_its_other_batches_wait_no_more(make_state, tmp_path, tf_engine):
+    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", BrokenEngine(tf_engine), job_max_failures=2, job_poll_seconds=0.01)
+    job_id = enqueue(state.sessions, ["Review a film.", "Review a play.", "Review a book."])
+    worker = JobWorker(state)
+    assert worker.run_once()
+    assert not worker.run_once()  # batch 2-3 is not claimed: its job failed
+    job = load(state.sessions, job_id)
+    assert (job.status, job.failures, job.done) == ("failed", 2, 0) and "batch 0-2 failed" in job.error
+    assert [(row.status, row.attempt) for row in batches(state.sessions, job_id)] == [("failed", 1), ("queued", 0)]
+
+
+def test_cancel_while_a_batch_is_in_flight_commits_it_then_cancels_the_job(make_state, tmp_path, tf_engine):
+    """The cancel arrives during the first batch's sampling: that batch is committed, the job is
+    then cancelled by the worker, and no other batch of it is claimed."""
+    state = make_state(f"sqlite:///{tmp_path / 'q.db'}")
+
+    def cancel_once() -> None:
+        if not cancelled:
+            cancelled.append(True)
+            with transaction(state.sessions) as session:
+                cancel_job(session, job_id)
+
+    cancelled: list[bool] = []
+    state.engine, state.rewards = BrokenEngine(tf_engine, failures=0, on_call=cancel_once), RewardPool()
+    job_id = enqueue(state.sessions, ["Review a film.", "Review a play.", "Review a book.", "Review a song."])
+    worker = JobWorker(state)
+    assert worker.run_once()
+    job = load(state.sessions, job_id)
+    assert (job.status, job.cancel_requested, job.done) == ("cancelled", True, 2) and job.finished_at is not None
+    assert stored(state.sessions, job_id)[0] == [0, 1]
+    assert not worker.run_once()
+    assert [row.status for row in batches(state.sessions, job_id)] == ["succeeded", "queued"]
+
+
+def test_a_cancelled_job_whose_batch_holder_died_is_cancelled_once_its_lease_runs_out(make_state, db_url):
+    state = make_state(db_url, job_poll_seconds=0.01)
+    job_id = enqueue(state.sessions, ["p0", "p1", "p2"])
+    assert claim_batch(state.sessions, "dies", lease_seconds=0.3).start == 0
+    with transaction(state.sessions) as session:
+        cancel_job(session, job_id)
+    job = load(state.sessions, job_id)
+    assert (job.status, job.cancel_requested) == ("running", True)  # a live lease: its holder may still commit
+    worker = JobWorker(state)
+    assert not worker.run_once() and load(state.sessions, job_id).status == "running"
+    time.sleep(0.4)
+    assert not worker.run_once()  # nothing to claim; the idle worker settles the job
+    assert load(state.sessions, job_id).status == "cancelled"

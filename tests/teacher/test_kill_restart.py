@@ -1,5 +1,5 @@
-"""A teacher process SIGKILLed mid-job and started again: the job resumes from the last
-committed batch and completes, with every prompt stored once and pairs = accepted chains.
+"""A teacher process SIGKILLed mid-job and started again: the batch it held is rescued once its
+lease runs out, the job completes, with every prompt stored once and pairs = accepted chains.
 
 Real processes (`dsc teacher serve`), the real model, a real Postgres, a short lease."""
 
@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import func, select
 
 from live_server import wait_ready
-from shared.db.models import Chain, Job, Pair
+from shared.db.models import Chain, Job, JobBatch, Pair
 from shared.db.session import make_engine, session_factory
 
 CLIENT_KEY, ADMIN_TOKEN = "kill-test-client", "kill-test-admin"
@@ -61,6 +61,10 @@ def test_sigkilled_teacher_resumes_the_job_after_restart(tmp_path, model_store, 
         with sessions() as session:
             return session.get(Job, job_id)
 
+    def held_batches(job_id: str) -> list[JobBatch]:
+        with sessions() as session:
+            return list(session.scalars(select(JobBatch).where(JobBatch.job_id == job_id, JobBatch.status == "running")))
+
     log_path = tmp_path / "teacher-1.log"
     port = unused_port()
     first = _start(port, env, log_path)
@@ -72,15 +76,15 @@ def test_sigkilled_teacher_resumes_the_job_after_restart(tmp_path, model_store, 
                               json={"task": "sentiment", "prompts": prompts, "acceptance": "always", "max_tokens": 4, "seed": 11})
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
-        # Kill as soon as the first batch is committed: the worker is then inside the second.
-        waiter(lambda: job_row(job_id).done >= 1, 240, "the first batch to commit", 0.05)
+        # Kill as soon as the first batch is committed and the worker is inside the second.
+        waiter(lambda: job_row(job_id).done >= 1 and held_batches(job_id), 240, "the first batch to commit", 0.05)
         first.send_signal(signal.SIGKILL)
         first.wait(30)
     finally:
         if first.poll() is None:
             first.kill()
-    killed = job_row(job_id)
-    assert killed.status == "running" and killed.lease_owner is not None  # left behind, lease still held
+    killed, held = job_row(job_id), held_batches(job_id)
+    assert killed.status == "running" and len(held) == 1 and held[0].lease_owner is not None  # left behind, lease still held
     assert 1 <= killed.done < 3, "the job finished before the kill; make its batches slower"
 
     log_path = tmp_path / "teacher-2.log"

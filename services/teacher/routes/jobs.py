@@ -16,7 +16,7 @@ from services.teacher.deps import DbSession, State
 from services.teacher.limits import check_plan
 from services.teacher.protocol import JobCreated, JobList, JobStatus, JobView
 from shared.db.models import Job
-from shared.db.queue import cancel_row
+from shared.db.job_queue import add_job, cancel_job
 from shared.errors import InvalidRequest, NotFound, Overloaded
 from shared.sampling import plan_sample
 from shared.schemas import SampleRequest
@@ -50,9 +50,8 @@ def submit(request: SampleRequest, caller: ClientCaller, state: State) -> JSONRe
                 f"the job queue is full: {queued} jobs queued (max_queued_jobs {settings.max_queued_jobs})",
                 retry_after=QUEUE_FULL_RETRY_AFTER_S,
             )
-        job = Job(kind="job", owner=caller.key_id, task_name=plan.task.name, status="queued", params=plan.job_params(), prompts=plan.prompts, total=len(plan.prompts))
-        session.add(job)
-        session.flush()
+        job = add_job(session, task_name=plan.task.name, params=plan.job_params(), prompts=plan.prompts,
+                      batch_size=settings.job_batch_size, owner=caller.key_id)
         created = JobCreated(id=job.id, status="queued")
     return JSONResponse(created.model_dump(), status_code=202, headers={"Location": f"/v1/jobs/{created.id}"})
 
@@ -86,10 +85,11 @@ def show(job_id: str, caller: ClientCaller, session: DbSession) -> JobView:
 
 @router.post("/{job_id}/cancel", response_model=JobView)
 def cancel(job_id: str, caller: ClientCaller, state: State) -> JobView:
-    """A queued job is cancelled at once; a running one stops before its next batch (what was
-    committed stays). Cancelling a cancelled job is a no-op; a finished one is 409."""
+    """A queued job is cancelled at once; a running one stops claiming batches, and is cancelled
+    once the batches in flight are committed (what was committed stays; at once when no batch of
+    it is held). Cancelling a cancelled job is a no-op; a finished one is 409."""
     with state.sessions() as session, session.begin():
         _load(session, job_id, caller)  # another key's job is a 404, and stays uncancelled
-        cancel_row(session, Job, job_id, "job")
+        cancel_job(session, job_id)
     with state.sessions() as session:
         return JobView.of(_load(session, job_id, caller))

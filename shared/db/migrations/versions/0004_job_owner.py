@@ -1,13 +1,13 @@
 """jobs.owner: the key id of the client that created a job (its jobs and pairs are its own)
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = '0004'
-down_revision = '0002'  # re-parented onto 0003 at merge
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 
