@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench clean-venv
+.PHONY: install test demo bench gpu-smoke clean-venv
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/sampler.py
+
+# On a machine with an NVIDIA GPU and the GPU stack (README, "GPUs"); not after `make install`,
+# whose CPU torch cannot use a GPU. Refuses (status 2) where there is no GPU.
+gpu-smoke:
+	PYTHON=$(BIN)/python bench/gpu_smoke.sh $(GPU_SMOKE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

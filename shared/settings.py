@@ -6,7 +6,6 @@ or by the CLI, which builds the object with overrides.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -14,22 +13,11 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+from shared.device import DeviceChoice, preferred_dtype  # noqa: F401  (preferred_dtype: re-exported)
 from shared.keys import configured_digest
 
 EngineName = Literal["auto", "vllm", "transformers", "openai"]
 BUNDLED_MODEL = "smollm2-135m-instruct"
-
-
-def preferred_dtype() -> str:
-    """bfloat16 on a GPU or on x86 CPUs with AVX-512 BF16 / AMX; float32 elsewhere, where bf16 is
-    emulated (vLLM-CPU then falls back from oneDNN to plain torch kernels)."""
-    if shutil.which("nvidia-smi") or Path("/proc/driver/nvidia").exists():
-        return "bfloat16"
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "float32"
-    return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
 def _default_data_dir() -> Path:
@@ -46,8 +34,9 @@ class Settings(BaseSettings):
     teacher_model: str = BUNDLED_MODEL
     student_base_model: str = BUNDLED_MODEL
     engine: EngineName = "auto"
-    dtype: Literal["auto", "bfloat16", "float32"] = Field(
-        "auto", description="Model weights' dtype; auto: bfloat16 where the hardware computes it natively, else float32."
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Served models' dtype; auto: bfloat16 where the hardware computes it natively (a GPU of compute "
+        "capability 8.0+, a CPU with AVX-512 BF16 / AMX), float16 on an older GPU, else float32 (shared.device)."
     )
 
     # vLLM on CPU reserves memory by this fraction even without a GPU (DESIGN §4).
@@ -62,6 +51,13 @@ class Settings(BaseSettings):
     vllm_enforce_eager: bool = False
     vllm_max_model_len: int = 2048
     vllm_cpu_threads_bind: str | None = Field(None, description="e.g. '0-1'; default: all cores of this machine.")
+    vllm_tensor_parallel_size: int = Field(
+        1, description="GPUs each vLLM engine (teacher, student, the trainer's evaluation) splits every layer over (vLLM tensor_parallel_size)."
+    )
+    vllm_pipeline_parallel_size: int = Field(
+        1, description="Groups of layers each vLLM engine spreads over further GPUs (vLLM pipeline_parallel_size); "
+        "an engine uses tensor x pipeline GPUs."
+    )
 
     openai_base_url: str | None = Field(None, description="Base URL of a remote OpenAI-compatible server (engine=openai).")
     openai_api_key: str = "EMPTY"
@@ -138,7 +134,17 @@ class Settings(BaseSettings):
         "small, because the teacher's and the student's engines may hold theirs on the same GPU. On CPU the KV cache "
         "is sized by vllm_kv_cache_gib instead.",
     )
-    trainer_threads: int | None = Field(None, description="torch CPU threads of the trainer; default: torch's choice (all cores).")
+    trainer_threads: int | None = Field(
+        None, description="torch CPU threads of the trainer; default: torch's choice (all cores), and with several "
+        "training processes on the CPU an equal share of the cores each.")
+    trainer_device: DeviceChoice = Field(
+        "auto", description="Where the trainer trains and evaluates with transformers: auto (CUDA when torch sees a CUDA "
+        "device, else the CPU), cpu or cuda (an error where there is none). vLLM evaluation engines pick their device themselves.",
+    )
+    trainer_processes: int = Field(
+        1, description="Data-parallel training processes per run (torch DDP, launched by torch.distributed's elastic "
+        "launcher): one per GPU on CUDA (NCCL), any number on the CPU (gloo). The run's batch_size is split across them.",
+    )
     distill_min_pairs: int = Field(8, description="Fewest accepted pairs a distillation may train on (POST /admin/distillations).")
     distill_max_steps: int = Field(100_000, description="Most optimizer steps one run may ask for.")
     distill_max_queued: int = Field(20, description="Queued runs before POST /admin/distillations answers 429.")
@@ -172,6 +178,13 @@ class Settings(BaseSettings):
     @classmethod
     def _resolve_dtype(cls, value: str) -> str:
         return preferred_dtype() if value == "auto" else value
+
+    @field_validator("vllm_tensor_parallel_size", "vllm_pipeline_parallel_size", "trainer_processes")
+    @classmethod
+    def _at_least_one(cls, value: int, info) -> int:
+        if value < 1:
+            raise ValueError(f"{info.field_name} must be at least 1 (1: no parallelism), got {value}")
+        return value
 
     @field_validator("api_keys", "reward_http_allow", mode="before")
     @classmethod

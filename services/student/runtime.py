@@ -322,7 +322,7 @@ class TransformersRuntime:
 
     def start(self, prompt_ids: list[int], params: RowParams, adapter: str | None) -> RowStream:
         stream = RowStream(asyncio.get_running_loop())
-        generator = self._torch.Generator()
+        generator = self._torch.Generator(device=self.model.device)  # sampling runs where the logits are
         if params.seed is not None:
             generator.manual_seed(params.seed)
         else:
@@ -335,8 +335,9 @@ class TransformersRuntime:
         try:
             pad = self.tokenizer.pad_token_id
             width = max(len(row.prompt_ids) for row in rows)
-            input_ids = torch.tensor([[pad] * (width - len(row.prompt_ids)) + row.prompt_ids for row in rows])
-            attention = torch.tensor([[0] * (width - len(row.prompt_ids)) + [1] * len(row.prompt_ids) for row in rows])
+            device = self.model.device
+            input_ids = torch.tensor([[pad] * (width - len(row.prompt_ids)) + row.prompt_ids for row in rows], device=device)
+            attention = torch.tensor([[0] * (width - len(row.prompt_ids)) + [1] * len(row.prompt_ids) for row in rows], device=device)
             tracker = _RowTracker(rows, self.tokenizer, self._eos_ids)
             options: dict = dict(
                 input_ids=input_ids,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from services.student.runtime import Delta, Failed, Finished, RowParams, RowStream
 from shared.engines.base import EngineDead
-from shared.engines.vllm_engine import async_llm_death, engine_options, engine_processes, is_engine_dead_error
+from shared.engines.vllm_engine import async_llm_death, engine_options, engine_processes, engine_settings, is_engine_dead_error
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,13 @@ class VLLMRuntime:
         cpu_threads_bind: str | None = None,
         max_loras: int = 4,
         max_lora_rank: int = 64,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
     ) -> None:
         options = engine_options(
             str(base_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-            max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, cpu_threads_bind=cpu_threads_bind, max_loras=max_loras, max_lora_rank=max_lora_rank,
+            max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, cpu_threads_bind=cpu_threads_bind, max_loras=max_loras,
+            max_lora_rank=max_lora_rank, tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
         )
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -67,13 +70,8 @@ class VLLMRuntime:
 
     @classmethod
     def from_settings(cls, path: Path, settings: Settings) -> "VLLMRuntime":
-        return cls(
-            path, dtype=settings.dtype, gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-            enforce_eager=settings.vllm_enforce_eager, max_model_len=settings.vllm_max_model_len,
-            kv_cache_gib=settings.vllm_kv_cache_gib, cpu_threads_bind=settings.vllm_cpu_threads_bind,
-            max_loras=settings.student_max_loras,
-            max_lora_rank=_supported_rank(settings.student_max_lora_rank),
-        )
+        return cls(path, **engine_settings(settings), max_loras=settings.student_max_loras,
+                   max_lora_rank=_supported_rank(settings.student_max_lora_rank))
 
     def queue_depth(self) -> int:
         return self.engine.get_num_unfinished_requests()

@@ -94,9 +94,9 @@ class DistillationConfig(BaseModel):
         256, ge=16, le=32768,
         description="Longest prompt+answer in tokens; longer answers are cut, pairs whose prompt alone does not fit are skipped.",
     )
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="Base weights' dtype while training and evaluating (LoRA weights are float32 either way). "
-        "float32 by default: a bf16 backward pass on CPU measured 6-20x slower here.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Base weights' dtype while training (LoRA weights are float32 either way). auto: bfloat16 on a "
+        "GPU that computes it, float32 on the CPU, where a bf16 backward pass measured 6-20x slower here.")
     seed: int = Field(0, description="Seeds the held-out split, the data order, LoRA init and evaluation sampling.")
     save_steps: int = Field(
         10, ge=1,

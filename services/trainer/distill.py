@@ -14,8 +14,11 @@ written atomically under `checkpoints/step-NNNNNN`; a run that starts and finds 
 the newest, and because the batch order is a pure function of (seed, step), the resumed run sees
 exactly the batches the killed one would have.
 
-Training runs in float32 by default: on the CPUs here a LoRA backward pass in bfloat16 (pure or
-autocast) was 15-20x slower than in float32 (torch 2.13 CPU).
+Device and dtype (shared.device): CUDA when torch sees a GPU, else the CPU (or as forced);
+`dtype: auto` trains the base weights in bfloat16 on a GPU that computes it and in float32
+elsewhere: on the CPUs here a LoRA backward pass in bfloat16 (pure or autocast) was 15-20x slower
+than in float32 (torch 2.13 CPU). With `processes > 1` the run trains data-parallel (parallel.py);
+the loop below is the same on every rank.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from services.trainer.config import DistillationConfig
-from services.trainer.data import Example, batch_indices, collate, steps_per_epoch, tokenize_all
+from services.trainer.data import IGNORE_INDEX, Example, Tokenized, batch_indices, collate, steps_per_epoch, tokenize_all
+from services.trainer.parallel import Ranks, params_digest
+from shared.device import check_processes, resolve_device, training_dtype
 from shared.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -79,14 +84,14 @@ def load_tokenizer(base_path: Path):
     return tokenizer
 
 
-def build_model(config: DistillationConfig, base_path: Path):
-    """The base model with LoRA attached (or all weights trainable for method=full)."""
+def build_model(config: DistillationConfig, base_path: Path, dtype: str = "float32"):
+    """The base model with LoRA attached (or all weights trainable for method=full), in `dtype`."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, config.dtype))
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
     if config.method == "full":
-        model = model.float() if config.dtype == "float32" else model
+        model = model.float() if dtype == "float32" else model
         return model
     from peft import LoraConfig, get_peft_model
 
@@ -110,9 +115,22 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, losses: list) -> Path:
+def _rng_state(ranks: Ranks) -> dict:
     import torch
 
+    state = {"cpu": torch.get_rng_state()}
+    if ranks.device_type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(ranks.device)
+    return state
+
+
+def _save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, losses: list, ranks: Ranks = Ranks()) -> Path | None:
+    """Every rank calls this (their random states are gathered); rank 0 writes."""
+    import torch
+
+    rng_ranks = ranks.gather(_rng_state(ranks))
+    if not ranks.main:
+        return None
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"step-{step:06d}"
@@ -124,7 +142,7 @@ def _save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loss
     trainable = {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
     torch.save(
         {"step": step, "trainable": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-         "rng": torch.get_rng_state(), "losses": losses},
+         "rng": rng_ranks[0]["cpu"], "rng_ranks": rng_ranks, "losses": losses},
         tmp / "state.pt",
     )
     try:
@@ -136,17 +154,22 @@ def _save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loss
     return target
 
 
-def _load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list]:
+def _load_checkpoint(path: Path, model, optimizer, scheduler, ranks: Ranks = Ranks()) -> tuple[int, list]:
     import torch
 
-    state = torch.load(path / "state.pt", weights_only=False)
+    state = torch.load(path / "state.pt", weights_only=False, map_location="cpu")
     missing = set(state["trainable"]) - {name for name, _ in model.named_parameters()}
     if missing:
         raise InvalidRequest(f"checkpoint {path} does not fit this model ({len(missing)} unknown weights)")
     model.load_state_dict(state["trainable"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
+    # Each rank's own random state where the checkpoint has one per rank (written by as many ranks), else rank 0's.
+    per_rank = state.get("rng_ranks") or []
+    mine = per_rank[ranks.rank] if len(per_rank) == ranks.world else {"cpu": state["rng"]}
+    torch.set_rng_state(mine["cpu"])
+    if "cuda" in mine and ranks.device_type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], ranks.device)
     return int(state["step"]), list(state["losses"])
 
 
@@ -160,10 +183,48 @@ def train(
     run_dir: Path,
     *,
     on_step: StepCallback | None = None,
+    device: str = "auto",
+    processes: int = 1,
+    threads: int | None = None,
 ) -> TrainResult:
-    """Train (or resume training) the student; write the final adapter (and merged weights).
+    """Train (or resume training) the student on `device` (auto|cpu|cuda) with `processes`
+    data-parallel ranks; write the final adapter (and merged weights).
 
     Raises Interrupted when `on_step` asks to stop (after writing a checkpoint)."""
+    resolved = resolve_device(device)
+    check_processes(processes, resolved)
+    if processes > 1:
+        from services.trainer.parallel import launch
+
+        return launch(config, base_path, examples, run_dir, on_step=on_step, processes=processes, device=resolved, threads=threads)
+    try:
+        return run_training(config, base_path, examples, run_dir, on_step=on_step, ranks=Ranks(device=resolved))
+    finally:
+        if resolved == "cuda":  # hand the training's GPU memory back before the evaluation engines start
+            import gc
+
+            import torch
+
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+def answer_tokens(items: Sequence[Tokenized]) -> int:
+    """Label tokens the loss counts (the model shifts labels by one: the first never counts)."""
+    return sum(sum(1 for label in item.labels[1:] if label != IGNORE_INDEX) for item in items)
+
+
+def run_training(
+    config: DistillationConfig,
+    base_path: Path,
+    examples: Sequence[Example],
+    run_dir: Path,
+    *,
+    on_step: StepCallback | None,
+    ranks: Ranks,
+) -> TrainResult:
+    """The training loop of one rank (of `ranks.world`; world 1: the whole run in this process).
+    Only rank 0 calls `on_step` and writes checkpoints and artifacts."""
     import torch
     from transformers import get_scheduler
 
@@ -175,7 +236,8 @@ def train(
         raise InvalidRequest(f"no training pair fits max_seq_len={config.max_seq_len} tokens with its prompt")
     total = total_steps(config, len(items))
 
-    model = build_model(config, base_path)
+    dtype = training_dtype(config.dtype, ranks.device_type)
+    model = build_model(config, base_path, dtype).to(ranks.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
@@ -183,33 +245,48 @@ def train(
     step, losses, resumed_from = 0, [], None
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None:
-        step, losses = _load_checkpoint(checkpoint, model, optimizer, scheduler)
+        step, losses = _load_checkpoint(checkpoint, model, optimizer, scheduler, ranks)
         resumed_from = step
-        log.info("resuming from %s (step %d of %d)", checkpoint, step, total)
+        if ranks.main:
+            log.info("resuming from %s (step %d of %d)", checkpoint, step, total)
 
-    model.train()
+    trained = ranks.wrap(model)
+    trained.train()
+    seen = [0] * len(items)  # how often this rank trained on each example (this attempt)
     while step < total:
-        batch = collate([items[i] for i in batch_indices(len(items), config.batch_size, step, config.seed)], tokenizer.pad_token_id)
-        loss = model(**batch).loss
-        loss.backward()
+        everyone = batch_indices(len(items), config.batch_size, step, config.seed)
+        mine = ranks.shard(everyone)
+        # A rank left without pairs (a batch smaller than the ranks) still joins the gradient average, with weight 0.
+        weight = 1.0 if mine else 0.0
+        batch = collate([items[i] for i in (mine or everyone[:1])], tokenizer.pad_token_id)
+        batch = {name: tensor.to(ranks.device) for name, tensor in batch.items()}
+        # Summed over this rank's answer tokens, divided by the whole batch's: the ranks' shares add up to the batch mean.
+        loss = trained(**batch, num_items_in_batch=answer_tokens([items[i] for i in everyone])).loss * weight
+        (loss * ranks.world).backward()  # DDP averages over the ranks: x world makes it the sum
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        value = float(loss.detach())
+        for index in mine:
+            seen[index] += 1
+        value = ranks.total(float(loss.detach()))
         if not math.isfinite(value):
             raise InvalidRequest(f"training diverged at step {step} (loss {value}); lower learning_rate")
         losses.append([step, round(value, 5)])
-        stop = on_step(step, total, value) if on_step else None
+        stop = on_step(step, total, value) if on_step and ranks.main else None
+        stop = ranks.from_main(stop)
         if stop or step % config.save_steps == 0 or step == total:
-            _save_checkpoint(run_dir, step, model, optimizer, scheduler, losses)
+            _save_checkpoint(run_dir, step, model, optimizer, scheduler, losses, ranks)
         if stop and step < total:
             raise Interrupted(stop, step)
 
     model.eval()
     result = TrainResult(step, losses, len(items), skipped, resumed_from, time.monotonic() - started)
-    result.adapter_dir, result.merged_dir = save_artifacts(config, model, tokenizer, run_dir)
+    result.extra.update(device=ranks.device_type, dtype=dtype, processes=ranks.world,
+                        rank={"rank": ranks.rank, "seen": seen, "params_sha256": params_digest(model)})
+    if ranks.main:
+        result.adapter_dir, result.merged_dir = save_artifacts(config, model, tokenizer, run_dir)
     return result
 
 

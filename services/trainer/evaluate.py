@@ -118,7 +118,7 @@ def answer_perplexity(scorer, prompts: Sequence[str], answers: Sequence[str], ma
         kept = [item for item in items if item is not None]
         if not kept:
             continue
-        batch = collate(kept, pad)
+        batch = {name: tensor.to(model.device) for name, tensor in collate(kept, pad).items()}
         with torch.inference_mode():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         labels = batch["labels"][:, 1:]

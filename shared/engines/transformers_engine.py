@@ -1,4 +1,5 @@
-"""transformers engine: left-padded batched `generate` on the local CPU/GPU. Always available.
+"""transformers engine: left-padded batched `generate` on the local CPU or GPU (`device`: auto,
+cpu or cuda, chosen by shared.device). Always available.
 
 Concurrent callers take turns (one lock around tokenising, seeding and `generate`): one batch
 already uses every core, and a fast tokenizer's padding settings are shared state. `close()`
@@ -12,30 +13,32 @@ from pathlib import Path
 from typing import Sequence
 
 from shared.engines.base import Conversation, EngineClosed, Generation, SamplingParams
-from shared.settings import preferred_dtype
+from shared.device import preferred_dtype, resolve_device
 
 
 class TransformersEngine:
     name = "transformers"
 
-    def __init__(self, model_path: Path | str, *, dtype: str | None = None, adapter_path: Path | str | None = None) -> None:
+    def __init__(self, model_path: Path | str, *, dtype: str | None = None, adapter_path: Path | str | None = None,
+                 device: str = "auto") -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = str(model_path)
+        self.device = resolve_device(device)
         self._torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         # Decoder-only models must be padded on the left, or generation continues after the padding.
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype or preferred_dtype()))
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype or preferred_dtype(self.device)))
         if adapter_path is not None:
             from peft import PeftModel
 
             # Merged into the base weights: the same function, one matmul per layer instead of three.
             model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
-        self.hf_model = model.eval()
+        self.hf_model = model.to(self.device).eval()
         self._lock = threading.Lock()  # one generate at a time; batching is how callers get throughput
         self._closed = threading.Event()
 
@@ -60,7 +63,7 @@ class TransformersEngine:
             if self._closed.is_set():
                 raise EngineClosed()
             texts = [self.render(conversation) for conversation in conversations]
-            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             output = self.hf_model.generate(**batch, **options, stopping_criteria=StoppingCriteriaList([_stop_when_closed(self._closed)]))

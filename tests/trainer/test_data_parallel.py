@@ -1,0 +1,112 @@
+"""Data-parallel training for real: two gloo ranks on the CPU (torch DDP under torch.distributed's
+elastic launcher) train the bundled model, and the run is what one process would have trained.
+
+Tiny on purpose (6 pairs, a few steps, 1 thread per rank): the machines have two cores.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from services.trainer.config import DistillationConfig
+from services.trainer.data import Example, batch_indices
+from services.trainer.distill import Interrupted, latest_checkpoint, train
+from services.trainer.runs import submit
+from services.trainer.worker import TrainerWorker
+from shared.db.models import DistillationRun, Student
+
+ANSWER = "What a lovely, joyful film; I adored it."
+# No dropout: with it, the ranks' masks differ from one process's and the weights could not be compared.
+CONFIG = dict(task="sentiment", batch_size=3, max_seq_len=48, warmup_ratio=0.0, lora_dropout=0.0, learning_rate=1e-3, seed=5)
+
+
+def _adapter(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_two_gloo_ranks_train_disjoint_shards_in_sync_and_resume(tmp_path: Path, model_path: Path, helpers):
+    examples = [Example(i, prompt, ANSWER) for i, prompt in enumerate(helpers.film_prompts[:6])]
+    config = DistillationConfig(**CONFIG, max_steps=5, save_steps=10)
+
+    alone = train(config, model_path, examples, tmp_path / "one", threads=1)
+    assert alone.extra["processes"] == 1 and alone.extra["device"] == "cpu" and "data_parallel" not in alone.extra
+
+    # Two ranks; the worker's control answers "stopping" after step 2: both ranks stop, rank 0 checkpoints.
+    calls: list[int] = []
+
+    def on_step(step: int, total: int, loss: float) -> str | None:
+        calls.append(step)
+        return "stopping" if step == 2 else None
+
+    run_dir = tmp_path / "two"
+    with pytest.raises(Interrupted) as stopped:
+        train(config, model_path, examples, run_dir, on_step=on_step, processes=2, threads=1)
+    assert (stopped.value.reason, stopped.value.step) == ("stopping", 2) and calls == [1, 2]
+    assert latest_checkpoint(run_dir).name == "step-000002" and not (run_dir / "adapter").exists()
+
+    # A fresh launch resumes from rank 0's checkpoint and finishes.
+    progress: list[tuple[int, float]] = []
+    both = train(config, model_path, examples, run_dir, on_step=lambda s, t, loss: progress.append((s, loss)), processes=2, threads=1)
+    assert both.resumed_from == 2 and both.steps == 5 and [s for s, _ in progress] == [3, 4, 5]
+    parallel = both.extra["data_parallel"]
+    assert parallel["processes"] == 2 and parallel["backend"] == "gloo" and both.extra["device"] == "cpu"
+
+    # Shards: each step's batch split between the ranks, each pair trained exactly as often as one process trains it.
+    one_process = Counter(i for step in range(2, 5) for i in batch_indices(len(examples), 3, step, config.seed))
+    rank0, rank1 = parallel["seen_per_rank"]
+    assert [a + b for a, b in zip(rank0, rank1)] == [one_process[i] for i in range(len(examples))]
+    assert parallel["examples_per_rank"] == [6, 3]  # 3 steps x (2 | 1) of each 3-pair batch
+    assert parallel["in_sync"] is True  # identical trainable weights on both ranks at the end
+
+    # The same run as one process: the loss curve (global batch means, rank 0 reported them) and the weights.
+    for (step_a, loss_a), (step_b, loss_b) in zip(alone.losses, both.losses):
+        assert step_a == step_b and loss_a == pytest.approx(loss_b, rel=1e-3, abs=1e-4)
+    assert [loss for _, loss in both.losses[2:]] == [round(loss, 5) for _, loss in progress]
+    ours, theirs = _adapter(run_dir / "adapter"), _adapter(tmp_path / "one" / "adapter")
+    assert ours.keys() == theirs.keys()
+    scale = max(float(t.abs().max()) for t in theirs.values())
+    # Float rounding differs (gradients summed over ranks); Adam's first steps amplify it in near-zero entries.
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 0.02 * scale
+
+
+def test_trainer_worker_with_two_processes_registers_a_student(make_settings, model_path, helpers):
+    settings = make_settings(trainer_processes=2, trainer_threads=1, trainer_device="auto")
+    sessions = helpers.migrated(settings)
+    helpers.store_fixed_pairs(sessions, helpers.film_prompts[:6], ANSWER)
+    run = submit(sessions, settings, DistillationConfig(**CONFIG, max_steps=3, save_steps=2, eval_prompts=helpers.film_prompts[-1:],
+                                                        eval_samples=1, eval_max_tokens=6, collapse_check=False))
+    assert TrainerWorker(settings, sessions).run_once()
+    with sessions() as session:
+        done = session.get(DistillationRun, run.id)
+        student = session.query(Student).filter(Student.run_id == run.id).one()
+    assert done.status == "succeeded", done.error
+    assert done.progress["step"] == done.progress["total"] == 3 and done.progress["loss"] > 0
+    assert done.progress["device"] == "cpu" and done.progress["processes"] == 2
+    train_metrics = done.metrics["train"]
+    assert train_metrics["processes"] == 2 and train_metrics["device"] == "cpu" and len(train_metrics["loss_curve"]) == 3
+    assert train_metrics["data_parallel"]["in_sync"] is True and train_metrics["data_parallel"]["examples_per_rank"] == [6, 3]
+    assert Path(student.adapter_path, "adapter_model.safetensors").is_file()
+
+
+def test_processes_and_device_settings_are_validated(make_settings):
+    from pydantic import ValidationError
+
+    from shared.device import DeviceUnavailable, check_processes, resolve_device
+
+    with pytest.raises(ValidationError, match="trainer_processes must be at least 1"):
+        make_settings(trainer_processes=0)
+    with pytest.raises(ValidationError):
+        make_settings(trainer_device="tpu")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the refusal below cannot be exercised")
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(DeviceUnavailable, match="sees no CUDA device"):
+        resolve_device("cuda")
+    check_processes(4, "cpu")  # any number of gloo ranks on the CPU
