@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     )
     job_lease_seconds: int = Field(60, description="A worker's claim on a batch expires unless renewed (heartbeat).")
     job_max_failures: int = Field(
-        3, description="Failed tries of one batch before its job fails (counted per batch: a committed batch starts the count again)."
+        3, description="Failed tries of one batch before its job fails (each batch counts its own, so failures spread over a long job do not add up)."
     )
     job_max_attempts: int = Field(
         20, ge=1, description="Claims of one batch (worker deaths, restarts) before its job fails instead of resuming again."

@@ -1,4 +1,5 @@
-"""A small durable work queue over any table with lease columns (jobs, distillation runs).
+"""A small durable work queue over any table with lease columns (job batches, distillation and
+evaluation runs).
 
 At-least-once with fencing: a claim takes a lease for `lease_seconds` and bumps `attempt`; a
 lease that is not renewed (heartbeat) expires and the row becomes claimable again, so a killed
@@ -8,6 +9,8 @@ successor. Effects must therefore be idempotent (chains and pairs are: see store
 
 Postgres claims with SELECT … FOR UPDATE SKIP LOCKED, so many replicas share one queue without
 blocking each other; SQLite claims inside BEGIN IMMEDIATE (one writer) with UPDATE … RETURNING.
+A claim can narrow and order what it takes (`candidates`, e.g. batches of active jobs, oldest job
+first) and act on a parent row in its own transaction (`on_claim`): job_queue.py does both.
 """
 
 from __future__ import annotations
