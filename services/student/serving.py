@@ -504,7 +504,9 @@ class StudentServing:
         if self.check_health() is not None:
             raise EngineDead(self.dead)
         if self.base is None:
-            raise NotReady(self.load_error or "the student model is still loading; retry shortly")
+            # The load error itself can name files and URLs: it is in the log and, for admins, at /readyz.
+            raise NotReady("the student model failed to load; see the student's log" if self.load_error
+                           else "the student model is still loading; retry shortly")
         model = self.table.get(name)
         if model is None:
             raise ModelNotFound(f"The model '{name}' does not exist or is not served here; GET /v1/models lists the served models", param="model")
