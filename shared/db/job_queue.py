@@ -59,7 +59,8 @@ def add_job(session: Session, *, task_name: str, params: dict[str, Any], prompts
     session.add(job)
     session.flush()
     now = utcnow()
-    session.execute(insert(JobBatch), [{"job_id": job.id, "start": start, "end": end, "created_at": now} for start, end in cut(len(prompts), batch_size)])
+    rows = [{"job_id": job.id, "start": start, "end": end, "created_at": now} for start, end in cut(len(prompts), batch_size)]
+    session.execute(insert(JobBatch), rows)
     return job
 
 
@@ -77,16 +78,17 @@ def claim_batch(factory: sessionmaker[Session], owner: str, lease_seconds: float
 def _start_job(session: Session, batch: JobBatch) -> bool:
     """In the claim's transaction: the job runs (once), and its attempt is its most-claimed batch's.
     False, rolling the claim back, when the job ended or was cancelled after the claim looked."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == batch.job_id, Job.status.in_(ACTIVE), Job.cancel_requested.is_(False))
-        .values(
-            status="running",
-            started_at=func.coalesce(Job.started_at, utcnow()),
-            attempt=case((Job.attempt < batch.attempt, batch.attempt), else_=Job.attempt),
-        )
-        .execution_options(synchronize_session=False)
+    return _update_job(
+        session, batch.job_id, Job.status.in_(ACTIVE), Job.cancel_requested.is_(False),
+        status="running",
+        started_at=func.coalesce(Job.started_at, utcnow()),
+        attempt=case((Job.attempt < batch.attempt, batch.attempt), else_=Job.attempt),
     )
+
+
+def _update_job(session: Session, job_id: str, *conditions: Any, **values: Any) -> bool:
+    """UPDATE the job row WHERE id and `conditions`; False when no row matched."""
+    result = session.execute(update(Job).where(Job.id == job_id, *conditions).values(**values).execution_options(synchronize_session=False))
     return result.rowcount == 1
 
 
@@ -104,19 +106,12 @@ def commit_batch(
                 raise _Dropped()
             recorded = record_chains(session, job_id=batch.job_id, task_name=task_name, acceptance=acceptance, traces=chains,
                                      prompt_offset=batch.start)
-            progressed = session.execute(
-                update(Job)
-                .where(Job.id == batch.job_id, Job.status.in_(ACTIVE))
-                .values(done=Job.done + (batch.end - batch.start), accepted=Job.accepted + recorded.pairs)
-                .execution_options(synchronize_session=False)
-            )
-            if progressed.rowcount != 1:  # failed or cancelled meanwhile: nothing more is written to it
-                raise _Dropped()
+            if not _update_job(session, batch.job_id, Job.status.in_(ACTIVE),
+                               done=Job.done + (batch.end - batch.start), accepted=Job.accepted + recorded.pairs):
+                raise _Dropped()  # failed or cancelled meanwhile: nothing more is written to it
             # This commit holds the job row's lock now, so the count sees every earlier commit.
             if _unfinished(session, batch.job_id) == 0:
-                session.execute(
-                    update(Job).where(Job.id == batch.job_id).values(status="succeeded", finished_at=now).execution_options(synchronize_session=False)
-                )
+                _update_job(session, batch.job_id, status="succeeded", finished_at=now)
             return recorded
     except _Dropped:
         return None
@@ -135,14 +130,10 @@ def hand_back(factory: sessionmaker[Session], lease: Lease, batch: JobBatch) -> 
     """Release the batch for another worker at once, counting no failure (shutdown, dead engine).
     The job shows queued again once none of its batches is held. False when the lease was lost."""
     with factory() as session, session.begin():
-        if not fenced_update(session, JobBatch, lease.row_id, lease.owner, lease.attempt, status="queued", lease_owner=None, lease_expires_at=None):
+        if not fenced_update(session, JobBatch, lease.row_id, lease.owner, lease.attempt,
+                             status="queued", lease_owner=None, lease_expires_at=None):
             return False
-        session.execute(
-            update(Job)
-            .where(Job.id == batch.job_id, Job.status == "running", ~_held(utcnow()))
-            .values(status="queued")
-            .execution_options(synchronize_session=False)
-        )
+        _update_job(session, batch.job_id, Job.status == "running", ~_held(utcnow()), status="queued")
         return True
 
 
@@ -166,7 +157,7 @@ def record_failure(factory: sessionmaker[Session], lease: Lease, batch: JobBatch
                           lease_expires_at=None, finished_at=now)
             job_values.update(status="failed", finished_at=now,
                               error=f"{message}; giving up after this batch failed {failures} times (job_max_failures)")
-        session.execute(update(Job).where(Job.id == batch.job_id, Job.status.in_(ACTIVE)).values(**job_values).execution_options(synchronize_session=False))
+        _update_job(session, batch.job_id, Job.status.in_(ACTIVE), **job_values)
         return failures
 
 
@@ -177,10 +168,7 @@ def fail_job(factory: sessionmaker[Session], lease: Lease, batch: JobBatch, erro
         if not fenced_update(session, JobBatch, lease.row_id, lease.owner, lease.attempt, status="failed", error=error,
                              lease_owner=None, lease_expires_at=None, finished_at=now):
             return False
-        session.execute(
-            update(Job).where(Job.id == batch.job_id, Job.status.in_(ACTIVE)).values(status="failed", error=error, finished_at=now)
-            .execution_options(synchronize_session=False)
-        )
+        _update_job(session, batch.job_id, Job.status.in_(ACTIVE), status="failed", error=error, finished_at=now)
         return True
 
 
@@ -191,7 +179,8 @@ def settle_cancelled(session: Session, job_id: str | None = None) -> list[str]:
     query = update(Job).where(Job.status == "running", Job.cancel_requested.is_(True), ~_held(now))
     if job_id is not None:
         query = query.where(Job.id == job_id)
-    return list(session.scalars(query.values(status="cancelled", finished_at=now).returning(Job.id).execution_options(synchronize_session=False)))
+    query = query.values(status="cancelled", finished_at=now).returning(Job.id).execution_options(synchronize_session=False)
+    return list(session.scalars(query))
 
 
 def cancel_job(session: Session, job_id: str) -> None:
