@@ -307,11 +307,13 @@ def trainer_work(
     database_url: Optional[str] = typer.Option(None, help="Overrides DSC_DATABASE_URL."),
     once: bool = typer.Option(False, "--once", help="Exit when no queued run is left instead of polling."),
     threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (default DSC_TRAINER_THREADS or all cores)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default DSC_TRAINER_DEVICE, auto)."),
+    processes: Optional[int] = typer.Option(None, help="Data-parallel training processes per run (default DSC_TRAINER_PROCESSES, 1)."),
 ) -> None:
     """Claim queued distillation runs and train, evaluate and register their students."""
     from services.trainer.worker import work
 
-    settings = load_settings(database_url=database_url, trainer_threads=threads)
+    settings = load_settings(database_url=database_url, trainer_threads=threads, trainer_device=device, trainer_processes=processes)
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("services.trainer").setLevel(logging.INFO)
     try:

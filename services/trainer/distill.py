@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 
 from services.trainer.config import DistillationConfig
 from services.trainer.data import IGNORE_INDEX, Example, Tokenized, batch_indices, collate, steps_per_epoch, tokenize_all
-from services.trainer.parallel import Ranks, params_digest
+from services.trainer.parallel import Ranks, launch, params_digest
 from shared.device import check_processes, resolve_device, training_dtype
 from shared.errors import InvalidRequest
 
@@ -194,8 +194,6 @@ def train(
     resolved = resolve_device(device)
     check_processes(processes, resolved)
     if processes > 1:
-        from services.trainer.parallel import launch
-
         return launch(config, base_path, examples, run_dir, on_step=on_step, processes=processes, device=resolved, threads=threads)
     try:
         return run_training(config, base_path, examples, run_dir, on_step=on_step, ranks=Ranks(device=resolved))

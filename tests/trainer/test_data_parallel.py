@@ -110,3 +110,17 @@ def test_processes_and_device_settings_are_validated(make_settings):
     with pytest.raises(DeviceUnavailable, match="sees no CUDA device"):
         resolve_device("cuda")
     check_processes(4, "cpu")  # any number of gloo ranks on the CPU
+
+
+def test_trainer_cli_refuses_cuda_without_one(tmp_path: Path):
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    result = subprocess.run([sys.executable, "-m", "services.cli", "trainer", "work", "--device", "cuda", "--once",
+                             "--database-url", f"sqlite:///{tmp_path / 'dsc.db'}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "sees no CUDA device" in " ".join(result.stderr.split())
