@@ -84,12 +84,29 @@ def alembic_config(url: str):
     return config
 
 
+MIGRATION_LOCK = 0x64534331  # the Postgres advisory lock that serialises migrations ("dSC1")
+
+
 def upgrade(url: str) -> None:
-    """Apply all migrations (idempotent). Services call this at start."""
+    """Apply all migrations (idempotent). Services call this at start, so replicas starting
+    together on a fresh Postgres take turns under an advisory lock (without it, both created
+    alembic_version and one died); SQLite's own write lock serialises it there."""
     from alembic import command
 
     _ensure_sqlite_dir(url)  # a fresh data directory may not exist yet
-    command.upgrade(alembic_config(url), "head")
+    if not normalise_url(url).startswith("postgresql"):
+        command.upgrade(alembic_config(url), "head")
+        return
+    engine = make_engine(url)
+    try:
+        with engine.connect() as lock:
+            lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            try:
+                command.upgrade(alembic_config(url), "head")
+            finally:
+                lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+    finally:
+        engine.dispose()
 
 
 def ping(engine: Engine) -> bool:
