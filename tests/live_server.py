@@ -3,7 +3,9 @@ thread, and polling until something becomes true."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -63,3 +65,14 @@ def wait_ready(url: str, *, alive: Callable[[], bool], timeout: float, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not ready after {timeout:.0f} s\n{detail()}")
         time.sleep(interval)
+
+
+def stop_process(process: subprocess.Popen, grace: float = 60.0) -> None:
+    """SIGTERM a service process; SIGKILL it if it is still there after `grace` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, select
 
-from live_server import wait_ready
+from live_server import wait_ready, stop_process
 from shared.db.models import Chain, Job, JobBatch, Pair
 from shared.db.session import make_engine, session_factory
 
@@ -34,16 +34,6 @@ def _start(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
 def _wait_ready(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 240) -> None:
     wait_ready(url, alive=lambda: process.poll() is None, timeout=timeout, what="teacher",
                detail=lambda: log_path.read_text()[-3000:], interval=0.2)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_sigkilled_teacher_resumes_the_job_after_restart(tmp_path, model_store, postgres_url, waiter, unused_port):
@@ -95,7 +85,7 @@ def test_sigkilled_teacher_resumes_the_job_after_restart(tmp_path, model_store, 
         waiter(lambda: job_row(job_id).status in ("succeeded", "failed"), 300, "the rescued job to finish", 0.2)
         body = httpx.get(f"http://127.0.0.1:{port}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=30).json()
     finally:
-        _stop(second)
+        stop_process(second)
 
     assert body["status"] == "succeeded", body
     assert body["attempt"] == 2 and body["progress"]["done"] == body["progress"]["total"] == 3

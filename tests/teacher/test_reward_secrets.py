@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from live_server import free_port, wait_ready
+from live_server import free_port, wait_ready, stop_process
 from scorer import REPLY_TOKEN, running_scorer
 from shared.db.models import Task
 
@@ -132,10 +131,5 @@ def test_a_name_that_resolves_to_a_private_address_later_is_refused_at_request_t
             assert scorer.requests == []  # the scorer on loopback was never reached
             assert f"resolves to 127.0.0.1" in log_path.read_text()  # the detail is in the teacher's log
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
     assert f"{HOST}" not in Path("/etc/hosts").read_text()  # the namespace's hosts file never leaked out

@@ -7,7 +7,6 @@ model, a real Postgres."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, select
 
-from live_server import wait_ready
+from live_server import wait_ready, stop_process
 from shared.db.models import Chain, Job, JobBatch, Pair
 from shared.db.session import make_engine, session_factory
 
@@ -28,16 +27,6 @@ def _start(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
         [sys.executable, "-m", "services.cli", "teacher", "serve", "--port", str(port)],
         env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_two_teacher_processes_share_one_job(tmp_path, model_store, postgres_url, waiter, unused_port):
@@ -71,7 +60,7 @@ def test_two_teacher_processes_share_one_job(tmp_path, model_store, postgres_url
         pids = {str(process.pid) for process, _, _ in processes}
     finally:
         for process, _, _ in processes:
-            _stop(process)
+            stop_process(process)
 
     assert body["status"] == "succeeded", body
     assert body["progress"]["done"] == body["progress"]["total"] == PROMPTS and body["failures"] == 0
