@@ -44,6 +44,7 @@ from shared.db.queue import Heartbeat, Lease, claim, fenced_update, finish, rele
 from shared.device import check_processes, resolve_device
 from shared.errors import DscError, InvalidRequest
 from shared.model_store import resolve_model
+from shared.rewards import public_reward
 from shared.settings import Settings
 from shared.tasks import get_task
 
