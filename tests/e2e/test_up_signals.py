@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from engine_kill import all_gone
 from live_server import free_port, wait_ready
 
 
@@ -39,9 +40,12 @@ def _services(up: subprocess.Popen, timeout: float = 120) -> list[psutil.Process
     pytest.fail("dsc up did not start its three services")
 
 
-def _still_running(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    _gone, alive = psutil.wait_procs(processes, timeout=timeout)
-    return alive
+def _assert_all_gone(processes: list[psutil.Process], timeout: float, what: str) -> None:
+    """Every process ended within `timeout`; any left is killed (never outlives the test) and named."""
+    left = all_gone(processes, timeout)
+    for process in left:
+        process.kill()
+    assert not left, f"processes outlived {what}: {left}"
 
 
 @pytest.mark.timeout(600)
@@ -57,10 +61,7 @@ def test_ctrl_c_then_sigterm_while_stopping_leaves_no_process(tmp_path, model_st
     finally:
         if up.poll() is None:
             up.kill()
-    left = _still_running(processes, timeout=15)
-    for process in left:
-        process.kill()
-    assert not left, f"processes outlived dsc up: {left}\n{output}"
+    _assert_all_gone(processes, 15, f"dsc up\n{output}")
     assert "killing the services now" in output, output  # the second signal was seen, not the supervisor's death
 
 
@@ -74,7 +75,4 @@ def test_a_killed_supervisor_takes_its_services_with_it(tmp_path, model_store):
     finally:
         if up.poll() is None:
             up.kill()
-    left = _still_running(processes, timeout=60)
-    for process in left:
-        process.kill()
-    assert not left, f"processes outlived the killed dsc up: {left}"
+    _assert_all_gone(processes, 60, "the killed dsc up")
