@@ -58,20 +58,21 @@ ENGINE_WATCH_SECONDS = 1.0  # how often watch_engine asks the runtimes whether t
 LOAD_RETRY_FIRST_S, LOAD_RETRY_MAX_S = 5.0, 300.0  # backoff of a student that failed to load (an I/O blip heals)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FailedLoad:
     """A registry student that could not be loaded; the poller tries again at `retry_at`."""
 
     message: str
-    attempts: int = 1
-    retry_at: float = 0.0
+    attempts: int
+    retry_at: float
 
-    def due(self, now: float) -> bool:
-        return now >= self.retry_at
+    @classmethod
+    def after(cls, earlier: "FailedLoad | None", message: str, now: float) -> "FailedLoad":
+        """The record of one more failed try: the wait doubles from LOAD_RETRY_FIRST_S up to LOAD_RETRY_MAX_S."""
+        attempts = (earlier.attempts if earlier else 0) + 1
+        return cls(message, attempts, now + min(LOAD_RETRY_FIRST_S * 2 ** (attempts - 1), LOAD_RETRY_MAX_S))
 
-    def again(self, message: str, now: float) -> "FailedLoad":
-        attempts = self.attempts + 1
-        return FailedLoad(message, attempts, now + min(LOAD_RETRY_FIRST_S * 2 ** (attempts - 1), LOAD_RETRY_MAX_S))
+
 RuntimeFactory = Callable[[Path], Runtime]
 
 
@@ -379,7 +380,7 @@ class StudentServing:
                     served[student_id] = self.students[student_id]
                     continue
                 earlier = self.failed.get(student_id)
-                if earlier is not None and not earlier.due(time.monotonic()):
+                if earlier is not None and time.monotonic() < earlier.retry_at:
                     errors[student_id] = earlier.message
                     continue
                 try:
@@ -389,11 +390,11 @@ class StudentServing:
                         log.info("student %s (%s v%s) loaded after %d failed tries", row.id, row.name, row.version, earlier.attempts)
                 except Exception as exc:
                     message = exc.message if isinstance(exc, DscError) else f"{type(exc).__name__}: {exc}".rstrip(": ")
-                    failure = earlier.again(message, time.monotonic()) if earlier else FailedLoad(message, 1, time.monotonic() + LOAD_RETRY_FIRST_S)
-                    self.failed[student_id] = failure
+                    now = time.monotonic()
+                    failure = self.failed[student_id] = FailedLoad.after(earlier, message, now)
                     errors[student_id] = message
                     log.error("student %s (%s v%s) not loaded (try %d; next in %.0f s): %s", row.id, row.name, row.version,
-                              failure.attempts, failure.retry_at - time.monotonic(), message, exc_info=not isinstance(exc, DscError))
+                              failure.attempts, failure.retry_at - now, message, exc_info=not isinstance(exc, DscError))
             # A task whose new student failed keeps its previous one rather than falling to the base model.
             tasks_served = {model.task for model in served.values()}
             for student_id, model in self.students.items():

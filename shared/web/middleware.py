@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.web.errors import error_response
+
 log = logging.getLogger("dsc.access")
 log_errors = logging.getLogger("dsc.errors")
 
@@ -57,7 +59,7 @@ class RequestContextMiddleware:
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._send_error(send, request_id, 413, "payload_too_large_error", self._too_large_message())
+            await self._send_error(scope, receive, send, request_id, 413, "payload_too_large_error", self._too_large_message())
             self._observe(scope, 413, started, request_id)
             return
 
@@ -85,13 +87,13 @@ class RequestContextMiddleware:
         except BodyTooLarge as error:  # raised where no handler runs (e.g. a streamed body read)
             status["code"] = 413
             if not status["sent"]:
-                await self._send_error(send, request_id, 413, "payload_too_large_error", error.detail)
+                await self._send_error(scope, receive, send, request_id, 413, "payload_too_large_error", error.detail)
         except ClientDisconnect:  # the client left mid-request: nobody to answer, nothing broken
             status["code"] = 499
         except Exception:
             log_errors.exception("unhandled error on %s %s (request id %s)", scope["method"], scope["path"], request_id)
             if not status["sent"]:
-                await self._send_error(send, request_id, 500, "internal_error",
+                await self._send_error(scope, receive, send, request_id, 500, "internal_error",
                                        "internal error; see the service log (request id in X-Request-ID)")
         finally:
             self._observe(scope, status["code"], started, request_id)
@@ -99,10 +101,8 @@ class RequestContextMiddleware:
     def _too_large_message(self) -> str:
         return f"request body exceeds the limit of {self.max_body_bytes} bytes (max_body_bytes)"
 
-    async def _send_error(self, send: Send, request_id: str, code: int, error_type: str, message: str) -> None:
-        body = json.dumps({"error": {"type": error_type, "message": message}}).encode()
-        await send({"type": "http.response.start", "status": code, "headers": [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]})
-        await send({"type": "http.response.body", "body": body})
+    async def _send_error(self, scope: Scope, receive: Receive, send: Send, request_id: str, code: int, error_type: str, message: str) -> None:
+        await error_response(code, error_type, message, headers={"X-Request-ID": request_id})(scope, receive, send)
 
     def _observe(self, scope: Scope, status: int, started: float, request_id: str) -> None:
         elapsed = time.perf_counter() - started
