@@ -1,6 +1,6 @@
 """Batched critique→revise sampler vs the reference's sequential loop, same engine, one run.
 
-The reference (DESIGN §1) takes one prompt at a time through three calls (answer, critique,
+The paper's reference loop (docs/architecture.md §1.4) takes one prompt at a time through three calls (answer, critique,
 revision) and scores afterwards. dSC's sampler batches every chain of a call into one engine call
 per phase. Both run here on the same engine and model, side by side; the ratio is the figure.
 

@@ -1,4 +1,4 @@
-"""The critique→revise sampler (DESIGN §1), batched across every chain of a call.
+"""The critique→revise sampler (docs/architecture.md §1), batched across every chain of a call.
 
 For prompt c, chain state x_t starts at x_0 ~ p(x | c). Each step:
     critique  k_t ~ p(k | c, x_t, critique request)

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
         "capability 8.0+, a CPU with AVX-512 BF16 / AMX), float16 on an older GPU, else float32 (shared.device)."
     )
 
-    # vLLM on CPU reserves memory by this fraction even without a GPU (DESIGN §4).
+    # vLLM on CPU reserves memory by this fraction even without a GPU (docs/architecture.md §10).
     vllm_gpu_memory_utilization: float = Field(0.2, gt=0, le=1, description="Share of GPU memory a vLLM engine takes (weights, activations, KV cache).")
     vllm_kv_cache_gib: float | None = Field(
         None, gt=0,

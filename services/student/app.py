@@ -1,4 +1,4 @@
-"""The student service: the distilled model behind an OpenAI-compatible API (DESIGN §5)."""
+"""The student service: the distilled model behind an OpenAI-compatible API (docs/architecture.md §2)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Micro-batching for engines without continuous batching (the transformers path).
 
 Requests arrive one by one on the event loop; a batched `generate` is many times faster than the
-same requests run one at a time (DESIGN §4: ~8x at batch 8 on two cores). The batcher waits a
+same requests run one at a time (~8x at batch 8 on two cores; docs/architecture.md §7.2). The batcher waits a
 short window after the first request of a batch for more to arrive, then hands the whole batch to
 one worker thread. Requests that arrive while a batch runs wait for the next one, so under load
 batches fill up by themselves and the window costs nothing.

@@ -125,7 +125,7 @@ class Runtime(Protocol):
 
 
 # --------------------------------------------------------------------------------------------
-# adapter validation (DESIGN §4: an invalid adapter once crashed vLLM's whole server)
+# adapter validation (docs/architecture.md §7.3: an invalid adapter once crashed vLLM's whole server)
 
 
 def validate_adapter(adapter_dir: Path, base_dir: Path, *, max_rank: int) -> dict:

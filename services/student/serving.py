@@ -421,7 +421,7 @@ class StudentServing:
         if row.adapter_path and Path(base_path).resolve() == Path(base_runtime.base_path).resolve():
             adapter_dir = Path(row.adapter_path)
             await asyncio.to_thread(validate_adapter, adapter_dir, base_path, max_rank=self.settings.student_max_lora_rank)
-            engine_name = f"{public}-{uuid.uuid4().hex[:8]}"  # never reuse an adapter name (DESIGN §4)
+            engine_name = f"{public}-{uuid.uuid4().hex[:8]}"  # never reuse an adapter name (docs/architecture.md §10)
             await base_runtime.load_adapter(engine_name, adapter_dir)
             return ServedModel(id=public, runtime=base_runtime, adapter=engine_name, **common)
         if row.merged_path:

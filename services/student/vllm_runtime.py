@@ -2,7 +2,7 @@
 
 Every request goes to the engine at once; the engine's scheduler batches them step by step, so no
 micro-batcher is needed. Students over the same base are LoRA adapters, each added under a new
-name and id per load (a same-name reload has open bugs: DESIGN §4); `max_loras >= 2` so a batch
+name and id per load (a same-name reload has open bugs: docs/architecture.md §10); `max_loras >= 2` so a batch
 that mixes base and adapter requests gives each its own weights.
 
 `dead` says why the engine can no longer generate (its engine core process died: killed, out of

@@ -1,4 +1,4 @@
-"""The teacher service: the critique→revise sampler behind a REST API (DESIGN §5).
+"""The teacher service: the critique→revise sampler behind a REST API (docs/architecture.md §2).
 
 Start-up (lifespan): migrate the database, load the engine in a thread (/readyz is 503 until it
 is in), start the job workers. Shutdown, in bounded time even with work in flight: on SIGTERM

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of the student on accepted pairs (DESIGN §1 step 4), with checkpoints.
+"""Supervised fine-tuning of the student on accepted pairs (docs/architecture.md §1.3, §8), with checkpoints.
 
 Minimising the cross-entropy of the teacher's accepted answers y given prompts c,
 

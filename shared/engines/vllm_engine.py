@@ -6,7 +6,7 @@ workers, synchronous calls, llm-judge rewards). Every request goes to the engine
 is submitted and carries its own request id, so the scheduler batches all callers' requests
 together step by step (continuous batching) and each caller gets back only its own outputs.
 vLLM's offline `LLM` is not safe for this: two threads calling it hung or aborted the process,
-and its run loop hands out other callers' outputs (DESIGN §4).
+and its run loop hands out other callers' outputs (docs/architecture.md §6.2).
 
 Health: vLLM watches its engine core process and marks the engine dead the moment it exits
 (killed, out of memory, a fatal CUDA error); `dead` then says why, calls in flight end with
@@ -108,7 +108,7 @@ def engine_options(
     )
     if max_loras:
         # max_loras >= 2: with 1, a batch mixing base and adapter requests served the base
-        # requests with the adapter (DESIGN §4).
+        # requests with the adapter (docs/architecture.md §10).
         options.update(enable_lora=True, max_loras=max(2, max_loras), max_lora_rank=max_lora_rank)
     options.update(_kv_cache_options(kv_cache_gib))
     options.update(_scheduler_options(max_model_len))

@@ -1,4 +1,4 @@
-"""Bearer-token auth (DESIGN §5): client keys open /v1/*, the admin token opens /admin/* too.
+"""Bearer-token auth (docs/architecture.md §2.1): client keys open /v1/*, the admin token opens /admin/* too.
 
 Settings hold only SHA-256 digests of the tokens (shared/keys.py); a presented token is hashed
 and compared with each digest in constant time, and never logged. The caller's key id (the start

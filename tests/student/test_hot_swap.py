@@ -119,7 +119,7 @@ def test_promotion_under_load_swaps_with_zero_failures(swap_server, trained_adap
 
 
 def test_base_and_student_share_a_batch_without_mixing(swap_server, keys):
-    """The multi-LoRA mixed-batch gotcha (DESIGN §4): base rows in a batch with adapter rows keep
+    """The multi-LoRA mixed-batch gotcha (docs/architecture.md §10): base rows in a batch with adapter rows keep
     the base model's behaviour."""
     url, app, _settings = swap_server
     phrase_start = keys["phrase"].split()[0]
