@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench bench-scale-out gpu-smoke clean-venv
+.PHONY: install test demo bench bench-scale-out bench-store gpu-smoke clean-venv
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ bench: install
 # One job on 1, then 2 teacher processes on Postgres (DSC_BENCH_POSTGRES_URL, default the local server).
 bench-scale-out: install
 	$(BIN)/python bench/scale_out.py
+
+# Pairs inserted through the job commit path and exported through the teacher, SQLite and Postgres.
+bench-store: install
+	$(BIN)/python bench/store.py
 
 # On a machine with an NVIDIA GPU and the GPU stack (README, "GPUs"); not after `make install`,
 # whose CPU torch cannot use a GPU. Refuses (status 2) where there is no GPU.
