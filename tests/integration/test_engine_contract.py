@@ -24,7 +24,7 @@ import pytest
 from shared.engines.base import EngineClosed, Generation, SamplingParams, chat_prompt_ids
 from shared.errors import EngineError
 from shared.rewards import build_reward
-from shared.sampler import Sampler
+from shared.critique_revise import Sampler
 
 WORDS = ["zebra", "violin", "castle", "rocket", "walrus", "candle", "dolphin", "tulip", "anchor", "falcon", "igloo", "banjo"]
 CLIENT_KEY, ADMIN_TOKEN = "contract-client-key", "contract-admin-token"
