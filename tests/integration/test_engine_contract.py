@@ -52,7 +52,7 @@ def student_url(tmp_path_factory, model_store: Path, model_path: Path):
     """A real OpenAI-compatible server: the student service on its transformers runtime."""
     from live_server import live_server
     from services.student.app import create_app
-    from services.student.runtime import TransformersRuntime
+    from services.student.runtimes.transformers_runtime import TransformersRuntime
     from shared.db.session import upgrade
     from shared.settings import Settings
 
