@@ -29,5 +29,5 @@ def test_max_model_len_defaults_and_refuses_nonsense(monkeypatch):
     monkeypatch.delenv("DSC_VLLM_MAX_MODEL_LEN", raising=False)
     assert Settings().max_model_len == 2048
     monkeypatch.setenv("DSC_VLLM_MAX_MODEL_LEN", "long")
-    with pytest.raises(ValueError, match="max_model_len"):
+    with pytest.raises(ValueError, match="MAX_MODEL_LEN"):  # the error names the setting by its current variable
         Settings()
