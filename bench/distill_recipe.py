@@ -38,7 +38,7 @@ def build_pool(args, task, reward, settings, eval_prompts):
     from services.trainer.evaluate import teacher_answers
     from shared.engines import create_engine
     from shared.engines.base import SamplingParams
-    from shared.sampler import Sampler
+    from shared.critique_revise import Sampler
 
     pool_file, teacher_file = args.work / "pool.json", args.work / "teacher_eval.json"
     pool, teacher = _load(pool_file), _load(teacher_file)

@@ -51,7 +51,7 @@ def main() -> None:
     from shared.engines import create_engine
     from shared.engines.base import SamplingParams
     from shared.rewards import build_reward
-    from shared.sampler import Sampler
+    from shared.critique_revise import Sampler
     from shared.settings import BUNDLED_MODEL, Settings
     from shared.tasks import preset_tasks
 

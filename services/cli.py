@@ -102,8 +102,8 @@ def sample(
     from shared.db.session import make_engine, session_factory, upgrade
     from shared.engines import create_engine
     from shared.rewards import NetworkPolicy
-    from shared.sampling import RewardPool, plan_sample, run_plan, store_finished_run
-    from shared.schemas import ChainResult, SampleRequest, SampleResponse
+    from shared.sampling_protocol import ChainResult, SampleRequest, SampleResponse
+    from shared.sampling_run import RewardPool, plan_sample, run_plan, store_finished_run
 
     settings = load_settings(engine=engine, teacher_model=model)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
@@ -25,7 +25,8 @@ def _default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DSC_", env_file=".env", extra="ignore")
+    # validate_by_name: a renamed field keeps its name for Settings(...) and the CLI beside its old env alias.
+    model_config = SettingsConfigDict(env_prefix="DSC_", env_file=".env", extra="ignore", validate_by_name=True)
 
     data_dir: Path = Field(default_factory=_default_data_dir, description="Database file, model store, job artifacts.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir.")
@@ -49,7 +50,6 @@ class Settings(BaseSettings):
         "onlined on demand or small.",
     )
     vllm_enforce_eager: bool = False
-    vllm_max_model_len: int = 2048
     vllm_cpu_threads_bind: str | None = Field(None, description="e.g. '0-1'; default: all cores of this machine.")
     vllm_tensor_parallel_size: int = Field(
         1, description="GPUs each vLLM engine (teacher, student, the trainer's evaluation) splits every layer over (vLLM tensor_parallel_size)."
@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     vllm_pipeline_parallel_size: int = Field(
         1, description="Groups of layers each vLLM engine spreads over further GPUs (vLLM pipeline_parallel_size); "
         "an engine uses tensor x pipeline GPUs."
+    )
+
+    max_model_len: int = Field(
+        2048,
+        # Aliases bypass env_prefix, so both names are spelled out; DSC_VLLM_MAX_MODEL_LEN is the old name.
+        validation_alias=AliasChoices("DSC_MAX_MODEL_LEN", "DSC_VLLM_MAX_MODEL_LEN"),
+        description="Context length (prompt plus completion tokens) of every vLLM engine and of the student's transformers runtime.",
     )
 
     openai_base_url: str | None = Field(None, description="Base URL of a remote OpenAI-compatible server (engine=openai).")

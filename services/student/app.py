@@ -13,9 +13,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
+from services.student.engine_health import EngineHealth
+from services.student.metrics import StudentMetrics
 from services.student.router import router
-from services.student.runtime import Runtime, TransformersRuntime
-from services.student.serving import RuntimeFactory, StudentServing
+from services.student.runtimes.base import Runtime
+from services.student.runtimes.transformers_runtime import TransformersRuntime
+from services.student.serving_chat import ChatCompletions
+from services.student.serving_models import RuntimeFactory, ServedModels
 from shared import __version__
 from shared.db.session import make_engine, session_factory
 from shared.errors import DscError, MissingDependency
@@ -34,7 +38,7 @@ def default_runtime_factory(settings: Settings, on_batch=None) -> RuntimeFactory
     def transformers(path: Path) -> Runtime:
         return TransformersRuntime(
             path, dtype=settings.dtype, max_batch=settings.student_max_batch,
-            window_s=settings.student_batch_window_ms / 1000, max_model_len=settings.vllm_max_model_len, on_batch=on_batch,
+            window_s=settings.student_batch_window_ms / 1000, max_model_len=settings.max_model_len, on_batch=on_batch,
         )
 
     def build(path: Path) -> Runtime:
@@ -42,7 +46,7 @@ def default_runtime_factory(settings: Settings, on_batch=None) -> RuntimeFactory
             from shared.engines.vllm_engine import vllm_available
 
             if vllm_available():
-                from services.student.vllm_runtime import VLLMRuntime
+                from services.student.runtimes.vllm_runtime import VLLMRuntime
 
                 try:
                     return VLLMRuntime.from_settings(path, settings)
@@ -97,16 +101,18 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         db_engine = make_engine(settings.resolved_database_url) if registry_on else None
-        factory = runtime_factory or default_runtime_factory(settings, on_batch=lambda size: serving.metrics.batch_size.observe(size))
-        serving = StudentServing(
-            settings, registry=registry, runtime_factory=factory,
+        metrics = StudentMetrics(registry)
+        models = ServedModels(
+            settings, metrics=metrics, runtime_factory=runtime_factory or default_runtime_factory(settings, on_batch=metrics.batch_size.observe),
             sessions=session_factory(db_engine) if db_engine is not None else None, model=model,
         )
-        serving.exit_process = getattr(app.state, "exit_process", None)
-        app.state.student = serving
-        starting = asyncio.create_task(serving.start(runtime))  # /readyz is 503 until the model is loaded
-        poller = asyncio.create_task(serving.poll_registry()) if registry_on else None
-        watcher = asyncio.create_task(serving.watch_engine())
+        health = EngineHealth(settings, models, metrics)
+        health.exit_process = getattr(app.state, "exit_process", None)
+        app.state.models, app.state.health = models, health
+        app.state.chat = ChatCompletions(settings, models, health, metrics)
+        starting = asyncio.create_task(models.start(runtime))  # /readyz is 503 until the model is loaded
+        poller = asyncio.create_task(models.poll_registry()) if registry_on else None
+        watcher = asyncio.create_task(health.watch())
         try:
             yield
         finally:
@@ -114,7 +120,7 @@ def create_app(
                 if task is not None:
                     task.cancel()
             if runtime is None:
-                await serving.close()
+                await models.close()
             if db_engine is not None:
                 db_engine.dispose()
 

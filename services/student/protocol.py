@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.schemas import Count, Real, Seed, Text
+from shared.request_fields import Count, Real, Seed, Text
 
 
 def completion_id() -> str:

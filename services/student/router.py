@@ -1,4 +1,5 @@
-"""Thin routes of the student: validate, call the serving class, frame the answer."""
+"""Thin routes of the student: validate, call the serving classes (serving_models, serving_chat,
+engine_health), frame the answer."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.student.engine_health import EngineHealth
 from services.student.protocol import ChatCompletionRequest, ModelList
-from services.student.serving import Completion, StudentServing
+from services.student.serving_chat import ChatCompletions, Completion
+from services.student.serving_models import ServedModels
 from shared.errors import DscError
 from shared.web.auth import AdminScope, ClientScope, is_admin_request
 
@@ -19,11 +22,21 @@ router = APIRouter()
 T = TypeVar("T")
 
 
-def get_serving(request: Request) -> StudentServing:
-    return request.app.state.student
+def get_models(request: Request) -> ServedModels:
+    return request.app.state.models
 
 
-Serving = Annotated[StudentServing, Depends(get_serving)]
+def get_health(request: Request) -> EngineHealth:
+    return request.app.state.health
+
+
+def get_chat(request: Request) -> ChatCompletions:
+    return request.app.state.chat
+
+
+Models = Annotated[ServedModels, Depends(get_models)]
+Health = Annotated[EngineHealth, Depends(get_health)]
+Chat = Annotated[ChatCompletions, Depends(get_chat)]
 
 
 @router.get("/healthz", tags=["health"])
@@ -32,20 +45,20 @@ def healthz() -> dict:
 
 
 @router.get("/readyz", tags=["health"])
-async def readyz(serving: Serving, request: Request) -> JSONResponse:
+async def readyz(models: Models, health: Health, request: Request) -> JSONResponse:
     """200 once the model is loaded; 503 with Retry-After until then, and again once the engine
     has died, until the models are loaded afresh. `reason` (model_loading, model_failed,
     engine_dead) says why; the error itself (it can name files and URLs) is in the log, and in
     `error` only for a caller presenting the admin token."""
-    dead = serving.check_health()  # on the event loop, where a death is acted on
-    body: dict = {"ready": serving.ready, "model": serving.base.id if serving.base else None}
-    if serving.ready:
-        body["serving"] = {name: model.id for name, model in serving.table.items() if name in ("student", "default")}
+    dead = health.check()  # on the event loop, where a death is acted on
+    body: dict = {"ready": health.ready, "model": models.base.id if models.base else None}
+    if health.ready:
+        body["serving"] = {name: model.id for name, model in models.table.items() if name in ("student", "default")}
         return JSONResponse(body)
     if dead is not None:
-        body["reason"], detail = "engine_dead", f"the engine died: {dead}; {serving.death_action}"
-    elif serving.load_error:
-        body["reason"], detail = "model_failed", serving.load_error
+        body["reason"], detail = "engine_dead", f"the engine died: {dead}; {health.death_action}"
+    elif models.load_error:
+        body["reason"], detail = "model_failed", models.load_error
     else:
         body["reason"], detail = "model_loading", None
     if detail is not None and is_admin_request(request):
@@ -59,29 +72,29 @@ def metrics(request: Request) -> Response:
 
 
 @router.get("/v1/models", tags=["openai"])
-def list_models(serving: Serving, _scope: ClientScope) -> ModelList:
-    return ModelList(data=serving.model_cards())
+def list_models(models: Models, _scope: ClientScope) -> ModelList:
+    return ModelList(data=models.model_cards())
 
 
 @router.post("/v1/chat/completions", tags=["openai"])
-async def chat_completions(body: ChatCompletionRequest, request: Request, serving: Serving, _scope: ClientScope) -> Response:
-    completion = serving.admit(body)  # every 4xx happens here, before a byte is generated
+async def chat_completions(body: ChatCompletionRequest, request: Request, chat: Chat, _scope: ClientScope) -> Response:
+    completion = chat.admit(body)  # every 4xx happens here, before a byte is generated
     headers = {"X-DSC-Model": completion.model.id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         # Starlette cancels this generator when the client disconnects; that cancels generation.
-        return _CompletionStream(completion, _sse(serving.stream(completion, include_usage=include_usage)), media_type="text/event-stream", headers=headers)
+        return _CompletionStream(completion, _sse(chat.stream(completion, include_usage=include_usage)), media_type="text/event-stream", headers=headers)
     try:
-        response = await _unless_disconnected(serving.respond(completion), request)
+        response = await _unless_disconnected(chat.respond(completion), request)
     finally:
         completion.close()
     return JSONResponse(response.model_dump(), headers=headers)
 
 
 @router.post("/admin/reload", tags=["admin"])
-async def reload(serving: Serving, _scope: AdminScope) -> dict:
+async def reload(models: Models, _scope: AdminScope) -> dict:
     """Load the newly active students now (the service also polls the registry)."""
-    return await serving.reload(retry_failed=True)
+    return await models.reload(retry_failed=True)
 
 
 class _CompletionStream(StreamingResponse):

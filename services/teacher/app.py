@@ -32,7 +32,7 @@ from shared.db.session import make_engine, session_factory, upgrade
 from shared.engines import create_engine
 from shared.engines.base import Engine
 from shared.rewards.net import NetworkPolicy
-from shared.sampling import RewardPool
+from shared.sampling_run import RewardPool
 from shared.settings import Settings
 from shared.web.ratelimit import KeyRateLimiter
 from shared.web.errors import install_error_handlers

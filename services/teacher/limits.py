@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from shared.errors import InvalidRequest
-from shared.sampling import SamplePlan
+from shared.sampling_run import SamplePlan
 from shared.settings import Settings
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Job
-from shared.sampler import Chain
+from shared.critique_revise import Chain
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Request and response models of the teacher API (docs/architecture.md §2.1), one place for the public shapes.
 
-Sampling requests reuse `shared.schemas.SampleRequest` (the CLI builds the same object), so the
+Sampling requests reuse `shared.sampling_protocol.SampleRequest` (the CLI builds the same object), so the
 synchronous endpoint, jobs and `dsc sample` accept exactly the same fields.
 """
 

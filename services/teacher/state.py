@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.teacher.metrics import TeacherMetrics
 from shared.engines.base import ENGINE_DEAD_EXIT_CODE, Engine, engine_dead_reason
 from shared.rewards.net import NetworkPolicy
-from shared.sampling import RewardPool
+from shared.sampling_run import RewardPool
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from shared.db.queue import Heartbeat, Lease, get_row
 from shared.db.session import is_sqlite, transaction
 from shared.engines.base import dead_reason_of
 from shared.errors import DscError
-from shared.sampling import SamplePlan, plan_from_job, run_plan
+from shared.sampling_run import SamplePlan, plan_from_job, run_plan
 from shared.tasks import get_task
 
 log = logging.getLogger(__name__)

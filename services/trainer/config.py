@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.sampler import Acceptance
+from shared.critique_revise import Acceptance
 from shared.tasks import TASK_NAME_PATTERN
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -34,7 +34,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from services.trainer.config import DistillationConfig
-from shared.db.models import Chain, Pair
+from shared.db.models import ChainRecord, Pair
 from shared.tasks import TaskSpec, normalise_prompt
 
 IGNORE_INDEX = -100
@@ -50,7 +50,7 @@ def pair_query(config: DistillationConfig) -> Select:
     if config.min_reward_gain is not None:
         query = query.where(Pair.reward_gain >= config.min_reward_gain)
     if config.acceptance is not None:
-        query = query.join(Chain, Chain.id == Pair.chain_id).where(Chain.acceptance == config.acceptance)
+        query = query.join(ChainRecord, ChainRecord.id == Pair.chain_id).where(ChainRecord.acceptance == config.acceptance)
     query = query.order_by(Pair.id)
     if config.max_pairs is not None:
         query = query.limit(config.max_pairs)

@@ -53,7 +53,7 @@ def sample_answers(engine: Engine, prompts: Sequence[str], samples: int, params:
 def teacher_answers(engine: Engine, task, reward: RewardModel, prompts: Sequence[str], samples: int,
                     params: SamplingParams) -> list[list[str]]:
     """The final answers of `samples` critique→revise chains per prompt (the task's own steps and acceptance)."""
-    from shared.sampler import Sampler
+    from shared.critique_revise import Sampler
 
     sampler = Sampler(engine, reward, critique_request=task.critique_request, revision_request=task.revision_request)
     chains = sampler.run(list(prompts), steps=task.steps, chains=samples, acceptance=task.acceptance, beta=task.beta, params=params)

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db.models import Job, JobBatch, utcnow
 from shared.db.queue import ACTIVE, Lease, cancel_row, claim, fence, fenced_update
 from shared.db.store import Recorded, record_chains
-from shared.sampler import Chain
+from shared.critique_revise import Chain
 
 
 class _Dropped(Exception):

@@ -112,8 +112,9 @@ class JobBatch(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
-class Chain(Base):
-    """A full critique→revise trace for one (prompt, chain) of a job."""
+class ChainRecord(Base):
+    """A stored critique→revise trace for one (prompt, chain) of a job (the sampler's
+    `shared.critique_revise.Chain`, written by `shared.db.store.record_chains`)."""
 
     __tablename__ = "chains"
     __table_args__ = (UniqueConstraint("job_id", "prompt_index", "chain_index", name="uq_chains_job_prompt_chain"),)

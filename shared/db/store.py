@@ -14,8 +14,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from shared.db.models import Chain, ChainStep, Pair
-from shared.sampler import Chain as ChainTrace
+from shared.db.models import ChainRecord, ChainStep, Pair
+from shared.critique_revise import Chain
 
 
 def insert_ignore(session: Session, model: type, values: dict[str, Any], conflict: Sequence[str]) -> int | None:
@@ -37,7 +37,7 @@ class Recorded:
     pairs: int  # newly stored accepted pairs
 
 
-def record_chains(session: Session, *, job_id: str, task_name: str, acceptance: str, traces: Sequence[ChainTrace], prompt_offset: int = 0) -> Recorded:
+def record_chains(session: Session, *, job_id: str, task_name: str, acceptance: str, traces: Sequence[Chain], prompt_offset: int = 0) -> Recorded:
     """Store chains, their steps and accepted pairs. The caller owns the transaction."""
     recorded = Recorded(0, 0)
     for trace in traces:
@@ -45,7 +45,7 @@ def record_chains(session: Session, *, job_id: str, task_name: str, acceptance: 
         key = {"job_id": job_id, "prompt_index": prompt_index, "chain_index": trace.chain_index}
         chain_id = insert_ignore(
             session,
-            Chain,
+            ChainRecord,
             {
                 **key,
                 "task_name": task_name,

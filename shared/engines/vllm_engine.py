@@ -121,7 +121,7 @@ def engine_settings(settings: "Settings", **overrides) -> dict:
     (the trainer's evaluation engines: their own memory share, eager)."""
     values = dict(
         dtype=settings.dtype, gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-        enforce_eager=settings.vllm_enforce_eager, max_model_len=settings.vllm_max_model_len,
+        enforce_eager=settings.vllm_enforce_eager, max_model_len=settings.max_model_len,
         kv_cache_gib=settings.vllm_kv_cache_gib, cpu_threads_bind=settings.vllm_cpu_threads_bind,
         tensor_parallel_size=settings.vllm_tensor_parallel_size,
         pipeline_parallel_size=settings.vllm_pipeline_parallel_size,

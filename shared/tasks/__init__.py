@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Task
 from shared.errors import Conflict, NotFound
-from shared.sampler import Acceptance
-from shared.schemas import Count, Real, Text
+from shared.critique_revise import Acceptance
+from shared.request_fields import Count, Real, Text
 
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # The student service's model aliases: a task (and so a student) by one of these names could never be addressed.

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from services.trainer.evaluate import figures_table
-from shared.db.models import Chain, Job, Pair
+from shared.db.models import ChainRecord, Job, Pair
 from shared.db.session import make_engine, session_factory
 
 DSC = [sys.executable, "-m", "services.cli"]
@@ -34,7 +34,7 @@ def _render(table) -> str:
 def _counts(db_url: str) -> tuple[int, int, int]:
     engine = make_engine(db_url)
     with session_factory(engine)() as session:
-        counts = tuple(session.scalar(select(func.count(model.id))) for model in (Job, Chain, Pair))
+        counts = tuple(session.scalar(select(func.count(model.id))) for model in (Job, ChainRecord, Pair))
     engine.dispose()
     return counts
 

@@ -24,7 +24,7 @@ import pytest
 from shared.engines.base import EngineClosed, Generation, SamplingParams, chat_prompt_ids
 from shared.errors import EngineError
 from shared.rewards import build_reward
-from shared.sampler import Sampler
+from shared.critique_revise import Sampler
 
 WORDS = ["zebra", "violin", "castle", "rocket", "walrus", "candle", "dolphin", "tulip", "anchor", "falcon", "igloo", "banjo"]
 CLIENT_KEY, ADMIN_TOKEN = "contract-client-key", "contract-admin-token"
@@ -52,7 +52,7 @@ def student_url(tmp_path_factory, model_store: Path, model_path: Path):
     """A real OpenAI-compatible server: the student service on its transformers runtime."""
     from live_server import live_server
     from services.student.app import create_app
-    from services.student.runtime import TransformersRuntime
+    from services.student.runtimes.transformers_runtime import TransformersRuntime
     from shared.db.session import upgrade
     from shared.settings import Settings
 

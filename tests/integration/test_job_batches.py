@@ -14,10 +14,10 @@ from alembic import command
 from sqlalchemy import DateTime, column, create_engine, func, insert, select, table, text
 
 from shared.db.job_queue import add_job, cancel_job, claim_batch, commit_batch, cut, hand_back
-from shared.db.models import Chain, Job, JobBatch, JsonType, utcnow
+from shared.db.models import ChainRecord, Job, JobBatch, JsonType, utcnow
 from shared.db.queue import Lease
 from shared.db.session import alembic_config, make_engine, normalise_url, session_factory, transaction, upgrade
-from shared.sampler import Chain as ChainTrace, Step
+from shared.critique_revise import Chain, Step
 
 PARAMS = {"steps": 1, "chains": 1, "acceptance": "always", "beta": 1.0, "temperature": 0.7, "top_p": 1.0, "max_tokens": 4, "seed": 1}
 
@@ -27,10 +27,10 @@ def _job(db, n: int, batch_size: int) -> str:
         return add_job(session, task_name="sentiment", params=PARAMS, prompts=[f"p{i}" for i in range(n)], batch_size=batch_size).id
 
 
-def _traces(batch: JobBatch) -> list[ChainTrace]:
+def _traces(batch: JobBatch) -> list[Chain]:
     traces = []
     for local in range(batch.end - batch.start):
-        trace = ChainTrace(local, 0, f"p{batch.start + local}", "bad", -0.5)
+        trace = Chain(local, 0, f"p{batch.start + local}", "bad", -0.5)
         accepted = (batch.start + local) % 2 == 0
         trace.steps.append(Step("be nicer", "good" if accepted else "bad", 0.5, accepted))
         trace.final_text, trace.final_reward = ("good", 0.5) if accepted else ("bad", -0.5)
@@ -78,8 +78,8 @@ def test_many_workers_commit_one_job_concurrently_and_the_last_commit_finishes_i
     assert sorted(start for _, start in taken) == list(range(0, 23, 2))
     with db() as session:
         job = session.get(Job, job_id)
-        indexes = sorted(session.scalars(select(Chain.prompt_index).where(Chain.job_id == job_id)))
-        accepted = session.scalar(select(func.count()).select_from(Chain).where(Chain.job_id == job_id, Chain.accepted))
+        indexes = sorted(session.scalars(select(ChainRecord.prompt_index).where(ChainRecord.job_id == job_id)))
+        accepted = session.scalar(select(func.count()).select_from(ChainRecord).where(ChainRecord.job_id == job_id, ChainRecord.accepted))
         committed_by = dict(session.execute(select(JobBatch.start, JobBatch.committed_by).where(JobBatch.job_id == job_id)).all())
     assert (job.status, job.done, job.accepted) == ("succeeded", 23, accepted) and job.finished_at is not None
     assert indexes == list(range(23)) and accepted == 12

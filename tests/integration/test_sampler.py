@@ -6,7 +6,7 @@ import pytest
 
 from shared.engines.base import SamplingParams
 from shared.rewards import build_reward
-from shared.sampler import Sampler
+from shared.critique_revise import Sampler
 
 PROMPTS = [
     "Write a two-sentence negative review of the film Jaws.",

@@ -5,15 +5,15 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy import func, select
 
-from shared.db.models import Chain, ChainStep, Job, Pair
+from shared.db.models import ChainRecord, ChainStep, Job, Pair
 from shared.db.session import make_engine, transaction, upgrade
 from shared.db.store import record_chains
-from shared.sampler import Chain as Trace, Step
+from shared.critique_revise import Chain, Step
 
 
-def _traces() -> list[Trace]:
-    moved = Trace(0, 0, "Review film A", "awful film", -0.6, [Step("too harsh", "a fine film", 0.5, True)], "a fine film", 0.5)
-    stayed = Trace(1, 0, "Review film B", "great film", 0.8, [Step("fine", "ok film", 0.1, False)], "great film", 0.8)
+def _traces() -> list[Chain]:
+    moved = Chain(0, 0, "Review film A", "awful film", -0.6, [Step("too harsh", "a fine film", 0.5, True)], "a fine film", 0.5)
+    stayed = Chain(1, 0, "Review film B", "great film", 0.8, [Step("fine", "ok film", 0.1, False)], "great film", 0.8)
     return [moved, stayed]
 
 
@@ -35,7 +35,7 @@ def test_chains_and_pairs_round_trip(db):
         recorded = record_chains(session, job_id=_job(session), task_name="sentiment", acceptance="improve", traces=_traces())
     assert (recorded.chains, recorded.pairs) == (2, 1)
     with db() as session:
-        chains = session.scalars(select(Chain).order_by(Chain.prompt_index)).all()
+        chains = session.scalars(select(ChainRecord).order_by(ChainRecord.prompt_index)).all()
         assert [c.accepted for c in chains] == [True, False]
         assert chains[0].steps[0].critique == "too harsh" and chains[0].steps[0].accepted
         pair = session.scalars(select(Pair)).one()
@@ -51,7 +51,7 @@ def test_duplicate_insert_is_a_no_op(db):
         again = record_chains(session, job_id=job_id, task_name="sentiment", acceptance="improve", traces=_traces())
     assert (again.chains, again.pairs) == (0, 0)
     with db() as session:
-        assert session.scalar(select(func.count(Chain.id))) == 2
+        assert session.scalar(select(func.count(ChainRecord.id))) == 2
         assert session.scalar(select(func.count(ChainStep.id))) == 2
         assert session.scalar(select(func.count(Pair.id))) == 1
 

@@ -23,7 +23,7 @@ from adapters import PHRASE  # what the shared test adapter (trained_adapter) le
 def student_runtime(model_path: Path):
     """The base model behind a micro-batcher, shared by every server of the session (loading
     the model per test would dominate the run on two cores)."""
-    from services.student.runtime import TransformersRuntime
+    from services.student.runtimes.transformers_runtime import TransformersRuntime
 
     runtime = TransformersRuntime(model_path, max_batch=16, window_s=0.05, max_model_len=2048)
     yield runtime

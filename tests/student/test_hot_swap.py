@@ -129,14 +129,14 @@ def test_base_and_student_share_a_batch_without_mixing(swap_server, keys):
             ask = lambda model: client.chat.completions.create(model=model, messages=PROMPT, max_tokens=4, temperature=0)  # noqa: E731
             return await asyncio.gather(ask("base"), ask("sentiment"), ask("base"), ask("pineapple-v2"))
 
-    sizes_before = len(app.state.student.base.runtime.batcher.batch_sizes)
+    sizes_before = len(app.state.models.base.runtime.batcher.batch_sizes)
     base1, student1, base2, student2 = asyncio.run(both())
     assert [r.model for r in (base1, student1, base2, student2)] == ["smollm2-135m-instruct", "pineapple-v2", "smollm2-135m-instruct", "pineapple-v2"]
     assert student1.choices[0].message.content.startswith(phrase_start)
     assert student2.choices[0].message.content.startswith(phrase_start)
     assert not base1.choices[0].message.content.startswith(phrase_start)
     assert base1.choices[0].message.content == base2.choices[0].message.content
-    new_sizes = list(app.state.student.base.runtime.batcher.batch_sizes)[sizes_before:]
+    new_sizes = list(app.state.models.base.runtime.batcher.batch_sizes)[sizes_before:]
     assert max(new_sizes) > 1, new_sizes  # they did share a batch
 
 
@@ -161,22 +161,22 @@ def test_an_adapter_unreadable_for_a_while_is_loaded_once_it_is_readable(swap_se
     import shutil
 
     url, app, settings = swap_server
-    serving = app.state.student
+    models = app.state.models
     late = tmp_path / "late-lora"  # not there yet
     student_id = student_helpers["register_student"](settings.resolved_database_url, name="late", version=1, task="privacy",
                                                      base_model=str(model_path), adapter_path=late)
     deadline = time.monotonic() + 30
-    while student_id not in serving.failed and time.monotonic() < deadline:
+    while student_id not in models.failed and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert student_id in serving.failed, "the poller never tried the new student"
+    assert student_id in models.failed, "the poller never tried the new student"
     assert "late-v1" not in served_ids(url, keys["client"])
     shutil.copytree(trained_adapter, late)  # the volume is back
 
     deadline = time.monotonic() + 60
     while "late-v1" not in served_ids(url, keys["client"]) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert "late-v1" in served_ids(url, keys["client"]), serving.failed.get(student_id)
-    assert student_id not in serving.failed
+    assert "late-v1" in served_ids(url, keys["client"]), models.failed.get(student_id)
+    assert student_id not in models.failed
     with openai.OpenAI(base_url=f"{url}/v1", api_key=keys["client"], max_retries=0, timeout=120) as client:
         answer = client.chat.completions.create(model="privacy", messages=PROMPT, max_tokens=8, temperature=0)
     assert answer.model == "late-v1" and answer.choices[0].message.content.startswith(keys["phrase"][:9]), answer

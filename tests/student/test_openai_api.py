@@ -116,9 +116,9 @@ def test_errors_are_the_clients_own_types(registry_server, openai_client):
 
 def test_overload_answers_429_with_retry_after(registry_server, openai_client):
     url, app = registry_server
-    serving = app.state.student
-    limit = serving.settings.student_max_pending
-    serving.settings.student_max_pending = 2
+    chat = app.state.chat
+    limit = chat.settings.student_max_pending
+    chat.settings.student_max_pending = 2
     try:
         async def burst():
             async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=120) as client:
@@ -127,7 +127,7 @@ def test_overload_answers_429_with_retry_after(registry_server, openai_client):
 
         results = asyncio.run(burst())
     finally:
-        serving.settings.student_max_pending = limit
+        chat.settings.student_max_pending = limit
     limited = [r for r in results if isinstance(r, openai.RateLimitError)]
     assert limited and all(not isinstance(r, Exception) or isinstance(r, openai.RateLimitError) for r in results)
     assert limited[0].response.headers["retry-after"] == "1"
@@ -156,16 +156,16 @@ def test_sixteen_concurrent_requests_are_batched(registry_server, student_runtim
 
 def test_client_disconnect_cancels_generation(registry_server):
     url, app = registry_server
-    serving = app.state.student
+    chat = app.state.chat
     body = {"model": "student", "messages": HELLO, "max_tokens": 64, "temperature": 0.9, "stream": True}
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=60) as r:
         for line in r.iter_lines():
             if '"content":"' in line and '"content":""' not in line:
                 break  # the first real token: hang up
     deadline = time.monotonic() + 20
-    while serving.pending and time.monotonic() < deadline:
+    while chat.pending and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert serving.pending == 0
+    assert chat.pending == 0
     metrics = httpx.get(f"{url}/metrics").text
     assert 'outcome="cancelled"' in metrics
 
@@ -180,7 +180,7 @@ def test_client_gone_before_the_first_byte_frees_its_slot(registry_server):
     """Streamed requests whose clients hang up right after sending, before any byte of the answer:
     once the service has handled them, none of their sequences stays counted against the queue."""
     url, app = registry_server
-    serving = app.state.student
+    chat = app.state.chat
     host, port = url.removeprefix("http://").split(":")
     payload = json.dumps({"model": "student", "messages": HELLO, "max_tokens": 64, "stream": True}).encode()
     request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {CLIENT_KEY}\r\n"
@@ -194,7 +194,7 @@ def test_client_gone_before_the_first_byte_frees_its_slot(registry_server):
     while _chat_requests_seen(app) < seen + 5 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _chat_requests_seen(app) == seen + 5, "the service did not finish handling the abandoned requests"
-    assert serving.pending == 0
+    assert chat.pending == 0
     answer = httpx.post(f"{url}/v1/chat/completions", json={"model": "student", "messages": HELLO, "max_tokens": 2},
                         headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=60)
     assert answer.status_code == 200

@@ -9,7 +9,7 @@ from shared.engines.base import SamplingParams
 from shared.engines.openai_engine import OpenAIEngine
 from shared.errors import EngineError
 from shared.rewards import build_reward
-from shared.sampler import Sampler
+from shared.critique_revise import Sampler
 
 
 def test_openai_engine_generates_a_batch_and_drives_the_sampler(registry_server, keys):

@@ -19,7 +19,7 @@ def vllm_runtime(model_path):
 
     if not vllm_available():
         pytest.skip("vLLM does not import on this machine")
-    from services.student.vllm_runtime import VLLMRuntime
+    from services.student.runtimes.vllm_runtime import VLLMRuntime
 
     runtime = VLLMRuntime(model_path, enforce_eager=True, gpu_memory_utilization=0.15, kv_cache_gib=0.5, max_model_len=2048, max_loras=2, max_lora_rank=16)
     yield runtime

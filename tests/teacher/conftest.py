@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from live_server import free_port, live_server, wait_for  # tests/ is on sys.path (pytest prepends the root conftest's directory)
-from shared.db.models import Chain, ChainStep, Job, Pair, Task
+from shared.db.models import ChainRecord, ChainStep, Job, Pair, Task
 from shared.db.session import make_engine, session_factory
 from shared.settings import Settings
 
@@ -74,7 +74,7 @@ class Teacher:
 
     def counts(self) -> dict[str, int]:
         with self.sessions() as session:
-            return {model.__tablename__: session.scalar(select(func.count()).select_from(model)) for model in (Job, Chain, ChainStep, Pair, Task)}
+            return {model.__tablename__: session.scalar(select(func.count()).select_from(model)) for model in (Job, ChainRecord, ChainStep, Pair, Task)}
 
 
 @contextmanager
@@ -139,7 +139,7 @@ def make_state(tmp_path: Path, model_store: Path):
     from services.teacher.metrics import TeacherMetrics
     from services.teacher.state import TeacherState
     from shared.db.session import upgrade
-    from shared.sampling import RewardPool
+    from shared.sampling_run import RewardPool
 
     engines = []
 

@@ -10,11 +10,11 @@ from sqlalchemy import select
 
 from services.teacher.worker import JobWorker
 from shared.db.job_queue import add_job, cancel_job, claim_batch, commit_batch
-from shared.db.models import Chain, Job, JobBatch, Pair
+from shared.db.models import ChainRecord, Job, JobBatch, Pair
 from shared.db.queue import Lease
 from shared.db.session import transaction
-from shared.sampler import Chain as ChainTrace, Step
-from shared.sampling import RewardPool
+from shared.critique_revise import Chain, Step
+from shared.sampling_run import RewardPool
 
 MAX_TOKENS = 4
 PARAMS = {"steps": 1, "chains": 1, "acceptance": "always", "beta": 1.0, "temperature": 0.7, "top_p": 1.0, "max_tokens": MAX_TOKENS, "seed": 5}
@@ -82,8 +82,8 @@ def drain(worker: JobWorker) -> int:
 
 def stored(sessions, job_id: str) -> tuple[list[int], int, int]:
     with sessions() as session:
-        indexes = sorted(session.scalars(select(Chain.prompt_index).where(Chain.job_id == job_id)))
-        accepted = len(list(session.scalars(select(Chain.id).where(Chain.job_id == job_id, Chain.accepted))))
+        indexes = sorted(session.scalars(select(ChainRecord.prompt_index).where(ChainRecord.job_id == job_id)))
+        accepted = len(list(session.scalars(select(ChainRecord.id).where(ChainRecord.job_id == job_id, ChainRecord.accepted))))
         pairs = len(list(session.scalars(select(Pair.id).where(Pair.job_id == job_id))))
     return indexes, accepted, pairs
 
@@ -115,8 +115,8 @@ def test_two_workers_share_the_queue_and_process_each_prompt_once(make_state, po
         assert {b.committed_by for b in rows} <= {worker.owner for worker in workers}
 
 
-def _trace(prompt_index: int, accepted: bool = True) -> ChainTrace:
-    trace = ChainTrace(prompt_index, 0, f"prompt {prompt_index}", "bad answer", -0.5)
+def _trace(prompt_index: int, accepted: bool = True) -> Chain:
+    trace = Chain(prompt_index, 0, f"prompt {prompt_index}", "bad answer", -0.5)
     trace.steps.append(Step("be nicer", "good answer" if accepted else "bad answer", 0.5, accepted))
     trace.final_text, trace.final_reward = ("good answer", 0.5) if accepted else ("bad answer", -0.5)
     return trace

@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import func, select
 
 from live_server import wait_ready, stop_process
-from shared.db.models import Chain, Job, JobBatch, Pair
+from shared.db.models import ChainRecord, Job, JobBatch, Pair
 from shared.db.session import make_engine, session_factory
 
 CLIENT_KEY, ADMIN_TOKEN = "kill-test-client", "kill-test-admin"
@@ -90,8 +90,8 @@ def test_sigkilled_teacher_resumes_the_job_after_restart(tmp_path, model_store, 
     assert body["status"] == "succeeded", body
     assert body["attempt"] == 2 and body["progress"]["done"] == body["progress"]["total"] == 3
     with sessions() as session:
-        indexes = sorted(session.scalars(select(Chain.prompt_index).where(Chain.job_id == job_id)))
-        accepted_chains = session.scalar(select(func.count()).select_from(Chain).where(Chain.job_id == job_id, Chain.accepted))
+        indexes = sorted(session.scalars(select(ChainRecord.prompt_index).where(ChainRecord.job_id == job_id)))
+        accepted_chains = session.scalar(select(func.count()).select_from(ChainRecord).where(ChainRecord.job_id == job_id, ChainRecord.accepted))
         pairs = session.scalar(select(func.count()).select_from(Pair).where(Pair.job_id == job_id))
         distinct_pairs = session.scalar(select(func.count(func.distinct(Pair.prompt_index))).where(Pair.job_id == job_id))
     db.dispose()

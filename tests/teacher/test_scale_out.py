@@ -15,7 +15,7 @@ import httpx
 from sqlalchemy import func, select
 
 from live_server import wait_ready, stop_process
-from shared.db.models import Chain, Job, JobBatch, Pair
+from shared.db.models import ChainRecord, Job, JobBatch, Pair
 from shared.db.session import make_engine, session_factory
 
 CLIENT_KEY, ADMIN_TOKEN = "scale-test-client", "scale-test-admin"
@@ -66,8 +66,8 @@ def test_two_teacher_processes_share_one_job(tmp_path, model_store, postgres_url
     assert body["progress"]["done"] == body["progress"]["total"] == PROMPTS and body["failures"] == 0
     db = make_engine(postgres_url)
     with session_factory(db)() as session:
-        keys = session.execute(select(Chain.prompt_index, Chain.chain_index).where(Chain.job_id == job_id)).all()
-        accepted = session.scalar(select(func.count()).select_from(Chain).where(Chain.job_id == job_id, Chain.accepted))
+        keys = session.execute(select(ChainRecord.prompt_index, ChainRecord.chain_index).where(ChainRecord.job_id == job_id)).all()
+        accepted = session.scalar(select(func.count()).select_from(ChainRecord).where(ChainRecord.job_id == job_id, ChainRecord.accepted))
         pairs = session.scalar(select(func.count()).select_from(Pair).where(Pair.job_id == job_id))
         rows = session.execute(select(JobBatch.start, JobBatch.status, JobBatch.committed_by).where(JobBatch.job_id == job_id)).all()
         job = session.get(Job, job_id)

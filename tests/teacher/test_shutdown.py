@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from live_server import wait_for, wait_ready
-from shared.db.models import Chain, Job, JobBatch
+from shared.db.models import ChainRecord, Job, JobBatch
 from shared.db.session import make_engine, session_factory
 
 CLIENT_KEY, ADMIN_TOKEN = "shutdown-test-client", "shutdown-test-admin"
@@ -102,7 +102,7 @@ def test_sigterm_stops_the_teacher_in_bounded_time_with_work_in_flight(engine, t
 
     with sessions() as session:
         job = session.get(Job, job_id)
-        stored = session.query(Chain).filter(Chain.job_id == job_id).count()
+        stored = session.query(ChainRecord).filter(ChainRecord.job_id == job_id).count()
         held = session.query(JobBatch).filter(JobBatch.job_id == job_id, JobBatch.lease_owner.is_not(None)).count()
     db.dispose()
     assert (job.status, held, job.failures) == ("queued", 0, 0), (job.status, held, job.failures, job.error)

@@ -23,7 +23,7 @@ import pytest
 
 from engine_kill import all_gone, kill_engine_core, since, start_service, stop_service, vllm_env, vllm_processes, wait_service_ready
 from live_server import wait_for
-from shared.db.models import Chain, Job, JobBatch
+from shared.db.models import ChainRecord, Job, JobBatch
 from shared.db.session import make_engine, session_factory
 from shared.engines.base import ENGINE_DEAD_EXIT_CODE
 
@@ -121,7 +121,7 @@ def test_killed_engine_core_hands_the_job_back_and_the_teacher_exits(tmp_path: P
     db = make_engine(database_url)
     with session_factory(db)() as session:
         job = session.get(Job, job_id)
-        stored = session.query(Chain).filter(Chain.job_id == job_id).count()
+        stored = session.query(ChainRecord).filter(ChainRecord.job_id == job_id).count()
         held = session.query(JobBatch).filter(JobBatch.job_id == job_id, JobBatch.lease_owner.is_not(None)).count()
     db.dispose()
     assert (job.status, held, job.failures, job.error) == ("queued", 0, 0, None), (job.status, held, job.failures, job.error)

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from shared.db.models import Chain, Job, Pair
+from shared.db.models import ChainRecord, Job, Pair
 
 pytestmark = pytest.mark.vllm
 
@@ -105,7 +105,7 @@ def test_vllm_teacher_keeps_every_answer_on_its_prompt_with_a_job_and_concurrent
 
     # Everything stored: the job's 32 chains and each stored synchronous call's 4.
     with teacher.sessions() as session:
-        chains = session.scalars(select(Chain).options(selectinload(Chain.steps))).all()
+        chains = session.scalars(select(ChainRecord).options(selectinload(ChainRecord.steps))).all()
         pairs = {pair.chain_id: pair for pair in session.scalars(select(Pair))}
         sync_jobs = session.scalars(select(Job).where(Job.kind == "sync")).all()
         job_chains = [chain for chain in chains if chain.job_id == job_id]

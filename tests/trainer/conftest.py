@@ -24,7 +24,7 @@ from live_server import live_server, wait_for  # tests/ is on sys.path (pytest p
 from shared.db.models import Job, utcnow
 from shared.db.session import make_engine, session_factory, transaction, upgrade
 from shared.db.store import record_chains
-from shared.sampler import Chain as Trace, Step
+from shared.critique_revise import Chain, Step
 from shared.settings import Settings
 
 ADMIN_TOKEN = "trainer-test-admin-token"
@@ -107,7 +107,7 @@ def migrated(settings: Settings) -> sessionmaker[Session]:
 
 @dataclass(frozen=True)
 class SampledPairs:
-    traces: list[Trace]
+    traces: list[Chain]
     eval_prompts: list[str]
     seconds: float
 
@@ -125,7 +125,7 @@ def sentiment_samples(tf_engine) -> SampledPairs:
 
     from shared.engines.base import SamplingParams
     from shared.rewards import build_reward
-    from shared.sampler import Sampler
+    from shared.critique_revise import Sampler
     from shared.tasks import preset_tasks
 
     before = torch.get_num_threads()
@@ -161,7 +161,7 @@ def store_samples(sessions: sessionmaker[Session], samples: SampledPairs, job_id
 def store_fixed_pairs(sessions: sessionmaker[Session], prompts: list[str], answer: str, *, job_id: str = "fixed-job",
                       task: str = "sentiment") -> str:
     """Accepted pairs whose answer is always `answer` (a tiny, unmistakable training target)."""
-    traces = [Trace(i, 0, prompt, "meh.", 0.0, [Step("too flat", answer, 0.9, True)], answer, 0.9) for i, prompt in enumerate(prompts)]
+    traces = [Chain(i, 0, prompt, "meh.", 0.0, [Step("too flat", answer, 0.9, True)], answer, 0.9) for i, prompt in enumerate(prompts)]
     with transaction(sessions) as session:
         session.add(Job(id=job_id, kind="cli", task_name=task, status="succeeded", prompts=prompts, total=len(prompts), done=len(prompts)))
         session.flush()

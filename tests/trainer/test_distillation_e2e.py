@@ -65,7 +65,7 @@ def test_distillation_from_sampled_pairs_end_to_end(make_settings, tf_engine, se
     assert len(snapshot) == sentiment_samples.accepted and all(row["pair_id"] for row in snapshot)
 
     _adapter_loads_with_plain_peft_and_generates(run_dir / "adapter", model_path)
-    from services.student.runtime import validate_adapter
+    from services.student.adapters import validate_adapter
 
     assert validate_adapter(run_dir / "adapter", model_path, max_rank=settings.student_max_lora_rank)["r"] == 16
 

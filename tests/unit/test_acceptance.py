@@ -8,7 +8,7 @@ import random
 import pytest
 
 from shared.errors import InvalidRequest
-from shared.sampler import accept, validate_run
+from shared.critique_revise import accept, validate_run
 
 
 def test_improve_accepts_only_strict_gains():

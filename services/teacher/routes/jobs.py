@@ -18,8 +18,8 @@ from services.teacher.protocol import JobCreated, JobList, JobStatus, JobView
 from shared.db.models import Job
 from shared.db.job_queue import add_job, cancel_job
 from shared.errors import InvalidRequest, NotFound, Overloaded
-from shared.sampling import plan_sample
-from shared.schemas import SampleRequest
+from shared.sampling_protocol import SampleRequest
+from shared.sampling_run import plan_sample
 from shared.web.auth import Caller, ClientCaller
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

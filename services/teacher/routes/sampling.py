@@ -8,8 +8,8 @@ from services.teacher.deps import ReadyState
 from services.teacher.limits import check_plan
 from shared.engines.base import EngineDead, dead_reason_of
 from shared.errors import NotReady, Overloaded
-from shared.sampling import plan_sample, run_plan, store_finished_run
-from shared.schemas import ChainResult, SampleRequest, SampleResponse
+from shared.sampling_protocol import ChainResult, SampleRequest, SampleResponse
+from shared.sampling_run import plan_sample, run_plan, store_finished_run
 from shared.web.auth import ClientCaller
 
 router = APIRouter(prefix="/v1", tags=["sampling"])

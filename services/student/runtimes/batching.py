@@ -52,7 +52,6 @@ class MicroBatcher(Generic[T]):
         self._task: asyncio.Task | None = None
         self._bound_loop: asyncio.AbstractEventLoop | None = None
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # recent batch sizes (tests, debugging)
-        self.running = 0  # items in the batch being generated now
 
     @property
     def queue_depth(self) -> int:
@@ -92,7 +91,6 @@ class MicroBatcher(Generic[T]):
             self.batch_sizes.append(len(batch))
             if self._on_batch is not None:
                 self._on_batch(len(batch))
-            self.running = len(batch)
             try:
                 await loop.run_in_executor(self._executor, self._run, batch)
             except asyncio.CancelledError:
@@ -103,8 +101,6 @@ class MicroBatcher(Generic[T]):
                 log.exception("batch of %d failed", len(batch))
                 for item in batch:
                     item.fail(exc)
-            finally:
-                self.running = 0
 
     async def close(self) -> None:
         if self._task is not None and self._bound_loop is asyncio.get_running_loop():

@@ -16,7 +16,7 @@ import logging
 import uuid
 from pathlib import Path
 
-from services.student.runtime import Delta, Failed, Finished, RowParams, RowStream
+from services.student.runtimes.base import Delta, Failed, Finished, RowParams, RowStream
 from shared.engines.base import EngineDead
 from shared.engines.vllm_engine import async_llm_death, engine_options, engine_processes, engine_settings, is_engine_dead_error
 from shared.settings import Settings

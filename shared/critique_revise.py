@@ -8,6 +8,9 @@ Targets the tilted posterior p(x | c, r) ∝ p(x | c) · exp(r(x) / β).
 
 Batching is the only extra idea: all chains advance together, so one call makes every initial
 answer, one every critique of a step, one every revision, and the reward scores a whole step at once.
+
+This module is the algorithm only; turning a request into a run and storing its chains is
+`shared.sampling_run`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """From a sample request to stored chains: resolve the task, run the sampler, write the results.
 
 Used by the CLI (`dsc sample`), the teacher's synchronous endpoint and its job workers, so all
-three validate, sample and store the same way.
+three validate, sample and store the same way. The algorithm itself is `shared.critique_revise`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from shared.db.store import Recorded, record_chains
 from shared.engines.base import Engine, SamplingParams
 from shared.errors import InvalidRequest
 from shared.rewards import NetworkPolicy, RewardModel, build_reward
-from shared.sampler import Acceptance, Chain, ProgressCallback, Sampler, validate_run
-from shared.schemas import SampleRequest
+from shared.critique_revise import Acceptance, Chain, ProgressCallback, Sampler, validate_run
+from shared.sampling_protocol import SampleRequest
 from shared.tasks import TaskSpec, get_task
 
 

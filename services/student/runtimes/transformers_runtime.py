@@ -1,182 +1,27 @@
-"""Runtimes: one loaded base model that generates token streams, with LoRA adapters beside it.
+"""The transformers runtime: a transformers model (plus peft adapters) behind a micro-batcher.
 
-A runtime knows nothing of HTTP or of the registry. It takes one already tokenised prompt per
-sequence (a "row") plus the adapter to use, and returns a `RowStream` of text deltas ending in a
-`Finished` event. Two implementations:
-
-- `TransformersRuntime` (here): a micro-batcher gathers concurrent rows into one batched
-  `generate`; every row keeps its own temperature, top_p, seed, stop strings and max_tokens, and
-  rows of different adapters share a batch through peft's mixed-adapter batches
-  (`adapter_names=[...]`, `"__base__"` for the base model).
-- `VLLMRuntime` (`vllm_runtime.py`): vLLM's async engine, continuous batching, multi-LoRA.
+The batcher gathers concurrent rows into one batched `generate`; every row keeps its own
+temperature, top_p, seed, stop strings and max_tokens, and rows of different adapters share a
+batch through peft's mixed-adapter batches (`adapter_names=[...]`, `"__base__"` for the base model).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, Protocol
+from typing import Callable
 
-from services.student.batching import MicroBatcher
-from shared.errors import EngineError, InvalidRequest
+from services.student.runtimes.base import Delta, Failed, Finished, RowParams, RowStream
+from services.student.runtimes.batching import MicroBatcher
+from shared.errors import EngineError
 
 log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
-
-
-@dataclass(frozen=True)
-class RowParams:
-    """Sampling parameters of one sequence (one choice of a completion)."""
-
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Delta:
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    finish_reason: str  # "stop" | "length"
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class Failed:
-    message: str
-    dead: str | None = None  # set when the runtime's engine died under the row: why
-
-
-Event = Delta | Finished | Failed
-
-
-class RowStream:
-    """Events of one sequence, produced by any thread, consumed on the event loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.cancelled = False  # read by the generating thread: stop this row
-        self.closed = False
-        self.on_cancel: Callable[[], None] | None = None  # e.g. cancel the task that feeds this stream
-
-    def emit(self, event: Event) -> None:
-        """Thread-safe."""
-        if self.closed:
-            return
-        if isinstance(event, (Finished, Failed)):
-            self.closed = True
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except RuntimeError:  # the loop is gone (shutdown)
-            pass
-
-    def emit_now(self, event: Event) -> None:
-        """On the event loop itself."""
-        if self.closed:
-            return
-        if isinstance(event, (Finished, Failed)):
-            self.closed = True
-        self._queue.put_nowait(event)
-
-    def cancel(self) -> None:
-        if not self.cancelled and not self.closed and self.on_cancel is not None:
-            self.on_cancel()
-        self.cancelled = True
-
-    async def events(self) -> AsyncIterator[Event]:
-        while True:
-            event = await self._queue.get()
-            yield event
-            if isinstance(event, (Finished, Failed)):
-                return
-
-
-class Runtime(Protocol):
-    """A runtime that can die under its callers (vLLM) also has `dead`: None while it can
-    generate, else why not (shared.engines.base.engine_dead_reason reads it)."""
-
-    kind: str
-    base_path: Path
-    tokenizer: object
-    max_model_len: int
-
-    def queue_depth(self) -> int: ...
-
-    def start(self, prompt_ids: list[int], params: RowParams, adapter: str | None) -> RowStream: ...
-
-    async def load_adapter(self, name: str, path: Path) -> None: ...
-
-    async def unload_adapter(self, name: str) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-# --------------------------------------------------------------------------------------------
-# adapter validation (docs/architecture.md §7.3: an invalid adapter once crashed vLLM's whole server)
-
-
-def validate_adapter(adapter_dir: Path, base_dir: Path, *, max_rank: int) -> dict:
-    """Check a LoRA adapter against the base model before any engine sees it: config, rank,
-    files, and every lora_A/lora_B shape against the base weight it adapts. Returns its config."""
-    adapter_dir, base_dir = Path(adapter_dir), Path(base_dir)
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        raise InvalidRequest(f"{adapter_dir} is not a peft adapter (no adapter_config.json)")
-    try:
-        config = json.loads(config_file.read_text())
-    except ValueError as exc:
-        raise InvalidRequest(f"{config_file} is not valid JSON: {exc}") from exc
-    if config.get("peft_type") != "LORA":
-        raise InvalidRequest(f"adapter {adapter_dir} is {config.get('peft_type')!r}, only LoRA adapters are served")
-    ranks = [int(config.get("r", 0)), *map(int, (config.get("rank_pattern") or {}).values())]
-    if max(ranks) > max_rank or min(ranks) < 1:
-        raise InvalidRequest(f"adapter {adapter_dir} has rank {max(ranks)}; this service accepts 1..{max_rank}")
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise InvalidRequest(f"adapter {adapter_dir} has no adapter_model.safetensors")
-
-    from safetensors import safe_open
-
-    base_shapes: dict[str, tuple[int, ...]] = {}
-    for file in sorted(base_dir.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
-                base_shapes[key] = tuple(handle.get_slice(key).get_shape())
-    with safe_open(str(weights), framework="pt") as handle:
-        keys = list(handle.keys())
-        if not keys:
-            raise InvalidRequest(f"adapter {adapter_dir} holds no weights")
-        for key in keys:
-            shape = tuple(handle.get_slice(key).get_shape())
-            for part, axis in ((".lora_A.weight", 1), (".lora_B.weight", 0)):
-                if not key.endswith(part):
-                    continue
-                module = key[: -len(part)].removeprefix("base_model.model.")
-                base = base_shapes.get(module + ".weight")
-                if base_shapes and base is None:
-                    raise InvalidRequest(f"adapter {adapter_dir} adapts {module}, which the base model {base_dir} does not have")
-                if base is not None and shape[axis] != base[axis]:  # A: (r, in), B: (out, r), W: (out, in)
-                    raise InvalidRequest(
-                        f"adapter {adapter_dir}: {key} has shape {shape}, which does not fit {module} {base} of {base_dir}"
-                    )
-    return config
-
-
-# --------------------------------------------------------------------------------------------
-# transformers
 
 
 @dataclass
