@@ -58,7 +58,7 @@ def insert_pairs(db_url: str, start: int, stop: int, batch: int) -> float:
     from shared.db.models import Job
     from shared.db.session import make_engine, session_factory
     from shared.db.store import record_chains
-    from shared.sampler import Chain, Step
+    from shared.critique_revise import Chain, Step
 
     engine = make_engine(db_url)
     sessions = session_factory(engine)

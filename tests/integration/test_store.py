@@ -66,3 +66,29 @@ def test_failed_transaction_leaves_nothing(db):
     with db() as session:
         assert session.scalar(select(func.count(Job.id))) == 0
         assert session.scalar(select(func.count(Pair.id))) == 0
+
+
+def test_partly_stored_batch_links_steps_and_pairs_to_their_own_chains(db):
+    """A retried batch whose first chains are stored: only the new ones are written, each step and
+    pair on the chain of its own (prompt, chain) key, however the database orders what it returns."""
+    def chain(i: int, moved: bool) -> Chain:
+        final = f"kind answer {i}" if moved else f"answer {i}"
+        return Chain(i, i % 2, f"prompt {i}", f"answer {i}", -0.1 * i, [Step(f"critique {i}", f"kind answer {i}", 0.1 * i, moved)], final,
+                     0.1 * i if moved else -0.1 * i)
+
+    traces = [chain(i, moved=i % 3 != 0) for i in range(12)]
+    with transaction(db) as session:
+        job_id = _job(session)
+        first = record_chains(session, job_id=job_id, task_name="sentiment", acceptance="improve", traces=traces[:5])
+    with transaction(db) as session:
+        rest = record_chains(session, job_id=job_id, task_name="sentiment", acceptance="improve", traces=list(reversed(traces)))
+    assert (first.chains, rest.chains) == (5, 7)
+    assert first.pairs + rest.pairs == sum(t.accepted for t in traces) == 8
+    with db() as session:
+        for stored in session.scalars(select(ChainRecord)):
+            i = stored.prompt_index
+            assert (stored.prompt, stored.chain_index) == (f"prompt {i}", i % 2)
+            assert [step.critique for step in stored.steps] == [f"critique {i}"]
+        for pair in session.scalars(select(Pair)):
+            owner = session.get(ChainRecord, pair.chain_id)
+            assert (owner.prompt_index, pair.prompt, pair.response) == (pair.prompt_index, f"prompt {pair.prompt_index}", f"kind answer {pair.prompt_index}")
