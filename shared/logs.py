@@ -4,7 +4,8 @@
 The ids live in a context variable: the shared request middleware sets the request id, the
 workers set the job, distillation or evaluation id when they claim one. Starlette copies the
 context into the threadpool that runs sync endpoints, so a line written deep in the sampler still
-carries its request id. stdout stays free for what a command prints (`dsc sample --json | jq`).
+carries its request id. stdout stays free for what a command prints (`dsc sample --json | jq`);
+where stderr is not a terminal (a service's log file), the Hugging Face libraries draw no progress bars.
 
 uvicorn's loggers propagate to this handler (its own access log is off: the middleware writes one
 line per request), and so do vLLM's: vLLM would otherwise install its own text handler on stdout.
@@ -45,6 +46,16 @@ def log_ids(**ids: str | None) -> Iterator[None]:
     """Put these ids (request_id, job_id, distillation_id, evaluation_id) on every line logged
     inside the block: in this thread or task, and what it hands to Starlette's threadpool."""
     token = _ids.set(MappingProxyType({**_ids.get(), **{key: str(value) for key, value in ids.items() if value is not None}}))
+    try:
+        yield
+    finally:
+        _ids.reset(token)
+
+
+@contextmanager
+def no_log_ids() -> Iterator[None]:
+    """No ids inside the block: for a signal handler, which runs in whatever task it interrupted."""
+    token = _ids.set(MappingProxyType({}))
     try:
         yield
     finally:
@@ -105,6 +116,22 @@ def configure_logging(settings: Settings, *, default_level: str = "INFO") -> Non
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
     logging.captureWarnings(True)  # Python warnings become log lines too, not bare text
     _point_vllm_here(settings.log_format, level)
+    if not sys.stderr.isatty():
+        _no_progress_bars()
+
+
+def _no_progress_bars() -> None:
+    """Progress bars are noise in a log file or pipe (a service's stderr): the Hugging Face
+    libraries draw none. Read when huggingface_hub is imported, so told directly if it already is."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    elif "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 def _point_vllm_here(log_format: LogFormat, level: str) -> None:

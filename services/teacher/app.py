@@ -30,7 +30,7 @@ from shared import __version__
 from shared.db.session import make_engine, session_factory, upgrade
 from shared.engines import create_engine
 from shared.engines.base import Engine
-from shared.logs import UVICORN_LOGGING, configure_logging
+from shared.logs import UVICORN_LOGGING, configure_logging, no_log_ids
 from shared.rewards.net import NetworkPolicy
 from shared.sampling import RewardPool
 from shared.settings import Settings
@@ -147,7 +147,8 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
             # shutdown: begin it now, or a long synchronous call would hold the whole exit up.
             state = getattr(app.state, "teacher", None)
             if state is not None:
-                state.begin_shutdown()
+                with no_log_ids():  # the signal interrupted some request's task: its id is not this line's
+                    state.begin_shutdown()
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, **UVICORN_LOGGING)

@@ -99,6 +99,8 @@ def test_every_service_logs_json_lines_with_its_ids(tmp_path, model_store):
     # The job's lines in the teacher, the distillation's in the trainer, each with its id.
     job_lines = [record for record in teacher if record.get("job_id") == job["id"]]
     assert any("claimed job" in record["message"] for record in job_lines) and not any("request_id" in r for r in job_lines)
+    shutdown = [record for record in teacher if "shutting down" in record["message"]]
+    assert shutdown and not [record for record in shutdown if "request_id" in record]  # SIGTERM belongs to no request
     run_lines = [record for record in trainer if record.get("distillation_id") == run["id"]]
     assert any("claimed distillation" in record["message"] for record in run_lines)
     assert any("succeeded" in record["message"] for record in run_lines)

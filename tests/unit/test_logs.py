@@ -60,8 +60,8 @@ def test_text_lines_name_the_ids_for_a_person(captured):
 
 
 def test_a_heartbeat_logs_with_the_claimers_ids(captured, tmp_path):
-    """The heartbeat runs in a thread of its own; its 'lease lost' line still names the job."""
-    from shared.db.models import Job
+    """The heartbeat runs in a thread of its own; its "lease lost" line still names the run."""
+    from shared.db.models import DistillationRun
     from shared.db.queue import Heartbeat
     from shared.db.session import make_engine, session_factory, upgrade
 
@@ -73,12 +73,12 @@ def test_a_heartbeat_logs_with_the_claimers_ids(captured, tmp_path):
     upgrade(url)
     engine = make_engine(url)
     try:
-        with log_ids(job_id="job-3"):
-            beat = Heartbeat(session_factory(engine), Job, "no-such-job", "owner", 1, 0.15)
+        with log_ids(distillation_id="run-3"):
+            beat = Heartbeat(session_factory(engine), DistillationRun, "no-such-run", "owner", 1, 0.15)
         with beat:  # entered outside the block: the ids were taken when the claimer built it
             assert beat.lost.wait(10)  # no such row: the first renewal is refused
     finally:
         queue_log.removeHandler(handler)
         engine.dispose()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert any("lost" in line["message"] and line.get("job_id") == "job-3" for line in lines), lines
+    assert any("lost" in line["message"] and line.get("distillation_id") == "run-3" for line in lines), lines
