@@ -143,10 +143,14 @@ def _point_vllm_here(log_format: LogFormat, level: str) -> None:
     current = os.environ.get("VLLM_LOGGING_CONFIG_PATH")
     if current and not Path(current).name.startswith(VLLM_CONFIG_PREFIX):
         return
-    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(_write_vllm_config(log_format, level))
+    try:
+        os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(_write_vllm_config(log_format, level))
+    except OSError:  # no writable temp directory: vLLM adds no handler, its lines reach ours in this process
+        os.environ.pop("VLLM_LOGGING_CONFIG_PATH", None)
+        os.environ["VLLM_CONFIGURE_LOGGING"] = "0"
 
 
-def vllm_logging_config(log_format: LogFormat, level: str) -> dict[str, Any]:
+def _vllm_logging_config(log_format: LogFormat, level: str) -> dict[str, Any]:
     """A logging.config.dictConfig for the `vllm` logger (only: the root logger is ours)."""
     return {
         "version": 1,
@@ -160,7 +164,7 @@ def vllm_logging_config(log_format: LogFormat, level: str) -> dict[str, Any]:
 def _write_vllm_config(log_format: LogFormat, level: str) -> Path:
     # Named by its content (and user), so processes that share it write the same bytes.
     path = Path(tempfile.gettempdir()) / f"{VLLM_CONFIG_PREFIX}{os.getuid()}-{log_format}-{level.lower()}.json"
-    text = json.dumps(vllm_logging_config(log_format, level))
+    text = json.dumps(_vllm_logging_config(log_format, level))
     if not path.exists() or path.read_text() != text:
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(text)
