@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,24 +42,23 @@ VLLM_CONFIG_PREFIX = "dsc-vllm-logging-"
 
 
 @contextmanager
-def log_ids(**ids: str | None) -> Iterator[None]:
+def _scope(ids: Mapping[str, str]) -> Iterator[None]:
+    token = _ids.set(MappingProxyType(dict(ids)))
+    try:
+        yield
+    finally:
+        _ids.reset(token)
+
+
+def log_ids(**ids: str | None) -> AbstractContextManager[None]:
     """Put these ids (request_id, job_id, distillation_id, evaluation_id) on every line logged
     inside the block: in this thread or task, and what it hands to Starlette's threadpool."""
-    token = _ids.set(MappingProxyType({**_ids.get(), **{key: str(value) for key, value in ids.items() if value is not None}}))
-    try:
-        yield
-    finally:
-        _ids.reset(token)
+    return _scope({**_ids.get(), **{key: str(value) for key, value in ids.items() if value is not None}})
 
 
-@contextmanager
-def no_log_ids() -> Iterator[None]:
+def no_log_ids() -> AbstractContextManager[None]:
     """No ids inside the block: for a signal handler, which runs in whatever task it interrupted."""
-    token = _ids.set(MappingProxyType({}))
-    try:
-        yield
-    finally:
-        _ids.reset(token)
+    return _scope({})
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from typing import Iterator
 
 import pytest
 
-from shared.logs import JsonFormatter, TextFormatter, log_ids
+from shared.logs import JsonFormatter, TextFormatter, log_ids, no_log_ids
+from shared.settings import Settings
 
 
 @pytest.fixture()
@@ -53,10 +54,23 @@ def test_text_lines_name_the_ids_for_a_person(captured):
     handler.setFormatter(TextFormatter())
     with log_ids(request_id="req-2", job_id="job-2"):
         logger.info("sampling")
+        with no_log_ids():  # a signal handler inside some request's task
+            logger.info("stopping")
     logger.info("idle")
-    inside, outside = stream.getvalue().splitlines()
+    inside, stopping, outside = stream.getvalue().splitlines()
     assert inside.endswith("INFO dsc.test.logs [request_id=req-2 job_id=job-2]: sampling")
-    assert outside.endswith("INFO dsc.test.logs: idle")
+    assert stopping.endswith("INFO dsc.test.logs: stopping") and outside.endswith("INFO dsc.test.logs: idle")
+
+
+def test_log_settings_read_as_an_operator_writes_them(monkeypatch):
+    monkeypatch.setenv("DSC_LOG_LEVEL", "debug")
+    monkeypatch.setenv("DSC_LOG_FORMAT", "text")
+    assert (Settings().log_level, Settings().log_format) == ("DEBUG", "text")
+    monkeypatch.setenv("DSC_LOG_LEVEL", "")
+    assert Settings().log_level is None  # unset: each command's default
+    monkeypatch.setenv("DSC_LOG_FORMAT", "xml")
+    with pytest.raises(ValueError, match="log_format"):
+        Settings()
 
 
 def test_a_heartbeat_logs_with_the_claimers_ids(captured, tmp_path):
