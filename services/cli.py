@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -34,11 +33,16 @@ console = Console(stderr=True)
 
 
 def load_settings(**overrides) -> Settings:
-    """Environment (DSC_*) first, then CLI flags that were actually given."""
+    """Environment (DSC_*) first, then CLI flags that were actually given. Sets up logging from them
+    (WARNING unless DSC_LOG_LEVEL says otherwise; the services' own start-up raises that to INFO)."""
+    from shared.logs import configure_logging
+
     try:
-        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as error:
         fail(DscError(f"invalid configuration: {validation_message(error)}"))
+    configure_logging(settings, default_level="WARNING")
+    return settings
 
 
 def validation_message(error: ValidationError) -> str:
@@ -299,7 +303,7 @@ def teacher_serve(
     settings = load_settings(engine=engine, host=host, teacher_port=port, teacher_model=model, job_workers=workers)
     if refusal := open_bind_refusal(settings, insecure=insecure):
         fail(DscError(refusal))
-    serve(settings, host=settings.host, port=settings.teacher_port, log_level=os.environ.get("DSC_LOG_LEVEL", "INFO"))
+    serve(settings, host=settings.host, port=settings.teacher_port)
 
 
 @trainer_app.command("work")
@@ -314,8 +318,6 @@ def trainer_work(
     from services.trainer.worker import work
 
     settings = load_settings(database_url=database_url, trainer_threads=threads, trainer_device=device, trainer_processes=processes)
-    if not logging.getLogger().isEnabledFor(logging.INFO):
-        logging.getLogger("services.trainer").setLevel(logging.INFO)
     try:
         work(settings, once=once)
     except DscError as error:
@@ -343,7 +345,6 @@ def print_table(response) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("DSC_LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

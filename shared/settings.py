@@ -15,6 +15,7 @@ from typing_extensions import Annotated
 
 from shared.device import DeviceChoice, preferred_dtype  # noqa: F401  (preferred_dtype: re-exported)
 from shared.keys import configured_digest
+from shared.logs import LogFormat
 
 EngineName = Literal["auto", "vllm", "transformers", "openai"]
 BUNDLED_MODEL = "smollm2-135m-instruct"
@@ -91,6 +92,13 @@ class Settings(BaseSettings):
     teacher_port: int = 8000
     student_port: int = 8001
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body a service accepts.")
+    log_format: LogFormat = Field(
+        "json", description="Log lines on stderr: json (one object per line, with the request, job, distillation or "
+        "evaluation id in scope) or text (for a person at a terminal)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = Field(
+        None, description="Lowest level logged; default INFO for the services, WARNING for one-shot commands (sample, eval)."
+    )
 
     # --- teacher limits (each exceeded limit is a 4xx naming it) ---
     max_prompt_chars: int = 8000
@@ -209,6 +217,11 @@ class Settings(BaseSettings):
     @classmethod
     def _digest_admin(cls, value: str | None) -> str | None:
         return configured_digest(value) if value and value.strip() else None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return (value.strip().upper() or None) if isinstance(value, str) else value  # info, INFO; empty: the default
 
     @field_validator("rate_limit")
     @classmethod

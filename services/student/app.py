@@ -23,6 +23,7 @@ from services.student.serving_models import RuntimeFactory, ServedModels
 from shared import __version__
 from shared.db.session import make_engine, session_factory
 from shared.errors import DscError, MissingDependency
+from shared.logs import UVICORN_LOGGING, configure_logging
 from shared.settings import Settings
 from shared.web.ratelimit import KeyRateLimiter
 from shared.web.errors import _validation_message, install_error_handlers
@@ -135,9 +136,11 @@ def create_app(
 
 
 def serve(settings: Settings, *, host: str, port: int, model: str | None = None) -> None:
-    """`dsc student serve`. Exits with status 75 when the engine died (DSC_ON_ENGINE_DEATH=exit)."""
+    """`dsc student serve`: logs on stderr (shared.logs). Exits with status 75 when the engine died
+    (DSC_ON_ENGINE_DEATH=exit)."""
     import uvicorn
 
+    configure_logging(settings)
     app = create_app(settings, model=model)
     exit_code = 0
 
@@ -148,7 +151,7 @@ def serve(settings: Settings, *, host: str, port: int, model: str | None = None)
         server.should_exit = True  # requests in flight on the dead engine end at once (503)
 
     app.state.exit_process = exit_process
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=30, **UVICORN_LOGGING))
     server.run()
     if exit_code:
         log.error("student stopped because its engine died; exit status %d", exit_code)

@@ -23,7 +23,6 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.teacher import worker
-from services.teacher.logs import RequestIdMiddleware, configure_json_logging
 from services.teacher.metrics import QueueCollector, TeacherMetrics
 from services.teacher.routes import distillations, evaluations, health, jobs, pairs, sampling, students, tasks
 from services.teacher.state import TeacherState, watch_engine
@@ -31,6 +30,7 @@ from shared import __version__
 from shared.db.session import make_engine, session_factory, upgrade
 from shared.engines import create_engine
 from shared.engines.base import Engine
+from shared.logs import UVICORN_LOGGING, configure_logging, no_log_ids
 from shared.rewards.net import NetworkPolicy
 from shared.sampling_run import RewardPool
 from shared.settings import Settings
@@ -115,19 +115,17 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.state.rate_limiter = KeyRateLimiter.from_settings(settings)  # per key; None: DSC_RATE_LIMIT unset
-    # Added first = runs innermost: it reads the request id the outer middleware assigned.
-    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "teacher"), max_body_bytes=settings.max_body_bytes)
     for module in (health, tasks, sampling, jobs, pairs, distillations, evaluations, students):
         app.include_router(module.router)
     return app
 
 
-def serve(settings: Settings, *, host: str, port: int, log_level: str = "INFO") -> None:
-    """`dsc teacher serve`: JSON logs on stderr, uvicorn in this process (workers are threads)."""
+def serve(settings: Settings, *, host: str, port: int) -> None:
+    """`dsc teacher serve`: logs on stderr (shared.logs), uvicorn in this process (workers are threads)."""
     import uvicorn
 
-    configure_json_logging(log_level)
+    configure_logging(settings)
     app = create_app(settings)
     exit_code = 0
 
@@ -149,10 +147,11 @@ def serve(settings: Settings, *, host: str, port: int, log_level: str = "INFO") 
             # shutdown: begin it now, or a long synchronous call would hold the whole exit up.
             state = getattr(app.state, "teacher", None)
             if state is not None:
-                state.begin_shutdown()
+                with no_log_ids():  # the signal interrupted some request's task: its id is not this line's
+                    state.begin_shutdown()
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, **UVICORN_LOGGING)
     server = Server(config)
     server.run()
     if exit_code:

@@ -35,7 +35,6 @@ import threading
 import uuid
 from collections import OrderedDict
 
-from services.teacher.logs import job_id_var
 from services.teacher.state import TeacherState
 from shared.db.job_queue import claim_batch, commit_batch, fail_job, hand_back, job_standing, record_failure, settle_cancelled
 from shared.db.models import Job, JobBatch
@@ -43,6 +42,7 @@ from shared.db.queue import Heartbeat, Lease, get_row
 from shared.db.session import is_sqlite, transaction
 from shared.engines.base import dead_reason_of
 from shared.errors import DscError
+from shared.logs import log_ids
 from shared.sampling_run import SamplePlan, plan_from_job, run_plan
 from shared.tasks import get_task
 
@@ -100,13 +100,10 @@ class JobWorker:
             self._settle()  # cancel-requested jobs whose last holder died
             return False
         lease = Lease(batch.id, self.owner, batch.attempt)
-        token = job_id_var.set(batch.job_id)
-        try:
+        with log_ids(job_id=batch.job_id):
             log.info("claimed job %s batch %d-%d (attempt %d)", batch.job_id, batch.start, batch.end, batch.attempt)
             with Heartbeat(self.state.sessions, JobBatch, lease.row_id, lease.owner, lease.attempt, settings.job_lease_seconds) as beat:
                 self._process(batch, lease, beat)
-        finally:
-            job_id_var.reset(token)
         return True
 
     def _process(self, batch: JobBatch, lease: Lease, beat: Heartbeat) -> None:

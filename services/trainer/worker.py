@@ -43,6 +43,7 @@ from shared.db.models import DistillationRun, EvaluationRun, Student, utcnow
 from shared.db.queue import Heartbeat, Lease, claim, fenced_update, finish, release
 from shared.device import check_processes, resolve_device
 from shared.errors import DscError, InvalidRequest
+from shared.logs import configure_logging, log_ids
 from shared.model_store import resolve_model
 from shared.rewards import public_reward
 from shared.settings import Settings
@@ -96,7 +97,8 @@ class TrainerWorker:
         for model, process in ((DistillationRun, self._process), (EvaluationRun, self._process_evaluation)):
             run = claim(self.sessions, model, self.owner, self.settings.trainer_lease_seconds)
             if run is not None:
-                self._run_claimed(model, run, process)
+                with log_ids(**{"distillation_id" if model is DistillationRun else "evaluation_id": run.id}):
+                    self._run_claimed(model, run, process)
                 return True
         return False
 
@@ -278,9 +280,11 @@ def student_metrics(evaluation: dict, train: dict) -> dict:
 
 
 def work(settings: Settings, *, once: bool = False) -> None:
-    """Run a trainer worker in this process until SIGINT/SIGTERM (or, with once, until the queue is empty)."""
+    """Run a trainer worker in this process until SIGINT/SIGTERM (or, with once, until the queue is
+    empty); logs on stderr (shared.logs)."""
     from shared.db.session import make_engine, session_factory, upgrade
 
+    configure_logging(settings)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     device = resolve_device(settings.trainer_device)  # a device that is not there fails now, not with every run
     check_processes(settings.trainer_processes, device)

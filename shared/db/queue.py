@@ -15,6 +15,7 @@ first) and act on a parent row in its own transaction (`on_claim`): job_queue.py
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from dataclasses import dataclass
@@ -171,7 +172,8 @@ class Heartbeat:
         self.owner, self.attempt, self.lease_seconds = owner, attempt, lease_seconds
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{model.__tablename__}-{str(row_id)[:8]}", daemon=True)
+        # In the claimer's context: its lines carry the claimer's job, distillation or evaluation id.
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,), name=f"heartbeat-{model.__tablename__}-{str(row_id)[:8]}", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()

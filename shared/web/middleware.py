@@ -1,5 +1,6 @@
-"""Request ids, access logs, request-body limits, the last line of error handling and HTTP
-metrics, as pure ASGI middleware (streaming responses pass through untouched).
+"""Request ids (on every log line written for the request), one access log line per request,
+request-body limits, the last line of error handling and HTTP metrics, as pure ASGI middleware
+(streaming responses pass through untouched).
 
 It sits inside Starlette's ServerErrorMiddleware, so an unexpected exception ends here: logged
 once with the request id and answered with the JSON error shape (ServerErrorMiddleware would
@@ -8,7 +9,6 @@ log it a second time and re-raise it to the server).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.logs import log_ids
 from shared.web.errors import error_response
 
 log = logging.getLogger("dsc.access")
@@ -53,14 +54,17 @@ class RequestContextMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         request_id = headers.get(b"x-request-id", b"").decode()[:64] or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        with log_ids(request_id=request_id):  # every line logged for the request, the access line included
+            await self._serve(scope, receive, send, headers, request_id)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes], request_id: str) -> None:
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._send_error(scope, receive, send, request_id, 413, "payload_too_large_error", self._too_large_message())
-            self._observe(scope, 413, started, request_id)
+            self._observe(scope, 413, started)
             return
 
         received = 0
@@ -96,7 +100,7 @@ class RequestContextMiddleware:
                 await self._send_error(scope, receive, send, request_id, 500, "internal_error",
                                        "internal error; see the service log (request id in X-Request-ID)")
         finally:
-            self._observe(scope, status["code"], started, request_id)
+            self._observe(scope, status["code"], started)
 
     def _too_large_message(self) -> str:
         return f"request body exceeds the limit of {self.max_body_bytes} bytes (max_body_bytes)"
@@ -104,13 +108,15 @@ class RequestContextMiddleware:
     async def _send_error(self, scope: Scope, receive: Receive, send: Send, request_id: str, code: int, error_type: str, message: str) -> None:
         await error_response(code, error_type, message, headers={"X-Request-ID": request_id})(scope, receive, send)
 
-    def _observe(self, scope: Scope, status: int, started: float, request_id: str) -> None:
+    def _observe(self, scope: Scope, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started
         route = _route_template(scope)
         self.metrics.requests.labels(self.metrics.service, scope["method"], route, str(status)).inc()
         self.metrics.latency.labels(self.metrics.service, scope["method"], route).observe(elapsed)
         # Never log headers: they carry bearer tokens.
-        log.info(json.dumps({"request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status, "ms": round(elapsed * 1000, 1)}))
+        ms = round(elapsed * 1000, 1)
+        log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, ms,
+                 extra={"fields": {"method": scope["method"], "path": scope["path"], "status": status, "ms": ms}})
 
 
 class BodyTooLarge(HTTPException):

@@ -60,7 +60,7 @@ def test_environment_names_real_settings_and_volumes_back_the_paths(name):
     service = SERVICES[name]
     fields = set(Settings.model_fields)
     for key in service["environment"]:
-        if key.startswith("DSC_") and key != "DSC_LOG_LEVEL":
+        if key.startswith("DSC_"):
             assert key[4:].lower() in fields, f"{name}: {key} is not a setting"
     mounts = {volume.split(":")[1] for volume in service["volumes"]}
     assert {service["environment"]["DSC_DATA_DIR"], service["environment"]["DSC_MODEL_STORE"]} <= mounts

@@ -56,6 +56,29 @@ def test_sample_json_prints_and_stores_four_chains(tmp_path, model_store, db_url
     assert pairs == sum(chain["accepted"] for chain in body["results"])
 
 
+@pytest.mark.parametrize("engine", ["transformers", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_sample_json_is_all_of_stdout_and_the_engine_logs_on_stderr(tmp_path, model_store, engine):
+    """`dsc sample --json | jq` works: every log line (vLLM's own too, from its engine process as
+    well) goes to stderr, as JSON; stdout is the one JSON document."""
+    if engine == "vllm":
+        from shared.engines.vllm_engine import vllm_available
+
+        if not vllm_available():
+            pytest.skip("vLLM does not import on this machine")
+    db_url = f"sqlite:///{tmp_path / 'dsc.db'}"
+    args = ["sample", "--task", "sentiment", "--prompts", "1", "--json", "--engine", engine, "--max-tokens", "8", "--seed", "1"]
+    result = _run(args, tmp_path, model_store, db_url, DSC_LOG_LEVEL="INFO", DSC_VLLM_ENFORCE_EAGER="true", DSC_VLLM_KV_CACHE_GIB="0.5")
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)  # the whole of stdout, nothing before or after
+    assert len(body["results"]) == 1 and body["job_id"]
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert all({"ts", "level", "logger", "message"} <= set(record) for record in records)
+    if engine == "vllm":
+        vllm_lines = [record for record in records if record["logger"].startswith("vllm")]
+        assert vllm_lines, result.stderr[-3000:]
+        assert any("engine" in record["logger"] for record in vllm_lines), sorted({r["logger"] for r in vllm_lines})
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
