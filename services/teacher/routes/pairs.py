@@ -29,7 +29,9 @@ def _visible(query: Select, caller: Caller) -> Select:
     return query.join(Job, Job.id == Pair.job_id).where(Job.owner == caller.key_id)
 
 
-def _filtered(query: Select, task: str | None, job: str | None, min_gain: float | None) -> Select:
+def _filtered(query: Select, task: str | None, job: str | None, min_gain: float | None, excluded: bool | None) -> Select:
+    if excluded is not None:
+        query = query.where(Pair.excluded.is_(excluded))
     if task is not None:
         query = query.where(Pair.task_name == task)
     if job is not None:
@@ -42,6 +44,7 @@ def _filtered(query: Select, task: str | None, job: str | None, min_gain: float 
 TaskFilter = Query(None, max_length=64, description="Only pairs of this task.")
 JobFilter = Query(None, max_length=32, description="Only pairs of this job.")
 GainFilter = Query(None, description="Only pairs whose reward gain (after − before) is at least this.")
+ExcludedFilter = Query(None, description="true: only pairs excluded in review; false: only those not excluded (what trains).")
 
 
 @router.get("", response_model=PairPage)
@@ -51,11 +54,12 @@ def list_pairs(
     task: str | None = TaskFilter,
     job: str | None = JobFilter,
     min_gain: float | None = GainFilter,
+    excluded: bool | None = ExcludedFilter,
     cursor: int | None = Query(None, ge=0, description="next_cursor of the previous page."),
     limit: int = Query(100, ge=1, le=1000),
 ) -> PairPage:
     """Pairs in id order; keyset pagination (id > cursor), so pages stay stable while jobs add pairs."""
-    query = _filtered(_visible(select(Pair), caller), task, job, min_gain).order_by(Pair.id).limit(limit + 1)
+    query = _filtered(_visible(select(Pair), caller), task, job, min_gain, excluded).order_by(Pair.id).limit(limit + 1)
     if cursor is not None:
         query = query.where(Pair.id > cursor)
     rows = list(session.scalars(query))
@@ -63,13 +67,15 @@ def list_pairs(
     return PairPage(data=[PairView.of(pair) for pair in page], next_cursor=page[-1].id if more else None)
 
 
-def _export_lines(sessions: sessionmaker[Session], caller: Caller, task: str | None, job: str | None, min_gain: float | None) -> Iterator[bytes]:
+def _export_lines(sessions: sessionmaker[Session], caller: Caller, task: str | None, job: str | None, min_gain: float | None,
+                  excluded: bool | None) -> Iterator[bytes]:
     """Keyset pages, each read in its own short session (no transaction held open while the client
     downloads, which on SQLite would block every writer)."""
-    columns = select(Pair.id, Pair.task_name, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after)
+    columns = select(Pair.id, Pair.task_name, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after, Pair.excluded,
+                     Pair.excluded_reason)
     last_id = -1
     while True:
-        query = _filtered(_visible(columns, caller), task, job, min_gain).where(Pair.id > last_id).order_by(Pair.id).limit(EXPORT_PAGE)
+        query = _filtered(_visible(columns, caller), task, job, min_gain, excluded).where(Pair.id > last_id).order_by(Pair.id).limit(EXPORT_PAGE)
         with sessions() as session:
             rows = session.execute(query).all()
         if not rows:
@@ -86,11 +92,13 @@ def export(
     task: str | None = TaskFilter,
     job: str | None = JobFilter,
     min_gain: float | None = GainFilter,
+    excluded: bool | None = ExcludedFilter,
 ) -> StreamingResponse:
     """Every matching pair as `{"messages": [user, assistant], "task", "reward_before",
-    "reward_after"}` per line: the conversational format TRL's SFT trainer reads."""
+    "reward_after", "excluded", "excluded_reason"}` per line: the conversational format TRL's SFT
+    trainer reads. Excluded pairs are in it, flagged, unless excluded=false."""
     return StreamingResponse(
-        _export_lines(state.sessions, caller, task, job, min_gain),
+        _export_lines(state.sessions, caller, task, job, min_gain, excluded),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": 'attachment; filename="pairs.jsonl"'},
     )
