@@ -5,20 +5,22 @@ undo) as the JSON API, the export and the trainer see it."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from sqlalchemy import select
 
 from console_support import ADMIN_TOKEN, CLIENT_KEY, XSS, console_settings, running_teacher, store_chains
 from services.trainer.config import DistillationConfig
 from services.trainer.data import pair_query
-from shared.db.models import Pair
+from live_server import free_port
+from shared.db.models import Pair, Student, utcnow
 
 PAGES = ["/console/jobs", "/console/pairs", "/console/distillations", "/console/students", "/console/playground", "/console/cost"]
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 
 
 def test_console_pages_login_and_review(db_url, tmp_path, model_path, tf_engine):
-    settings = console_settings(tmp_path, model_path, db_url)
+    settings = console_settings(tmp_path, model_path, db_url, student_url=f"http://127.0.0.1:{free_port()}")  # nothing listens there
     with running_teacher(settings, tf_engine) as teacher:
         job_id = store_chains(teacher.sessions, [XSS, "Review the film Up.", "Review Alien.", "Review Jaws."], job_id="job-console-1")
         with teacher.sessions() as session:
@@ -134,6 +136,30 @@ def test_console_pages_login_and_review(db_url, tmp_path, model_path, tf_engine)
             assert console.get(f"/console/distillations/{run_id}", headers=HTML).status_code == 200
             assert console.post(f"/console/distillations/{run_id}/cancel", follow_redirects=False).status_code == 303
             assert api.get(f"/admin/distillations/{run_id}").json()["status"] == "cancelled"
+
+            # --- roll back: the task's previously promoted student, after a confirmation; the gate wants force
+            with teacher.sessions() as session, session.begin():
+                now = utcnow()
+                session.add_all([
+                    Student(id="student-a", name="sentiment-student", version=1, task_name="sentiment", base_model="m", metrics={},
+                            active=False, promoted_at=now - timedelta(hours=1)),
+                    Student(id="student-b", name="sentiment-student", version=2, task_name="sentiment", base_model="m", metrics={},
+                            active=True, promoted_at=now),
+                ])
+            students_page = console.get("/console/students", headers=HTML).text
+            assert 'href="/console/students/student-a/promote">sentiment-student-v1</a>' in students_page
+            confirm = console.get("/console/students/student-a/promote", headers=HTML).text
+            assert "Roll back to sentiment-student-v1?" in confirm and "sentiment-student-v2" in confirm and 'name="force"' in confirm
+            refused = console.post("/console/students/student-a/promote", headers=HTML)
+            assert refused.status_code == 409 and "force=true" in refused.text
+            assert [s["id"] for s in api.get("/admin/students", params={"active": True}).json()["data"]] == ["student-b"]
+            rolled = console.post("/console/students/student-a/promote", data={"force": "true"}, follow_redirects=False)
+            assert rolled.status_code == 303 and rolled.headers["location"] == "/console/students"
+            assert [s["id"] for s in api.get("/admin/students", params={"active": True}).json()["data"]] == ["student-a"]
+
+            # --- the playground says so when the student service does not answer
+            silent = console.post("/console/playground", data={"prompt": "Hello?", "model": "student"}, headers=HTML)
+            assert silent.status_code == 200 and silent.text.count("the student service did not answer") == 2
 
             # --- logging out clears the cookie
             out = console.post("/console/logout", follow_redirects=False)

@@ -29,12 +29,14 @@ def loss_curve(points: Sequence[Sequence[float]]) -> str | None:
 @functools.lru_cache(maxsize=64)
 def _loss_curve(points: tuple[tuple[float, float], ...]) -> str:
     from matplotlib.figure import Figure  # Figure, not pyplot: no global state shared between request threads
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(6.4, 2.8), dpi=100)
     axes = figure.subplots()
     axes.plot([p[0] for p in points], [p[1] for p in points], color="#1f77b4", linewidth=1.6, marker="o" if len(points) < 30 else None,
               markersize=3)
     axes.set(title="training loss (answer tokens)", xlabel="step", ylabel="cross-entropy")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     return _data_uri(figure)
 

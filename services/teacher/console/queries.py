@@ -100,7 +100,7 @@ def token_counter(model: str, store: Path) -> tuple[Callable[[str], int], str]:
         from shared.model_store import resolve_model
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(model, store))
-        return (lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])), f"{model}'s tokenizer"
+        return (lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])), f"{Path(model).name}'s tokenizer"
     except Exception as error:  # a remote model (engine=openai), a hub id offline
         log.info("cost page: no tokenizer for %s (%s); estimating 4 characters a token", model, error)
         return (lambda text: max(1, round(len(text) / 4))), "about 4 characters a token"
