@@ -11,9 +11,9 @@ from typing import Any, Iterator
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
-from live_server import live_server  # tests/ is on sys.path (pytest prepends the root conftest's directory)
+from live_server import teacher_server  # tests/ is on sys.path (pytest prepends the root conftest's directory)
 from shared.db.models import Job, utcnow
-from shared.db.session import make_engine, session_factory, transaction
+from shared.db.session import transaction
 from shared.db.store import record_chains
 from shared.sampler import Chain as Trace, Step
 from shared.settings import Settings
@@ -51,15 +51,8 @@ class Teacher:
 
 @contextmanager
 def running_teacher(settings: Settings, engine) -> Iterator[Teacher]:
-    from services.teacher.app import create_app
-
-    app = create_app(settings, engine=engine)
-    with live_server(app, name="teacher") as url:
-        db_engine = make_engine(settings.resolved_database_url)
-        try:
-            yield Teacher(url=url, settings=settings, sessions=session_factory(db_engine))
-        finally:
-            db_engine.dispose()
+    with teacher_server(settings, engine) as (url, _app, sessions):
+        yield Teacher(url=url, settings=settings, sessions=sessions)
 
 
 def store_chains(sessions: sessionmaker[Session], prompts: list[str], *, job_id: str, task: str = "sentiment") -> str:
