@@ -164,3 +164,11 @@ def test_console_pages_login_and_review(db_url, tmp_path, model_path, tf_engine)
             # --- logging out clears the cookie
             out = console.post("/console/logout", follow_redirects=False)
             assert out.status_code == 303 and 'dsc_console=""' in out.headers["set-cookie"] and "Max-Age=0" in out.headers["set-cookie"]
+
+
+def test_without_tokens_the_console_is_as_open_as_the_api(tmp_path, model_path, tf_engine):
+    settings = console_settings(tmp_path, model_path, f"sqlite:///{tmp_path / 'open.db'}", api_keys=[], admin_token=None)
+    with running_teacher(settings, tf_engine) as teacher, teacher.console(token=None, follow_redirects=False) as console:
+        page = console.get("/console/jobs", headers=HTML)
+        assert page.status_code == 200 and "open to anyone who can reach this port" in page.text and "Log out" not in page.text
+        assert console.post("/console/login", data={"token": "anything"}).headers["location"] == "/console/jobs"
