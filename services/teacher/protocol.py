@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.models import Job, Pair
 from shared.rewards import public_reward
@@ -119,6 +119,17 @@ class PairView(BaseModel):
             excluded=pair.excluded, excluded_reason=pair.excluded_reason, excluded_at=pair.excluded_at,
             created_at=pair.created_at,
         )
+
+
+MAX_EXCLUSION_REASON = 500
+
+
+class Exclusion(BaseModel):
+    """Why a pair must not train (PUT /v1/pairs/{id}/exclusion); kept beside the pair."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    reason: str = Field(min_length=1, max_length=MAX_EXCLUSION_REASON, description="Why the pair must not train, in a sentence.")
 
 
 class PairPage(BaseModel):

@@ -101,6 +101,17 @@ def test_console_pages_login_and_review(db_url, tmp_path, model_path, tf_engine)
             review = console.get("/console/pairs?excluded=yes", headers=HTML).text
             assert f'id="pair-{target}"' in review and "off &lt;i&gt;topic&lt;/i&gt;" in review and f'id="pair-{pair_ids[1]}"' not in review
 
+            # the same review through the JSON API: admin only, a reason required, undone by DELETE
+            other = pair_ids[1]
+            with teacher.api(CLIENT_KEY) as client:
+                assert client.put(f"/v1/pairs/{other}/exclusion", json={"reason": "dup"}).status_code == 403
+            assert api.put(f"/v1/pairs/{other}/exclusion", json={"reason": " "}).json()["error"]["param"] == "reason"
+            assert api.put("/v1/pairs/999999/exclusion", json={"reason": "gone"}).status_code == 404
+            put = api.put(f"/v1/pairs/{other}/exclusion", json={"reason": "  a duplicate of pair 1 "})
+            assert put.status_code == 200 and (put.json()["excluded"], put.json()["excluded_reason"]) == (True, "a duplicate of pair 1")
+            deleted = api.delete(f"/v1/pairs/{other}/exclusion")
+            assert deleted.status_code == 200 and (deleted.json()["excluded"], deleted.json()["excluded_reason"]) == (False, None)
+
             undone = console.post(f"/console/pairs/{target}/include", data={"back": "/console/pairs?excluded=yes"}, follow_redirects=False)
             assert undone.status_code == 303 and undone.headers["location"] == f"/console/pairs?excluded=yes#pair-{target}"
             after = {p["id"]: p for p in api.get("/v1/pairs").json()["data"]}[target]

@@ -9,7 +9,7 @@ from alembic import command
 from sqlalchemy import create_engine, inspect, select, text
 
 from console_support import store_chains
-from services.teacher.console.review import set_exclusion
+from services.teacher.routes.pairs import set_exclusion
 from services.trainer.config import DistillationConfig
 from services.trainer.data import take_snapshot
 from shared.db.models import Pair
@@ -68,7 +68,7 @@ def test_an_excluded_pair_never_trains(db, tmp_path):
     with db() as session:
         pairs = list(session.scalars(select(Pair).order_by(Pair.id)))
     assert len(pairs) == 4
-    excluded = set_exclusion(db, pairs[1].id, "  answers a different question  ")
+    excluded = set_exclusion(db, pairs[1].id, "answers a different question")
     assert (excluded.excluded, excluded.excluded_reason) == (True, "answers a different question") and excluded.excluded_at is not None
 
     config = DistillationConfig(task="sentiment", jobs=["job-review"], eval_prompts=["Review the film Heat."], best_per_prompt=False,

@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
+from services.teacher.console.forms import describe, parse
 from services.teacher.console.queries import ChainFilter, browse_chains
-from services.teacher.console.review import MAX_REASON_CHARS, set_exclusion
 from services.teacher.console.web import Admin, AdminPost, Db, State, number, pick, redirect, render
-from services.teacher.routes import tasks as tasks_api
+from services.teacher.protocol import MAX_EXCLUSION_REASON, Exclusion
+from services.teacher.routes import pairs as pairs_api, tasks as tasks_api
 from shared.web.auth import Scope
 
 router = APIRouter()
@@ -31,7 +32,7 @@ def pair_list(request: Request, _user: Admin, session: Db, task: str | None = No
                "excluded": excluded or ""}
     return render(request, "pairs.html", rows=rows, next_before=next_before, filters=filters, here=str(request.url.path) +
                   (f"?{request.url.query}" if request.url.query else ""), tasks=tasks_api.list_all(_scope=Scope.ADMIN, session=session).data,
-                  max_reason=MAX_REASON_CHARS)
+                  max_reason=MAX_EXCLUSION_REASON)
 
 
 def _back(back: str) -> str:
@@ -41,13 +42,14 @@ def _back(back: str) -> str:
 
 
 @router.post("/pairs/{pair_id}/exclude")
-def pair_exclude(pair_id: int, _user: AdminPost, state: State, reason: Annotated[str, Form(max_length=4 * MAX_REASON_CHARS)] = "",
+def pair_exclude(pair_id: int, _user: AdminPost, state: State, reason: Annotated[str, Form(max_length=4000)] = "",
                  back: Annotated[str, Form(max_length=2000)] = "/pairs") -> Response:
-    set_exclusion(state.sessions, pair_id, reason)
+    exclusion = parse(Exclusion, describe(Exclusion, ["reason"]), {"reason": reason})  # 400 naming `reason`, as the API's 422
+    pairs_api.exclude(pair_id=pair_id, exclusion=exclusion, _scope=Scope.ADMIN, state=state)
     return redirect(_back(back) + f"#pair-{pair_id}")
 
 
 @router.post("/pairs/{pair_id}/include")
 def pair_include(pair_id: int, _user: AdminPost, state: State, back: Annotated[str, Form(max_length=2000)] = "/pairs") -> Response:
-    set_exclusion(state.sessions, pair_id, None)
+    pairs_api.include(pair_id=pair_id, _scope=Scope.ADMIN, state=state)
     return redirect(_back(back) + f"#pair-{pair_id}")

@@ -1,6 +1,8 @@
-"""Accepted pairs: filtered, cursor-paginated listing and a streamed JSONL export (TRL's format).
+"""Accepted pairs: filtered, cursor-paginated listing, a streamed JSONL export (TRL's format), and
+review: an admin excludes a pair from training with a reason, or undoes it.
 
-A client key sees the pairs of its own jobs only; admins see every pair."""
+A client key sees the pairs of its own jobs only; admins see every pair. An excluded pair stays,
+listed and exported with its flag and reason; the trainer's pair query leaves it out."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.teacher.deps import DbSession, State
-from services.teacher.protocol import PairPage, PairView, chat_record
-from shared.db.models import Job, Pair
-from shared.web.auth import Caller, ClientCaller
+from services.teacher.protocol import Exclusion, PairPage, PairView, chat_record
+from shared.db.models import Job, Pair, utcnow
+from shared.errors import NotFound
+from shared.web.auth import AdminScope, Caller, ClientCaller
 
 router = APIRouter(prefix="/v1/pairs", tags=["pairs"])
 
@@ -102,3 +105,28 @@ def export(
         media_type="application/x-ndjson",
         headers={"Content-Disposition": 'attachment; filename="pairs.jsonl"'},
     )
+
+
+def set_exclusion(sessions: sessionmaker[Session], pair_id: int, reason: str | None) -> Pair:
+    """Exclude pair `pair_id` from training for `reason`, or include it again when `reason` is None."""
+    with sessions() as session, session.begin():
+        pair = session.get(Pair, pair_id)
+        if pair is None:
+            raise NotFound(f"no pair {pair_id}", param="id")
+        pair.excluded = reason is not None
+        pair.excluded_reason = reason
+        pair.excluded_at = utcnow() if reason is not None else None
+        return pair
+
+
+@router.put("/{pair_id}/exclusion", response_model=PairView)
+def exclude(pair_id: int, exclusion: Exclusion, _scope: AdminScope, state: State) -> PairView:
+    """Exclude the pair from training (admin); again to change the reason. Runs that already took
+    their data snapshot keep it."""
+    return PairView.of(set_exclusion(state.sessions, pair_id, exclusion.reason))
+
+
+@router.delete("/{pair_id}/exclusion", response_model=PairView)
+def include(pair_id: int, _scope: AdminScope, state: State) -> PairView:
+    """Undo an exclusion (admin): the pair trains again in later runs."""
+    return PairView.of(set_exclusion(state.sessions, pair_id, None))
