@@ -125,7 +125,7 @@ MAX_EXCLUSION_REASON = 500
 
 
 class Exclusion(BaseModel):
-    """Why a pair must not train (PUT /v1/pairs/{id}/exclusion); kept beside the pair."""
+    """Why a pair must not train (PUT /admin/pairs/{id}/exclusion); kept beside the pair."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 

@@ -104,12 +104,12 @@ def test_console_pages_login_and_review(db_url, tmp_path, model_path, tf_engine)
             # the same review through the JSON API: admin only, a reason required, undone by DELETE
             other = pair_ids[1]
             with teacher.api(CLIENT_KEY) as client:
-                assert client.put(f"/v1/pairs/{other}/exclusion", json={"reason": "dup"}).status_code == 403
-            assert api.put(f"/v1/pairs/{other}/exclusion", json={"reason": " "}).json()["error"]["param"] == "reason"
-            assert api.put("/v1/pairs/999999/exclusion", json={"reason": "gone"}).status_code == 404
-            put = api.put(f"/v1/pairs/{other}/exclusion", json={"reason": "  a duplicate of pair 1 "})
+                assert client.put(f"/admin/pairs/{other}/exclusion", json={"reason": "dup"}).status_code == 403
+            assert api.put(f"/admin/pairs/{other}/exclusion", json={"reason": " "}).json()["error"]["param"] == "reason"
+            assert api.put("/admin/pairs/999999/exclusion", json={"reason": "gone"}).status_code == 404
+            put = api.put(f"/admin/pairs/{other}/exclusion", json={"reason": "  a duplicate of pair 1 "})
             assert put.status_code == 200 and (put.json()["excluded"], put.json()["excluded_reason"]) == (True, "a duplicate of pair 1")
-            deleted = api.delete(f"/v1/pairs/{other}/exclusion")
+            deleted = api.delete(f"/admin/pairs/{other}/exclusion")
             assert deleted.status_code == 200 and (deleted.json()["excluded"], deleted.json()["excluded_reason"]) == (False, None)
 
             undone = console.post(f"/console/pairs/{target}/include", data={"back": "/console/pairs?excluded=yes"}, follow_redirects=False)

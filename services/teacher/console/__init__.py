@@ -2,9 +2,9 @@
 /console behind the admin token (README "Console").
 
 Server-rendered pages (Jinja2, autoescaped) with a few lines of plain JavaScript that refresh the
-live parts; charts drawn by matplotlib on the server; nothing fetched from elsewhere. Every read and
-write goes through the JSON API's route functions (services/teacher/routes) or, for what the API
-has no call for, through queries.py and review.py.
+live parts; charts drawn by matplotlib on the server; nothing fetched from elsewhere. Every write and
+most reads go through the JSON API's route functions (services/teacher/routes); queries.py holds
+the few reads the API has no call for (per-job reward figures, chains with their steps, cost).
 
 A mounted app of its own, so that it answers in its own way: a page asked for without the login
 cookie redirects to the login form, anything else is a 401 JSON error; errors on pages are pages.

@@ -20,7 +20,7 @@ from shared.db.models import Job, Pair, utcnow
 from shared.errors import NotFound
 from shared.web.auth import AdminScope, Caller, ClientCaller
 
-router = APIRouter(prefix="/v1/pairs", tags=["pairs"])
+router = APIRouter(tags=["pairs"])  # /v1/pairs for client keys, /admin/pairs for review
 
 EXPORT_PAGE = 500  # rows per keyset page of the export: memory stays flat however many pairs exist
 
@@ -50,7 +50,7 @@ GainFilter = Query(None, description="Only pairs whose reward gain (after − be
 ExcludedFilter = Query(None, description="true: only pairs excluded in review; false: only those not excluded (what trains).")
 
 
-@router.get("", response_model=PairPage)
+@router.get("/v1/pairs", response_model=PairPage)
 def list_pairs(
     caller: ClientCaller,
     session: DbSession,
@@ -87,7 +87,7 @@ def _export_lines(sessions: sessionmaker[Session], caller: Caller, task: str | N
         last_id = rows[-1].id
 
 
-@router.get("/export", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}})
+@router.get("/v1/pairs/export", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}})
 def export(
     caller: ClientCaller,
     state: State,
@@ -119,14 +119,14 @@ def set_exclusion(sessions: sessionmaker[Session], pair_id: int, reason: str | N
         return pair
 
 
-@router.put("/{pair_id}/exclusion", response_model=PairView)
+@router.put("/admin/pairs/{pair_id}/exclusion", response_model=PairView)
 def exclude(pair_id: int, exclusion: Exclusion, _scope: AdminScope, state: State) -> PairView:
     """Exclude the pair from training (admin); again to change the reason. Runs that already took
     their data snapshot keep it."""
     return PairView.of(set_exclusion(state.sessions, pair_id, exclusion.reason))
 
 
-@router.delete("/{pair_id}/exclusion", response_model=PairView)
+@router.delete("/admin/pairs/{pair_id}/exclusion", response_model=PairView)
 def include(pair_id: int, _scope: AdminScope, state: State) -> PairView:
     """Undo an exclusion (admin): the pair trains again in later runs."""
     return PairView.of(set_exclusion(state.sessions, pair_id, None))
