@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install chromium test demo bench bench-scale-out gpu-smoke clean-venv
+.PHONY: install test demo bench bench-scale-out gpu-smoke clean-venv
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,7 @@ $(VENV)/.installed: pyproject.toml requirements/cpu.lock.txt
 	touch $@
 
 # Debian's Chromium for the console's browser test (tests/console/test_browser.py; skipped without it).
+.PHONY: chromium
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium not installable: the console's browser test will be skipped"
 
