@@ -13,7 +13,7 @@ from console_support import ADMIN_TOKEN, CLIENT_KEY, XSS, console_settings, runn
 from services.trainer.config import DistillationConfig
 from services.trainer.data import pair_query
 from live_server import free_port
-from shared.db.models import Pair, Student, utcnow
+from shared.db.models import JobBatch, Pair, Student, utcnow
 
 PAGES = ["/console/jobs", "/console/pairs", "/console/distillations", "/console/students", "/console/playground", "/console/cost"]
 HTML = {"Accept": "text/html,application/xhtml+xml"}
@@ -66,6 +66,13 @@ def test_console_pages_login_and_review(db_url, tmp_path, model_path, tf_engine)
                 assert "script-src 'self'" in page.headers["content-security-policy"] and page.headers["x-content-type-options"] == "nosniff"
             assert console.get("/console/pairs?min_gain=lots", headers=HTML).status_code == 400
             assert console.get("/console/jobs/no-such-job", headers=HTML).status_code == 404
+
+            # --- a job's failed batches, with their errors (escaped too)
+            with teacher.sessions() as session, session.begin():
+                session.add(JobBatch(job_id=job_id, start=0, end=2, status="succeeded", attempt=2, failures=1,
+                                     error="RuntimeError: <engine> fell over"))
+            job_page = console.get(f"/console/jobs/{job_id}", headers=HTML).text
+            assert "Failures" in job_page and "RuntimeError: &lt;engine&gt; fell over" in job_page and "<td>0–1</td>" in job_page
 
             # --- untrusted text is shown as text
             pairs_page = console.get(f"/console/pairs?job={job_id}", headers=HTML).text
