@@ -24,7 +24,12 @@ $(VENV)/.installed: pyproject.toml requirements/cpu.lock.txt
 	$(BIN)/dsc models prepare
 	touch $@
 
-test: install
+# Debian's Chromium for the console's browser test (tests/console/test_browser.py; skipped without it).
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium not installable: the console's browser test will be skipped"
+
+test: install chromium
 	$(BIN)/pytest -q -rs $(PYTEST_ARGS)
 
 demo: install

@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     student_poll_seconds: float = Field(3.0, description="How often the student checks the registry for promotions.")
     student_max_loras: int = Field(4, description="Adapters served at once over one base model (vLLM max_loras, >= 2).")
     student_max_lora_rank: int = Field(64, description="Largest LoRA rank the student engine accepts.")
+    student_url: str | None = Field(
+        None, description="Where the teacher's console reaches the student service (its playground); "
+        "default http://127.0.0.1:<student_port>.")
 
     # --- trainer (distillation runs; same lease queue as jobs) ---
     trainer_lease_seconds: int = Field(60, description="A trainer's claim on a run expires unless renewed (heartbeat).")
@@ -252,3 +255,7 @@ class Settings(BaseSettings):
     @property
     def resolved_model_store(self) -> Path:
         return self.model_store or self.data_dir / "models"
+
+    @property
+    def resolved_student_url(self) -> str:
+        return (self.student_url or f"http://127.0.0.1:{self.student_port}").rstrip("/")

@@ -37,6 +37,22 @@ def live_server(app, *, name: str = "server", ready_timeout: float = 120.0, stop
         thread.join(stop_timeout)
 
 
+@contextmanager
+def teacher_server(settings, engine) -> Iterator[tuple[str, Any, Any]]:
+    """The teacher app (create_app on an already loaded engine) under uvicorn: yields its URL, the
+    app, and a session factory on its database (disposed after)."""
+    from services.teacher.app import create_app
+    from shared.db.session import make_engine, session_factory
+
+    app = create_app(settings, engine=engine)
+    with live_server(app, name="teacher") as url:
+        db_engine = make_engine(settings.resolved_database_url)
+        try:
+            yield url, app, session_factory(db_engine)
+        finally:
+            db_engine.dispose()
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     """Poll until `predicate()` is truthy and return its value; AssertionError naming `what` on timeout."""
     deadline = time.monotonic() + timeout

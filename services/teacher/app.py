@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.teacher import worker
+from services.teacher.console import create_console
 from services.teacher.metrics import QueueCollector, TeacherMetrics
 from services.teacher.routes import distillations, evaluations, health, jobs, pairs, sampling, students, tasks
 from services.teacher.state import TeacherState, watch_engine
@@ -118,6 +119,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "teacher"), max_body_bytes=settings.max_body_bytes)
     for module in (health, tasks, sampling, jobs, pairs, distillations, evaluations, students):
         app.include_router(module.router)
+    app.mount("/console", create_console(app))
     return app
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.models import Job, Pair
 from shared.rewards import public_reward
@@ -105,6 +105,9 @@ class PairView(BaseModel):
     reward_before: float
     reward_after: float
     reward_gain: float
+    excluded: bool = Field(description="Excluded in review (the console): kept and exported, never trained on.")
+    excluded_reason: str | None
+    excluded_at: datetime | None
     created_at: datetime
 
     @classmethod
@@ -113,8 +116,20 @@ class PairView(BaseModel):
             id=pair.id, job_id=pair.job_id, task=pair.task_name, prompt_index=pair.prompt_index,
             chain_index=pair.chain_index, prompt=pair.prompt, response=pair.response,
             reward_before=pair.reward_before, reward_after=pair.reward_after, reward_gain=pair.reward_gain,
+            excluded=pair.excluded, excluded_reason=pair.excluded_reason, excluded_at=pair.excluded_at,
             created_at=pair.created_at,
         )
+
+
+MAX_EXCLUSION_REASON = 500
+
+
+class Exclusion(BaseModel):
+    """Why a pair must not train (PUT /admin/pairs/{id}/exclusion); kept beside the pair."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    reason: str = Field(min_length=1, max_length=MAX_EXCLUSION_REASON, description="Why the pair must not train, in a sentence.")
 
 
 class PairPage(BaseModel):
@@ -123,10 +138,12 @@ class PairPage(BaseModel):
 
 
 def chat_record(pair: Any) -> dict[str, Any]:
-    """One line of the JSONL export: TRL's conversational SFT format plus the rewards."""
+    """One line of the JSONL export: TRL's conversational SFT format plus the rewards and the review."""
     return {
         "messages": [{"role": "user", "content": pair.prompt}, {"role": "assistant", "content": pair.response}],
         "task": pair.task_name,
         "reward_before": pair.reward_before,
         "reward_after": pair.reward_after,
+        "excluded": pair.excluded,
+        "excluded_reason": pair.excluded_reason,
     }

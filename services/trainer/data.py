@@ -41,8 +41,10 @@ IGNORE_INDEX = -100
 
 
 def pair_query(config: DistillationConfig) -> Select:
-    """The pairs a run trains on, oldest first (a stable order, so a snapshot is reproducible)."""
-    query = select(Pair).where(Pair.task_name == config.task)
+    """The pairs a run trains on, oldest first (a stable order, so a snapshot is reproducible).
+    Pairs excluded in review never train; an exclusion made after a run took its snapshot does
+    not change that run."""
+    query = select(Pair).where(Pair.task_name == config.task, Pair.excluded.is_(False))
     if config.jobs:
         query = query.where(Pair.job_id.in_(config.jobs))
     if config.pair_id_max is not None:

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Index, text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, Index, false, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -167,6 +167,11 @@ class Pair(Base):
     reward_after: Mapped[float] = mapped_column(Float)
     reward_gain: Mapped[float] = mapped_column(Float, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Review (the console): an excluded pair stays stored, listed and exported with its flag and
+    # reason, and never trains (services/trainer/data.py pair_query). Undoing clears all three.
+    excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    excluded_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    excluded_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class RunColumns:

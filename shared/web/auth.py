@@ -71,7 +71,9 @@ def _bearer(request: Request) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def _identify(settings: Settings, token: str) -> Caller | None:
+def identify(settings: Settings, token: str) -> Caller | None:
+    """Who `token` is (admin or a client key), or None for an unknown token. The API reads it from
+    the bearer header, the teacher's console from its cookie."""
     if settings.admin_token and (digest := _matching(token, [settings.admin_token])):
         return Caller(Scope.ADMIN, key_id(digest))
     if digest := _matching(token, settings.api_keys):
@@ -89,7 +91,7 @@ def authenticate(request: Request) -> Caller:
     token = _bearer(request)
     if token is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <key>'")
-    caller = _identify(settings, token)
+    caller = identify(settings, token)
     if caller is None:
         raise Unauthorized("invalid bearer token")
     limiter = getattr(request.app.state, "rate_limiter", None)
@@ -104,7 +106,7 @@ def is_admin_request(request: Request) -> bool:
     if not auth_enabled(settings):
         return True
     token = _bearer(request)
-    caller = _identify(settings, token) if token else None
+    caller = identify(settings, token) if token else None
     return caller is not None and caller.scope is Scope.ADMIN
 
 

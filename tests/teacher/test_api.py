@@ -167,7 +167,8 @@ def test_job_lifecycle_progress_cancel_pairs_export(make_teacher, teacher_db_url
         assert len(lines) == expected
         by_prompt = {pair["prompt"]: pair for pair in walked}
         for record in lines:
-            assert set(record) == {"messages", "task", "reward_before", "reward_after"}
+            assert set(record) == {"messages", "task", "reward_before", "reward_after", "excluded", "excluded_reason"}
+            assert (record["excluded"], record["excluded_reason"]) == (False, None)  # none reviewed out (the console's review)
             user, assistant = record["messages"]
             assert (user["role"], assistant["role"], record["task"]) == ("user", "assistant", "sentiment")
             assert by_prompt[user["content"]]["response"] == assistant["content"]

@@ -2,7 +2,9 @@
 
 Every route of the app is enumerated: /admin/* and POST /v1/tasks need the admin token (no token
 → 401, a client key → 403); every other /v1/* route needs a client key (no or a wrong token →
-401); only health, metrics and the API docs are open, and any other path fails the test.
+401); only health, metrics and the API docs are open, and any other path fails the test. The
+console (/console, a mounted app) wants its login cookie on every route but the login form and its
+static files: a page redirects to the login form, anything else is a 401.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import re
 
 from fastapi.routing import APIRoute
+from starlette.routing import Mount
 
 from shared.logs import JsonFormatter
 
 
 OPEN = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+CONSOLE_OPEN = {"/login", "/logout", "/static/{name}", "/"}  # "/" only redirects to /console/jobs, which wants the cookie
 
 
 def _concrete(path: str) -> str:
@@ -35,6 +39,9 @@ def test_every_route_enforces_its_scope(make_teacher):
         for route in routes:
             if route.path in OPEN:
                 continue
+            if isinstance(route, Mount) and route.path == "/console":
+                checked["console"] = _check_console(route, anonymous, client, teacher.admin_token)
+                continue
             assert isinstance(route, APIRoute), f"unexpected non-API route {route.path}"
             for method in sorted(route.methods - {"HEAD"}):
                 admin_only = route.path.startswith("/admin/") or (route.path == "/v1/tasks" and method == "POST")
@@ -50,7 +57,29 @@ def test_every_route_enforces_its_scope(make_teacher):
                     checked["admin"] += 1
                 else:
                     checked["client"] += 1
-    assert checked["admin"] >= 1 and checked["client"] >= 8
+    assert checked["admin"] >= 1 and checked["client"] >= 8 and checked["console"] >= 10
+
+
+def _check_console(mount: Mount, *clients) -> int:
+    """Every console route refuses a caller without the login cookie (a bearer token, even the
+    admin's, is no login): a page redirects to the login form, anything else is a 401."""
+    *callers, admin_token = clients
+    checked = 0
+    for route in mount.routes:
+        if route.path in CONSOLE_OPEN:
+            continue
+        path = "/console" + _concrete(route.path)
+        for method in sorted(route.methods - {"HEAD"}):
+            for caller in (*callers, None):
+                headers = {"Authorization": f"Bearer {admin_token}"} if caller is None else {}
+                client = caller or callers[0]
+                if method == "GET":
+                    page = client.get(path, headers={**headers, "Accept": "text/html"}, follow_redirects=False)
+                    assert page.status_code == 303 and page.headers["location"] == "/console/login", (path, page.status_code)
+                response = client.request(method, path, headers={**headers, "Origin": str(client.base_url).rstrip("/")})
+                assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error", (method, path)
+            checked += 1
+    return checked
 
 
 def test_open_routes_and_admin_token_everywhere(make_teacher):

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from live_server import live_server, wait_for  # tests/ is on sys.path (pytest prepends the root conftest's directory)
+from live_server import teacher_server, wait_for  # tests/ is on sys.path (pytest prepends the root conftest's directory)
 from shared.db.models import Job, utcnow
 from shared.db.session import make_engine, session_factory, transaction, upgrade
 from shared.db.store import record_chains
@@ -79,15 +79,8 @@ class Teacher:
 @contextmanager
 def running_teacher(settings: Settings, engine) -> Iterator[Teacher]:
     """The teacher app (create_app with the shared engine) under uvicorn on a free loopback port."""
-    from services.teacher.app import create_app
-
-    app = create_app(settings, engine=engine)
-    with live_server(app, name="teacher") as url:
-        db_engine = make_engine(settings.resolved_database_url)
-        try:
-            yield Teacher(url=url, settings=settings, sessions=session_factory(db_engine))
-        finally:
-            db_engine.dispose()
+    with teacher_server(settings, engine) as (url, _app, sessions):
+        yield Teacher(url=url, settings=settings, sessions=sessions)
 
 
 @pytest.fixture()

@@ -1,6 +1,8 @@
-"""Accepted pairs: filtered, cursor-paginated listing and a streamed JSONL export (TRL's format).
+"""Accepted pairs: filtered, cursor-paginated listing, a streamed JSONL export (TRL's format), and
+review: an admin excludes a pair from training with a reason, or undoes it.
 
-A client key sees the pairs of its own jobs only; admins see every pair."""
+A client key sees the pairs of its own jobs only; admins see every pair. An excluded pair stays,
+listed and exported with its flag and reason; the trainer's pair query leaves it out."""
 
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.teacher.deps import DbSession, State
-from services.teacher.protocol import PairPage, PairView, chat_record
-from shared.db.models import Job, Pair
-from shared.web.auth import Caller, ClientCaller
+from services.teacher.protocol import Exclusion, PairPage, PairView, chat_record
+from shared.db.models import Job, Pair, utcnow
+from shared.errors import NotFound
+from shared.web.auth import AdminScope, Caller, ClientCaller
 
-router = APIRouter(prefix="/v1/pairs", tags=["pairs"])
+router = APIRouter(tags=["pairs"])  # /v1/pairs for client keys, /admin/pairs for review
 
 EXPORT_PAGE = 500  # rows per keyset page of the export: memory stays flat however many pairs exist
 
@@ -29,7 +32,9 @@ def _visible(query: Select, caller: Caller) -> Select:
     return query.join(Job, Job.id == Pair.job_id).where(Job.owner == caller.key_id)
 
 
-def _filtered(query: Select, task: str | None, job: str | None, min_gain: float | None) -> Select:
+def _filtered(query: Select, task: str | None, job: str | None, min_gain: float | None, excluded: bool | None) -> Select:
+    if excluded is not None:
+        query = query.where(Pair.excluded.is_(excluded))
     if task is not None:
         query = query.where(Pair.task_name == task)
     if job is not None:
@@ -42,20 +47,22 @@ def _filtered(query: Select, task: str | None, job: str | None, min_gain: float 
 TaskFilter = Query(None, max_length=64, description="Only pairs of this task.")
 JobFilter = Query(None, max_length=32, description="Only pairs of this job.")
 GainFilter = Query(None, description="Only pairs whose reward gain (after − before) is at least this.")
+ExcludedFilter = Query(None, description="true: only pairs excluded in review; false: only those not excluded (what trains).")
 
 
-@router.get("", response_model=PairPage)
+@router.get("/v1/pairs", response_model=PairPage)
 def list_pairs(
     caller: ClientCaller,
     session: DbSession,
     task: str | None = TaskFilter,
     job: str | None = JobFilter,
     min_gain: float | None = GainFilter,
+    excluded: bool | None = ExcludedFilter,
     cursor: int | None = Query(None, ge=0, description="next_cursor of the previous page."),
     limit: int = Query(100, ge=1, le=1000),
 ) -> PairPage:
     """Pairs in id order; keyset pagination (id > cursor), so pages stay stable while jobs add pairs."""
-    query = _filtered(_visible(select(Pair), caller), task, job, min_gain).order_by(Pair.id).limit(limit + 1)
+    query = _filtered(_visible(select(Pair), caller), task, job, min_gain, excluded).order_by(Pair.id).limit(limit + 1)
     if cursor is not None:
         query = query.where(Pair.id > cursor)
     rows = list(session.scalars(query))
@@ -63,13 +70,15 @@ def list_pairs(
     return PairPage(data=[PairView.of(pair) for pair in page], next_cursor=page[-1].id if more else None)
 
 
-def _export_lines(sessions: sessionmaker[Session], caller: Caller, task: str | None, job: str | None, min_gain: float | None) -> Iterator[bytes]:
+def _export_lines(sessions: sessionmaker[Session], caller: Caller, task: str | None, job: str | None, min_gain: float | None,
+                  excluded: bool | None) -> Iterator[bytes]:
     """Keyset pages, each read in its own short session (no transaction held open while the client
     downloads, which on SQLite would block every writer)."""
-    columns = select(Pair.id, Pair.task_name, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after)
+    columns = select(Pair.id, Pair.task_name, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after, Pair.excluded,
+                     Pair.excluded_reason)
     last_id = -1
     while True:
-        query = _filtered(_visible(columns, caller), task, job, min_gain).where(Pair.id > last_id).order_by(Pair.id).limit(EXPORT_PAGE)
+        query = _filtered(_visible(columns, caller), task, job, min_gain, excluded).where(Pair.id > last_id).order_by(Pair.id).limit(EXPORT_PAGE)
         with sessions() as session:
             rows = session.execute(query).all()
         if not rows:
@@ -78,7 +87,7 @@ def _export_lines(sessions: sessionmaker[Session], caller: Caller, task: str | N
         last_id = rows[-1].id
 
 
-@router.get("/export", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}})
+@router.get("/v1/pairs/export", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}})
 def export(
     caller: ClientCaller,
     state: State,
@@ -86,11 +95,38 @@ def export(
     task: str | None = TaskFilter,
     job: str | None = JobFilter,
     min_gain: float | None = GainFilter,
+    excluded: bool | None = ExcludedFilter,
 ) -> StreamingResponse:
     """Every matching pair as `{"messages": [user, assistant], "task", "reward_before",
-    "reward_after"}` per line: the conversational format TRL's SFT trainer reads."""
+    "reward_after", "excluded", "excluded_reason"}` per line: the conversational format TRL's SFT
+    trainer reads. Excluded pairs are in it, flagged, unless excluded=false."""
     return StreamingResponse(
-        _export_lines(state.sessions, caller, task, job, min_gain),
+        _export_lines(state.sessions, caller, task, job, min_gain, excluded),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": 'attachment; filename="pairs.jsonl"'},
     )
+
+
+def set_exclusion(sessions: sessionmaker[Session], pair_id: int, reason: str | None) -> Pair:
+    """Exclude pair `pair_id` from training for `reason`, or include it again when `reason` is None."""
+    with sessions() as session, session.begin():
+        pair = session.get(Pair, pair_id)
+        if pair is None:
+            raise NotFound(f"no pair {pair_id}", param="id")
+        pair.excluded = reason is not None
+        pair.excluded_reason = reason
+        pair.excluded_at = utcnow() if reason is not None else None
+        return pair
+
+
+@router.put("/admin/pairs/{pair_id}/exclusion", response_model=PairView)
+def exclude(pair_id: int, exclusion: Exclusion, _scope: AdminScope, state: State) -> PairView:
+    """Exclude the pair from training (admin); again to change the reason. Runs that already took
+    their data snapshot keep it."""
+    return PairView.of(set_exclusion(state.sessions, pair_id, exclusion.reason))
+
+
+@router.delete("/admin/pairs/{pair_id}/exclusion", response_model=PairView)
+def include(pair_id: int, _scope: AdminScope, state: State) -> PairView:
+    """Undo an exclusion (admin): the pair trains again in later runs."""
+    return PairView.of(set_exclusion(state.sessions, pair_id, None))
