@@ -15,7 +15,7 @@ from live_server import teacher_server  # tests/ is on sys.path (pytest prepends
 from shared.db.models import Job, utcnow
 from shared.db.session import transaction
 from shared.db.store import record_chains
-from shared.sampler import Chain as Trace, Step
+from shared.critique_revise import Chain as Trace, Step
 from shared.settings import Settings
 
 ADMIN_TOKEN = "console-test-admin-token"
