@@ -13,7 +13,7 @@ from typing import Callable
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from shared.db.models import Chain, DistillationRun, JobBatch, Pair, Student
+from shared.db.models import ChainRecord, DistillationRun, JobBatch, Pair, Student
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,9 @@ def job_figures(session: Session, job_ids: list[str]) -> dict[str, JobFigures]:
     if not job_ids:
         return {}
     rows = session.execute(
-        select(Chain.job_id, func.count(), func.sum(case((Chain.accepted.is_(True), 1), else_=0)),
-               func.avg(Chain.initial_reward), func.avg(Chain.final_reward))
-        .where(Chain.job_id.in_(job_ids)).group_by(Chain.job_id)
+        select(ChainRecord.job_id, func.count(), func.sum(case((ChainRecord.accepted.is_(True), 1), else_=0)),
+               func.avg(ChainRecord.initial_reward), func.avg(ChainRecord.final_reward))
+        .where(ChainRecord.job_id.in_(job_ids)).group_by(ChainRecord.job_id)
     ).all()
     excluded = dict(session.execute(
         select(Pair.job_id, func.count()).where(Pair.job_id.in_(job_ids), Pair.excluded.is_(True)).group_by(Pair.job_id)
@@ -62,25 +62,25 @@ class ChainFilter:
     excluded: bool | None = None  # True: excluded pairs only; False: everything that is not an excluded pair
 
 
-def browse_chains(session: Session, where: ChainFilter, *, before: int | None, limit: int) -> tuple[list[tuple[Chain, Pair | None]], int | None]:
+def browse_chains(session: Session, where: ChainFilter, *, before: int | None, limit: int) -> tuple[list[tuple[ChainRecord, Pair | None]], int | None]:
     """Chains newest first with their steps and their pair (None: not accepted), and the cursor of
     the next page (keyset on the chain id, so pages hold still while jobs add chains)."""
-    query = (select(Chain, Pair).outerjoin(Pair, Pair.chain_id == Chain.id).options(selectinload(Chain.steps))
-             .order_by(Chain.id.desc()).limit(limit + 1))
+    query = (select(ChainRecord, Pair).outerjoin(Pair, Pair.chain_id == ChainRecord.id).options(selectinload(ChainRecord.steps))
+             .order_by(ChainRecord.id.desc()).limit(limit + 1))
     if where.task is not None:
-        query = query.where(Chain.task_name == where.task)
+        query = query.where(ChainRecord.task_name == where.task)
     if where.job is not None:
-        query = query.where(Chain.job_id == where.job)
+        query = query.where(ChainRecord.job_id == where.job)
     if where.accepted is not None:
-        query = query.where(Chain.accepted.is_(where.accepted))
+        query = query.where(ChainRecord.accepted.is_(where.accepted))
     if where.min_gain is not None:
-        query = query.where(Chain.final_reward - Chain.initial_reward >= where.min_gain)
+        query = query.where(ChainRecord.final_reward - ChainRecord.initial_reward >= where.min_gain)
     if where.excluded is True:
         query = query.where(Pair.excluded.is_(True))
     elif where.excluded is False:
         query = query.where(or_(Pair.id.is_(None), Pair.excluded.is_(False)))
     if before is not None:
-        query = query.where(Chain.id < before)
+        query = query.where(ChainRecord.id < before)
     rows = [(chain, pair) for chain, pair in session.execute(query).all()]
     page = rows[:limit]
     return page, page[-1][0].id if len(rows) > limit else None
@@ -138,14 +138,14 @@ def _mean(values: list[int]) -> float | None:
 def task_costs(session: Session, teacher_tokens: Callable[[str], int], student_tokens: Callable[[str, str], int]) -> list[TaskCost]:
     """Per task: teacher tokens per chain (from a sample of its newest chains) and student tokens
     per answer (the answers its student's evaluation kept). `student_tokens(base_model, text)`."""
-    chains = dict(session.execute(select(Chain.task_name, func.count()).group_by(Chain.task_name)).all())
+    chains = dict(session.execute(select(ChainRecord.task_name, func.count()).group_by(ChainRecord.task_name)).all())
     pairs = dict(session.execute(select(Pair.task_name, func.count()).group_by(Pair.task_name)).all())
     excluded = dict(session.execute(select(Pair.task_name, func.count()).where(Pair.excluded.is_(True)).group_by(Pair.task_name)).all())
     students = list(session.scalars(select(Student).order_by(Student.active.desc(), Student.created_at.desc())))
     out = []
     for task in sorted(set(chains) | {student.task_name for student in students}):
-        sample = list(session.scalars(select(Chain).options(selectinload(Chain.steps)).where(Chain.task_name == task)
-                                      .order_by(Chain.id.desc()).limit(COST_SAMPLE)))
+        sample = list(session.scalars(select(Chain).options(selectinload(ChainRecord.steps)).where(ChainRecord.task_name == task)
+                                      .order_by(ChainRecord.id.desc()).limit(COST_SAMPLE)))
         per_chain = [teacher_tokens(chain.initial_text) + sum(teacher_tokens(step.critique) + teacher_tokens(step.revision)
                                                               for step in chain.steps) for chain in sample]
         student = next((s for s in students if s.task_name == task), None)
