@@ -14,7 +14,7 @@ from services.teacher.console.queries import failed_batches, job_figures
 from services.teacher.console.web import Admin, AdminPost, Db, State, form_values, pick, redirect, render
 from services.teacher.routes import jobs as jobs_api, tasks as tasks_api
 from shared.errors import DscError
-from shared.schemas import SampleRequest
+from shared.sampling_protocol import SampleRequest
 from shared.web.auth import Scope
 
 router = APIRouter()

@@ -144,7 +144,7 @@ def task_costs(session: Session, teacher_tokens: Callable[[str], int], student_t
     students = list(session.scalars(select(Student).order_by(Student.active.desc(), Student.created_at.desc())))
     out = []
     for task in sorted(set(chains) | {student.task_name for student in students}):
-        sample = list(session.scalars(select(Chain).options(selectinload(ChainRecord.steps)).where(ChainRecord.task_name == task)
+        sample = list(session.scalars(select(ChainRecord).options(selectinload(ChainRecord.steps)).where(ChainRecord.task_name == task)
                                       .order_by(ChainRecord.id.desc()).limit(COST_SAMPLE)))
         per_chain = [teacher_tokens(chain.initial_text) + sum(teacher_tokens(step.critique) + teacher_tokens(step.revision)
                                                               for step in chain.steps) for chain in sample]
