@@ -219,7 +219,8 @@ def evaluate(
     import json
 
     from services.trainer.evaluate import figures_table
-    from services.trainer.evaluations import EvaluationConfig, run_evaluation
+    from services.trainer.evaluations import run_evaluation
+    from shared.distillation.config import EvaluationConfig
     from shared.model_store import resolve_model
     from shared.tasks import get_task
 

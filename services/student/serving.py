@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.student.protocol import (
@@ -46,6 +45,7 @@ from services.student.protocol import (
 )
 from services.student.runtime import Delta, Failed, Finished, RowParams, RowStream, Runtime, validate_adapter
 from shared.db.models import Student
+from shared.distillation.registry import active_students
 from shared.engines.base import ENGINE_DEAD_EXIT_CODE, EngineDead, engine_dead_reason, request_seed
 from shared.errors import DscError, EngineError, InvalidRequest, NotFound, NotReady, Overloaded
 from shared.model_store import resolve_model
@@ -350,7 +350,7 @@ class StudentServing:
         assert self.sessions is not None
         try:
             with self.sessions() as session:
-                return list(session.scalars(select(Student).where(Student.active.is_(True))))
+                return active_students(session)
         except Exception as exc:  # database down, or not migrated yet on a fresh install
             message = str(exc).splitlines()[0]
             # once per distinct problem, not every poll

@@ -16,10 +16,13 @@ first) and act on a parent row in its own transaction (`on_claim`): job_queue.py
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,8 +34,20 @@ log = logging.getLogger(__name__)
 
 Row = TypeVar("Row")
 
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
+
+
+def worker_owner(name: str) -> str:
+    """A lease owner unique to one worker: host, process, the worker's name and a random tail (two
+    workers of one process, or a restarted process with the same pid, never share an owner)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{name}:{uuid.uuid4().hex[:8]}"
+
+
+class LeaseLost(Exception):
+    """A fenced write matched nothing: the lease expired and another worker holds the row now, or
+    the work it was for ended meanwhile. The writer rolls its transaction back and writes nothing more."""
 
 
 @dataclass(frozen=True)
