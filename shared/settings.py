@@ -7,7 +7,7 @@ or by the CLI, which builds the object with overrides.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -17,6 +17,7 @@ from shared.device import DeviceChoice, preferred_dtype  # noqa: F401  (preferre
 from shared.keys import configured_digest
 
 EngineName = Literal["auto", "vllm", "transformers", "openai"]
+ENGINE_NAMES: tuple[str, ...] = get_args(EngineName)
 BUNDLED_MODEL = "smollm2-135m-instruct"
 
 
