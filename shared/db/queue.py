@@ -170,6 +170,23 @@ def cancel_row(session: Session, model: type, row_id: Any, what: str) -> None:
         raise Conflict(f"{what} {row_id} already {status}; nothing to cancel", param="id")
 
 
+def cancel_and_read(factory: sessionmaker[Session], model: type[Row], row_id: Any, what: str) -> Row:
+    """Cancel the row (cancel_row) in its own transaction, then read it back as it stands."""
+    with factory() as session, session.begin():
+        cancel_row(session, model, row_id, what)
+    with factory() as session:
+        return get_row(session, model, row_id, what)
+
+
+def newest_rows(session: Session, model: type[Row], limit: int, **equal: Any) -> list[Row]:
+    """Up to `limit` rows, newest first, whose columns equal the values given (a None value: any)."""
+    query = select(model).order_by(model.created_at.desc()).limit(limit)
+    for column, value in equal.items():
+        if value is not None:
+            query = query.where(getattr(model, column) == value)
+    return list(session.scalars(query))
+
+
 def release(factory: sessionmaker[Session], model: type, row_id: Any, owner: str, attempt: int) -> bool:
     """Hand a held row back to the queue at once (a worker shutting down between batches), so
     another worker resumes it without waiting for the lease to expire."""

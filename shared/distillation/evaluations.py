@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import EvaluationRun, Student
-from shared.db.queue import cancel_row, get_row
+from shared.db.queue import cancel_and_read, get_row, newest_rows
 from shared.distillation.config import EvaluationConfig
 from shared.errors import InvalidRequest, NotFound, Overloaded
 from shared.settings import Settings
@@ -49,19 +49,11 @@ def get_evaluation(session: Session, evaluation_id: str) -> EvaluationRun:
 def list_evaluations(session: Session, *, student_id: str | None = None, status: str | None = None,
                      limit: int = 50) -> list[EvaluationRun]:
     """The newest evaluations first."""
-    query = select(EvaluationRun).order_by(EvaluationRun.created_at.desc()).limit(limit)
-    if student_id is not None:
-        query = query.where(EvaluationRun.student_id == student_id)
-    if status is not None:
-        query = query.where(EvaluationRun.status == status)
-    return list(session.scalars(query))
+    return newest_rows(session, EvaluationRun, limit, student_id=student_id, status=status)
 
 
 def cancel(sessions: sessionmaker[Session], evaluation_id: str) -> EvaluationRun:
-    with sessions() as session, session.begin():
-        cancel_row(session, EvaluationRun, evaluation_id, "evaluation")
-    with sessions() as session:
-        return get_evaluation(session, evaluation_id)
+    return cancel_and_read(sessions, EvaluationRun, evaluation_id, "evaluation")
 
 
 def evaluation_view(run: EvaluationRun) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import DistillationRun, Pair, Student
-from shared.db.queue import cancel_row, get_row
+from shared.db.queue import cancel_and_read, get_row, newest_rows
 from shared.distillation.config import DistillationConfig
 from shared.distillation.pairs import Example, pair_query, plan_data, require_training_pairs
 from shared.errors import InvalidRequest, Overloaded
@@ -97,19 +97,12 @@ def get_run(session: Session, run_id: str) -> DistillationRun:
 
 def list_runs(session: Session, *, status: str | None = None, task: str | None = None, limit: int = 50) -> list[DistillationRun]:
     """The newest runs first."""
-    query = select(DistillationRun).order_by(DistillationRun.created_at.desc()).limit(limit)
-    if status is not None:
-        query = query.where(DistillationRun.status == status)
-    if task is not None:
-        query = query.where(DistillationRun.task_name == task)
-    return list(session.scalars(query))
+    return newest_rows(session, DistillationRun, limit, status=status, task_name=task)
 
 
 def cancel(sessions: sessionmaker[Session], run_id: str) -> DistillationRun:
-    with sessions() as session, session.begin():
-        cancel_row(session, DistillationRun, run_id, "distillation run")
-    with sessions() as session:
-        return get_run(session, run_id)
+    """A queued run is cancelled at once; a running one stops after its current step."""
+    return cancel_and_read(sessions, DistillationRun, run_id, "distillation run")
 
 
 def student_ids(session: Session, run_ids: list[str]) -> dict[str, str]:
