@@ -93,8 +93,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from services.trainer.config import DistillationConfig
-    from services.trainer.data import Example, plan_data
+    from shared.distillation.config import DistillationConfig
+    from shared.distillation.pairs import Example, plan_data
     from services.trainer.distill import train
     from services.trainer.evaluations import merge_adapter
     from services.trainer.evaluate import collapse_check, compare, gate, general_prompts, sample_answers, score

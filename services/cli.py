@@ -15,7 +15,7 @@ from rich.table import Table
 
 from services.demo import DemoConfig as DemoDefaults
 from shared.errors import DscError
-from shared.settings import BUNDLED_MODEL, Settings
+from shared.settings import BUNDLED_MODEL, ENGINE_NAMES, Settings
 
 app = typer.Typer(help="dSC: distilled Self-Critique as a service.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Materialise models into the model store.", no_args_is_help=True)
@@ -50,7 +50,7 @@ def validation_message(error: ValidationError) -> str:
     for item in error.errors():
         where = ".".join(map(str, item["loc"]))
         if where == "engine":
-            messages.append(f"unknown engine {item.get('input')!r}; choose one of auto, vllm, transformers, openai")
+            messages.append(f"unknown engine {item.get('input')!r}; choose one of {', '.join(ENGINE_NAMES)}")
         else:
             messages.append(f"{where}: {item['msg']}")
     return "; ".join(messages)
@@ -223,7 +223,8 @@ def evaluate(
     import json
 
     from services.trainer.evaluate import figures_table
-    from services.trainer.evaluations import EvaluationConfig, run_evaluation
+    from services.trainer.evaluations import run_evaluation
+    from shared.distillation.config import EvaluationConfig
     from shared.model_store import resolve_model
     from shared.tasks import get_task
 

@@ -1,7 +1,7 @@
 """One error hierarchy for the whole product.
 
 Every error a user can cause carries an HTTP status and an error type, so the services turn any of
-them into the same JSON body: {"error": {"type": ..., "message": ...}}.
+them into the same JSON body: {"error": {"type": ..., "message": ...}} (shared/web/errors.py builds it).
 """
 
 from __future__ import annotations
@@ -17,12 +17,6 @@ class DscError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
-
-    def to_dict(self) -> dict:
-        body: dict = {"type": self.error_type, "message": self.message}
-        if self.param is not None:
-            body["param"] = self.param
-        return {"error": body}
 
 
 class InvalidRequest(DscError):

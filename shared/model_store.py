@@ -42,20 +42,28 @@ def is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
-def resolve_model(reference: str, store: Path) -> Path:
-    """Return the local directory for `reference`, materialising it first if needed (idempotent)."""
+def check_reference(reference: str) -> None:
+    """Refuse a reference that names no model, without converting or downloading anything (a cheap
+    check for a request: whether a hub id downloads shows only when something resolves it)."""
     local = Path(reference).expanduser()
     if local.is_dir():
         if not is_model_dir(local):
             raise InvalidRequest(f"model directory {local} has no config.json")
+    elif reference != BUNDLED_MODEL and not _HUB_ID.match(reference):
+        raise InvalidRequest(
+            f"unknown model {reference!r}: give {BUNDLED_MODEL!r}, a local model directory or a hub id (owner/name)"
+        )
+
+
+def resolve_model(reference: str, store: Path) -> Path:
+    """Return the local directory for `reference`, materialising it first if needed (idempotent)."""
+    check_reference(reference)
+    local = Path(reference).expanduser()
+    if local.is_dir():
         return local.resolve()
     if reference == BUNDLED_MODEL:
         return _materialise(store / BUNDLED_MODEL, _convert_bundled_gguf)
-    if _HUB_ID.match(reference):
-        return _materialise(store / reference.replace("/", "--"), lambda out: _download_hub(reference, out))
-    raise InvalidRequest(
-        f"unknown model {reference!r}: give {BUNDLED_MODEL!r}, a local model directory or a hub id (owner/name)"
-    )
+    return _materialise(store / reference.replace("/", "--"), lambda out: _download_hub(reference, out))
 
 
 def _materialise(target: Path, build) -> Path:

@@ -7,7 +7,7 @@ or by the CLI, which builds the object with overrides.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,6 +18,7 @@ from shared.keys import configured_digest
 from shared.logs import LogFormat
 
 EngineName = Literal["auto", "vllm", "transformers", "openai"]
+ENGINE_NAMES: tuple[str, ...] = get_args(EngineName)
 BUNDLED_MODEL = "smollm2-135m-instruct"
 
 

@@ -8,9 +8,7 @@ import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.student.engine_health import EngineHealth
@@ -22,11 +20,11 @@ from services.student.serving_chat import ChatCompletions
 from services.student.serving_models import RuntimeFactory, ServedModels
 from shared import __version__
 from shared.db.session import make_engine, session_factory
-from shared.errors import DscError, MissingDependency
+from shared.errors import MissingDependency
 from shared.logs import UVICORN_LOGGING, configure_logging
 from shared.settings import Settings
 from shared.web.ratelimit import KeyRateLimiter
-from shared.web.errors import _validation_message, install_error_handlers
+from shared.web.errors import install_error_handlers
 from shared.web.process import exit_after
 from shared.web.middleware import HttpMetrics, RequestContextMiddleware
 
@@ -60,27 +58,6 @@ def default_runtime_factory(settings: Settings, on_batch=None) -> RuntimeFactory
         return transformers(path)
 
     return build
-
-
-def _openai_error(status: int, error_type: str, message: str, *, param: str | None = None, code: str | None = None, headers=None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": error_type, "param": param, "code": code}}, status_code=status, headers=headers)
-
-
-def install_openai_error_handlers(app: FastAPI) -> None:
-    """OpenAI's error body ({"error": {message, type, param, code}}) and status codes, so the
-    `openai` client raises its own types. Invalid bodies are 400, as OpenAI answers them."""
-    install_error_handlers(app)  # the shared ones: unknown routes, 405, unexpected errors
-
-    @app.exception_handler(DscError)
-    async def _dsc_error(_request: Request, error: DscError) -> JSONResponse:
-        retry_after = getattr(error, "retry_after", None)
-        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-        return _openai_error(error.status_code, error.error_type, error.message, param=error.param, code=getattr(error, "code", None), headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(error)
-        return _openai_error(400, "invalid_request_error", message, param=param)
 
 
 def create_app(
@@ -129,7 +106,7 @@ def create_app(
     app.state.settings = settings
     app.state.registry = registry
     app.state.rate_limiter = KeyRateLimiter.from_settings(settings)  # per key; None: DSC_RATE_LIMIT unset
-    install_openai_error_handlers(app)
+    install_error_handlers(app, openai=True)  # OpenAI's error bodies and status codes
     app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "student"), max_body_bytes=settings.max_body_bytes)
     app.include_router(router)
     return app

@@ -155,17 +155,3 @@ class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    """OpenAI's error body: the `openai` client reads `error.message` and maps the status code to
-    its own exception types (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError,
-    429 RateLimitError, ...)."""
-
-    error: ErrorDetail

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Coroutine
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.student.adapters import validate_adapter
@@ -26,6 +25,7 @@ from services.student.protocol import ModelCard
 from services.student.routing import ServedModel, lookup, model_cards, routing_table
 from services.student.runtimes.base import Runtime
 from shared.db.models import Student
+from shared.distillation.registry import active_students
 from shared.errors import DscError, InvalidRequest, NotReady
 from shared.model_store import resolve_model
 from shared.settings import Settings
@@ -152,7 +152,7 @@ class ServedModels:
         assert self.sessions is not None
         try:
             with self.sessions() as session:
-                return list(session.scalars(select(Student).where(Student.active.is_(True))))
+                return active_students(session)
         except Exception as exc:  # database down, or not migrated yet on a fresh install
             message = str(exc).splitlines()[0]
             # once per distinct problem, not every poll

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Job
 from shared.critique_revise import Chain
+from shared.db.queue import ACTIVE
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class QueueCollector(Collector):
             with self.sessions() as session:
                 counts = dict(session.execute(select(Job.status, func.count()).where(Job.kind == "job").group_by(Job.status)).all())
                 left = session.scalar(
-                    select(func.coalesce(func.sum(Job.total - Job.done), 0)).where(Job.kind == "job", Job.status.in_(("queued", "running")))
+                    select(func.coalesce(func.sum(Job.total - Job.done), 0)).where(Job.kind == "job", Job.status.in_(ACTIVE))
                 )
         except Exception:  # a scrape must not fail because the database blinked; readyz reports that
             log.warning("could not read the job queue for metrics", exc_info=True)

@@ -29,16 +29,13 @@ batch back at once, without counting a failure, and claims nothing more until a 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-import uuid
 from collections import OrderedDict
 
 from services.teacher.state import TeacherState
 from shared.db.job_queue import claim_batch, commit_batch, fail_job, hand_back, job_standing, record_failure, settle_cancelled
 from shared.db.models import Job, JobBatch
-from shared.db.queue import Heartbeat, Lease, get_row
+from shared.db.queue import ACTIVE, Heartbeat, Lease, get_row, worker_owner
 from shared.db.session import is_sqlite, transaction
 from shared.engines.base import dead_reason_of
 from shared.errors import DscError
@@ -61,7 +58,7 @@ class JobWorker:
     def __init__(self, state: TeacherState, name: str = "job-worker") -> None:
         self.state = state
         self.name = name
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}:{uuid.uuid4().hex[:8]}"
+        self.owner = worker_owner(name)
         self._thread: threading.Thread | None = None
         self._plans: OrderedDict[str, SamplePlan] = OrderedDict()
 
@@ -126,7 +123,7 @@ class JobWorker:
                 hand_back(sessions, lease, batch)
                 return
             standing = job_standing(sessions, batch.job_id)
-            if standing is None or standing[0] not in ("queued", "running") or standing[1]:  # ended or cancel requested
+            if standing is None or standing[0] not in ACTIVE or standing[1]:  # ended or cancel requested
                 hand_back(sessions, lease, batch)
                 self._settle(batch.job_id)
                 return

@@ -29,13 +29,14 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from services.trainer.config import DistillationConfig
-from services.trainer.data import IGNORE_INDEX, Example, Tokenized, batch_indices, collate, steps_per_epoch, tokenize_all
+from services.trainer.data import IGNORE_INDEX, Tokenized, batch_indices, collate, tokenize_all
 from services.trainer.parallel import Ranks, launch, params_digest
+from shared.distillation.config import DistillationConfig
+from shared.distillation.pairs import Example
 from shared.device import check_processes, resolve_device, training_dtype
 from shared.errors import InvalidRequest
 
@@ -64,15 +65,14 @@ class TrainResult:
     skipped_examples: int
     resumed_from: int | None
     seconds: float
+    device: str  # the device type it trained on: cpu or cuda
+    dtype: str  # the base weights' dtype while training
+    processes: int  # data-parallel ranks
+    seen: list[int]  # how often this rank trained on each example (this attempt)
+    params_sha256: str  # this rank's trainable weights at the end (ranks in sync agree)
     adapter_dir: Path | None = None
     merged_dir: Path | None = None
-    extra: dict = field(default_factory=dict)
-
-
-def total_steps(config: DistillationConfig, n_examples: int) -> int:
-    if config.max_steps is not None:
-        return config.max_steps
-    return max(1, math.ceil(config.epochs * steps_per_epoch(n_examples, config.batch_size)))
+    data_parallel: dict | None = None  # what each rank did (parallel.summary); None for one process
 
 
 def load_tokenizer(base_path: Path):
@@ -232,7 +232,7 @@ def run_training(
     items, skipped = tokenize_all(tokenizer, examples, config.max_seq_len)
     if not items:
         raise InvalidRequest(f"no training pair fits max_seq_len={config.max_seq_len} tokens with its prompt")
-    total = total_steps(config, len(items))
+    total = config.total_steps(len(items))
 
     dtype = training_dtype(config.dtype, ranks.device_type)
     model = build_model(config, base_path, dtype).to(ranks.device)
@@ -280,9 +280,8 @@ def run_training(
             raise Interrupted(stop, step)
 
     model.eval()
-    result = TrainResult(step, losses, len(items), skipped, resumed_from, time.monotonic() - started)
-    result.extra.update(device=ranks.device_type, dtype=dtype, processes=ranks.world,
-                        rank={"rank": ranks.rank, "seen": seen, "params_sha256": params_digest(model)})
+    result = TrainResult(step, losses, len(items), skipped, resumed_from, time.monotonic() - started, device=ranks.device_type,
+                         dtype=dtype, processes=ranks.world, seen=seen, params_sha256=params_digest(model))
     if ranks.main:
         result.adapter_dir, result.merged_dir = save_artifacts(config, model, tokenizer, run_dir)
     return result

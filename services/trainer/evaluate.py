@@ -107,7 +107,8 @@ def answer_perplexity(scorer, prompts: Sequence[str], answers: Sequence[str], ma
     given its prompt in the chat template; the loss covers the answer tokens only."""
     import torch
 
-    from services.trainer.data import Example, collate, tokenize_example
+    from services.trainer.data import collate, tokenize_example
+    from shared.distillation.pairs import Example
 
     out: list[float] = []
     model, tokenizer = scorer.hf_model, scorer.tokenizer

@@ -1,10 +1,7 @@
-"""On-demand evaluations: what POST/GET /admin/evaluations and `dsc eval` run, without HTTP.
-
-An evaluation compares a registered student (or any adapter/merged directory, from the CLI) with its
-base model on a task's evaluation prompts, K samples per prompt, with the figures of
-evaluate.compare. A trainer worker claims queued evaluations from the same lease queue as
-distillations; the figures land on the evaluation run, and the student's promotion gate follows
-the newest finished evaluation.
+"""Running an evaluation: the engines of base and student (and teacher where asked), the figures
+of evaluate.py, then every engine released. The trainer worker runs queued evaluations and each
+distillation's own evaluation with it; `dsc eval` runs one directly. The queue side (submit, show,
+cancel) is shared/distillation/evaluations.py.
 """
 
 from __future__ import annotations
@@ -15,54 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
-
-from shared.db.models import EvaluationRun, Student
-from shared.db.queue import cancel_row, get_row
-from shared.engines.base import SamplingParams
-from shared.errors import InvalidRequest, NotFound, Overloaded
+from shared.distillation.config import EvaluationConfig
 from shared.settings import Settings
-from shared.tasks import TASK_NAME_PATTERN, TaskSpec, get_task
+from shared.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
-
-
-class EvaluationConfig(BaseModel):
-    """How to evaluate: which prompts, how many samples, which systems. The API body of
-    POST /admin/evaluations, and what a distillation's own evaluation is built from."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    student_id: str | None = Field(None, min_length=1, max_length=32, description="Registered student to evaluate.")
-    task: str | None = Field(None, pattern=TASK_NAME_PATTERN, description="Task whose reward scores (default: the student's).")
-    eval_prompts: list[str] | None = Field(
-        None, min_length=1, max_length=1000, description="Prompts to evaluate on (default: the task's evaluation set).")
-    max_eval_prompts: int = Field(48, ge=1, le=1000, description="Evaluate on at most this many prompts.")
-    samples: int = Field(4, ge=1, le=32, description="Answers per prompt and system (K).")
-    max_tokens: int = Field(96, ge=1, le=1024, description="Answer length for every system alike.")
-    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature for every system alike.")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the sampling and the bootstrap.")
-    teacher: bool = Field(False, description="Also run the teacher's critique→revise chain (three generations per answer).")
-    collapse_check: bool = Field(True, description="Base-model perplexity of the student's answers to general instructions.")
-    examples: int = Field(4, ge=0, le=100, description="Answers kept in the figures, side by side.")
-
-    @model_validator(mode="after")
-    def _check(self) -> "EvaluationConfig":
-        if self.eval_prompts is not None and any(not prompt.strip() for prompt in self.eval_prompts):
-            raise ValueError("eval_prompts must be non-empty strings")
-        return self
-
-    @property
-    def params(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, max_tokens=self.max_tokens, seed=self.seed)
-
-    def prompts_for(self, task: TaskSpec) -> list[str]:
-        prompts = list(dict.fromkeys(self.eval_prompts or task.eval_prompts))
-        if not prompts:
-            raise InvalidRequest(f"task {task.name!r} has no evaluation set: give eval_prompts", param="eval_prompts")
-        return prompts[: self.max_eval_prompts]
 
 
 def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | None, merged_dir: Path | None,
@@ -150,46 +104,3 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
             engine.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
-
-# --- the queue side: submit, show, cancel --------------------------------------------------------
-
-
-def submit(sessions: sessionmaker[Session], settings: Settings, config: EvaluationConfig) -> EvaluationRun:
-    with sessions() as session:
-        if config.student_id is None:
-            raise InvalidRequest("student_id is required: the registered student to evaluate", param="student_id")
-        student = session.get(Student, config.student_id)
-        if student is None:
-            raise NotFound(f"no student {config.student_id!r}", param="student_id")
-        task = get_task(session, config.task or student.task_name)
-        config.prompts_for(task)  # 400 now for a task without an evaluation set
-        queued = session.scalar(select(func.count()).select_from(EvaluationRun).where(EvaluationRun.status == "queued")) or 0
-        if queued >= settings.distill_max_queued:
-            raise Overloaded(f"{queued} evaluations are queued already (distill_max_queued); retry later", retry_after=30)
-    stored = config.model_copy(update={"task": task.name})
-    with sessions() as session, session.begin():
-        run = EvaluationRun(task_name=task.name, student_id=student.id, status="queued", config=stored.model_dump(mode="json"),
-                            progress={"phase": "queued"}, metrics={})
-        session.add(run)
-        session.flush()
-        return run
-
-
-def get_evaluation(session: Session, evaluation_id: str) -> EvaluationRun:
-    return get_row(session, EvaluationRun, evaluation_id, "evaluation")
-
-
-def cancel(sessions: sessionmaker[Session], evaluation_id: str) -> EvaluationRun:
-    with sessions() as session, session.begin():
-        cancel_row(session, EvaluationRun, evaluation_id, "evaluation")
-    with sessions() as session:
-        return get_evaluation(session, evaluation_id)
-
-
-def evaluation_view(run: EvaluationRun) -> dict[str, Any]:
-    return {
-        "id": run.id, "student_id": run.student_id, "task": run.task_name, "status": run.status,
-        "cancel_requested": run.cancel_requested, "progress": run.progress, "metrics": run.metrics, "error": run.error,
-        "config": run.config, "attempt": run.attempt, "created_at": run.created_at, "started_at": run.started_at,
-        "finished_at": run.finished_at,
-    }

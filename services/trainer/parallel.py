@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 from shared.errors import DscError, InvalidRequest
 
 if TYPE_CHECKING:
-    from services.trainer.config import DistillationConfig
-    from services.trainer.data import Example
     from services.trainer.distill import StepCallback, TrainResult
+    from shared.distillation.config import DistillationConfig
+    from shared.distillation.pairs import Example
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,8 @@ def _rank_main(conn, config_data: dict, base_path: str, examples: list, run_dir:
     import torch
     import torch.distributed as dist
 
-    from services.trainer.config import DistillationConfig
     from services.trainer.distill import Interrupted, run_training
+    from shared.distillation.config import DistillationConfig
 
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     if device == "cuda":
@@ -204,7 +204,7 @@ def launch(
     threads: int | None = None,
 ) -> "TrainResult":
     """Train with `processes` ranks on this machine; rank 0's result, with what each rank did
-    under `extra["data_parallel"]`. Raises what a single process would (Interrupted, InvalidRequest)."""
+    under `data_parallel`. Raises what a single process would (Interrupted, InvalidRequest)."""
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -269,19 +269,19 @@ def launch(
         kind, message = main.error
         raise (InvalidRequest if kind == "InvalidRequest" else DscError)(message)
     result = main.result
-    result.extra["data_parallel"] = summary(ranked, device)
+    result.data_parallel = summary(ranked, device)
     return result
 
 
 def summary(ranked: list[RankOutcome], device: str) -> dict:
     """What each rank did: the pairs it trained on (counts per example) and whether all ended with
     the same weights."""
-    mine = [outcome.result.extra["rank"] for outcome in ranked]
+    mine = [outcome.result for outcome in ranked]
     return {
         "processes": len(ranked), "backend": "nccl" if device == "cuda" else "gloo",
-        "examples_per_rank": [sum(info["seen"]) for info in mine],
-        "seen_per_rank": [info["seen"] for info in mine],
-        "in_sync": len({info["params_sha256"] for info in mine}) == 1,
+        "examples_per_rank": [sum(result.seen) for result in mine],
+        "seen_per_rank": [result.seen for result in mine],
+        "in_sync": len({result.params_sha256 for result in mine}) == 1,
     }
 
 

@@ -3,12 +3,14 @@ from stored pairs to an evaluated, registered student.
 
     claim        shared.db.queue (SKIP LOCKED on Postgres, BEGIN IMMEDIATE on SQLite), lease + heartbeat
     snapshot     the run's pairs, written once to its artifact directory (reproducible, resumable)
+    preflight    the checks that need the student's model and tokenizer (preflight.py): a run that cannot
+                 work fails here, before any weights load, with the reason as its error
     train        distill.train on trainer_device, in trainer_processes data-parallel ranks (parallel.py):
                  checkpoints every save_steps; progress {step, total, loss} after each step
     evaluate     base vs student (K samples per prompt, bootstrap CIs) on the evaluation prompts; collapse check
     report       metrics.json and report.png beside the adapter
     register     the Student row and the run's final status, in ONE fenced transaction (promoted too with
-                 auto_promote, when the gain is significant)
+                 auto_promote, when the gain is significant); the registry is shared/distillation/registry.py
 
 A worker killed mid-run leaves a checkpoint behind; its lease expires and the next claim (this
 worker restarted, or another one) resumes from the newest checkpoint. Every claim counts an
@@ -23,25 +25,24 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 import time
-import uuid
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.trainer.config import DistillationConfig
 from services.trainer.data import take_snapshot
 from services.trainer.distill import Interrupted, train, write_json
-from services.trainer.evaluations import EvaluationConfig, run_evaluation
-from services.trainer.registry import activate, record_evaluation, register_student
+from services.trainer.evaluations import run_evaluation
+from services.trainer.preflight import preflight
 from services.trainer.report import write_report
-from services.trainer.runs import run_dir
 from shared.db.models import DistillationRun, EvaluationRun, Student, utcnow
-from shared.db.queue import Heartbeat, Lease, claim, fenced_update, finish, release
+from shared.db.queue import Heartbeat, Lease, LeaseLost, claim, fenced_update, finish, release, worker_owner
 from shared.device import check_processes, resolve_device
+from shared.distillation.config import DistillationConfig, EvaluationConfig
+from shared.distillation.registry import activate, record_evaluation, register_student
+from shared.distillation.runs import run_dir
 from shared.errors import DscError, InvalidRequest
 from shared.logs import configure_logging, log_ids
 from shared.model_store import resolve_model
@@ -52,17 +53,13 @@ from shared.tasks import get_task
 log = logging.getLogger(__name__)
 
 
-class LeaseLost(Exception):
-    pass
-
-
 class TrainerWorker:
     """Claims and runs distillation runs one at a time. `run_once` processes at most one run."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], name: str = "trainer") -> None:
         self.settings = settings
         self.sessions = sessions
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}:{uuid.uuid4().hex[:8]}"
+        self.owner = worker_owner(name)
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -195,6 +192,8 @@ class TrainerWorker:
             task = get_task(session, config.task)
             snapshot = take_snapshot(session, config, task, directory)
         base_path = resolve_model(config.base_model, settings.resolved_model_store)
+        preflight(config, task, base_path, snapshot.train, matching=snapshot.matching, eval_prompts=len(snapshot.eval_prompts),
+                  min_pairs=settings.distill_min_pairs)
         progress = dict(run.progress or {})
         progress.update(phase="training", pairs=len(snapshot.train), eval_prompts=len(snapshot.eval_prompts), data_sha256=snapshot.digest,
                         device=resolve_device(settings.trainer_device), processes=settings.trainer_processes)
@@ -229,13 +228,13 @@ class TrainerWorker:
                 "final_loss_mean10": round(sum(v for _, v in result.losses[-10:]) / max(1, len(result.losses[-10:])), 4),
                 "resumed_from_step": result.resumed_from, "seconds_this_attempt": round(result.seconds, 1),
                 "data_sha256": snapshot.digest, "loss_curve": curve,
-                "device": result.extra.get("device"), "dtype": result.extra.get("dtype"), "processes": result.extra.get("processes", 1),
+                "device": result.device, "dtype": result.dtype, "processes": result.processes,
             },
             "eval": evaluation,
             "reward": public_reward(task.reward),  # shown by the admin API and stored with the student: no secrets
         }
-        if "data_parallel" in result.extra:  # what each rank trained on (per-example counts stay out of the database)
-            parallel = result.extra["data_parallel"]
+        if result.data_parallel is not None:  # what each rank trained on (per-example counts stay out of the database)
+            parallel = result.data_parallel
             metrics["train"]["data_parallel"] = {key: value for key, value in parallel.items() if key != "seen_per_rank"}
         write_json(directory / "metrics.json", metrics)
         per_prompt = evaluation["per_prompt"]

@@ -34,13 +34,9 @@ from sqlalchemy import case, exists, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Job, JobBatch, utcnow
-from shared.db.queue import ACTIVE, Lease, cancel_row, claim, fence, fenced_update
+from shared.db.queue import ACTIVE, Lease, LeaseLost, cancel_row, claim, fence, fenced_update
 from shared.db.store import Recorded, record_chains
 from shared.critique_revise import Chain
-
-
-class _Dropped(Exception):
-    """The batch's lease was lost or its job ended: roll the commit back whole."""
 
 
 def cut(total: int, size: int) -> list[tuple[int, int]]:
@@ -103,17 +99,17 @@ def commit_batch(
             # The fence first: it locks the batch row, so no rescuer can claim it mid-commit.
             if not fenced_update(session, JobBatch, lease.row_id, lease.owner, lease.attempt, status="succeeded",
                                  committed_by=lease.owner, lease_owner=None, lease_expires_at=None, finished_at=now):
-                raise _Dropped()
+                raise LeaseLost()
             recorded = record_chains(session, job_id=batch.job_id, task_name=task_name, acceptance=acceptance, traces=chains,
                                      prompt_offset=batch.start)
             if not _update_job(session, batch.job_id, Job.status.in_(ACTIVE),
                                done=Job.done + (batch.end - batch.start), accepted=Job.accepted + recorded.pairs):
-                raise _Dropped()  # failed or cancelled meanwhile: nothing more is written to it
+                raise LeaseLost()  # failed or cancelled meanwhile: nothing more is written to it
             # This commit holds the job row's lock now, so the count sees every earlier commit.
             if _unfinished(session, batch.job_id) == 0:
                 _update_job(session, batch.job_id, status="succeeded", finished_at=now)
             return recorded
-    except _Dropped:
+    except LeaseLost:
         return None
 
 

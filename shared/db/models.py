@@ -25,6 +25,20 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JsonType, list[Any]: JsonType, datetime: DateTime(timezone=True)}
 
 
+class LeaseColumns:
+    """The columns shared/db/queue.py claims, fences and finishes a row by: every table whose rows
+    workers lease (job batches, distillation and evaluation runs)."""
+
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued, running, or final (queue.FINAL)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # claims so far; part of every fence
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
 class Task(Base):
     """A critique→revise task: requests, reward spec, acceptance defaults, optional prompt set."""
 
@@ -81,7 +95,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
-class JobBatch(Base):
+class JobBatch(LeaseColumns, Base):
     """Prompts [start, end) of a job: the unit job workers claim, each with its own lease (see queue.py).
 
     Statuses: queued, running (leased), succeeded (committed with its chains), failed (it failed
@@ -99,17 +113,9 @@ class JobBatch(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     start: Mapped[int] = mapped_column(Integer)
     end: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)
-    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
     # Who committed it (the lease owner at commit time): lease_owner is cleared when a batch ends.
     committed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class ChainRecord(Base):
@@ -174,22 +180,14 @@ class Pair(Base):
     excluded_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
-class RunColumns:
-    """What a queued piece of trainer work has: status, progress, results and the lease (see queue.py)."""
+class RunColumns(LeaseColumns):
+    """What a queued piece of trainer work has besides its lease: its task, config, progress and results."""
 
     task_name: Mapped[str] = mapped_column(String(64), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
-    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class DistillationRun(RunColumns, Base):

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
+import socket
 import threading
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,8 +35,20 @@ log = logging.getLogger(__name__)
 
 Row = TypeVar("Row")
 
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
+
+
+def worker_owner(name: str) -> str:
+    """A lease owner unique to one worker: host, process, the worker's name and a random tail (two
+    workers of one process, or a restarted process with the same pid, never share an owner)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{name}:{uuid.uuid4().hex[:8]}"
+
+
+class LeaseLost(Exception):
+    """A fenced write matched nothing: the lease expired and another worker holds the row now, or
+    the work it was for ended meanwhile. The writer rolls its transaction back and writes nothing more."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +169,23 @@ def cancel_row(session: Session, model: type, row_id: Any, what: str) -> None:
         raise NotFound(f"no {what} {row_id!r}", param="id")
     if status in ("succeeded", "failed"):
         raise Conflict(f"{what} {row_id} already {status}; nothing to cancel", param="id")
+
+
+def cancel_and_read(factory: sessionmaker[Session], model: type[Row], row_id: Any, what: str) -> Row:
+    """Cancel the row (cancel_row) in its own transaction, then read it back as it stands."""
+    with factory() as session, session.begin():
+        cancel_row(session, model, row_id, what)
+    with factory() as session:
+        return get_row(session, model, row_id, what)
+
+
+def newest_rows(session: Session, model: type[Row], limit: int, **equal: Any) -> list[Row]:
+    """Up to `limit` rows, newest first, whose columns equal the values given (a None value: any)."""
+    query = select(model).order_by(model.created_at.desc()).limit(limit)
+    for column, value in equal.items():
+        if value is not None:
+            query = query.where(getattr(model, column) == value)
+    return list(session.scalars(query))
 
 
 def release(factory: sessionmaker[Session], model: type, row_id: Any, owner: str, attempt: int) -> bool:

@@ -7,11 +7,9 @@ import logging
 from shared.engines.base import Conversation, Engine, Generation, Message, SamplingParams
 from shared.errors import InvalidRequest, MissingDependency
 from shared.model_store import resolve_model
-from shared.settings import Settings
+from shared.settings import ENGINE_NAMES, Settings
 
 log = logging.getLogger(__name__)
-
-ENGINE_NAMES = ("auto", "vllm", "transformers", "openai")
 
 __all__ = ["Conversation", "Engine", "Generation", "Message", "SamplingParams", "create_engine", "ENGINE_NAMES"]
 

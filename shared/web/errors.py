@@ -12,13 +12,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import DscError
+from shared.errors import DscError, Forbidden, NotFound, PayloadTooLarge, Unauthorized
+
+# The error type of each HTTP status that Starlette itself raises (unknown route, wrong method, ...).
+_HTTP_KINDS = {error.status_code: error.error_type for error in (Unauthorized, Forbidden, NotFound, PayloadTooLarge)}
 
 
-def error_response(status: int, error_type: str, message: str, *, param: str | None = None, headers: dict | None = None) -> JSONResponse:
+def error_response(status: int, error_type: str, message: str, *, param: str | None = None, headers: dict | None = None,
+                   openai: bool = False) -> JSONResponse:
+    """The one error body: {"error": {"type", "message"}}, with "param" when the error names one.
+    `openai`: OpenAI's shape, which always carries "param" and "code" (null when unknown), as its
+    clients expect them."""
     body: dict = {"type": error_type, "message": message}
-    if param is not None:
+    if param is not None or openai:
         body["param"] = param
+    if openai:
+        body["code"] = None
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
@@ -35,20 +44,24 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None]
     return "; ".join(parts), first_param
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, *, openai: bool = False) -> None:
+    """`openai`: bodies in OpenAI's shape, and an invalid body is a 400 as OpenAI answers it (else
+    422, and 400 for malformed JSON), so the `openai` client raises its own types."""
+
     @app.exception_handler(DscError)
     async def _dsc_error(_request: Request, error: DscError) -> JSONResponse:
         retry_after = getattr(error, "retry_after", None)
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-        return error_response(error.status_code, error.error_type, error.message, param=error.param, headers=headers)
+        return error_response(error.status_code, error.error_type, error.message, param=error.param, headers=headers,
+                              openai=openai)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(error)
-        return error_response(400 if "malformed JSON" in message else 422, "invalid_request_error", message, param=param)
+        status = 400 if openai or "malformed JSON" in message else 422
+        return error_response(status, "invalid_request_error", message, param=param, openai=openai)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        kinds = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
-                 413: "payload_too_large_error"}
-        return error_response(error.status_code, kinds.get(error.status_code, "invalid_request_error"), str(error.detail), headers=getattr(error, "headers", None))
+        return error_response(error.status_code, _HTTP_KINDS.get(error.status_code, DscError.error_type), str(error.detail),
+                              headers=getattr(error, "headers", None), openai=openai)

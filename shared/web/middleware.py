@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.errors import PayloadTooLarge
 from shared.logs import log_ids
 from shared.web.errors import error_response
 
@@ -63,7 +64,7 @@ class RequestContextMiddleware:
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._send_error(scope, receive, send, request_id, 413, "payload_too_large_error", self._too_large_message())
+            await self._send_error(scope, receive, send, request_id, 413, PayloadTooLarge.error_type, self._too_large_message())
             self._observe(scope, 413, started)
             return
 
@@ -91,7 +92,7 @@ class RequestContextMiddleware:
         except BodyTooLarge as error:  # raised where no handler runs (e.g. a streamed body read)
             status["code"] = 413
             if not status["sent"]:
-                await self._send_error(scope, receive, send, request_id, 413, "payload_too_large_error", error.detail)
+                await self._send_error(scope, receive, send, request_id, 413, PayloadTooLarge.error_type, error.detail)
         except ClientDisconnect:  # the client left mid-request: nobody to answer, nothing broken
             status["code"] = 499
         except Exception:

@@ -10,8 +10,8 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from console_support import ADMIN_TOKEN, CLIENT_KEY, XSS, console_settings, running_teacher, store_chains
-from services.trainer.config import DistillationConfig
-from services.trainer.data import pair_query
+from shared.distillation.config import DistillationConfig
+from shared.distillation.pairs import pair_query
 from live_server import free_port
 from shared.db.models import JobBatch, Pair, Student, utcnow
 

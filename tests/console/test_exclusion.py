@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, inspect, select, text
 
 from console_support import store_chains
 from services.teacher.routes.pairs import set_exclusion
-from services.trainer.config import DistillationConfig
+from shared.distillation.config import DistillationConfig
 from services.trainer.data import take_snapshot
 from shared.db.models import Pair
 from shared.db.session import alembic_config, make_engine, normalise_url, session_factory, upgrade

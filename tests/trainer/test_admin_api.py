@@ -1,5 +1,7 @@
 """The admin distillation and student API on SQLite and Postgres: bad input is a clear 4xx and
-queues nothing; auth, not-found, cancel of a queued run, reports that do not exist yet."""
+queues nothing; what only the student's model can tell (LoRA targets, max_seq_len) fails the run
+on the trainer at once, with the same message; auth, not-found, cancel of a queued run, reports
+that do not exist yet."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from shared.db.models import DistillationRun
+from services.trainer.worker import TrainerWorker
+from shared.db.models import DistillationRun, Student
 
 GOOD = {"task": "sentiment", "max_steps": 2, "batch_size": 2, "max_seq_len": 64}
 
@@ -35,9 +38,6 @@ BAD = [  # (change to a good body, status, words the message must contain)
     ({"task": "no-such-task"}, 404, "unknown task"),
     ({"base_model": "no-such-model"}, 400, "unknown model 'no-such-model'"),
     ({"base_model": "/nonexistent/dir/model"}, 400, "base_model"),
-    ({"lora_target_modules": ["warp_drive_proj"]}, 400, "warp_drive_proj"),
-    ({"max_seq_len": 9000}, 400, "positions"),
-    ({"max_seq_len": 16}, 400, "max_seq_len=16"),
     ({"lora_r": 128}, 400, "student_max_lora_rank"),
     ({"task": "tone", "held_out_fraction": 0}, 400, "task 'tone' has no evaluation set"),
     ({"batch_size": 0}, 422, "batch_size"),
@@ -60,6 +60,31 @@ def test_bad_input_is_a_clear_4xx_and_queues_nothing(api):
         error = response.json()["error"]
         assert words in error["message"], (change, error)
         assert _runs(teacher) == 0, change
+
+
+# The teacher never loads the student's model or tokenizer: these are checked by the trainer before it
+# loads any weights, and the run fails with the message a 400 used to carry.
+NEEDS_THE_MODEL = [
+    ({"lora_target_modules": ["warp_drive_proj"]}, "lora_target_modules ['warp_drive_proj'] do not exist"),
+    ({"max_seq_len": 9000}, "max_seq_len 9000 exceeds the base model's 8192 positions"),
+    ({"max_seq_len": 16}, "too few training pairs: 0 of 5 matching pairs are left"),
+]
+
+
+def test_what_needs_the_model_fails_the_run_at_once_on_the_trainer(api):
+    teacher, admin = api
+    worker = TrainerWorker(teacher.settings, teacher.sessions)
+    for change, words in NEEDS_THE_MODEL:
+        created = admin.post("/admin/distillations", json={**GOOD, **change})
+        assert created.status_code == 202, (change, created.text)
+        assert worker.run_once()
+        run = admin.get(f"/admin/distillations/{created.json()['id']}").json()
+        assert run["status"] == "failed" and words in run["error"], (change, run)
+        assert run["progress"]["phase"] == "failed" and run["progress"]["step"] == 0 and run["student_id"] is None, run
+        assert not (teacher.settings.resolved_model_store / "students" / run["id"] / "checkpoints").exists()
+    assert "max_seq_len=16" in run["error"] and "distill_min_pairs" in run["error"]
+    with teacher.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Student)) == 0
 
 
 def test_too_few_pairs_overall(make_settings, db_url, tf_engine, helpers):

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.trainer.config import DistillationConfig
-from services.trainer.data import Example, IGNORE_INDEX, collate, tokenize_example
+from services.trainer.data import IGNORE_INDEX, collate, tokenize_example
 from services.trainer.distill import load_tokenizer, train
+from shared.distillation.config import DistillationConfig
+from shared.distillation.pairs import Example
 
 PHRASE = "Pineapples are the best thing in every film."
 

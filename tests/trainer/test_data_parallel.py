@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.config import DistillationConfig
-from services.trainer.data import Example, batch_indices
+from services.trainer.data import batch_indices
 from services.trainer.distill import Interrupted, latest_checkpoint, train
-from services.trainer.runs import submit
 from services.trainer.worker import TrainerWorker
 from shared.db.models import DistillationRun, Student
+from shared.distillation.config import DistillationConfig
+from shared.distillation.pairs import Example
+from shared.distillation.runs import submit
 
 ANSWER = "What a lovely, joyful film; I adored it."
 # No dropout: with it, the ranks' masks differ from one process's and the weights could not be compared.
@@ -34,7 +35,7 @@ def test_two_gloo_ranks_train_disjoint_shards_in_sync_and_resume(tmp_path: Path,
     config = DistillationConfig(**CONFIG, max_steps=5, save_steps=10)
 
     alone = train(config, model_path, examples, tmp_path / "one", threads=1)
-    assert alone.extra["processes"] == 1 and alone.extra["device"] == "cpu" and "data_parallel" not in alone.extra
+    assert alone.processes == 1 and alone.device == "cpu" and alone.data_parallel is None
 
     # Two ranks; the worker's control answers "stopping" after step 2: both ranks stop, rank 0 checkpoints.
     calls: list[int] = []
@@ -53,8 +54,8 @@ def test_two_gloo_ranks_train_disjoint_shards_in_sync_and_resume(tmp_path: Path,
     progress: list[tuple[int, float]] = []
     both = train(config, model_path, examples, run_dir, on_step=lambda s, t, loss: progress.append((s, loss)), processes=2, threads=1)
     assert both.resumed_from == 2 and both.steps == 5 and [s for s, _ in progress] == [3, 4, 5]
-    parallel = both.extra["data_parallel"]
-    assert parallel["processes"] == 2 and parallel["backend"] == "gloo" and both.extra["device"] == "cpu"
+    parallel = both.data_parallel
+    assert parallel["processes"] == 2 and parallel["backend"] == "gloo" and both.device == "cpu" and both.processes == 2
 
     # Shards: each step's batch split between the ranks, each pair trained exactly as often as one process trains it.
     one_process = Counter(i for step in range(2, 5) for i in batch_indices(len(examples), 3, step, config.seed))

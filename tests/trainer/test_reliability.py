@@ -13,10 +13,10 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from services.trainer.config import DistillationConfig
-from services.trainer.runs import cancel, submit
 from services.trainer.worker import TrainerWorker
 from shared.db.models import DistillationRun, Student, utcnow
+from shared.distillation.config import DistillationConfig
+from shared.distillation.runs import cancel, submit
 
 TINY = dict(task="sentiment", batch_size=2, max_seq_len=48, eval_max_tokens=6, eval_samples=1, collapse_check=False, learning_rate=5e-4)
 

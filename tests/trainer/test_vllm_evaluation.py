@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.trainer.evaluations import EvaluationConfig, run_evaluation
+from services.trainer.evaluations import run_evaluation
+from shared.distillation.config import EvaluationConfig
 from shared.tasks import preset_tasks
 
 

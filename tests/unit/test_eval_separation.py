@@ -6,8 +6,8 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from services.trainer.config import DistillationConfig
-from services.trainer.data import Example, plan_data, plan_split, select_examples
+from shared.distillation.config import DistillationConfig
+from shared.distillation.pairs import Example, plan_data, plan_split, select_examples
 from services.trainer.evaluate import gate
 from shared.tasks import TaskSpec, normalise_prompt, preset_tasks
 

@@ -14,7 +14,7 @@ from services.teacher.console import charts
 from services.teacher.console.forms import describe, parse
 from services.teacher.console.web import Admin, AdminPost, Db, State, form_values, pick, redirect, render
 from services.teacher.routes import distillations as runs_api, jobs as jobs_api, tasks as tasks_api
-from services.trainer.config import DistillationConfig
+from shared.distillation.config import DistillationConfig
 from shared.errors import DscError
 from shared.web.auth import Scope
 

@@ -6,14 +6,14 @@ its figures (means with 95% intervals, student − base, win rate, collapse chec
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
 from services.teacher.deps import DbSession, State
-from services.trainer.evaluations import EvaluationConfig, cancel, evaluation_view, get_evaluation, submit
-from shared.db.models import EvaluationRun
+from shared.db.queue import RunStatus
+from shared.distillation.config import EvaluationConfig
+from shared.distillation import evaluations
 from shared.web.auth import AdminScope
 
 router = APIRouter(prefix="/admin/evaluations", tags=["evaluations"])
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/admin/evaluations", tags=["evaluations"])
 @router.post("", status_code=202)
 def create(config: EvaluationConfig, _scope: AdminScope, state: State) -> dict[str, Any]:
     """Validate and queue an evaluation of `student_id`; 202 with its id. A trainer worker runs it."""
-    run = submit(state.sessions, state.settings, config)
+    run = evaluations.submit(state.sessions, state.settings, config)
     return {"id": run.id, "status": run.status, "student_id": run.student_id, "task": run.task_name}
 
 
@@ -31,22 +31,18 @@ def list_evaluations(
     _scope: AdminScope,
     session: DbSession,
     student_id: str | None = None,
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+    status: RunStatus | None = None,
     limit: int = Query(50, ge=1, le=500),
 ) -> dict[str, Any]:
-    query = select(EvaluationRun).order_by(EvaluationRun.created_at.desc()).limit(limit)
-    if student_id is not None:
-        query = query.where(EvaluationRun.student_id == student_id)
-    if status is not None:
-        query = query.where(EvaluationRun.status == status)
-    return {"data": [evaluation_view(run) for run in session.scalars(query)]}
+    runs = evaluations.list_evaluations(session, student_id=student_id, status=status, limit=limit)
+    return {"data": [evaluations.evaluation_view(run) for run in runs]}
 
 
 @router.get("/{evaluation_id}")
 def show(evaluation_id: str, _scope: AdminScope, session: DbSession) -> dict[str, Any]:
-    return evaluation_view(get_evaluation(session, evaluation_id))
+    return evaluations.evaluation_view(evaluations.get_evaluation(session, evaluation_id))
 
 
 @router.post("/{evaluation_id}/cancel")
 def cancel_evaluation(evaluation_id: str, _scope: AdminScope, state: State) -> dict[str, Any]:
-    return evaluation_view(cancel(state.sessions, evaluation_id))
+    return evaluations.evaluation_view(evaluations.cancel(state.sessions, evaluation_id))

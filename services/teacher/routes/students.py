@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
 from services.teacher.deps import DbSession, State
-from services.trainer.registry import promote, student_view
-from shared.db.models import Student
+from shared.distillation import registry
 from shared.web.auth import AdminScope
 
 router = APIRouter(prefix="/admin/students", tags=["students"])
@@ -23,12 +21,8 @@ def list_students(
     active: bool | None = None,
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
-    query = select(Student).order_by(Student.created_at.desc()).limit(limit)
-    if task is not None:
-        query = query.where(Student.task_name == task)
-    if active is not None:
-        query = query.where(Student.active.is_(active))
-    return {"data": [student_view(student) for student in session.scalars(query)]}
+    students = registry.list_students(session, task=task, active=active, limit=limit)
+    return {"data": [registry.student_view(student) for student in students]}
 
 
 @router.post("/{student_id}/promote")
@@ -39,4 +33,4 @@ def promote_student(
     force: bool = Query(False, description="Promote even when the evaluation shows no significant gain (409 otherwise)."),
 ) -> dict[str, Any]:
     """Make this student the one active student of its task (the student service follows)."""
-    return student_view(promote(state.sessions, student_id, force=force))
+    return registry.student_view(registry.promote(state.sessions, student_id, force=force))

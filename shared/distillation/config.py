@@ -1,5 +1,6 @@
-"""What a distillation run trains on and how: the API body of POST /admin/distillations and the
-trainer's only input (stored on the run row, so a retry or a resume trains exactly the same way).
+"""What a distillation run trains on and how, and how a student is evaluated: the API bodies of
+POST /admin/distillations and POST /admin/evaluations, and the trainer's only input (stored on the
+run row, so a retry or a resume trains exactly the same way).
 
 The defaults are the recipe measured in docs/distillation.md: the best accepted answer of each
 prompt above the task's reward floor, LoRA rank 16 (alpha 32) on the attention projections,
@@ -9,12 +10,15 @@ learning rate 1e-3, three epochs, batch 4, sequences of at most 256 tokens. On a
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.critique_revise import Acceptance
-from shared.tasks import TASK_NAME_PATTERN
+from shared.engines.base import SamplingParams
+from shared.errors import InvalidRequest
+from shared.tasks import TASK_NAME_PATTERN, TaskSpec
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -156,12 +160,56 @@ class DistillationConfig(BaseModel):
     def student_name(self) -> str:
         return self.name or f"{self.task}-student"
 
-    def evaluation(self):
-        """The evaluation this run ends with (the same one POST /admin/evaluations runs on demand)."""
-        from services.trainer.evaluations import EvaluationConfig
+    def total_steps(self, n_examples: int) -> int:
+        """Optimizer steps of a run over `n_examples` training examples."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * steps_per_epoch(n_examples, self.batch_size)))
 
+    def evaluation(self) -> "EvaluationConfig":
+        """The evaluation this run ends with (the same one POST /admin/evaluations runs on demand)."""
         return EvaluationConfig(
             task=self.task, eval_prompts=self.eval_prompts, max_eval_prompts=self.max_eval_prompts, samples=self.eval_samples,
             max_tokens=self.eval_max_tokens, temperature=self.eval_temperature, seed=self.seed, teacher=self.eval_teacher,
             collapse_check=self.collapse_check, examples=self.eval_examples,
         )
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, -(-n // batch_size))
+
+
+class EvaluationConfig(BaseModel):
+    """How to evaluate: which prompts, how many samples, which systems. The API body of
+    POST /admin/evaluations, and what a distillation's own evaluation is built from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    student_id: str | None = Field(None, min_length=1, max_length=32, description="Registered student to evaluate.")
+    task: str | None = Field(None, pattern=TASK_NAME_PATTERN, description="Task whose reward scores (default: the student's).")
+    eval_prompts: list[str] | None = Field(
+        None, min_length=1, max_length=1000, description="Prompts to evaluate on (default: the task's evaluation set).")
+    max_eval_prompts: int = Field(48, ge=1, le=1000, description="Evaluate on at most this many prompts.")
+    samples: int = Field(4, ge=1, le=32, description="Answers per prompt and system (K).")
+    max_tokens: int = Field(96, ge=1, le=1024, description="Answer length for every system alike.")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature for every system alike.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the sampling and the bootstrap.")
+    teacher: bool = Field(False, description="Also run the teacher's critique→revise chain (three generations per answer).")
+    collapse_check: bool = Field(True, description="Base-model perplexity of the student's answers to general instructions.")
+    examples: int = Field(4, ge=0, le=100, description="Answers kept in the figures, side by side.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvaluationConfig":
+        if self.eval_prompts is not None and any(not prompt.strip() for prompt in self.eval_prompts):
+            raise ValueError("eval_prompts must be non-empty strings")
+        return self
+
+    @property
+    def params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, max_tokens=self.max_tokens, seed=self.seed)
+
+    def prompts_for(self, task: TaskSpec) -> list[str]:
+        prompts = list(dict.fromkeys(self.eval_prompts or task.eval_prompts))
+        if not prompts:
+            raise InvalidRequest(f"task {task.name!r} has no evaluation set: give eval_prompts", param="eval_prompts")
+        return prompts[: self.max_eval_prompts]

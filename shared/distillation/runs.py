@@ -1,10 +1,13 @@
-"""Submitting and showing distillation runs: what POST/GET /admin/distillations do, without HTTP.
+"""Submitting, listing and showing distillation runs: what POST/GET /admin/distillations do, without HTTP.
 
-Submission checks everything that can be checked before a worker spends minutes on it, so a bad
-request is a clear 4xx and no run is queued: the task exists, the base model resolves, the LoRA
-targets exist in it, max_seq_len fits it, enough pairs match the filter and fit max_seq_len, and
-something is left to evaluate on. The run stores its config with the base model and the newest
-pair id filled in, so what it trains on is fixed at submission.
+Submission checks what can be checked without the student's model, so a bad request is a clear
+4xx and no run is queued: the task exists, the limits hold, the base model reference names a model
+(`check_reference`: nothing is converted or downloaded), enough pairs match the filter and survive
+the selection, and something is left to evaluate on. What needs the model itself (LoRA targets,
+max_seq_len against its positions and against the tokenised pairs) is checked by the trainer before
+it loads any weights (services/trainer/preflight.py): such a run fails at once, with the reason as
+its error. The run stores its config with the base model and the newest pair id filled in, so what
+it trains on is fixed at submission.
 """
 
 from __future__ import annotations
@@ -15,13 +18,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.trainer.config import DistillationConfig
-from services.trainer.data import Example, pair_query, plan_data, tokenize_all
-from services.trainer.distill import load_tokenizer, total_steps
-from shared.db.models import DistillationRun, Pair
-from shared.db.queue import cancel_row, get_row
+from shared.db.models import DistillationRun, Pair, Student
+from shared.db.queue import cancel_and_read, get_row, newest_rows
+from shared.distillation.config import DistillationConfig
+from shared.distillation.pairs import Example, pair_query, plan_data, require_training_pairs
 from shared.errors import InvalidRequest, Overloaded
-from shared.model_store import resolve_model
+from shared.model_store import check_reference
 from shared.settings import Settings
 from shared.tasks import get_task
 
@@ -29,28 +31,6 @@ from shared.tasks import get_task
 def run_dir(settings: Settings, run_id: str) -> Path:
     """Where a run's snapshot, checkpoints and artifacts live: the model store's students/ folder."""
     return settings.resolved_model_store / "students" / run_id
-
-
-def check_model(config: DistillationConfig, base_path: Path) -> None:
-    """LoRA targets exist and max_seq_len fits, read from the model's config (no weights loaded)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    model_config = AutoConfig.from_pretrained(base_path)
-    limit = getattr(model_config, "max_position_embeddings", None)
-    if limit is not None and config.max_seq_len > limit:
-        raise InvalidRequest(f"max_seq_len {config.max_seq_len} exceeds the base model's {limit} positions", param="max_seq_len")
-    if config.method != "lora":
-        return
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(model_config)
-    names = {name.rsplit(".", 1)[-1] for name, module in skeleton.named_modules() if isinstance(module, torch.nn.Linear)}
-    unknown = [target for target in config.lora_target_modules if target not in names]
-    if unknown:
-        raise InvalidRequest(
-            f"lora_target_modules {unknown} do not exist in {config.base_model}; its linear layers are {sorted(names)}",
-            param="lora_target_modules",
-        )
 
 
 def plan_run(session: Session, settings: Settings, config: DistillationConfig) -> tuple[DistillationConfig, dict[str, Any]]:
@@ -68,12 +48,9 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
         raise InvalidRequest(f"nothing to evaluate on: task {task.name!r} has no evaluation set; give eval_prompts or a "
                              "held_out_fraction above 0", param="held_out_fraction")
     try:
-        base_path = resolve_model(config.base_model, settings.resolved_model_store)
+        check_reference(config.base_model)
     except InvalidRequest as error:
         raise InvalidRequest(f"base_model: {error.message}", param="base_model") from None
-    except Exception as error:  # a hub id on an offline machine, a broken directory
-        raise InvalidRequest(f"base_model {config.base_model!r} cannot be loaded: {getattr(error, 'message', error)}", param="base_model") from None
-    check_model(config, base_path)
 
     pair_id_max = session.scalar(select(func.max(Pair.id))) or 0
     config = config.model_copy(update={"pair_id_max": config.pair_id_max if config.pair_id_max is not None else pair_id_max})
@@ -93,25 +70,11 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
     train, eval_prompts = plan_data(examples, config, task)
     if not eval_prompts:
         raise InvalidRequest("no held-out prompt left to evaluate on; raise held_out_fraction or give eval_prompts", param="held_out_fraction")
-    items, skipped = tokenize_all(load_tokenizer(base_path), train, config.max_seq_len)
-    if len(items) < settings.distill_min_pairs:
-        raise InvalidRequest(
-            f"too few training pairs: {len(items)} of {len(rows)} matching pairs are left after dropping evaluation prompts "
-            f"({len(eval_prompts)}), {_selection(config, task)} and max_seq_len={config.max_seq_len}; at least "
-            f"{settings.distill_min_pairs} are needed (distill_min_pairs)",
-            param="max_seq_len" if skipped else "task",
-        )
-    progress = {"phase": "queued", "step": 0, "total": total_steps(config, len(items)), "loss": None,
+    require_training_pairs(len(train), len(rows), len(eval_prompts), config, task, settings.distill_min_pairs)
+    # `total` counts every selected pair; the trainer corrects it once it knows how many fit max_seq_len.
+    progress = {"phase": "queued", "step": 0, "total": config.total_steps(len(train)), "loss": None,
                 "pairs": len(train), "eval_prompts": len(eval_prompts)}
     return config, progress
-
-
-def _selection(config: DistillationConfig, task) -> str:
-    floor = config.min_reward if config.min_reward is not None else task.train_min_reward
-    parts = [f"the reward floor {floor}" if floor is not None else "no reward floor"]
-    if config.best_per_prompt:
-        parts.append("one best answer per prompt")
-    return " and ".join(parts)
 
 
 def submit(sessions: sessionmaker[Session], settings: Settings, config: DistillationConfig) -> DistillationRun:
@@ -132,11 +95,27 @@ def get_run(session: Session, run_id: str) -> DistillationRun:
     return get_row(session, DistillationRun, run_id, "distillation run")
 
 
+def list_runs(session: Session, *, status: str | None = None, task: str | None = None, limit: int = 50) -> list[DistillationRun]:
+    """The newest runs first."""
+    return newest_rows(session, DistillationRun, limit, status=status, task_name=task)
+
+
 def cancel(sessions: sessionmaker[Session], run_id: str) -> DistillationRun:
-    with sessions() as session, session.begin():
-        cancel_row(session, DistillationRun, run_id, "distillation run")
-    with sessions() as session:
-        return get_run(session, run_id)
+    """A queued run is cancelled at once; a running one stops after its current step."""
+    return cancel_and_read(sessions, DistillationRun, run_id, "distillation run")
+
+
+def student_ids(session: Session, run_ids: list[str]) -> dict[str, str]:
+    """run id -> the id of the student it registered, for the runs that registered one."""
+    if not run_ids:
+        return {}
+    return dict(session.execute(select(Student.run_id, Student.id).where(Student.run_id.in_(run_ids))).all())
+
+
+def run_views(session: Session, runs: list[DistillationRun]) -> list[dict[str, Any]]:
+    """The API views of `runs`, each with the student it registered."""
+    students = student_ids(session, [run.id for run in runs])
+    return [run_view(run, students.get(run.id)) for run in runs]
 
 
 def run_view(run: DistillationRun, student_id: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 student the active one of its task, atomically.
 
 The promotion gate: a student's evaluation decides whether it may be promoted as it is (a
-significant gain over its base, no collapse; see evaluate.gate). One that may not is still
+significant gain over its base, no collapse; see services/trainer/evaluate.py, gate). One that may not is still
 registered and listed with the reason; promoting it takes an explicit force.
 
 Atomic promotion: the task's student rows are locked (FOR UPDATE on Postgres; SQLite's
@@ -104,6 +104,22 @@ def record_evaluation(session: Session, student_id: str, evaluation_id: str, fig
         "id": evaluation_id, "student_minus_base": figures["student_minus_base"], "systems": figures["systems"],
         "prompts": figures["prompts"], "samples": figures["samples"]})
     student.metrics = metrics
+
+
+def list_students(session: Session, *, task: str | None = None, active: bool | None = None,
+                  limit: int | None = 100) -> list[Student]:
+    """The newest students first."""
+    query = select(Student).order_by(Student.created_at.desc()).limit(limit)
+    if task is not None:
+        query = query.where(Student.task_name == task)
+    if active is not None:
+        query = query.where(Student.active.is_(active))
+    return list(session.scalars(query))
+
+
+def active_students(session: Session) -> list[Student]:
+    """The one active student of each task that has one: what the student service serves."""
+    return list_students(session, active=True, limit=None)
 
 
 def student_view(student: Student) -> dict[str, Any]:

@@ -1,0 +1,124 @@
+"""Which accepted pairs a distillation run trains on, and which prompts it is evaluated on.
+
+Pairs are selected by the run's filter (task, jobs, minimum reward gain, acceptance rule), up to
+the newest pair id the run was submitted with. The submission counts them here (cheaply: no
+tokenizer); the trainer selects them again, from the same query, into the run's frozen snapshot
+(services/trainer/data.py).
+
+What a run evaluates on is, in order: the run's own `eval_prompts`, else the task's evaluation set
+(written apart from its training prompts), else a held-out share of the pair prompts (split by
+distinct prompt, so all chains of one prompt land on the same side). Whichever it is, no pair whose
+prompt is an evaluation prompt — of the run or of the task — ever trains (`plan_split`).
+
+Of the pairs that match, `select_examples` keeps those whose improved answer reached the run's
+reward floor and, by default, only the best-scored one per prompt: the chain that climbed
+highest under the reward is the closest sample to the tilted posterior the student should learn.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from sqlalchemy import Select, select
+
+from shared.db.models import ChainRecord, Pair
+from shared.distillation.config import DistillationConfig
+from shared.errors import InvalidRequest
+from shared.tasks import TaskSpec, normalise_prompt
+
+
+def pair_query(config: DistillationConfig) -> Select:
+    """The pairs a run trains on, oldest first (a stable order, so a snapshot is reproducible).
+    Pairs excluded in review never train; an exclusion made after a run took its snapshot does
+    not change that run."""
+    query = select(Pair).where(Pair.task_name == config.task, Pair.excluded.is_(False))
+    if config.jobs:
+        query = query.where(Pair.job_id.in_(config.jobs))
+    if config.pair_id_max is not None:
+        query = query.where(Pair.id <= config.pair_id_max)
+    if config.min_reward_gain is not None:
+        query = query.where(Pair.reward_gain >= config.min_reward_gain)
+    if config.acceptance is not None:
+        query = query.join(ChainRecord, ChainRecord.id == Pair.chain_id).where(ChainRecord.acceptance == config.acceptance)
+    query = query.order_by(Pair.id)
+    if config.max_pairs is not None:
+        query = query.limit(config.max_pairs)
+    return query
+
+
+@dataclass(frozen=True)
+class Example:
+    pair_id: int | None
+    prompt: str
+    response: str
+    reward_before: float | None = None
+    reward_after: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pair_id": self.pair_id, "prompt": self.prompt, "response": self.response,
+                "reward_before": self.reward_before, "reward_after": self.reward_after}
+
+
+def split_prompts(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[str]]:
+    """Hold out `fraction` of the distinct prompts (at least one when fraction > 0)."""
+    prompts = sorted({example.prompt for example in examples})
+    if fraction <= 0:
+        return list(examples), []
+    random.Random(seed).shuffle(prompts)
+    count = min(max(1, round(len(prompts) * fraction)), len(prompts) - 1)
+    held = set(prompts[:count])
+    return [e for e in examples if e.prompt not in held], [p for p in prompts if p in held]
+
+
+def select_examples(examples: Sequence[Example], config: DistillationConfig, task_floor: float | None = None) -> list[Example]:
+    """The pairs worth training on: above the reward floor and, with best_per_prompt, one per prompt."""
+    floor = config.min_reward if config.min_reward is not None else task_floor
+    kept = [e for e in examples if floor is None or (e.reward_after is not None and e.reward_after >= floor)]
+    if not config.best_per_prompt:
+        return kept
+    best: dict[str, Example] = {}
+    for example in kept:  # oldest first: the first of equally good answers wins
+        current = best.get(example.prompt)
+        if current is None or (example.reward_after or 0.0) > (current.reward_after or 0.0):
+            best[example.prompt] = example
+    chosen = {id(e) for e in best.values()}
+    return [e for e in kept if id(e) in chosen]
+
+
+def require_training_pairs(kept: int, matching: int, eval_prompts: int, config: DistillationConfig, task: TaskSpec,
+                           min_pairs: int, *, tokenised: bool = False) -> None:
+    """Refuse a run left with fewer than `min_pairs` training pairs, saying what removed the others:
+    the submission counts the selected pairs, the trainer those that also fit max_seq_len (`tokenised`)."""
+    if kept >= min_pairs:
+        return
+    floor = config.min_reward if config.min_reward is not None else task.train_min_reward
+    rules = [f"the reward floor {floor}" if floor is not None else "no reward floor"]
+    if config.best_per_prompt:
+        rules.append("one best answer per prompt")
+    if tokenised:
+        rules.append(f"max_seq_len={config.max_seq_len}")
+    raise InvalidRequest(
+        f"too few training pairs: {kept} of {matching} matching pairs are left after dropping evaluation prompts "
+        f"({eval_prompts}), {' and '.join(rules)}; at least {min_pairs} are needed (distill_min_pairs)",
+        param="max_seq_len" if tokenised else "task",
+    )
+
+
+def plan_split(examples: Sequence[Example], config: DistillationConfig,
+               task_eval_prompts: Sequence[str] = ()) -> tuple[list[Example], list[str]]:
+    """(training examples, evaluation prompts). Pairs of any evaluation prompt are dropped from training."""
+    barred = {normalise_prompt(p) for p in [*task_eval_prompts, *(config.eval_prompts or [])]}
+    allowed = [e for e in examples if normalise_prompt(e.prompt) not in barred]
+    if config.eval_prompts is not None:
+        return allowed, list(dict.fromkeys(config.eval_prompts))
+    if task_eval_prompts:
+        return allowed, list(dict.fromkeys(task_eval_prompts))
+    return split_prompts(allowed, config.held_out_fraction, config.seed)
+
+
+def plan_data(examples: Sequence[Example], config: DistillationConfig, task: TaskSpec) -> tuple[list[Example], list[str]]:
+    """Split, then select: what a run of `config` on `task` trains on and evaluates on."""
+    train, eval_prompts = plan_split(examples, config, task.eval_prompts)
+    return select_examples(train, config, task.train_min_reward), eval_prompts[: config.max_eval_prompts]
