@@ -30,7 +30,7 @@ chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium not installable: the console's browser test will be skipped"
 
 test: install chromium
-	$(BIN)/pytest -q -rs $(PYTEST_ARGS)
+	$(BIN)/pytest -q -rs --durations=25 $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/dsc demo

@@ -12,7 +12,7 @@ setting never re-cuts a job in flight. Workers claim BATCHES, each with its own 
                    serialises the commits of one job, so the commit that leaves no batch
                    unfinished is the one that marks the job succeeded.
     hand_back      a worker that stops (shutdown, dead engine) releases its batch without counting
-                   a failure; the job turns queued again when no other batch of it is held.
+                   a failure or the claim; the job turns queued again when no other batch of it is held.
     record_failure a failed try counts on the batch (and on the job, for the record); the
                    job_max_failures-th failure of one batch fails the batch and the job.
     fail_job       a batch that cannot run (its task is gone, too many claims) fails the job.
@@ -34,7 +34,7 @@ from sqlalchemy import case, exists, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Job, JobBatch, utcnow
-from shared.db.queue import ACTIVE, Lease, LeaseLost, cancel_row, claim, fence, fenced_update
+from shared.db.queue import ACTIVE, Lease, LeaseLost, cancel_row, claim, database_now, fence, fenced_update, handed_back
 from shared.db.store import Recorded, record_chains
 from shared.critique_revise import Chain
 
@@ -126,10 +126,9 @@ def hand_back(factory: sessionmaker[Session], lease: Lease, batch: JobBatch) -> 
     """Release the batch for another worker at once, counting no failure (shutdown, dead engine).
     The job shows queued again once none of its batches is held. False when the lease was lost."""
     with factory() as session, session.begin():
-        if not fenced_update(session, JobBatch, lease.row_id, lease.owner, lease.attempt,
-                             status="queued", lease_owner=None, lease_expires_at=None):
+        if not fenced_update(session, JobBatch, lease.row_id, lease.owner, lease.attempt, **handed_back(JobBatch)):
             return False
-        _update_job(session, batch.job_id, Job.status == "running", ~_held(utcnow()), status="queued")
+        _update_job(session, batch.job_id, Job.status == "running", ~_held(database_now(session)), status="queued")
         return True
 
 
@@ -171,7 +170,7 @@ def fail_job(factory: sessionmaker[Session], lease: Lease, batch: JobBatch, erro
 def settle_cancelled(session: Session, job_id: str | None = None) -> list[str]:
     """Mark cancelled every running, cancel-requested job (or just `job_id`) none of whose batches
     is held by a live lease; returns their ids. Caller commits."""
-    now = utcnow()
+    now = database_now(session)
     query = update(Job).where(Job.status == "running", Job.cancel_requested.is_(True), ~_held(now))
     if job_id is not None:
         query = query.where(Job.id == job_id)

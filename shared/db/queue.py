@@ -7,6 +7,10 @@ worker's work is rescued automatically. Every write a worker makes afterwards is
 `WHERE lease_owner = me AND attempt = mine`, so a stalled worker can never overwrite its
 successor. Effects must therefore be idempotent (chains and pairs are: see store.py).
 
+Leases are measured by the database's clock on Postgres (`database_now`), so replicas whose clocks
+disagree still agree on which leases have expired. A clean hand-back (`release`) gives the claim
+back: it does not count as an attempt, so rolling restarts never use up `max_attempts`.
+
 Postgres claims with SELECT … FOR UPDATE SKIP LOCKED, so many replicas share one queue without
 blocking each other; SQLite claims inside BEGIN IMMEDIATE (one writer) with UPDATE … RETURNING.
 A claim can narrow and order what it takes (`candidates`, e.g. batches of active jobs, oldest job
@@ -22,10 +26,10 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Callable, Literal, TypeVar
 
-from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import utcnow
@@ -38,6 +42,15 @@ Row = TypeVar("Row")
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
+
+
+def database_now(session: Session) -> datetime:
+    """Now, by the clock every worker shares: the Postgres server's (a replica whose own clock runs
+    ahead would otherwise see live leases as expired and steal them). A SQLite database is a local
+    file, so its workers share this host's clock already."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.scalar(select(func.now()))
+    return utcnow()
 
 
 def worker_owner(name: str) -> str:
@@ -86,11 +99,11 @@ def claim(
     rows, oldest first); the claimable filter, LIMIT 1 and the row lock are added here.
     `on_claim(session, row)` runs inside the claim's transaction (e.g. to mark a parent row); when
     it returns False the claim is rolled back and None returned."""
-    now = utcnow()
-    expires = now + timedelta(seconds=lease_seconds)
-    query = (candidates if candidates is not None else select(model.id).order_by(model.created_at)).where(_claimable(model, now)).limit(1)
     try:
         with factory() as session, session.begin():
+            now = database_now(session)
+            expires = now + timedelta(seconds=lease_seconds)
+            query = (candidates if candidates is not None else select(model.id).order_by(model.created_at)).where(_claimable(model, now)).limit(1)
             if session.get_bind().dialect.name == "postgresql":
                 row_id = session.scalar(query.with_for_update(skip_locked=True, of=model))
                 if row_id is None:
@@ -121,7 +134,7 @@ def fence(model: type, row_id: Any, owner: str, attempt: int):
     return and_(model.id == row_id, model.lease_owner == owner, model.attempt == attempt, model.status == "running")
 
 
-def fenced_update(session: Session, model: type, row_id: Any, owner: str, attempt: int, **values: Any) -> bool:
+def fenced_update(session: Session, model: type, row_id: Any, owner: str, attempt: int, /, **values: Any) -> bool:
     """Update the row only while this worker still holds its lease; False means the lease is lost
     (the caller must roll back its transaction)."""
     result = session.execute(update(model).where(fence(model, row_id, owner, attempt)).values(**values).execution_options(synchronize_session=False))
@@ -131,7 +144,7 @@ def fenced_update(session: Session, model: type, row_id: Any, owner: str, attemp
 def heartbeat(factory: sessionmaker[Session], model: type, row_id: Any, owner: str, attempt: int, lease_seconds: float) -> bool:
     """Renew the lease; False when it was lost (expired and taken by another worker, or finished)."""
     with factory() as session, session.begin():
-        return fenced_update(session, model, row_id, owner, attempt, lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        return fenced_update(session, model, row_id, owner, attempt, lease_expires_at=database_now(session) + timedelta(seconds=lease_seconds))
 
 
 def finish(factory: sessionmaker[Session], model: type, row_id: Any, owner: str, attempt: int, status: str, **values: Any) -> bool:
@@ -190,9 +203,16 @@ def newest_rows(session: Session, model: type[Row], limit: int, **equal: Any) ->
 
 def release(factory: sessionmaker[Session], model: type, row_id: Any, owner: str, attempt: int) -> bool:
     """Hand a held row back to the queue at once (a worker shutting down between batches), so
-    another worker resumes it without waiting for the lease to expire."""
+    another worker resumes it without waiting for the lease to expire. The claim is given back
+    with it: a clean hand-back is not an attempt."""
     with factory() as session, session.begin():
-        return fenced_update(session, model, row_id, owner, attempt, status="queued", lease_owner=None, lease_expires_at=None)
+        return fenced_update(session, model, row_id, owner, attempt, **handed_back(model))
+
+
+def handed_back(model: type) -> dict[str, Any]:
+    """The values of a row handed back to the queue (its lease owner is gone, so no stale writer can
+    match the fence again, and the claim it used does not count)."""
+    return {"status": "queued", "lease_owner": None, "lease_expires_at": None, "attempt": model.attempt - 1}
 
 
 class Heartbeat:

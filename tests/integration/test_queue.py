@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from shared.db.models import DistillationRun as Run
-from shared.db.queue import claim, fenced_update, finish, heartbeat, request_cancel
+from shared.db.queue import claim, fenced_update, finish, heartbeat, release, request_cancel
 from shared.db.session import transaction
 
 
@@ -55,3 +55,19 @@ def test_cancel_queued_is_immediate_and_running_is_requested(db):
         assert request_cancel(session, Run, "missing") is None
     with db() as session:
         assert session.get(Run, held.id).cancel_requested
+
+
+def test_clean_hand_backs_are_not_attempts_and_fence_out_the_worker_that_handed_back(db):
+    """Rolling restarts hand a run back many times: its attempts do not grow (so trainer_max_attempts
+    counts only workers that died), and the worker that let go cannot write to it any more."""
+    [run_id] = _enqueue(db, 1)
+    for restart in range(5):
+        held = claim(db, Run, f"worker-{restart}", 60)
+        assert (held.id, held.attempt) == (run_id, 1)
+        assert release(db, Run, run_id, f"worker-{restart}", held.attempt)
+    successor = claim(db, Run, "successor", 60)
+    assert successor.attempt == 1
+    with transaction(db) as session:  # the last worker that handed back has the same attempt number, not the lease
+        assert not fenced_update(session, Run, run_id, "worker-4", 1, progress={"phase": "stale"})
+    assert not release(db, Run, run_id, "worker-4", 1)
+    assert finish(db, Run, run_id, "successor", successor.attempt, "succeeded")

@@ -216,7 +216,7 @@ def test_shutdown_mid_batch_hands_the_batch_back_to_the_queue(make_state, tmp_pa
     job = load(state.sessions, job_id)
     assert (job.status, job.done, job.attempt, job.failures) == ("queued", 0, 1, 0)
     [batch] = batches(state.sessions, job_id)
-    assert (batch.status, batch.lease_owner, batch.attempt, batch.failures) == ("queued", None, 1, 0)
+    assert (batch.status, batch.lease_owner, batch.attempt, batch.failures) == ("queued", None, 0, 0)  # a clean hand-back is no attempt
     assert engine.calls == 1  # stopped after the phase in flight, not at the end of the batch
     assert stored(state.sessions, job_id) == ([], 0, 0)
     state.stopping.clear()
