@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Iterator
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from services.teacher.state import TeacherState
+from shared.db.idempotency import MAX_KEY_LENGTH
 from shared.engines.base import EngineDead
 from shared.errors import NotReady
 
@@ -37,3 +38,7 @@ def get_ready_state(state: Annotated[TeacherState, Depends(get_state)]) -> Teach
 State = Annotated[TeacherState, Depends(get_state)]
 ReadyState = Annotated[TeacherState, Depends(get_ready_state)]
 DbSession = Annotated[Session, Depends(get_session)]
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=MAX_KEY_LENGTH,
+    description="Send the same key when retrying a request whose answer was lost: you get what the first request made "
+                "(header Idempotent-Replayed: true) instead of a second job or run. The same key with another body is a 422.")]

@@ -60,7 +60,15 @@ class Task(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Job(Base):
+class IdempotentCreation:
+    """Set when a request with an Idempotency-Key made the row (shared/db/idempotency.py): the key,
+    scoped to its caller, and a digest of the request body."""
+
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True, index=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Job(IdempotentCreation, Base):
     """One sampling request: a background job, a synchronous API call or a CLI run.
 
     A background job is cut into batches (JobBatch) when it is created; workers claim batches,
@@ -190,7 +198,7 @@ class RunColumns(LeaseColumns):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
-class DistillationRun(RunColumns, Base):
+class DistillationRun(RunColumns, IdempotentCreation, Base):
     """A queued/running/finished distillation; same lease pattern as jobs."""
 
     __tablename__ = "distillation_runs"

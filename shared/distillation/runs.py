@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import DistillationRun, Pair, Student
 from shared.db.queue import cancel_and_read, get_row, newest_rows
+from shared.db.idempotency import create_once, earlier, fingerprint, scoped_key
 from shared.distillation.config import DistillationConfig
 from shared.distillation.pairs import Example, pair_query, plan_data, require_training_pairs
 from shared.errors import InvalidRequest, Overloaded
@@ -77,18 +78,27 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
     return config, progress
 
 
-def submit(sessions: sessionmaker[Session], settings: Settings, config: DistillationConfig) -> DistillationRun:
+def submit(sessions: sessionmaker[Session], settings: Settings, config: DistillationConfig, *,
+           idempotency_key: str | None = None) -> tuple[DistillationRun, bool]:
+    """Queue a run; returns (run, replayed): a request with the Idempotency-Key of an earlier one
+    gets that one's run, whatever the queue holds now."""
+    key, digest = scoped_key(None, idempotency_key), fingerprint(config.model_dump(mode="json"))
     with sessions() as session:
+        if key is not None and (run := earlier(session, DistillationRun, key, digest)) is not None:
+            return run, True
         queued = session.scalar(select(func.count()).select_from(DistillationRun).where(DistillationRun.status == "queued")) or 0
         if queued >= settings.distill_max_queued:
             raise Overloaded(f"{queued} distillation runs are queued already (distill_max_queued); retry later", retry_after=30)
         stored, progress = plan_run(session, settings, config)
-    with sessions() as session, session.begin():
+
+    def queue(session: Session) -> DistillationRun:
         run = DistillationRun(task_name=stored.task, status="queued", config=stored.model_dump(mode="json"), progress=progress, metrics={})
         session.add(run)
         session.flush()
         run.artifact_dir = str(run_dir(settings, run.id))
         return run
+
+    return create_once(sessions, DistillationRun, key, digest, queue)
 
 
 def get_run(session: Session, run_id: str) -> DistillationRun:

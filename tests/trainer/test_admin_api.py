@@ -155,3 +155,17 @@ def test_evaluation_bad_input_is_a_clear_4xx_and_queues_nothing(api, model_path)
     assert refused.status_code == 409 and "no evaluation figures" in refused.json()["error"]["message"]
     with httpx.Client(base_url=teacher.url, timeout=30) as anonymous:
         assert anonymous.post("/admin/evaluations", json={"student_id": "s-1"}).status_code == 401
+
+
+def test_a_retried_distillation_answers_with_the_first_run(api):
+    """Idempotency-Key on POST /admin/distillations (jobs: tests/teacher/test_idempotency.py)."""
+    teacher, admin = api
+    first = admin.post("/admin/distillations", json=GOOD, headers={"Idempotency-Key": "nightly-1"})
+    assert first.status_code == 202, first.text
+    again = admin.post("/admin/distillations", json=GOOD, headers={"Idempotency-Key": "nightly-1"})
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"] and again.headers["Idempotent-Replayed"] == "true"
+    changed = admin.post("/admin/distillations", json={**GOOD, "max_steps": 3}, headers={"Idempotency-Key": "nightly-1"})
+    assert changed.status_code == 422 and changed.json()["error"]["type"] == "idempotency_error", changed.text
+    assert _runs(teacher) == 1
+    assert admin.post("/admin/distillations", json=GOOD).json()["id"] != first.json()["id"]  # no key: a new run
+    assert _runs(teacher) == 2

@@ -79,7 +79,7 @@ def test_trainer_worker_with_two_processes_registers_a_student(make_settings, mo
     settings = make_settings(trainer_processes=2, trainer_threads=1, trainer_device="auto")
     sessions = helpers.migrated(settings)
     helpers.store_fixed_pairs(sessions, helpers.film_prompts[:6], ANSWER)
-    run = submit(sessions, settings, DistillationConfig(**CONFIG, max_steps=3, save_steps=2, eval_prompts=helpers.film_prompts[-1:],
+    run, _ = submit(sessions, settings, DistillationConfig(**CONFIG, max_steps=3, save_steps=2, eval_prompts=helpers.film_prompts[-1:],
                                                         eval_samples=1, eval_max_tokens=6, collapse_check=False))
     assert TrainerWorker(settings, sessions).run_once()
     with sessions() as session:

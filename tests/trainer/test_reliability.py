@@ -44,7 +44,7 @@ def _untouched(sessions) -> None:
 def test_killed_trainer_resumes_from_its_checkpoint(make_settings, postgres_url, model_path, helpers, tmp_path):
     settings = make_settings(postgres_url, trainer_lease_seconds=3)
     sessions = _seed(helpers, settings, model_path)
-    run = submit(sessions, settings, DistillationConfig(**TINY, max_steps=8, save_steps=2, eval_prompts=helpers.film_prompts[-1:]))
+    run, _ = submit(sessions, settings, DistillationConfig(**TINY, max_steps=8, save_steps=2, eval_prompts=helpers.film_prompts[-1:]))
 
     env = {**os.environ, "DSC_DATABASE_URL": postgres_url, "DSC_MODEL_STORE": str(settings.resolved_model_store),
            "DSC_DATA_DIR": str(settings.data_dir), "DSC_TRAINER_LEASE_SECONDS": "3", "DSC_TRAINER_POLL_SECONDS": "0.2",
@@ -84,7 +84,7 @@ def test_killed_trainer_resumes_from_its_checkpoint(make_settings, postgres_url,
 def test_run_whose_workers_keep_dying_fails_with_the_reason(make_settings, model_path, helpers):
     settings = make_settings(trainer_max_attempts=2)
     sessions = _seed(helpers, settings, model_path)
-    run = submit(sessions, settings, DistillationConfig(**TINY, max_steps=2, eval_prompts=helpers.film_prompts[-1:]))
+    run, _ = submit(sessions, settings, DistillationConfig(**TINY, max_steps=2, eval_prompts=helpers.film_prompts[-1:]))
     # Two workers claimed it and died (their leases ran out without a heartbeat).
     with sessions() as session, session.begin():
         session.execute(update(DistillationRun).where(DistillationRun.id == run.id).values(
@@ -106,7 +106,7 @@ def test_run_that_raises_fails_with_the_reason(make_settings, model_path, helper
         (broken / item.name).symlink_to(item)
     settings = make_settings()
     sessions = _seed(helpers, settings, model_path)
-    run = submit(sessions, settings, DistillationConfig(**TINY, base_model=str(broken), max_steps=2, eval_prompts=helpers.film_prompts[-1:]))
+    run, _ = submit(sessions, settings, DistillationConfig(**TINY, base_model=str(broken), max_steps=2, eval_prompts=helpers.film_prompts[-1:]))
     for weights in broken.glob("*.safetensors"):
         weights.unlink()
     assert TrainerWorker(settings, sessions).run_once()
@@ -119,7 +119,7 @@ def test_run_that_raises_fails_with_the_reason(make_settings, model_path, helper
 def test_cancel_stops_a_running_run(make_settings, model_path, helpers):
     settings = make_settings()
     sessions = _seed(helpers, settings, model_path)
-    run = submit(sessions, settings, DistillationConfig(**TINY, max_steps=200, eval_prompts=helpers.film_prompts[-1:]))
+    run, _ = submit(sessions, settings, DistillationConfig(**TINY, max_steps=200, eval_prompts=helpers.film_prompts[-1:]))
     worker = TrainerWorker(settings, sessions)
     thread = threading.Thread(target=worker.run_once)
     thread.start()

@@ -3,6 +3,7 @@ progress and loss curve, read its evaluation (base vs student vs teacher, 95% in
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 
@@ -82,7 +83,7 @@ def _submit(request: Request, user, state, form: dict[str, str]) -> Response:
     except DscError as error:
         with state.sessions() as session:
             return _list_page(request, user, session, status=None, form=form, error=error.message, code=error.status_code)
-    return redirect(f"/distillations/{created['id']}")
+    return redirect(f"/distillations/{json.loads(created.body)['id']}")
 
 
 def _run_context(session, run_id: str) -> dict:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 
-from services.teacher.deps import DbSession, State
+from services.teacher.deps import DbSession, IdempotencyKey, State
 from shared.db.queue import RunStatus
 from shared.distillation.config import DistillationConfig
 from shared.distillation import runs
@@ -23,10 +23,13 @@ router = APIRouter(prefix="/admin/distillations", tags=["distillations"])
 
 
 @router.post("", status_code=202)
-def create(config: DistillationConfig, _scope: AdminScope, state: State) -> dict[str, Any]:
-    """Validate and queue a run; 202 with its id. A trainer worker picks it up."""
-    run = runs.submit(state.sessions, state.settings, config)
-    return {"id": run.id, "status": run.status, "progress": run.progress}
+def create(config: DistillationConfig, _scope: AdminScope, state: State, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Validate and queue a run; 202 with its id. A trainer worker picks it up. A retry with the
+    request's Idempotency-Key answers with the run the first request queued."""
+    run, replayed = runs.submit(state.sessions, state.settings, config, idempotency_key=idempotency_key)
+    body = {"id": run.id, "status": run.status, "progress": run.progress}
+    headers = {"Location": f"/admin/distillations/{run.id}"} | ({"Idempotent-Replayed": "true"} if replayed else {})
+    return JSONResponse(body, status_code=202, headers=headers)
 
 
 @router.get("")

@@ -12,10 +12,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 from sqlalchemy.orm import defer
 
-from services.teacher.deps import DbSession, State
+from services.teacher.deps import DbSession, IdempotencyKey, State
 from services.teacher.limits import check_plan
 from services.teacher.protocol import JobCreated, JobList, JobStatus, JobView
 from shared.db.models import Job
+from shared.db.idempotency import create_once, fingerprint, scoped_key
 from shared.db.job_queue import add_job, cancel_job
 from shared.errors import InvalidRequest, NotFound, Overloaded
 from shared.sampling_protocol import SampleRequest
@@ -35,13 +36,15 @@ def _load(session, job_id: str, caller: Caller) -> Job:
 
 
 @router.post("", status_code=202, response_model=JobCreated)
-def submit(request: SampleRequest, caller: ClientCaller, state: State) -> JSONResponse:
+def submit(request: SampleRequest, caller: ClientCaller, state: State, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Queue a job (inline prompts, or the task's prompt set when `prompts` is omitted) and answer
-    at once; poll GET /v1/jobs/{id}. A job always stores its chains (`store` must not be false)."""
+    at once; poll GET /v1/jobs/{id}. A job always stores its chains (`store` must not be false).
+    A retry with the request's Idempotency-Key answers with the job the first request queued."""
     settings = state.settings
     if not request.store:
         raise InvalidRequest("a job always stores its chains; store=false is for POST /v1/critique-revise", param="store")
-    with state.sessions() as session, session.begin():
+
+    def queue(session) -> Job:
         plan = plan_sample(session, request)
         check_plan(plan, settings, max_prompts=settings.max_job_prompts, count_setting="max_job_prompts")
         queued = session.scalar(select(func.count()).select_from(Job).where(Job.kind == "job", Job.status == "queued"))
@@ -50,10 +53,14 @@ def submit(request: SampleRequest, caller: ClientCaller, state: State) -> JSONRe
                 f"the job queue is full: {queued} jobs queued (max_queued_jobs {settings.max_queued_jobs})",
                 retry_after=QUEUE_FULL_RETRY_AFTER_S,
             )
-        job = add_job(session, task_name=plan.task.name, params=plan.job_params(), prompts=plan.prompts,
-                      batch_size=settings.job_batch_size, owner=caller.key_id)
-        created = JobCreated(id=job.id, status="queued")
-    return JSONResponse(created.model_dump(), status_code=202, headers={"Location": f"/v1/jobs/{created.id}"})
+        return add_job(session, task_name=plan.task.name, params=plan.job_params(), prompts=plan.prompts,
+                       batch_size=settings.job_batch_size, owner=caller.key_id)
+
+    job, replayed = create_once(state.sessions, Job, scoped_key(caller.key_id, idempotency_key),
+                                fingerprint(request.model_dump(mode="json")), queue)
+    created = JobCreated(id=job.id, status=job.status)
+    headers = {"Location": f"/v1/jobs/{created.id}"} | ({"Idempotent-Replayed": "true"} if replayed else {})
+    return JSONResponse(created.model_dump(), status_code=202, headers=headers)
 
 
 @router.get("", response_model=JobList)
