@@ -36,6 +36,7 @@ from services.teacher.state import TeacherState
 from shared.db.job_queue import claim_batch, commit_batch, fail_job, hand_back, job_standing, record_failure, settle_cancelled
 from shared.db.models import Job, JobBatch
 from shared.db.queue import ACTIVE, Heartbeat, Lease, get_row, worker_owner
+from shared.db.outages import OutageLog, is_outage
 from shared.db.session import is_sqlite, transaction
 from shared.engines.base import dead_reason_of
 from shared.errors import DscError
@@ -59,6 +60,7 @@ class JobWorker:
         self.state = state
         self.name = name
         self.owner = worker_owner(name)
+        self.outage = OutageLog(log, f"job worker {name}", state.settings.job_poll_seconds)
         self._thread: threading.Thread | None = None
         self._plans: OrderedDict[str, SamplePlan] = OrderedDict()
 
@@ -81,7 +83,11 @@ class JobWorker:
                 continue
             try:
                 claimed = self.run_once()
-            except Exception:  # never let one bad batch kill the worker
+                self.outage.recovered()
+            except Exception as error:  # never let one bad batch kill the worker
+                if is_outage(error):
+                    state.stopping.wait(self.outage.failed(error))
+                    continue
                 log.exception("job worker %s: unexpected error", self.name)
                 claimed = False
             if not claimed:

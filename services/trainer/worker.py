@@ -38,6 +38,7 @@ from services.trainer.evaluations import run_evaluation
 from services.trainer.preflight import preflight
 from services.trainer.report import write_report
 from shared.db.models import DistillationRun, EvaluationRun, Student, utcnow
+from shared.db.outages import OutageLog, first_line, is_outage
 from shared.db.queue import Heartbeat, Lease, LeaseLost, claim, fenced_update, finish, release, worker_owner
 from shared.device import check_processes, resolve_device
 from shared.distillation.config import DistillationConfig, EvaluationConfig
@@ -61,6 +62,7 @@ class TrainerWorker:
         self.sessions = sessions
         self.owner = worker_owner(name)
         self.stopping = threading.Event()
+        self.outage = OutageLog(log, "trainer worker", settings.trainer_poll_seconds)
         self._thread: threading.Thread | None = None
 
     # --- loop ----------------------------------------------------------------------------------
@@ -79,7 +81,11 @@ class TrainerWorker:
         while not self.stopping.is_set():
             try:
                 claimed = self.run_once()
-            except Exception:  # never let one bad run kill the worker
+                self.outage.recovered()
+            except Exception as error:  # never let one bad run kill the worker
+                if is_outage(error):
+                    self.stopping.wait(self.outage.failed(error))
+                    continue
                 log.exception("trainer worker: unexpected error")
                 claimed = False
             if once and not claimed:
@@ -117,6 +123,10 @@ class TrainerWorker:
             except Interrupted as stop:
                 self._interrupted(model, run, lease, stop)
             except Exception as error:
+                if is_outage(error):  # not the run's fault: its lease runs out and the next claim resumes it from its checkpoint
+                    log.warning("%s %s: the database went away before the run could be committed (%s); it will be resumed",
+                                kind, run.id, first_line(error))
+                    raise
                 message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
                 log.warning("%s %s failed: %s", kind, run.id, message, exc_info=not isinstance(error, DscError))
                 finish(self.sessions, model, run.id, self.owner, lease.attempt, "failed",
@@ -141,15 +151,22 @@ class TrainerWorker:
             if not fenced_update(session, model, lease.row_id, lease.owner, lease.attempt, **values):
                 raise LeaseLost()
 
+    def _report(self, lease: Lease, model: type = DistillationRun, **values) -> None:
+        """A progress write: skipped while the database is away (the next one says the same)."""
+        self.outage.advisory(lambda: self._update(lease, model, **values), None)
+
     def _control(self, lease: Lease, beat: Heartbeat, model: type = DistillationRun) -> str | None:
         if beat.lost.is_set():
             return "lease lost"
         if self.stopping.is_set():
             return "stopping"
-        with self.sessions() as session:
-            if session.scalar(select(model.cancel_requested).where(model.id == lease.row_id)):
-                return "cancelled"
-        return None
+
+        def cancel_requested() -> bool:
+            with self.sessions() as session:
+                return bool(session.scalar(select(model.cancel_requested).where(model.id == lease.row_id)))
+
+        # A cancel check the database cannot answer now is asked again at the next step.
+        return "cancelled" if self.outage.advisory(cancel_requested, False) else None
 
     def _process_evaluation(self, run: EvaluationRun, lease: Lease, beat: Heartbeat) -> None:
         config = EvaluationConfig.model_validate(run.config)
@@ -164,7 +181,7 @@ class TrainerWorker:
             if (stop := self._control(lease, beat, EvaluationRun)) is not None:
                 raise Interrupted(stop, 0)
             progress.update(phase=phase)
-            self._update(lease, EvaluationRun, progress=progress)
+            self._report(lease, EvaluationRun, progress=progress)
 
         on_phase("evaluating")
         base_path = resolve_model(student.base_model, self.settings.resolved_model_store)
@@ -206,7 +223,7 @@ class TrainerWorker:
             now = time.monotonic()
             if now - last_write[0] >= 0.5 or step == total:  # at most two progress writes a second
                 last_write[0] = now
-                self._update(lease, progress=progress)
+                self._report(lease, progress=progress)
             return self._control(lease, beat)
 
         result = train(config, base_path, snapshot.train, directory, on_step=on_step, device=settings.trainer_device,
@@ -214,7 +231,7 @@ class TrainerWorker:
         if result.resumed_from is not None:
             progress["resumed_from_step"] = result.resumed_from
         progress.update(phase="evaluating")
-        self._update(lease, progress=progress)
+        self._report(lease, progress=progress)
         if (stop := self._control(lease, beat)) is not None:
             raise Interrupted(stop, result.steps)
 
@@ -264,7 +281,7 @@ class TrainerWorker:
     def _evaluate(self, config: DistillationConfig, task, base_path: Path, result, prompts: list[str], lease: Lease, progress: dict) -> dict:
         def on_phase(phase: str) -> None:
             progress.update(phase=phase)
-            self._update(lease, progress=progress)
+            self._report(lease, progress=progress)
 
         return run_evaluation(self.settings, config.evaluation(), task, base_path=base_path, adapter_dir=result.adapter_dir,
                               merged_dir=result.merged_dir, prompts=prompts, on_phase=on_phase)
