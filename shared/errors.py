@@ -12,6 +12,7 @@ class DscError(Exception):
 
     status_code: int = 400
     error_type: str = "invalid_request_error"
+    code: str | None = None  # OpenAI's machine-readable code, where one applies (e.g. model_not_found)
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

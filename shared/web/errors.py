@@ -18,16 +18,16 @@ from shared.errors import DscError, Forbidden, NotFound, PayloadTooLarge, Unauth
 _HTTP_KINDS = {error.status_code: error.error_type for error in (Unauthorized, Forbidden, NotFound, PayloadTooLarge)}
 
 
-def error_response(status: int, error_type: str, message: str, *, param: str | None = None, headers: dict | None = None,
-                   openai: bool = False) -> JSONResponse:
-    """The one error body: {"error": {"type", "message"}}, with "param" when the error names one.
-    `openai`: OpenAI's shape, which always carries "param" and "code" (null when unknown), as its
+def error_response(status: int, error_type: str, message: str, *, param: str | None = None, code: str | None = None,
+                   headers: dict | None = None, openai: bool = False) -> JSONResponse:
+    """The one error body: {"error": {"type", "message"}}, with "param" and "code" when the error
+    has them. `openai`: OpenAI's shape, which always carries both (null when unknown), as its
     clients expect them."""
     body: dict = {"type": error_type, "message": message}
     if param is not None or openai:
         body["param"] = param
-    if openai:
-        body["code"] = None
+    if code is not None or openai:
+        body["code"] = code
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
@@ -52,8 +52,8 @@ def install_error_handlers(app: FastAPI, *, openai: bool = False) -> None:
     async def _dsc_error(_request: Request, error: DscError) -> JSONResponse:
         retry_after = getattr(error, "retry_after", None)
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-        return error_response(error.status_code, error.error_type, error.message, param=error.param, headers=headers,
-                              openai=openai)
+        return error_response(error.status_code, error.error_type, error.message, param=error.param, code=error.code,
+                              headers=headers, openai=openai)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:
