@@ -10,9 +10,12 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import DscError, Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from shared.db.outages import is_outage
+
+from shared.errors import DscError, Forbidden, NotFound, NotReady, PayloadTooLarge, Unauthorized
 
 # The error type of each HTTP status that Starlette itself raises (unknown route, wrong method, ...).
 _HTTP_KINDS = {error.status_code: error.error_type for error in (Unauthorized, Forbidden, NotFound, PayloadTooLarge)}
@@ -60,6 +63,14 @@ def install_error_handlers(app: FastAPI, *, openai: bool = False) -> None:
         message, param = _validation_message(error)
         status = 400 if openai or "malformed JSON" in message else 422
         return error_response(status, "invalid_request_error", message, param=param, openai=openai)
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_request: Request, error: DBAPIError) -> JSONResponse:
+        if not is_outage(error):
+            raise error  # a bug, not an outage: the middleware logs it and answers 500
+        unavailable = NotReady("the database is unavailable; retry shortly (nothing was written)")
+        return error_response(unavailable.status_code, unavailable.error_type, unavailable.message,
+                              headers={"Retry-After": str(unavailable.retry_after)}, openai=openai)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
