@@ -29,6 +29,7 @@ import math
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -289,25 +290,29 @@ def run_training(
 
 def save_artifacts(config: DistillationConfig, model, tokenizer, run_dir: Path) -> tuple[Path | None, Path | None]:
     """adapter/ (peft: loadable with PeftModel.from_pretrained) and, with merge or a full
-    fine-tune, merged/ (a plain HF model directory). Each is written beside and renamed into place."""
+    fine-tune, merged/ (a plain HF model directory), in a directory of this attempt's own under
+    outputs/: a worker whose lease ran out and its successor never write into the same place, so
+    the directory the registry names is never replaced under a student that serves from it (the
+    fenced commit decides which attempt's directory is registered). Each is written beside and
+    renamed into place, so it is whole or absent."""
+    out = run_dir / "outputs" / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    out.mkdir(parents=True)
     adapter_dir = merged_dir = None
     if config.method == "lora":
-        adapter_dir = _write_dir(run_dir / "adapter", lambda out: (model.save_pretrained(out), tokenizer.save_pretrained(out)))
+        adapter_dir = _write_dir(out / "adapter", lambda path: (model.save_pretrained(path), tokenizer.save_pretrained(path)))
     if config.method == "full" or config.merge:
-        def _merged(out: Path) -> None:
+        def _merged(path: Path) -> None:
             merged = model.merge_and_unload() if config.method == "lora" else model
-            merged.save_pretrained(out)
-            tokenizer.save_pretrained(out)
+            merged.save_pretrained(path)
+            tokenizer.save_pretrained(path)
 
-        merged_dir = _write_dir(run_dir / "merged", _merged)
+        merged_dir = _write_dir(out / "merged", _merged)
     return adapter_dir, merged_dir
 
 
 def _write_dir(target: Path, write) -> Path:
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = target.with_name(f"{target.name}.tmp")
     write(tmp)
-    shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target
 

@@ -56,18 +56,21 @@ def test_distillation_from_sampled_pairs_end_to_end(make_settings, tf_engine, se
     # artifacts: adapter (plain peft), merged weights, tokenizer, config, metrics, report, data snapshot
     run_dir = Path(run["artifact_dir"])
     assert run_dir.parent == settings.resolved_model_store / "students"
-    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer_config.json",
-                 "merged/config.json", "merged/tokenizer_config.json", "distillation.json", "metrics.json", "report.png",
-                 "snapshot.jsonl", "split.json"):
+    for name in ("distillation.json", "metrics.json", "report.png", "snapshot.jsonl", "split.json"):
         assert (run_dir / name).is_file(), name
+    [outputs] = (run_dir / "outputs").iterdir()  # this attempt's own directory (another attempt never writes into it)
+    adapter_dir, merged_dir = outputs / "adapter", outputs / "merged"
+    for path in (adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors", adapter_dir / "tokenizer_config.json",
+                 merged_dir / "config.json", merged_dir / "tokenizer_config.json"):
+        assert path.is_file(), path
     assert json.loads((run_dir / "metrics.json").read_text())["eval"]["systems"] == evaluation["systems"]
     snapshot = [json.loads(line) for line in (run_dir / "snapshot.jsonl").read_text().splitlines()]
     assert len(snapshot) == sentiment_samples.accepted and all(row["pair_id"] for row in snapshot)
 
-    _adapter_loads_with_plain_peft_and_generates(run_dir / "adapter", model_path)
+    _adapter_loads_with_plain_peft_and_generates(adapter_dir, model_path)
     from services.student.adapters import validate_adapter
 
-    assert validate_adapter(run_dir / "adapter", model_path, max_rank=settings.student_max_lora_rank)["r"] == 16
+    assert validate_adapter(adapter_dir, model_path, max_rank=settings.student_max_lora_rank)["r"] == 16
 
     # registry and promotion
     with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:
@@ -77,7 +80,7 @@ def test_distillation_from_sampled_pairs_end_to_end(make_settings, tf_engine, se
         students = admin.get("/admin/students").json()["data"]
         new = next(s for s in students if s["run_id"] == run_id)
         assert (new["name"], new["version"], new["task"], new["active"]) == ("sentiment-student", 1, "sentiment", False)
-        assert new["adapter_path"] == str(run_dir / "adapter") and new["merged_path"] == str(run_dir / "merged")
+        assert new["adapter_path"] == str(adapter_dir) and new["merged_path"] == str(merged_dir)
         assert new["metrics"]["eval"]["systems"] == evaluation["systems"] and new["base_model"] == str(model_path)
         assert new["promotable"] == evaluation["gate"]["promotable"] and new["gate"] == evaluation["gate"]["reason"]
         assert admin.get(f"/admin/distillations/{run_id}").json()["student_id"] == new["id"]

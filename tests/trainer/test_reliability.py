@@ -136,3 +136,22 @@ def test_cancel_stops_a_running_run(make_settings, model_path, helpers):
     with sessions() as session:
         assert session.scalar(select(Student.id).where(Student.run_id == run.id)) is None
 
+
+
+def test_two_attempts_never_write_into_the_same_artifact_directory(model_path, tmp_path):
+    """A worker whose lease ran out and its successor both finish training: each saves into a
+    directory of its own, so the one the registry names is never replaced or half-written."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from services.trainer.distill import load_tokenizer, save_artifacts
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path), LoraConfig(r=2, target_modules=["q_proj"]))
+    tokenizer = load_tokenizer(model_path)
+    config = DistillationConfig(**TINY, merge=False)
+    stale, _ = save_artifacts(config, model, tokenizer, tmp_path)
+    written = {path.name: path.stat().st_mtime_ns for path in stale.iterdir()}
+    successor, _ = save_artifacts(config, model, tokenizer, tmp_path)
+    assert stale != successor and stale.parent.parent == successor.parent.parent == tmp_path / "outputs"
+    assert {path.name: path.stat().st_mtime_ns for path in stale.iterdir()} == written  # untouched by the successor
+    assert (successor / "adapter_model.safetensors").is_file() and not list(tmp_path.rglob("*.tmp"))
