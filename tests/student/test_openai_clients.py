@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
+
+import httpx
 
 import openai
 import pytest
@@ -35,7 +39,7 @@ class Answer(BaseModel):
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory, model_store, model_path, keys, student_helpers):
-    """One student on vLLM for the whole module: (base URL, client key, tokenizer)."""
+    """One student on vLLM for the whole module: (base URL, client key, runtime)."""
     from shared.engines.vllm_engine import vllm_available
 
     if not vllm_available():
@@ -49,7 +53,7 @@ def student(tmp_path_factory, model_store, model_path, keys, student_helpers):
         settings = student_helpers["student_settings"](tmp_path_factory.mktemp("student"), model_store, engine="vllm", student_poll_seconds=600)
         upgrade(settings.resolved_database_url)
         with student_helpers["running_server"](create_app(settings, runtime=runtime)) as url:
-            yield f"{url}/v1", keys["client"], runtime.tokenizer
+            yield f"{url}/v1", keys["client"], runtime
     finally:
         runtime.engine.shutdown()
 
@@ -74,7 +78,7 @@ def test_openai_structured_output(client):
 
 
 def test_openai_logprobs_penalties_and_logit_bias(client, student):
-    _, _, tokenizer = student
+    tokenizer = student[2].tokenizer
     response = client.chat.completions.create(model="base", messages=HELLO, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)
     choice = response.choices[0]
     assert len(choice.logprobs.content) == 4 and "".join(t.token for t in choice.logprobs.content) == choice.message.content
@@ -161,3 +165,40 @@ def test_litellm_completion(student):
     streamed = "".join(c.choices[0].delta.content or "" for c in litellm.completion(
         model="openai/base", api_base=url, api_key=key, messages=HELLO, max_tokens=6, temperature=0, stream=True))
     assert streamed == response.choices[0].message.content
+
+
+def test_an_engine_abort_is_an_error_never_a_cut_stream(student):
+    """vLLM ends every request in flight with finish_reason "abort" when its scheduler is paused
+    that way: a stream then ends with an error event and [DONE], a plain request with a JSON error."""
+    url, key, runtime = student
+    engine = runtime.engine
+    loop = engine.output_handler.get_loop()  # the server's event loop, where the engine delivers outputs
+
+    def abort_all() -> None:
+        asyncio.run_coroutine_threadsafe(engine.pause_generation(mode="abort", clear_cache=False), loop).result(60)
+        asyncio.run_coroutine_threadsafe(engine.resume_generation(), loop).result(60)
+
+    body = {"model": "base", "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 64, "temperature": 0}
+    headers = {"Authorization": f"Bearer {key}"}
+    events = []
+    with httpx.stream("POST", f"{url}/chat/completions", json={**body, "stream": True}, headers=headers, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                if len(events) == 3:
+                    abort_all()
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["type"] == "engine_error" and "abort" in error["message"]
+
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(httpx.post(f"{url}/chat/completions", json=body, headers=headers, timeout=120)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while engine.get_num_unfinished_requests() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    abort_all()
+    thread.join(120)
+    assert answers[0].status_code == 502 and answers[0].json()["error"]["type"] == "engine_error", answers[0].text
+    after = httpx.post(f"{url}/chat/completions", json={**body, "max_tokens": 2}, headers=headers, timeout=120)
+    assert after.status_code == 200 and after.json()["choices"][0]["finish_reason"] == "length"
