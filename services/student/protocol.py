@@ -9,6 +9,7 @@ is logged as ignored, the way vLLM treats unknown fields.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -22,6 +23,17 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    id: str = Field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
@@ -33,18 +45,24 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool's answer to one of them
 
     def text(self) -> str:
-        """The message as plain text (only text parts are supported)."""
+        """The message as plain text (only text parts are supported); an assistant's tool calls
+        as the JSON it generated for them, so the model sees what it called."""
         if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        parts = []
-        for part in self.content:
-            if part.type != "text":
-                raise ValueError(f"content part type {part.type!r} is not supported; send text")
-            parts.append(part.text or "")
+            parts = []
+        elif isinstance(self.content, str):
+            parts = [self.content]
+        else:
+            parts = []
+            for part in self.content:
+                if part.type != "text":
+                    raise ValueError(f"content part type {part.type!r} is not supported; send text")
+                parts.append(part.text or "")
+        for call in self.tool_calls or ():
+            parts.append(json.dumps({"name": call.function.name, "arguments": json.loads(call.function.arguments or "{}")}))
         return "".join(parts)
 
 
@@ -159,18 +177,7 @@ class ChoiceLogprobs(BaseModel):
     refusal: list[TokenLogprob] | None = None
 
 
-class FunctionCall(BaseModel):
-    name: str
-    arguments: str
-
-
-class ToolCall(BaseModel):
-    id: str = Field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
-    type: Literal["function"] = "function"
-    function: FunctionCall
-
-
-FinishReason = Literal["stop", "length", "tool_calls", "abort"]
+FinishReason = Literal["stop", "length", "tool_calls"]  # vLLM's abort and error are answered as errors
 
 
 class ResponseMessage(BaseModel):

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable
 
 from services.student.engine_health import EngineHealth
@@ -49,6 +49,24 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
+@dataclass(frozen=True)
+class ForcedTool:
+    """A tool call the request forces (tool_choice "required" or a named function): the output is
+    constrained to JSON that is one valid call, then answered as `tool_calls`."""
+
+    name: str | None  # the named function; None: any of the tools, the output says which ({"name", "arguments"})
+
+    def call(self, text: str) -> ToolCall | None:
+        """The call in the generated JSON, or None where it is not one (cut short by max_tokens)."""
+        if self.name is not None:
+            return ToolCall(function=FunctionCall(name=self.name, arguments=text))
+        try:
+            value = json.loads(text)
+            return ToolCall(function=FunctionCall(name=value["name"], arguments=json.dumps(value["arguments"])))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
 @dataclass
 class Completion:
     """An admitted chat completion: the model it is pinned to and one event stream per choice."""
@@ -59,8 +77,8 @@ class Completion:
     streams: list[RowStream]
     started: float
     release: Callable[[], None]
-    params: RowParams = field(default_factory=lambda: RowParams(max_tokens=1))
-    tools: ForcedTool | None = None
+    params: RowParams  # of every choice, less its seed
+    tools: ForcedTool | None = None  # the tool call the output is, where one is forced
     first_token_at: float | None = None
     _released: bool = False
 
@@ -100,24 +118,6 @@ class Completion:
         finally:
             for task in tasks:
                 task.cancel()
-
-
-@dataclass(frozen=True)
-class ForcedTool:
-    """A tool call the request forces (tool_choice "required" or a named function): the output is
-    constrained to JSON that is one valid call, then answered as `tool_calls`."""
-
-    name: str | None  # the named function; None: any of the tools, the output says which ({"name", "arguments"})
-
-    def call(self, text: str) -> ToolCall | None:
-        """The call in the generated JSON, or None where it is not one (cut short by max_tokens)."""
-        if self.name is not None:
-            return ToolCall(function=FunctionCall(name=self.name, arguments=text))
-        try:
-            value = json.loads(text)
-            return ToolCall(function=FunctionCall(name=value["name"], arguments=json.dumps(value["arguments"])))
-        except (ValueError, KeyError, TypeError):
-            return None
 
 
 def _object_schema(parameters: dict[str, Any] | None) -> dict[str, Any]:
@@ -330,7 +330,7 @@ class ChatCompletions:
         finally:
             completion.close()
             self.observe(completion, tokens, outcome)
-        asked_logprobs = self._asks_logprobs(completion)
+        asked_logprobs = completion.params.logprobs is not None
         choices = []
         for i, parts in enumerate(texts):
             message, reason = self._message("".join(parts), finish[i] or "stop", completion.tools)
@@ -338,10 +338,6 @@ class ChatCompletions:
                                   logprobs=choice_logprobs(logprobs[i]) if asked_logprobs else None))
         usage = Usage(prompt_tokens=completion.prompt_tokens, completion_tokens=tokens, total_tokens=completion.prompt_tokens + tokens)
         return ChatCompletionResponse(id=completion.id, model=completion.model.id, choices=choices, usage=usage)
-
-    @staticmethod
-    def _asks_logprobs(completion: Completion) -> bool:
-        return completion.params.logprobs is not None
 
     @staticmethod
     def _message(text: str, reason: str, tools: ForcedTool | None) -> tuple[ResponseMessage, str]:
@@ -356,7 +352,7 @@ class ChatCompletions:
         logprobs), a finish chunk per choice, then (if asked) a usage chunk. A forced tool call is
         sent whole once its JSON is complete. Closing the iterator cancels generation."""
         created = int(time.time())
-        asked_logprobs = self._asks_logprobs(completion)
+        asked_logprobs = completion.params.logprobs is not None
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
             return ChatCompletionChunk(id=completion.id, created=created, model=completion.model.id, choices=choices, usage=usage)

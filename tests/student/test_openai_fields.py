@@ -97,3 +97,15 @@ def test_unknown_routes_and_wrong_methods_answer_in_the_one_shape(registry_serve
         r = httpx.request(method, f"{url}{path}", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
         assert r.status_code == status
         assert set(r.json()) == {"error"} and {"type", "message"} <= set(r.json()["error"]), r.text
+
+
+def test_a_conversation_with_tool_calls_and_tool_answers(openai_client):
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    messages = [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    answer = openai_client.chat.completions.create(model="base", messages=messages, max_tokens=3, temperature=0)
+    assert answer.choices[0].message.content
+    call["function"]["arguments"] = "{not json"
+    with pytest.raises(openai.BadRequestError) as bad:
+        openai_client.chat.completions.create(model="base", messages=messages, max_tokens=3)
+    assert bad.value.param == "messages"
