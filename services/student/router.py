@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Annotated, AsyncIterator, Awaitable, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -18,6 +19,7 @@ from services.student.serving_models import ServedModels
 from shared.errors import DscError
 from shared.web.auth import AdminScope, ClientScope, is_admin_request
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 T = TypeVar("T")
 
@@ -117,8 +119,15 @@ async def _sse(chunks: AsyncIterator) -> AsyncIterator[str]:
         async for chunk in chunks:
             yield f"data: {chunk.model_dump_json(exclude_none=False)}\n\n"
     except DscError as error:  # after the 200 went out, an error can only be an event
-        yield f"data: {json.dumps({'error': {'message': error.message, 'type': error.error_type, 'param': None, 'code': None}})}\n\n"
+        yield _error_event(error.message, error.error_type)
+    except Exception:  # a bug: still a well-formed stream, never one cut off without [DONE]
+        log.exception("streaming a chat completion failed")
+        yield _error_event("internal error while streaming the completion", "internal_error")
     yield "data: [DONE]\n\n"
+
+
+def _error_event(message: str, error_type: str) -> str:
+    return f"data: {json.dumps({'error': {'message': message, 'type': error_type, 'param': None, 'code': None}})}\n\n"
 
 
 async def _unless_disconnected(work: Awaitable[T], request: Request) -> T:

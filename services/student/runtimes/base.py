@@ -4,9 +4,16 @@ stream of events (text deltas, then Finished or Failed) that a row produces."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, Protocol
+from typing import Any, AsyncIterator, Callable, Protocol
+
+# Optional features a runtime may declare in `supports`; serving_chat refuses a request that
+# needs one the runtime lacks, with a 400 naming the request field.
+LOGPROBS = "logprobs"
+PENALTIES = "penalties"  # presence_penalty, frequency_penalty
+LOGIT_BIAS = "logit_bias"
+STRUCTURED_OUTPUT = "structured_output"  # response_format, forced tool calls
 
 
 @dataclass(frozen=True)
@@ -18,16 +25,32 @@ class RowParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely ones
+    json_schema: dict[str, Any] | None = None  # the output must be JSON valid against it
+    json_object: bool = False  # the output must be a JSON object
+
+
+@dataclass(frozen=True)
+class TokenChoice:
+    """A generated token with its log probability and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class Delta:
     text: str
+    logprobs: tuple[TokenChoice, ...] = field(default=())  # one per token, when asked for
 
 
 @dataclass(frozen=True)
 class Finished:
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "abort"
     prompt_tokens: int
     completion_tokens: int
 
@@ -88,6 +111,7 @@ class Runtime(Protocol):
     generate, else why not (shared.engines.base.engine_dead_reason reads it)."""
 
     kind: str
+    supports: frozenset[str]  # of LOGPROBS, PENALTIES, LOGIT_BIAS, STRUCTURED_OUTPUT
     base_path: Path
     tokenizer: object
     max_model_len: int

@@ -1,7 +1,7 @@
 """The transformers runtime: a transformers model (plus peft adapters) behind a micro-batcher.
 
 The batcher gathers concurrent rows into one batched `generate`; every row keeps its own
-temperature, top_p, seed, stop strings and max_tokens, and rows of different adapters share a
+temperature, top_p, seed, stop strings, max_tokens, penalties, logit bias and logprobs, and rows of different adapters share a
 batch through peft's mixed-adapter batches (`adapter_names=[...]`, `"__base__"` for the base model).
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from services.student.runtimes.base import Delta, Failed, Finished, RowParams, RowStream
+from services.student.runtimes.base import LOGIT_BIAS, LOGPROBS, PENALTIES, Delta, Failed, Finished, RowParams, RowStream, TokenChoice
 from services.student.runtimes.batching import MicroBatcher
 from shared.errors import EngineError
 
@@ -34,6 +34,7 @@ class _Row:
     emitted: int = 0  # characters of the text already sent
     done: bool = False
     generator: object = None
+    logprobs: list[TokenChoice] = field(default_factory=list)  # of tokens whose text is not sent yet
 
     @property
     def cancelled(self) -> bool:
@@ -69,6 +70,8 @@ class _RowTracker:
                 row.done = True
                 continue
             if token in self.eos_ids:
+                if row.params.logprobs is not None:
+                    row.logprobs.pop()  # the end of the message is no part of its content (as OpenAI reports it)
                 self.finish(row, "stop")
                 continue
             row.tokens.append(token)
@@ -88,9 +91,10 @@ class _RowTracker:
         visible = text
         if not final and stops:  # hold back what may be the start of a stop string
             visible = text[: max(row.emitted, len(text) - (max(map(len, stops)) - 1))]
-        if len(visible) > row.emitted:
-            row.stream.emit(Delta(visible[row.emitted:]))
+        if len(visible) > row.emitted or (final and row.logprobs):
+            row.stream.emit(Delta(visible[row.emitted:], tuple(row.logprobs)))
             row.emitted = len(visible)
+            row.logprobs.clear()
         if final:
             row.done = True
             row.stream.emit(Finished(reason or "stop", len(row.prompt_ids), len(row.tokens)))
@@ -100,29 +104,47 @@ class _RowTracker:
 
 
 class _RowSampler:
-    """A logits processor that samples each row with its own temperature, top_p and seeded
-    generator, then leaves only the chosen token: generate() runs greedy and just takes it.
-    Greedy rows (temperature 0) are left alone, so one batch mixes any sampling parameters."""
+    """A logits processor that applies each row's logit bias and penalties, samples it with its own
+    temperature, top_p and seeded generator, then leaves only the chosen token: generate() runs
+    greedy and just takes it. Greedy rows (temperature 0) keep their adjusted scores, whose
+    maximum generate() takes, so one batch mixes any sampling parameters. It also records the
+    chosen token's log probability (of the model's raw scores, as vLLM reports them) where asked."""
 
-    def __init__(self, rows: list[_Row]) -> None:
+    def __init__(self, rows: list[_Row], tokenizer) -> None:
         self.rows = rows
+        self.tokenizer = tokenizer
 
     def __call__(self, input_ids, scores):
         import torch
 
         for i, row in enumerate(self.rows):
-            if row.done or row.params.temperature <= 0:
+            if row.done:
                 continue
-            probs = torch.softmax(scores[i] / row.params.temperature, dim=-1)
-            if row.params.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                outside = sorted_probs.cumsum(-1) - sorted_probs > row.params.top_p
-                sorted_probs[outside] = 0.0
-                probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-            token = torch.multinomial(probs, 1, generator=row.generator)
-            chosen = scores[i, token].clone()
-            scores[i] = float("-inf")
-            scores[i, token] = chosen
+            params = row.params
+            raw = torch.log_softmax(scores[i].float(), dim=-1) if params.logprobs is not None else None
+            if params.logit_bias:
+                ids = torch.tensor(list(params.logit_bias), device=scores.device)
+                scores[i, ids] += torch.tensor(list(params.logit_bias.values()), device=scores.device, dtype=scores.dtype)
+            if (params.presence_penalty or params.frequency_penalty) and row.tokens:
+                counts = torch.bincount(torch.tensor(row.tokens, device=scores.device), minlength=scores.shape[-1])[: scores.shape[-1]]
+                scores[i] -= (params.frequency_penalty * counts + params.presence_penalty * (counts > 0)).to(scores.dtype)
+            if params.temperature > 0:
+                probs = torch.softmax(scores[i] / params.temperature, dim=-1)
+                if params.top_p < 1.0:
+                    sorted_probs, order = probs.sort(descending=True)
+                    outside = sorted_probs.cumsum(-1) - sorted_probs > params.top_p
+                    sorted_probs[outside] = 0.0
+                    probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+                token = int(torch.multinomial(probs, 1, generator=row.generator))
+                chosen = scores[i, token].clone()
+                scores[i] = float("-inf")
+                scores[i, token] = chosen
+            else:
+                token = int(scores[i].argmax())
+            if raw is not None:
+                top = raw.topk(params.logprobs) if params.logprobs else None
+                alternatives = tuple((self.tokenizer.decode([int(t)]), float(v)) for v, t in zip(*top)) if top else ()
+                row.logprobs.append(TokenChoice(self.tokenizer.decode([token]), float(raw[token]), alternatives))
         return scores
 
 
@@ -130,6 +152,7 @@ class TransformersRuntime:
     """A transformers model (plus peft adapters) behind a micro-batcher."""
 
     kind = "transformers"
+    supports = frozenset({LOGPROBS, PENALTIES, LOGIT_BIAS})  # no structured output: response_format and forced tools are refused
 
     def __init__(
         self,
@@ -193,7 +216,7 @@ class TransformersRuntime:
                 top_p=None,
                 top_k=None,
                 pad_token_id=pad,
-                logits_processor=[_RowSampler(rows)],
+                logits_processor=[_RowSampler(rows, self.tokenizer)],
                 stopping_criteria=[tracker],
             )
             if self._adapters:

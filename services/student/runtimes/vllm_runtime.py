@@ -16,7 +16,9 @@ import logging
 import uuid
 from pathlib import Path
 
-from services.student.runtimes.base import Delta, Failed, Finished, RowParams, RowStream
+from services.student.runtimes.base import (
+    LOGIT_BIAS, LOGPROBS, PENALTIES, STRUCTURED_OUTPUT, Delta, Failed, Finished, RowParams, RowStream, TokenChoice,
+)
 from shared.engines.base import EngineDead
 from shared.engines.vllm_engine import async_llm_death, engine_options, engine_processes, engine_settings, is_engine_dead_error
 from shared.settings import Settings
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 class VLLMRuntime:
     kind = "vllm"
+    supports = frozenset({LOGPROBS, PENALTIES, LOGIT_BIAS, STRUCTURED_OUTPUT})
 
     def __init__(
         self,
@@ -87,24 +90,26 @@ class VLLMRuntime:
         return stream
 
     async def _run(self, stream: RowStream, prompt_ids: list[int], params: RowParams, lora) -> None:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
 
-        sampling = SamplingParams(
-            temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens, seed=params.seed,
-            stop=list(params.stop) or None, output_kind=RequestOutputKind.DELTA,
-        )
+        sampling = sampling_params(params)
         tokens = 0
         try:
             generator = self.engine.generate(TokensPrompt(prompt_token_ids=prompt_ids), sampling, uuid.uuid4().hex, lora_request=lora)
             async for output in generator:
                 piece = output.outputs[0]
                 tokens += len(piece.token_ids)
-                if piece.text:
-                    stream.emit_now(Delta(piece.text))
+                logprobs = self._token_choices(piece.token_ids, piece.logprobs, params.logprobs) if params.logprobs is not None else ()
+                if piece.text or logprobs:
+                    stream.emit_now(Delta(piece.text, logprobs))
                 if output.finished:
-                    stream.emit_now(Finished(piece.finish_reason or "stop", len(prompt_ids), tokens))
+                    reason = piece.finish_reason or "stop"
+                    if reason in ("stop", "length"):
+                        stream.emit_now(Finished(reason, len(prompt_ids), tokens))
+                    elif reason == "repetition":  # vLLM's repetition detection ended it: a stop, in OpenAI's words
+                        stream.emit_now(Finished("stop", len(prompt_ids), tokens))
+                    else:  # "abort" (not by our client: it cancels instead) or "error": no answer to give
+                        stream.emit_now(Failed(f"generation failed: the engine ended the request ({reason}); retry"))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -115,6 +120,21 @@ class VLLMRuntime:
                 return
             log.exception("vLLM generation failed")
             stream.emit_now(Failed(f"generation failed: {exc}"))
+
+    def _token_choices(self, token_ids, logprobs, k: int) -> tuple[TokenChoice, ...]:
+        """vLLM's per-token {token id: Logprob} maps (the chosen token plus the k most likely) as
+        TokenChoices."""
+        choices = []
+        for token_id, candidates in zip(token_ids, logprobs or ()):
+            ranked = sorted((item for item in candidates.items() if item[1].rank is not None and item[1].rank <= k),
+                            key=lambda item: item[1].rank)
+            top = tuple((self._token_text(i, c), c.logprob) for i, c in ranked)
+            chosen = candidates[token_id]
+            choices.append(TokenChoice(self._token_text(token_id, chosen), chosen.logprob, top))
+        return tuple(choices)
+
+    def _token_text(self, token_id: int, logprob) -> str:
+        return logprob.decoded_token if logprob.decoded_token is not None else self.tokenizer.decode([token_id])
 
     async def load_adapter(self, name: str, path: Path) -> None:
         from vllm.lora.request import LoRARequest
@@ -136,6 +156,23 @@ class VLLMRuntime:
         self.engine.shutdown()
         if dead is not None:  # an orphaned worker may still hold the memory a new engine needs
             await asyncio.to_thread(self._processes.reap)
+
+
+def sampling_params(params: RowParams):
+    """A row's parameters as vLLM SamplingParams (structured outputs through vLLM's own backends)."""
+    from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+    structured = None
+    if params.json_schema is not None:
+        structured = StructuredOutputsParams(json=params.json_schema)
+    elif params.json_object:
+        structured = StructuredOutputsParams(json_object=True)
+    return SamplingParams(
+        temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens, seed=params.seed,
+        stop=list(params.stop) or None, output_kind=RequestOutputKind.DELTA,
+        presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
+        logit_bias=params.logit_bias, logprobs=params.logprobs, structured_outputs=structured,
+    )
 
 
 def _supported_rank(rank: int) -> int:
