@@ -261,7 +261,7 @@ def up(stack: Stack, *, postgres_image: str = POSTGRES_IMAGE) -> dict[str, float
     """Create the containers and start them in depends_on order; seconds from start to each
     condition met (postgres healthy, prepare done)."""
     remove_containers(stack)
-    compose(stack, "up", "-d", "--no-build", "--no-start", env={"POSTGRES_IMAGE": postgres_image})
+    compose(stack, "up", "--no-build", "--no-start", env={"POSTGRES_IMAGE": postgres_image})
     services, started, seconds = compose_services(), time.monotonic(), {}
     for service in start_order(services):
         for dependency, rule in services[service].get("depends_on", {}).items():
@@ -305,10 +305,12 @@ def stop(stack: Stack, timeout: int = 60) -> dict[str, int]:
 
 
 def remove_containers(stack: Stack) -> None:
+    """Stop and remove the project's containers and its network (podman-compose makes it again)."""
     stop(stack)
     names = run(["podman", "ps", "-a", "-q", "--filter", f"label=io.podman.compose.project={stack.project}"], quiet=True).stdout.split()
     if names:
         run(["podman", "rm", "-f", *names], quiet=True)
+    run(["podman", "network", "rm", "-f", f"{stack.project}_default"], check=False, quiet=True)
 
 
 def remove_volumes(stack: Stack) -> None:
