@@ -46,7 +46,8 @@ def _logs(stack: Stack, service: str) -> str:
 
 def _pairs(teacher_url: str) -> list[dict]:
     pairs, cursor = [], None
-    with httpx.Client(base_url=teacher_url, headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=60) as client:
+    # The demo submitted the job with the admin token; a client key sees only its own tenant's pairs.
+    with httpx.Client(base_url=teacher_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60) as client:
         while True:
             page = client.get("/v1/pairs", params={"cursor": cursor} if cursor else None).raise_for_status().json()
             pairs += page["data"]
