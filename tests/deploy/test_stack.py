@@ -61,8 +61,8 @@ def test_cpu_stack_builds_serves_a_distillation_and_keeps_its_data_across_a_rest
     env_file.write_text("\n".join([
         f"DSC_API_KEYS={CLIENT_KEY}", f"DSC_ADMIN_TOKEN={ADMIN_TOKEN}", f"POSTGRES_PASSWORD={POSTGRES_PASSWORD}",
         f"TEACHER_PORT={free_port()}", f"STUDENT_PORT={free_port()}",
-        # Small and quick on two shared cores: transformers starts in seconds, batches of 8 prompts.
-        "DSC_ENGINE=transformers", "DSC_JOB_BATCH_SIZE=8",
+        # Small and quick on two shared cores: transformers starts in seconds; a handful of pairs.
+        "DSC_ENGINE=transformers", "DSC_JOB_BATCH_SIZE=8", "DSC_DISTILL_MIN_PAIRS=2",
     ]) + "\n")
     stack = Stack(project=f"dsctest{uuid.uuid4().hex[:8]}", env_file=env_file)
     figures: dict[str, object] = {}
@@ -73,7 +73,7 @@ def test_cpu_stack_builds_serves_a_distillation_and_keeps_its_data_across_a_rest
     try:
         figures["first_start_seconds"] = round(_start(stack))
         teacher, student = stack.url("teacher"), stack.url("student")
-        config = DemoConfig(train_prompts=8, eval_prompts=2, samples=2, chains=2, max_tokens=24, max_steps=4, acceptance="always",
+        config = DemoConfig(train_prompts=6, eval_prompts=2, samples=2, chains=1, max_tokens=16, max_steps=2, acceptance="always",
                             min_reward=-1.0, out_dir=tmp_path / "demo")
         started = time.monotonic()
         summary = run_demo(teacher, student, CLIENT_KEY, ADMIN_TOKEN, config)
