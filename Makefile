@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench bench-scale-out bench-store gpu-smoke clean-venv
+.PHONY: install test demo bench bench-scale-out bench-store gpu-smoke clean-venv compose-up compose-down compose-test
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,19 @@ bench-store: install
 # whose CPU torch cannot use a GPU. Refuses (status 2) where there is no GPU.
 gpu-smoke:
 	PYTHON=$(BIN)/python bench/gpu_smoke.sh $(GPU_SMOKE_ARGS)
+
+# The compose CPU stack on this machine with podman (no Docker engine, no image registry):
+# builds the images, starts the stack, waits until it is ready (README, "Deployment with docker-compose").
+compose-up:
+	python3 deploy/podman.py up
+
+compose-down:
+	python3 deploy/podman.py down
+
+# Builds the images, starts the CPU stack, drives it over HTTP, restarts it; slow, so not in `make test`.
+compose-test: install
+	python3 deploy/podman.py tools
+	DSC_COMPOSE_TEST=1 $(BIN)/pytest -q -rs -s tests/deploy/test_stack.py
 
 clean-venv:
 	rm -rf $(VENV)
