@@ -22,10 +22,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,16 +30,11 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
-ROOT = Path(__file__).resolve().parent.parent
+from teacher_process import ROOT, start_teacher, stop, wait_ready
+
 ADMIN = "bench-store-admin"
 DATABASE = "dsc_bench_store"
 FLAT_MIB = 32.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float:
@@ -81,38 +72,11 @@ def insert_pairs(db_url: str, start: int, stop: int, batch: int) -> float:
     return seconds
 
 
-def start_teacher(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "services.cli", "teacher", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                               stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # ready = engine loaded, so its load is not counted as the export's memory
-        if process.poll() is not None:
-            raise SystemExit(f"teacher exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"teacher did not answer:\n{log_path.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def export_pairs(env: dict[str, str], log_path: Path, expected: int) -> dict:
     """Export every pair through a fresh teacher; rows/s and the teacher's memory around it."""
     process, url = start_teacher(env, log_path)
     try:
+        wait_ready(process, url, log_path)  # the engine loaded, so its load is not counted as the export's memory
         before = rss_mib(process.pid)
         peak, streaming = before, threading.Event()
         streaming.set()
