@@ -27,9 +27,9 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, select
 
-from teacher_process import ROOT, start_teacher, stop, wait_ready
+from teacher_process import fresh_database, start_teacher, stop, teacher_env, wait_ready
 
 KEY = "bench-scale-out-key"
 DATABASE = "dsc_bench"
@@ -88,33 +88,16 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from shared.db.session import upgrade
-    from shared.settings import Settings
-
-    admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
-    db_url = f"{args.postgres.rsplit('/', 1)[0]}/{DATABASE}"
     load_before = os.getloadavg()
     results = []
     with tempfile.TemporaryDirectory(prefix="dsc-scale-out-") as tmp:
         work = Path(tmp)
-        env = {
-            **os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "DSC_DATABASE_URL": db_url, "DSC_DATA_DIR": str(work / "data"), "DSC_MODEL_STORE": str(Settings().resolved_model_store),
-            "DSC_ENGINE": "transformers", "DSC_API_KEYS": KEY, "DSC_ADMIN_TOKEN": "bench-admin",
-            "DSC_TEACHER_THREADS": "1", "OMP_NUM_THREADS": "1", "DSC_JOB_WORKERS": "1",
-            "DSC_JOB_BATCH_SIZE": str(args.batch_size), "DSC_JOB_POLL_SECONDS": "0.2",
-        }
         for processes in (1, 2):
-            with admin.connect() as connection:  # a fresh database per configuration
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-                connection.execute(text(f'CREATE DATABASE "{DATABASE}"'))
-            try:
-                upgrade(db_url)
+            with fresh_database(args.postgres, DATABASE) as db_url:  # a fresh database per configuration
+                env = teacher_env(db_url, work / "data", DSC_API_KEYS=KEY, DSC_ADMIN_TOKEN="bench-admin", DSC_TEACHER_THREADS="1",
+                                  OMP_NUM_THREADS="1", DSC_JOB_WORKERS="1", DSC_JOB_BATCH_SIZE=str(args.batch_size),
+                                  DSC_JOB_POLL_SECONDS="0.2")
                 results.append(run_job(processes, args, env, db_url, work))
-            finally:
-                with admin.connect() as connection:
-                    connection.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-    admin.dispose()
     load_after = os.getloadavg()
 
     one, two = results

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
 
-from teacher_process import ROOT, start_teacher, stop, wait_ready
+from shared.db.session import upgrade
+from teacher_process import fresh_database, start_teacher, stop, teacher_env, wait_ready
 
 ADMIN = "bench-store-admin"
 DATABASE = "dsc_bench_store"
@@ -109,15 +109,8 @@ def export_pairs(env: dict[str, str], log_path: Path, expected: int) -> dict:
 
 
 def run_backend(name: str, db_url: str, args, work: Path) -> list[dict]:
-    from shared.db.session import upgrade
-    from shared.settings import Settings
-
-    upgrade(db_url)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DSC_DATABASE_URL": db_url,
-           "DSC_DATA_DIR": str(work / f"data-{name}"), "DSC_MODEL_STORE": str(Settings().resolved_model_store),
-           "DSC_ENGINE": "transformers", "DSC_ADMIN_TOKEN": ADMIN, "DSC_API_KEYS": "bench-store-key", "DSC_JOB_WORKERS": "0",
-           "DSC_TEACHER_THREADS": "1"}
+    env = teacher_env(db_url, work / f"data-{name}", DSC_ADMIN_TOKEN=ADMIN, DSC_API_KEYS="bench-store-key", DSC_JOB_WORKERS="0",
+                      DSC_TEACHER_THREADS="1")
     rows, stored = [], 0
     for size in (args.small, args.large):
         seconds = insert_pairs(db_url, stored, size, args.batch)
@@ -143,22 +136,15 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
-    pg_url = f"{args.postgres.rsplit('/', 1)[0]}/{DATABASE}"
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="dsc-bench-store-") as tmp:
         work = Path(tmp)
-        rows += run_backend("sqlite", f"sqlite:///{work / 'store.db'}", args, work)
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-            connection.execute(text(f'CREATE DATABASE "{DATABASE}"'))
-        try:
+        sqlite_url = f"sqlite:///{work / 'store.db'}"
+        upgrade(sqlite_url)
+        rows += run_backend("sqlite", sqlite_url, args, work)
+        with fresh_database(args.postgres, DATABASE) as pg_url:
             rows += run_backend("postgres", pg_url, args, work)
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-            admin.dispose()
     load_after = os.getloadavg()
 
     table = Table(title=f"store: pairs inserted through the job commit path ({args.batch} chains a transaction), exported as JSONL through the teacher")
