@@ -33,6 +33,7 @@ from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import utcnow
+from shared.db.outages import first_line, is_outage
 from shared.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -242,5 +243,7 @@ class Heartbeat:
                     log.warning("lease on %s %s lost (attempt %d)", self.model.__tablename__, self.row_id, self.attempt)
                     self.lost.set()
                     return
-            except Exception:  # the database blinked: try again next beat; the lease may still hold
-                log.warning("heartbeat for %s %s failed", self.model.__tablename__, self.row_id, exc_info=True)
+            except Exception as error:  # the database blinked: try again next beat; the lease may still hold
+                # An outage is one line a beat (its traceback says nothing more); anything else keeps its traceback.
+                log.warning("heartbeat for %s %s failed: %s", self.model.__tablename__, self.row_id, first_line(error),
+                            exc_info=not is_outage(error))
