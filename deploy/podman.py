@@ -5,7 +5,7 @@
     python3 deploy/podman.py tools   # install podman, podman-compose, debootstrap, runc (apt-get)
     python3 deploy/podman.py images  # build the images only
 
-What it does, step by step (`tests/compose/test_stack.py` drives the same functions):
+What it does, step by step (`tests/deploy/test_stack.py` drives the same functions):
 1. a Debian base image from debootstrap (Docker Hub cannot be reached), and on it stand-ins for the
    two public images the stack starts from: Debian's Python for python:3.11-slim-bookworm and
    Debian's PostgreSQL for postgres:16 (deploy/images/);
