@@ -19,7 +19,7 @@ from services.student.runtimes.transformers_runtime import TransformersRuntime
 from services.student.serving_chat import ChatCompletions
 from services.student.serving_models import RuntimeFactory, ServedModels
 from shared import __version__
-from shared.db.session import make_engine, session_factory
+from shared.db.session import make_engine, read_session_factory
 from shared.errors import MissingDependency
 from shared.logs import UVICORN_LOGGING, configure_logging
 from shared.settings import Settings
@@ -82,7 +82,7 @@ def create_app(
         metrics = StudentMetrics(registry)
         models = ServedModels(
             settings, metrics=metrics, runtime_factory=runtime_factory or default_runtime_factory(settings, on_batch=metrics.batch_size.observe),
-            sessions=session_factory(db_engine) if db_engine is not None else None, model=model,
+            sessions=read_session_factory(db_engine) if db_engine is not None else None, model=model,
         )
         health = EngineHealth(settings, models, metrics)
         health.exit_process = getattr(app.state, "exit_process", None)

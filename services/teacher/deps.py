@@ -20,7 +20,7 @@ def get_state(request: Request) -> TeacherState:
 def get_session(state: Annotated[TeacherState, Depends(get_state)]) -> Iterator[Session]:
     """A read session for the request. Routes that write open their own short transaction
     (state.sessions + begin) so nothing is held open while the sampler runs."""
-    with state.sessions() as session:
+    with state.readers() as session:
         yield session
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import Engine as DbEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.teacher.metrics import TeacherMetrics
+from shared.db.session import read_session_factory
 from shared.engines.base import ENGINE_DEAD_EXIT_CODE, Engine, engine_dead_reason
 from shared.rewards.net import NetworkPolicy
 from shared.sampling_run import RewardPool
@@ -55,9 +56,13 @@ class TeacherState:
     exit_process: Callable[[int], None] | None = None
     # Builds a new engine (restart mode); the app sets it when it loads the engine itself.
     build_engine: Callable[[], Engine] | None = None
+    # Sessions of requests that only read: on SQLite they do not take the write lock.
+    readers: sessionmaker[Session] | None = None
     _health_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
+        if self.readers is None:
+            self.readers = read_session_factory(self.db_engine)
         if self.sync_slots is None:
             self.sync_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrent_sync))
 

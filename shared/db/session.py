@@ -42,10 +42,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite defers BEGIN until the first write, and a deferred transaction that later
-        # writes can fail with "database is locked" despite busy_timeout. Take the write lock up
-        # front instead: SQLite has one writer anyway, and WAL keeps readers unblocked.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _begin_sqlite)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
@@ -53,10 +50,24 @@ def make_engine(url: str) -> Engine:
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     dbapi_connection.isolation_level = None  # autocommit at the driver; SQLAlchemy emits BEGIN
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
     cursor.execute("PRAGMA busy_timeout=30000")
+    # WAL: readers do not block the writer. The mode is kept in the file; setting it again needs a
+    # lock, so a connection opened while a writer holds one would wait for it just to read.
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+READ_ONLY = "dsc_read_only"  # execution option of the engine behind read_session_factory
+
+
+def _begin_sqlite(connection) -> None:
+    # A deferred transaction that later writes can fail with "database is locked" despite
+    # busy_timeout, so writers take the write lock up front (SQLite has one writer anyway). Readers
+    # must not: under WAL a plain BEGIN reads a snapshot without waiting for, or blocking, the writer.
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -65,6 +76,21 @@ def is_sqlite(engine: Engine) -> bool:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+class ReadOnlySession(Session):
+    """A session for reading only: on SQLite it does not take the write lock, so writing through
+    it is a programming error, refused at flush instead of risking "database is locked"."""
+
+    def flush(self, objects=None) -> None:
+        if self.new or self.dirty or self.deleted:
+            raise RuntimeError("this session only reads; write in a transaction(sessions) of its own")
+        super().flush(objects)
+
+
+def read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for requests that only read (listings, views, exports)."""
+    return sessionmaker(engine.execution_options(**{READ_ONLY: True}), class_=ReadOnlySession, expire_on_commit=False)
 
 
 @contextmanager

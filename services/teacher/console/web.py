@@ -39,7 +39,7 @@ def teacher_state(request: Request) -> TeacherState:
 
 
 def db_session(state: Annotated[TeacherState, Depends(teacher_state)]) -> Iterator[Session]:
-    with state.sessions() as session:
+    with state.readers() as session:
         yield session
 
 
