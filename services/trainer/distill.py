@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from services.trainer.artifact_writes import staged
 from services.trainer.data import IGNORE_INDEX, Tokenized, batch_indices, collate, tokenize_all
 from services.trainer.parallel import Ranks, launch, params_digest
 from shared.distillation.config import DistillationConfig
@@ -141,11 +142,12 @@ def _save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loss
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     trainable = {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
-    torch.save(
-        {"step": step, "trainable": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-         "rng": rng_ranks[0]["cpu"], "rng_ranks": rng_ranks, "losses": losses},
-        tmp / "state.pt",
-    )
+    with staged(tmp, f"the checkpoint of step {step}"):
+        torch.save(
+            {"step": step, "trainable": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": rng_ranks[0]["cpu"], "rng_ranks": rng_ranks, "losses": losses},
+            tmp / "state.pt",
+        )
     try:
         os.replace(tmp, target)  # atomic: a checkpoint directory is whole or absent
     except OSError:  # another attempt wrote the same step meanwhile: identical content, keep theirs
@@ -312,7 +314,8 @@ def save_artifacts(config: DistillationConfig, model, tokenizer, run_dir: Path) 
 
 def _write_dir(target: Path, write) -> Path:
     tmp = target.with_name(f"{target.name}.tmp")
-    write(tmp)
+    with staged(tmp, f"the {target.name} directory"):
+        write(tmp)
     os.replace(tmp, target)
     return target
 
