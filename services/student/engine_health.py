@@ -39,8 +39,8 @@ class EngineHealth:
 
     @property
     def ready(self) -> bool:
-        """The base model is loaded and the engine alive."""
-        return self.models.base is not None and self.dead is None
+        """The models are loaded (serving: the base, and the registry's active students looked up) and the engine alive."""
+        return self.models.serving and self.dead is None
 
     def check(self) -> str | None:
         """Ask each runtime whether its engine is alive; act on a death. Returns why the engine

@@ -48,19 +48,26 @@ def healthz() -> dict:
 
 @router.get("/readyz", tags=["health"])
 async def readyz(models: Models, health: Health, request: Request) -> JSONResponse:
-    """200 once the model is loaded; 503 with Retry-After until then, and again once the engine
-    has died, until the models are loaded afresh. `reason` (model_loading, model_failed,
-    engine_dead) says why; the error itself (it can name files and URLs) is in the log, and in
-    `error` only for a caller presenting the admin token."""
+    """200 once the model is loaded and the registry read; 503 with Retry-After until then, and
+    again once the engine has died, until the models are loaded afresh. `reason` says why:
+    model_loading, model_failed, registry_unread (the base model is loaded, the active students not
+    yet looked up: a restarted service must not answer as `student` from the base model), or
+    engine_dead. The error itself (it can name files and URLs) is in the log, and in `error` only
+    for a caller presenting the admin token. `not_loaded` lists active students whose load failed
+    (retried with backoff)."""
     dead = health.check()  # on the event loop, where a death is acted on
     body: dict = {"ready": health.ready, "model": models.base.id if models.base else None}
     if health.ready:
         body["serving"] = {name: model.id for name, model in models.table.items() if name in ("student", "default")}
+        if models.failed:  # active students that could not be loaded (retried with backoff)
+            body["not_loaded"] = sorted(models.failed)
         return JSONResponse(body)
     if dead is not None:
         body["reason"], detail = "engine_dead", f"the engine died: {dead}; {health.death_action}"
     elif models.load_error:
         body["reason"], detail = "model_failed", models.load_error
+    elif models.base is not None:
+        body["reason"], detail = "registry_unread", models.registry_problem
     else:
         body["reason"], detail = "model_loading", None
     if detail is not None and is_admin_request(request):

@@ -77,8 +77,11 @@ class ServedModels:
         self.students: dict[str, ServedModel] = {}  # student id → loaded model
         self.failed: dict[str, FailedLoad] = {}  # student id → why it could not be loaded (retried with backoff)
         self.load_error: str | None = None
+        # The registry read once since the base model loaded. Until then the service is not ready:
+        # a restart with an active student must not answer as `student` from the base model meanwhile.
+        self.synced = False
         self._reload_lock = asyncio.Lock()
-        self._registry_problem: str | None = None
+        self.registry_problem: str | None = None
         self._background: set[asyncio.Task] = set()
         self.owns_runtimes = True  # False when start() was handed a loaded runtime (tests)
         self.closing = False
@@ -118,6 +121,7 @@ class ServedModels:
         async with self._reload_lock:  # no registry reload meanwhile
             runtimes = self.runtimes()
             self.base, self.table, self.students = None, {}, {}
+            self.synced = False
             self.failed.clear()
             self.load_error = why
             for runtime in runtimes:
@@ -156,8 +160,8 @@ class ServedModels:
         except Exception as exc:  # database down, or not migrated yet on a fresh install
             message = str(exc).splitlines()[0]
             # once per distinct problem, not every poll
-            (log.debug if message == self._registry_problem else log.warning)("cannot read the student registry: %s", message)
-            self._registry_problem = message
+            (log.debug if message == self.registry_problem else log.warning)("cannot read the student registry: %s", message)
+            self.registry_problem = message
             return None
 
     async def reload(self, *, retry_failed: bool = False) -> dict:
@@ -210,6 +214,7 @@ class ServedModels:
                 self.metrics.swaps.inc()
             for model in retired:
                 self._retire(model)
+            self.synced = True
             return {"loaded": loaded, "retired": [m.id for m in retired], "errors": errors, "models": sorted(self.table)}
 
     async def _load_student(self, row: Student) -> ServedModel:
@@ -273,8 +278,13 @@ class ServedModels:
 
     # ---- routing ----------------------------------------------------------------------------
 
+    @property
+    def serving(self) -> bool:
+        """The base model is loaded and, with a registry, the active students were looked up."""
+        return self.base is not None and (self.sessions is None or self.synced)
+
     def model_cards(self) -> list[ModelCard]:
-        return model_cards(self.table, standalone=self.standalone) if self.base is not None else []
+        return model_cards(self.table, standalone=self.standalone) if self.serving else []
 
     def resolve(self, name: str) -> ServedModel:
         """The model served under `name` now. The caller has checked the engine's health."""
@@ -282,6 +292,8 @@ class ServedModels:
             # The load error itself can name files and URLs: it is in the log and, for admins, at /readyz.
             raise NotReady("the student model failed to load; see the student's log" if self.load_error
                            else "the student model is still loading; retry shortly")
+        if not self.serving:
+            raise NotReady("the student registry has not been read yet (is the database reachable?); retry shortly")
         return lookup(self.table, name)
 
     def pin(self, model: ServedModel) -> None:
