@@ -11,6 +11,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 30
 
 
 def normalise_url(url: str) -> str:
@@ -31,7 +32,7 @@ def redacted_url(url: str) -> str:
 
 def _ensure_sqlite_dir(url: str) -> None:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
+        path = make_url(url).database  # without a ?timeout= query
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
@@ -40,7 +41,10 @@ def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     _ensure_sqlite_dir(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        # How long a writer waits for SQLite's lock before "database is locked" (an outage to the
+        # workers, 503 to clients): 30 s unless the URL says otherwise (sqlite:///dsc.db?timeout=5).
+        timeout = {} if "timeout" in make_url(url).query else {"timeout": SQLITE_BUSY_TIMEOUT_S}
+        engine = create_engine(url, connect_args={**timeout, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _begin_sqlite)
         return engine
@@ -50,7 +54,6 @@ def make_engine(url: str) -> Engine:
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     dbapi_connection.isolation_level = None  # autocommit at the driver; SQLAlchemy emits BEGIN
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=30000")
     # WAL: readers do not block the writer. The mode is kept in the file; setting it again needs a
     # lock, so a connection opened while a writer holds one would wait for it just to read.
     if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
