@@ -64,6 +64,9 @@ def activate(session: Session, student: Student) -> Student:
     if session.get_bind().dialect.name == "postgresql":
         lock = lock.with_for_update()
     session.execute(lock).all()
+    # What was read before the lock may be stale: a promotion that held it meanwhile may have
+    # deactivated this student, and trusting the old `active` would leave the task none.
+    session.refresh(student)
     session.execute(
         update(Student).where(Student.task_name == student.task_name, Student.id != student.id, Student.active.is_(True))
         .values(active=False).execution_options(synchronize_session=False)
