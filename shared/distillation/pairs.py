@@ -73,9 +73,17 @@ def split_prompts(examples: Sequence[Example], fraction: float, seed: int) -> tu
 
 
 def select_examples(examples: Sequence[Example], config: DistillationConfig, task_floor: float | None = None) -> list[Example]:
-    """The pairs worth training on: above the reward floor and, with best_per_prompt, one per prompt."""
+    """The pairs worth training on: above the reward floor, each (prompt, response) once (a job
+    submitted twice, or two chains that converged, must not weigh an answer double) and, with
+    best_per_prompt, one per prompt."""
     floor = config.min_reward if config.min_reward is not None else task_floor
-    kept = [e for e in examples if floor is None or (e.reward_after is not None and e.reward_after >= floor)]
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for example in examples:  # oldest first: the first copy stays
+        if (floor is None or (example.reward_after is not None and example.reward_after >= floor)) and \
+                (example.prompt, example.response) not in seen:
+            seen.add((example.prompt, example.response))
+            kept.append(example)
     if not config.best_per_prompt:
         return kept
     best: dict[str, Example] = {}

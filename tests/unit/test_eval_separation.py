@@ -70,6 +70,15 @@ def test_selection_floor_and_best_per_prompt():
     assert len(select_examples(examples, DistillationConfig(task="x", best_per_prompt=False))) == 6
 
 
+def test_each_prompt_and_answer_trains_once():
+    """A job submitted twice stores the same pairs twice; a run reads each (prompt, response) once."""
+    twice = [Example(i, f"prompt {i % 3}", f"answer {i % 3}", 0.0, 0.5 + i / 100) for i in range(6)]
+    other = [Example(9, "prompt 0", "another answer", 0.0, 0.4)]
+    kept = select_examples(twice + other, DistillationConfig(task="x", best_per_prompt=False))
+    assert [(e.pair_id, e.prompt, e.response) for e in kept] == [
+        (0, "prompt 0", "answer 0"), (1, "prompt 1", "answer 1"), (2, "prompt 2", "answer 2"), (9, "prompt 0", "another answer")]
+
+
 def test_a_custom_task_cannot_evaluate_on_its_training_prompts():
     spec = dict(name="tone", critique_request="c", revision_request="r", reward={"type": "vader"})
     with pytest.raises(ValidationError, match="both prompts and eval_prompts"):
