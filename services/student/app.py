@@ -19,7 +19,7 @@ from services.student.runtimes.transformers_runtime import TransformersRuntime
 from services.student.serving_chat import ChatCompletions
 from services.student.serving_models import RuntimeFactory, ServedModels
 from shared import __version__
-from shared.db.session import make_engine, read_session_factory
+from shared.db.session import make_engine, read_session_factory, session_factory
 from shared.errors import MissingDependency
 from shared.logs import UVICORN_LOGGING, configure_logging
 from shared.settings import Settings
@@ -82,7 +82,8 @@ def create_app(
         metrics = StudentMetrics(registry)
         models = ServedModels(
             settings, metrics=metrics, runtime_factory=runtime_factory or default_runtime_factory(settings, on_batch=metrics.batch_size.observe),
-            sessions=read_session_factory(db_engine) if db_engine is not None else None, model=model,
+            sessions=read_session_factory(db_engine) if db_engine is not None else None,
+            reports=session_factory(db_engine) if db_engine is not None else None, model=model,
         )
         health = EngineHealth(settings, models, metrics)
         health.exit_process = getattr(app.state, "exit_process", None)
@@ -97,6 +98,7 @@ def create_app(
             for task in (starting, poller, watcher):
                 if task is not None:
                     task.cancel()
+            await models.forget()
             if runtime is None:
                 await models.close()
             if db_engine is not None:

@@ -103,7 +103,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, chat: 
 @router.post("/admin/reload", tags=["admin"])
 async def reload(models: Models, _scope: AdminScope) -> dict:
     """Load the newly active students now (the service also polls the registry)."""
-    return await models.reload(retry_failed=True)
+    changes = await models.reload(retry_failed=True)
+    await models.report()
+    return changes
 
 
 class _CompletionStream(StreamingResponse):

@@ -25,7 +25,9 @@ from services.student.protocol import ModelCard
 from services.student.routing import ServedModel, lookup, model_cards, routing_table
 from services.student.runtimes.base import Runtime
 from shared.db.models import Student
-from shared.distillation.registry import active_students
+from shared.db.outages import first_line
+from shared.db.queue import worker_owner
+from shared.distillation.registry import REPORT_EVERY_S, active_students, forget_replica, report_serving
 from shared.errors import DscError, InvalidRequest, NotReady
 from shared.model_store import resolve_model
 from shared.settings import Settings
@@ -63,10 +65,15 @@ class ServedModels:
         metrics: StudentMetrics,
         runtime_factory: RuntimeFactory,
         sessions: sessionmaker[Session] | None = None,
+        reports: sessionmaker[Session] | None = None,
         model: str | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions  # None: standalone (--model), no registry
+        self.reports = reports  # where this process reports what it serves (registry.report_serving)
+        self.replica = worker_owner("student")
+        self._reported: tuple[list[str], dict[str, str]] | None = None
+        self._reported_at = 0.0
         self.model_reference = model or settings.student_base_model
         self.standalone = model is not None
         self.runtime_factory = runtime_factory
@@ -106,7 +113,8 @@ class ServedModels:
             try:
                 await self.reload()
             except NotReady:
-                pass  # registry unreadable for now: serve the base model; the poller retries
+                pass  # registry unreadable for now: not ready until the poller reads it
+            await self.report()
 
     async def close(self) -> None:
         self.closing = True
@@ -179,6 +187,7 @@ class ServedModels:
             if rows is None:
                 raise NotReady("the student registry (database) cannot be read now; still serving the loaded models")
             wanted = {row.id: row for row in rows}
+            self.failed = {sid: failure for sid, failure in self.failed.items() if sid in wanted}  # demoted meanwhile: moot
             served: dict[str, ServedModel] = {}
             loaded, errors = [], {}
             for student_id, row in wanted.items():
@@ -275,6 +284,30 @@ class ServedModels:
                 pass
             except Exception:
                 log.exception("registry poll failed")
+            await self.report()
+
+    async def report(self) -> None:
+        """Tell the registry what this process serves, when it changed or REPORT_EVERY_S passed.
+        Advisory: while the database is away the next poll tries again."""
+        if self.reports is None or not self.synced:
+            return
+        state = (sorted(self.students), {sid: failure.message for sid, failure in self.failed.items()})
+        if state == self._reported and time.monotonic() - self._reported_at < REPORT_EVERY_S:
+            return
+        try:
+            await asyncio.to_thread(report_serving, self.reports, self.replica, *state)
+        except Exception as exc:
+            log.debug("could not report the serving state: %s", first_line(exc))
+            return
+        self._reported, self._reported_at = state, time.monotonic()
+
+    async def forget(self) -> None:
+        """On a clean stop: this replica serves nothing any more."""
+        if self.reports is not None and self._reported is not None:
+            try:
+                await asyncio.to_thread(forget_replica, self.reports, self.replica)
+            except Exception as exc:
+                log.debug("could not withdraw the serving state: %s", first_line(exc))
 
     # ---- routing ----------------------------------------------------------------------------
 

@@ -241,3 +241,16 @@ class Student(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class StudentReplica(Base):
+    """What one student service process serves, as it last reported it: the registry shows which
+    students are really served, and which failed to load, next to which are active."""
+
+    __tablename__ = "student_replicas"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid:nonce
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)  # by the database's clock (queue.database_now)
+    loaded: Mapped[list[Any]] = mapped_column(default=list)  # student ids served now
+    not_loaded: Mapped[dict[str, Any]] = mapped_column(default=dict)  # student id → why its load failed

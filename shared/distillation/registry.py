@@ -5,6 +5,10 @@ The promotion gate: a student's evaluation decides whether it may be promoted as
 significant gain over its base, no collapse; see services/trainer/evaluate.py, gate). One that may not is still
 registered and listed with the reason; promoting it takes an explicit force.
 
+Serving state: each student service process reports what it serves and what failed to load
+(`report_serving`, on every change and at least every REPORT_EVERY_S); the registry's views show,
+next to `active`, which live replicas serve a student and why others could not load it.
+
 Atomic promotion: the task's student rows are locked (FOR UPDATE on Postgres; SQLite's
 BEGIN IMMEDIATE already serialises writers), every other student of the task is deactivated and
 the chosen one activated in the same transaction. A partial unique index (one active row per
@@ -13,13 +17,16 @@ task) makes a second active student impossible even if some other writer gets it
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.models import DistillationRun, Student, utcnow
+from shared.db.models import DistillationRun, Student, StudentReplica, utcnow
+from shared.db.queue import database_now
+from shared.db.session import transaction
 from shared.errors import Conflict, NotFound
 
 
@@ -123,6 +130,42 @@ def list_students(session: Session, *, task: str | None = None, active: bool | N
 def active_students(session: Session) -> list[Student]:
     """The one active student of each task that has one: what the student service serves."""
     return list_students(session, active=True, limit=None)
+
+
+REPORT_EVERY_S = 30.0  # a serving replica reports at least this often
+REPLICA_GONE_S = 3 * REPORT_EVERY_S  # one not heard from for this long is gone (it crashed without saying so)
+
+
+def report_serving(sessions: sessionmaker[Session], replica: str, loaded: list[str], not_loaded: dict[str, str]) -> None:
+    """A student service process's serving state, stamped by the database's clock."""
+    with transaction(sessions) as session:
+        now = database_now(session)
+        row = session.get(StudentReplica, replica)
+        if row is None:
+            session.add(StudentReplica(id=replica, started_at=now, seen_at=now, loaded=loaded, not_loaded=not_loaded))
+        else:
+            row.seen_at, row.loaded, row.not_loaded = now, loaded, not_loaded
+
+
+def forget_replica(sessions: sessionmaker[Session], replica: str) -> None:
+    """A replica that stops cleanly says so, rather than being counted until it goes stale."""
+    with transaction(sessions) as session:
+        session.execute(delete(StudentReplica).where(StudentReplica.id == replica))
+
+
+def serving_state(session: Session, student_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """For each student: the live replicas that serve it, and the load errors of those that could not."""
+    cutoff = database_now(session) - timedelta(seconds=REPLICA_GONE_S)
+    replicas = session.scalars(select(StudentReplica).where(StudentReplica.seen_at >= cutoff)).all()
+    return {sid: {"served_by": sorted(r.id for r in replicas if sid in r.loaded),
+                  "load_errors": {r.id: r.not_loaded[sid] for r in replicas if sid in r.not_loaded}}
+            for sid in student_ids}
+
+
+def student_views(session: Session, students: list[Student]) -> list[dict[str, Any]]:
+    """Registry entries with their serving state."""
+    serving = serving_state(session, [student.id for student in students])
+    return [{**student_view(student), "serving": serving[student.id]} for student in students]
 
 
 def student_view(student: Student) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Promotions racing each other: many at once never leave a task with no active student or two;
 two in quick succession under load are served without a failed request, and the student service
-converges to the one promoted last."""
+converges to the one promoted last; the registry shows which students are really served, and why
+one that could not be loaded is not."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from live_server import wait_for
-from shared.db.models import Student
+from live_server import stop_process, wait_for
+from shared.db.models import Student, StudentReplica
 from shared.db.session import make_engine, session_factory, transaction, upgrade
-from shared.distillation.registry import promote
+from shared.distillation.registry import promote, serving_state
 
 ROUNDS, RACERS = 6, 8
 
@@ -88,12 +89,30 @@ def test_two_promotions_in_quick_succession_under_load(services, postgres_url, m
             served_at = len(outcomes)
             wait_for(lambda: len(outcomes) >= served_at + 4, 120, "more requests after the swap")
             models = client.get("/v1/models").json()["data"]
-        active = _active(sessions)
+            active = _active(sessions)
+            wait_for(lambda: _serving(sessions, v3)["served_by"], 60, "the registry to show v3 served")
+            served = {sid: _serving(sessions, sid) for sid in (v1, v2, v3)}
+
+            # A promotion whose adapter cannot be read: the task keeps v3, and both /readyz and the
+            # registry say why the new one is not served.
+            v4 = _add_student(sessions, 4, base_model=str(model_path), adapter_path=str(trained_adapter.parent / "missing-adapter"))
+            promote(sessions, v4, force=True)
+            failed_state = wait_for(lambda: (state := _serving(sessions, v4))["load_errors"] and state, 60, "v4's load error in the registry")
+            ready = client.get("/readyz").json()
+        after_v4 = outcomes[-1]
     finally:
         stop.set()
         for worker in workers:
             worker.join(120)
         db.dispose()
+    stop_process(student.process)  # a clean stop withdraws the replica's serving state
+    db = make_engine(postgres_url)
+    try:
+        with session_factory(db)() as session:
+            replicas_left = session.scalar(select(func.count()).select_from(StudentReplica))
+    finally:
+        db.dispose()
+    assert replicas_left == 0
     failed = [outcome for outcome in outcomes if outcome[0] != 200]
     print(f"\ntwo promotions 0.2 s apart under load: {len(outcomes)} requests, {len(failed)} failed; "
           f"served {sorted({model for _, model in outcomes})}")
@@ -103,3 +122,12 @@ def test_two_promotions_in_quick_succession_under_load(services, postgres_url, m
     assert [model for _, model in outcomes[-2:]] == ["sentiment-student-v3"] * 2
     assert active == [v3]
     assert [card["id"] for card in models if card["dsc_kind"] == "student"] == ["sentiment-student-v3"]  # v1 and v2 retired
+    assert served[v3]["served_by"] and not served[v1]["served_by"] and not served[v2]["served_by"]
+    assert failed_state["served_by"] == [] and "missing-adapter" in next(iter(failed_state["load_errors"].values()))
+    assert ready["serving"]["student"] == "sentiment-student-v3" and ready["not_loaded"] == [v4]
+    assert after_v4 == (200, "sentiment-student-v3")
+
+
+def _serving(sessions, student_id: str) -> dict:
+    with sessions() as session:
+        return serving_state(session, [student_id])[student_id]

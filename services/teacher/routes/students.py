@@ -22,7 +22,7 @@ def list_students(
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
     students = registry.list_students(session, task=task, active=active, limit=limit)
-    return {"data": [registry.student_view(student) for student in students]}
+    return {"data": registry.student_views(session, students)}
 
 
 @router.post("/{student_id}/promote")
@@ -32,5 +32,8 @@ def promote_student(
     state: State,
     force: bool = Query(False, description="Promote even when the evaluation shows no significant gain (409 otherwise)."),
 ) -> dict[str, Any]:
-    """Make this student the one active student of its task (the student service follows)."""
-    return registry.student_view(registry.promote(state.sessions, student_id, force=force))
+    """Make this student the one active student of its task (the student service follows within
+    its poll interval: `GET /admin/students` shows in `serving` when it does, or why it could not)."""
+    promoted = registry.promote(state.sessions, student_id, force=force)
+    with state.readers() as session:
+        return registry.student_views(session, [promoted])[0]
