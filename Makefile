@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench bench-scale-out bench-store gpu-smoke clean-venv compose-up compose-down compose-test
+.PHONY: install test demo bench bench-cost bench-scale-out bench-store gpu-smoke clean-venv compose-up compose-down compose-test
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,10 @@ bench: install
 # One job on 1, then 2 teacher processes on Postgres (DSC_BENCH_POSTGRES_URL, default the local server).
 bench-scale-out: install
 	$(BIN)/python bench/scale_out.py
+
+# The student's one generation against the teacher's chain (answer, critique, revision, reward), same prompts and engine.
+bench-cost: install
+	$(BIN)/python bench/answer_cost.py
 
 # Pairs inserted through the job commit path and exported through the teacher, SQLite and Postgres.
 bench-store: install
