@@ -22,8 +22,11 @@ from shared.errors import InvalidRequest, NotFound, Overloaded
 from shared.sampling_protocol import SampleRequest
 from shared.sampling_run import plan_sample
 from shared.web.auth import Caller, ClientCaller
+from shared.web.errors import error_responses
+from shared.web.routing import AuthFirstRoute
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=AuthFirstRoute,
+                   responses=error_responses(503))
 
 QUEUE_FULL_RETRY_AFTER_S = 30
 
@@ -35,7 +38,7 @@ def _load(session, job_id: str, caller: Caller) -> Job:
     return job
 
 
-@router.post("", status_code=202, response_model=JobCreated)
+@router.post("", status_code=202, response_model=JobCreated, responses=error_responses(404))
 def submit(request: SampleRequest, caller: ClientCaller, state: State, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Queue a job (inline prompts, or the task's prompt set when `prompts` is omitted) and answer
     at once; poll GET /v1/jobs/{id}. A job always stores its chains (`store` must not be false).
@@ -85,12 +88,12 @@ def list_jobs(
     return JobList(data=[JobView.of(job) for job in session.scalars(query)])
 
 
-@router.get("/{job_id}", response_model=JobView)
+@router.get("/{job_id}", response_model=JobView, responses=error_responses(404))
 def show(job_id: str, caller: ClientCaller, session: DbSession) -> JobView:
     return JobView.of(_load(session, job_id, caller))
 
 
-@router.post("/{job_id}/cancel", response_model=JobView)
+@router.post("/{job_id}/cancel", response_model=JobView, responses=error_responses(404, 409))
 def cancel(job_id: str, caller: ClientCaller, state: State) -> JobView:
     """A queued job is cancelled at once; a running one stops claiming batches, and is cancelled
     once the batches in flight are committed (what was committed stays; at once when no batch of

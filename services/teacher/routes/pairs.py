@@ -19,8 +19,11 @@ from services.teacher.protocol import Exclusion, PairPage, PairView, chat_record
 from shared.db.models import Job, Pair, utcnow
 from shared.errors import NotFound
 from shared.web.auth import AdminScope, Caller, ClientCaller
+from shared.web.errors import error_responses
+from shared.web.routing import AuthFirstRoute
 
-router = APIRouter(tags=["pairs"])  # /v1/pairs for client keys, /admin/pairs for review
+router = APIRouter(tags=["pairs"], route_class=AuthFirstRoute,
+                   responses=error_responses(503))  # /v1/pairs for client keys, /admin/pairs for review
 
 EXPORT_PAGE = 500  # rows per keyset page of the export: memory stays flat however many pairs exist
 
@@ -119,14 +122,14 @@ def set_exclusion(sessions: sessionmaker[Session], pair_id: int, reason: str | N
         return pair
 
 
-@router.put("/admin/pairs/{pair_id}/exclusion", response_model=PairView)
+@router.put("/admin/pairs/{pair_id}/exclusion", response_model=PairView, responses=error_responses(404))
 def exclude(pair_id: int, exclusion: Exclusion, _scope: AdminScope, state: State) -> PairView:
     """Exclude the pair from training (admin); again to change the reason. Runs that already took
     their data snapshot keep it."""
     return PairView.of(set_exclusion(state.sessions, pair_id, exclusion.reason))
 
 
-@router.delete("/admin/pairs/{pair_id}/exclusion", response_model=PairView)
+@router.delete("/admin/pairs/{pair_id}/exclusion", response_model=PairView, responses=error_responses(404))
 def include(pair_id: int, _scope: AdminScope, state: State) -> PairView:
     """Undo an exclusion (admin): the pair trains again in later runs."""
     return PairView.of(set_exclusion(state.sessions, pair_id, None))
