@@ -13,9 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.routing import Match
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from shared.db.outages import is_outage
 
@@ -54,7 +54,7 @@ ERROR_DESCRIPTIONS = {
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` documenting `statuses` with the one error body (routes pass it as
-    `responses=`; services/shared.web.routing adds the statuses every route of a kind can return)."""
+    `responses=`; shared.web.routing adds the statuses every route of a kind can answer)."""
     return {status: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS.get(status, "Error")} for status in statuses}
 
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 
 from services.teacher.deps import DbSession, State
 from shared.db.queue import RunStatus
-from shared.distillation.config import EvaluationConfig
+from shared.distillation.config import EvaluationRequest
 from shared.distillation import evaluations
 from shared.web.auth import AdminScope
 from shared.web.errors import error_responses
@@ -23,7 +23,7 @@ router = APIRouter(prefix="/admin/evaluations", tags=["evaluations"], route_clas
 
 
 @router.post("", status_code=202, responses=error_responses(404))
-def create(config: EvaluationConfig, _scope: AdminScope, state: State) -> dict[str, Any]:
+def create(config: EvaluationRequest, _scope: AdminScope, state: State) -> dict[str, Any]:
     """Validate and queue an evaluation of `student_id`; 202 with its id. A trainer worker runs it."""
     run = evaluations.submit(state.sessions, state.settings, config)
     return {"id": run.id, "status": run.status, "student_id": run.student_id, "task": run.task_name}
