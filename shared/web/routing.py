@@ -89,10 +89,14 @@ class OpenAIRoute(AuthFirstRoute):
 
 
 
-def without_fastapi_validation_errors(app: FastAPI) -> None:
-    """Drop the 422 (FastAPI's own validation error body) FastAPI adds to every operation with
-    parameters: where invalid requests are a 400 (OpenAIRoute), no 422 is ever sent."""
+def document_errors_as_json(app: FastAPI) -> None:
+    """Fix up what FastAPI's schema generation says about errors: an error is the JSON error body
+    even on a route whose success is text or a file (FastAPI gives every response the route's
+    media type), and FastAPI's own 422 body (HTTPValidationError), which it adds to every operation
+    with parameters unless a 422 is documented, is never sent (our handlers answer validation
+    errors in the one error body; OpenAIRoute's as 400)."""
     generate = app.openapi
+    error_body = {"$ref": "#/components/schemas/ErrorBody"}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -100,9 +104,13 @@ def without_fastapi_validation_errors(app: FastAPI) -> None:
         schema = generate()
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
-                response = operation.get("responses", {}).get("422")
-                if response is not None and "HTTPValidationError" in json.dumps(response):
-                    del operation["responses"]["422"]
+                responses = operation.get("responses", {})
+                for status, response in list(responses.items()):
+                    schemas = [media.get("schema") for media in response.get("content", {}).values()]
+                    if status == "422" and "HTTPValidationError" in json.dumps(schemas):
+                        del responses[status]
+                    elif error_body in schemas:
+                        response["content"] = {"application/json": {"schema": error_body}}
         for name in ("HTTPValidationError", "ValidationError"):
             schema.get("components", {}).get("schemas", {}).pop(name, None)
         return schema
