@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def run_schemathesis(url: str, token: str | None, *, max_examples: int, timeout:
     if token:
         command += ["--header", f"Authorization: Bearer {token}"]
     started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    with tempfile.TemporaryDirectory() as scratch:  # schemathesis keeps a cache in its working directory
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=scratch)
     output = result.stdout + result.stderr
     figures = {"rc": result.returncode, "seconds": round(time.monotonic() - started, 1), "output": output}
     if match := re.search(r"Tested: (\d+)", output):
