@@ -21,7 +21,7 @@ def _valid_unicode(value: str) -> str:
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 """A request string: any Unicode text, but no lone surrogate."""
 
-def _whole_number(value: object) -> object:
+def whole_number(value: object) -> object:
     # JSON Schema's integer: 3 and 3.0 alike (a client may send either), never true or "3".
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("must be a whole number")
@@ -37,8 +37,8 @@ def _whole_number(value: object) -> object:
 # arrive as another number, or one vLLM refuses).
 SEED_MIN, SEED_MAX = -(2**53 - 1), 2**53 - 1
 ROW_ID_MAX = 2**63 - 1  # a database row id (a 64-bit signed integer): larger ones cannot exist
-Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX), BeforeValidator(_whole_number)]
-Count = Annotated[int, Field(ge=1), BeforeValidator(_whole_number)]
+Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX), BeforeValidator(whole_number)]
+Count = Annotated[int, Field(ge=1), BeforeValidator(whole_number)]
 """A positive whole number; `true` is not 1, and "3" is not 3 (3.0 is)."""
 NonBlank = Annotated[str, Field(min_length=1, pattern=r"\S"), AfterValidator(_valid_unicode)]
 """Text with something besides white space in it."""

@@ -23,9 +23,20 @@ RESERVED_TASK_NAMES = frozenset({"base", "default", "student"})
 
 
 def _reward_schema() -> dict[str, Any]:
-    from shared.rewards.specs import REWARD_TYPES
+    """The reward spec's JSON schema (one object per type, `type` required), inline: the field stays
+    a plain dict that parse_reward_spec checks with its own messages."""
+    from pydantic import TypeAdapter
 
-    return {"required": ["type"], "properties": {"type": {"enum": list(REWARD_TYPES)}}}
+    from shared.rewards.specs import RewardSpec
+
+    schema = TypeAdapter(RewardSpec).json_schema()
+    definitions = schema.pop("$defs", {})
+    branches = []
+    for reference in schema["oneOf"]:
+        branch = dict(definitions[reference["$ref"].rsplit("/", 1)[-1]])
+        branch["required"] = sorted({"type", *branch.get("required", [])})
+        branches.append(branch)
+    return {"oneOf": branches}
 
 
 _REWARD_SCHEMA = _reward_schema()
