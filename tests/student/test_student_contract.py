@@ -40,3 +40,14 @@ def test_a_405_lists_the_paths_methods(registry_server, keys):
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
     assert set(response.json()["error"]) == {"type", "message", "param", "code"}
+
+
+def test_every_api_route_authenticates_before_the_body(registry_server):
+    from fastapi.routing import APIRoute
+
+    from shared.web.routing import OpenAIRoute
+
+    _url, app = registry_server
+    routes = [route for route in app.routes if isinstance(route, APIRoute)]
+    assert routes and all(isinstance(route, OpenAIRoute) for route in routes), \
+        [route.path for route in routes if not isinstance(route, OpenAIRoute)]

@@ -81,3 +81,13 @@ def test_timestamps_carry_their_time_zone(teacher):
     for view in (job, listed):
         created = datetime.fromisoformat(view["created_at"])
         assert created.utcoffset() is not None and created.utcoffset().total_seconds() == 0, view["created_at"]
+
+
+def test_every_api_route_authenticates_before_the_body(teacher):
+    from fastapi.routing import APIRoute
+
+    from shared.web.routing import AuthFirstRoute
+
+    routes = [route for route in teacher.app.routes if isinstance(route, APIRoute)]
+    assert routes and all(isinstance(route, AuthFirstRoute) for route in routes), \
+        [route.path for route in routes if not isinstance(route, AuthFirstRoute)]
