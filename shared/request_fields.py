@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 
 def _valid_unicode(value: str) -> str:
@@ -21,10 +21,26 @@ def _valid_unicode(value: str) -> str:
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 """A request string: any Unicode text, but no lone surrogate."""
 
-# Bounds of a request seed: a 64-bit signed integer, as vLLM's OpenAI server bounds it.
-SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
-Seed = Annotated[int, Field(strict=True, ge=SEED_MIN, le=SEED_MAX)]
-Count = Annotated[int, Field(strict=True, ge=1)]
-"""A positive whole number; `true` is not 1, and "3" is not 3."""
+def whole_number(value: object) -> object:
+    # JSON Schema's integer: 3 and 3.0 alike (a client may send either), never true or "3".
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+# Bounds of a request seed: the integers JSON carries exactly everywhere (I-JSON, RFC 7493: many
+# clients and validators read JSON numbers as doubles, and a seed near vLLM's 64-bit bound would
+# arrive as another number, or one vLLM refuses).
+SEED_MIN, SEED_MAX = -(2**53 - 1), 2**53 - 1
+ROW_ID_MAX = 2**63 - 1  # a database row id (a 64-bit signed integer): larger ones cannot exist
+Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX), BeforeValidator(whole_number)]
+Count = Annotated[int, Field(ge=1), BeforeValidator(whole_number)]
+"""A positive whole number; `true` is not 1, and "3" is not 3 (3.0 is)."""
+NonBlank = Annotated[str, Field(min_length=1, pattern=r"\S"), AfterValidator(_valid_unicode)]
+"""Text with something besides white space in it."""
 Real = Annotated[float, Field(allow_inf_nan=False)]
 """A finite number: JSON's non-standard Infinity and NaN are refused."""

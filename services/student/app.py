@@ -26,6 +26,7 @@ from shared.settings import Settings
 from shared.web.ratelimit import KeyRateLimiter
 from shared.web.errors import install_error_handlers
 from shared.web.process import exit_after
+from shared.web.routing import document_errors_as_json
 from shared.web.middleware import HttpMetrics, RequestContextMiddleware
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ def create_app(
     install_error_handlers(app, openai=True)  # OpenAI's error bodies and status codes
     app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "student"), max_body_bytes=settings.max_body_bytes)
     app.include_router(router)
+    document_errors_as_json(app)
     return app
 
 

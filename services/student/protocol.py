@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from shared.request_fields import Count, Real, Seed, Text
 
@@ -122,7 +122,11 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: Count | None = None
     max_completion_tokens: Count | None = None
     n: Count = 1
-    stop: Text | list[Text] | None = None
+    # _stop_list checks what the schema says (with messages that name the problem).
+    stop: Annotated[Text | list[Text] | None, WithJsonSchema({"anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4},
+        {"type": "null"}]})] = None
     seed: Seed | None = None
     stream: bool = Field(False, strict=True)
     stream_options: StreamOptions | None = None

@@ -9,18 +9,21 @@ import logging
 from typing import Annotated, AsyncIterator, Awaitable, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.student.engine_health import EngineHealth
-from services.student.protocol import ChatCompletionRequest, ModelList
+from services.student.protocol import ChatCompletionRequest, ChatCompletionResponse, ModelList
 from services.student.serving_chat import ChatCompletions, Completion
 from services.student.serving_models import ServedModels
 from shared.errors import DscError
 from shared.web.auth import AdminScope, ClientScope, is_admin_request
+from shared.web.errors import error_responses
+from shared.web.routing import OpenAIRoute
 
 log = logging.getLogger(__name__)
-router = APIRouter()
+router = APIRouter(route_class=OpenAIRoute)
 T = TypeVar("T")
 
 
@@ -46,7 +49,16 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["health"])
+class Readiness(BaseModel):
+    ready: bool
+    model: str | None
+    serving: dict[str, str] | None = None
+    reason: str | None = None
+    error: str | None = None
+
+
+@router.get("/readyz", tags=["health"], response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "Not ready; retry after Retry-After seconds"}})
 async def readyz(models: Models, health: Health, request: Request) -> JSONResponse:
     """200 once the model is loaded and the registry read; 503 with Retry-After until then, and
     again once the engine has died, until the models are loaded afresh. `reason` says why:
@@ -75,17 +87,19 @@ async def readyz(models: Models, health: Health, request: Request) -> JSONRespon
     return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
 
-@router.get("/metrics", tags=["health"])
-def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+@router.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus' text exposition format."""
+    return PlainTextResponse(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/models", tags=["openai"])
+@router.get("/v1/models", tags=["openai"], responses=error_responses(503))
 def list_models(models: Models, _scope: ClientScope) -> ModelList:
     return ModelList(data=models.model_cards())
 
 
-@router.post("/v1/chat/completions", tags=["openai"])
+@router.post("/v1/chat/completions", tags=["openai"], response_model=ChatCompletionResponse,
+             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}} | error_responses(404, 502, 503))
 async def chat_completions(body: ChatCompletionRequest, request: Request, chat: Chat, _scope: ClientScope) -> Response:
     completion = chat.admit(body)  # every 4xx happens here, before a byte is generated
     headers = {"X-DSC-Model": completion.model.id}
@@ -100,7 +114,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, chat: 
     return JSONResponse(response.model_dump(), headers=headers)
 
 
-@router.post("/admin/reload", tags=["admin"])
+@router.post("/admin/reload", tags=["admin"], responses=error_responses(502, 503))
 async def reload(models: Models, _scope: AdminScope) -> dict:
     """Load the newly active students now (the service also polls the registry)."""
     changes = await models.reload(retry_failed=True)

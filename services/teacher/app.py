@@ -39,6 +39,7 @@ from shared.web.ratelimit import KeyRateLimiter
 from shared.web.errors import install_error_handlers
 from shared.web.process import exit_after
 from shared.web.middleware import HttpMetrics, RequestContextMiddleware
+from shared.web.routing import document_errors_as_json
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "teacher"), max_body_bytes=settings.max_body_bytes)
     for module in (health, tasks, sampling, jobs, pairs, distillations, evaluations, students):
         app.include_router(module.router)
+    document_errors_as_json(app)
     app.mount("/console", create_console(app))
     return app
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.models import Job, Pair
 from shared.rewards import public_reward
+from shared.sampling_protocol import SampleRequest
 from shared.tasks import TaskSpec
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -48,6 +49,12 @@ class TaskList(BaseModel):
 
 
 # --- jobs ----------------------------------------------------------------------------------------
+
+
+class JobRequest(SampleRequest):
+    """The body of POST /v1/jobs: a sampling request whose chains are always stored."""
+
+    store: Literal[True] = Field(True, description="A job always stores its chains (store=false is for POST /v1/critique-revise).")
 
 
 class JobCreated(BaseModel):

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shared.critique_revise import Acceptance
 from shared.engines.base import SamplingParams
 from shared.errors import InvalidRequest
+from shared.request_fields import NonBlank
 from shared.tasks import TASK_NAME_PATTERN, TaskSpec
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -34,7 +35,7 @@ class DistillationConfig(BaseModel):
         description="Task whose accepted pairs are distilled; its reward scores the evaluation.",
     )
     jobs: list[str] | None = Field(
-        None, max_length=1000,
+        None, min_length=1, max_length=1000,
         description="Only pairs of these sampling jobs (default: every job of the task).",
     )
     min_reward_gain: float | None = Field(
@@ -75,7 +76,7 @@ class DistillationConfig(BaseModel):
     lora_r: int = Field(16, ge=1, le=256, description="LoRA rank.")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    lora_target_modules: list[str] = Field(
+    lora_target_modules: list[NonBlank] = Field(
         list(DEFAULT_LORA_TARGETS), min_length=1,
         description="Module names LoRA adapts (must exist in the base model).",
     )
@@ -108,8 +109,8 @@ class DistillationConfig(BaseModel):
     )
 
     # --- evaluation ---
-    eval_prompts: list[str] | None = Field(
-        None, max_length=1000,
+    eval_prompts: list[NonBlank] | None = Field(
+        None, min_length=1, max_length=1000,
         description="Evaluate on these prompts (default: the task's evaluation set; pairs of them never train).",
     )
     held_out_fraction: float = Field(
@@ -145,15 +146,6 @@ class DistillationConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "DistillationConfig":
-        if any(not module.strip() for module in self.lora_target_modules):
-            raise ValueError("lora_target_modules must be non-empty names")
-        if self.eval_prompts is not None:
-            if not self.eval_prompts:
-                raise ValueError("eval_prompts, when given, needs at least one prompt")
-            if any(not prompt.strip() for prompt in self.eval_prompts):
-                raise ValueError("eval_prompts must be non-empty strings")
-        if self.jobs is not None and not self.jobs:
-            raise ValueError("jobs, when given, needs at least one job id")
         return self
 
     @property
@@ -187,7 +179,7 @@ class EvaluationConfig(BaseModel):
 
     student_id: str | None = Field(None, min_length=1, max_length=32, description="Registered student to evaluate.")
     task: str | None = Field(None, pattern=TASK_NAME_PATTERN, description="Task whose reward scores (default: the student's).")
-    eval_prompts: list[str] | None = Field(
+    eval_prompts: list[NonBlank] | None = Field(
         None, min_length=1, max_length=1000, description="Prompts to evaluate on (default: the task's evaluation set).")
     max_eval_prompts: int = Field(48, ge=1, le=1000, description="Evaluate on at most this many prompts.")
     samples: int = Field(4, ge=1, le=32, description="Answers per prompt and system (K).")
@@ -200,8 +192,6 @@ class EvaluationConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "EvaluationConfig":
-        if self.eval_prompts is not None and any(not prompt.strip() for prompt in self.eval_prompts):
-            raise ValueError("eval_prompts must be non-empty strings")
         return self
 
     @property
@@ -213,3 +203,9 @@ class EvaluationConfig(BaseModel):
         if not prompts:
             raise InvalidRequest(f"task {task.name!r} has no evaluation set: give eval_prompts", param="eval_prompts")
         return prompts[: self.max_eval_prompts]
+
+
+class EvaluationRequest(EvaluationConfig):
+    """The body of POST /admin/evaluations: an evaluation of one registered student."""
+
+    student_id: str = Field(min_length=1, max_length=32, description="Registered student to evaluate.")

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
 from urllib.parse import parse_qsl, urlparse, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from shared.errors import InvalidRequest, MissingDependency
+from shared.request_fields import whole_number
 
 DEFAULT_JUDGE_PROMPT = (
     "You are a strict judge. Rate the assistant's answer to the user's request on a scale from 1 "
@@ -37,9 +38,14 @@ def require(reward_type: str, module: str, install: str) -> None:
         raise MissingDependency(f"reward {reward_type!r} needs the Python package {module!r}: pip install {install}")
 
 
+# A whole number as JSON Schema's integer (8 and 8.0), never true or "8".
+WholeNumber = Annotated[int, BeforeValidator(whole_number)]
+
+
 class _Spec(BaseModel):
-    # Unknown keys are typos ("entity_label"), not options to ignore silently.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are typos ("entity_label"), not options to ignore silently; strict: false is not
+    # a temperature, nor "8" a token count, as the schema says.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class VaderSpec(_Spec):
@@ -63,8 +69,8 @@ class HFClassifierSpec(_Spec):
         min_length=1,
         description="Model label name → its value in the score; labels not named count 0.",
     )
-    batch_size: int = Field(32, ge=1, le=1024)
-    max_length: int = Field(512, ge=8, le=8192, description="Tokens kept per response (longer ones are truncated).")
+    batch_size: WholeNumber = Field(32, ge=1, le=1024)
+    max_length: WholeNumber = Field(512, ge=8, le=8192, description="Tokens kept per response (longer ones are truncated).")
 
     @field_validator("path")
     @classmethod
@@ -125,7 +131,7 @@ class LLMJudgeSpec(_Spec):
     default: float | None = Field(
         None, description="Score of an answer with no rating in range; None makes that an error."
     )
-    max_tokens: int = Field(8, ge=1, le=512)
+    max_tokens: WholeNumber = Field(8, ge=1, le=512)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
 
     @field_validator("prompt")

@@ -15,11 +15,31 @@ from sqlalchemy.orm import Session
 from shared.db.models import Task
 from shared.errors import Conflict, NotFound
 from shared.critique_revise import Acceptance
-from shared.request_fields import Count, Real, Text
+from shared.request_fields import Count, NonBlank, Real, Text
 
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # The student service's model aliases: a task (and so a student) by one of these names could never be addressed.
 RESERVED_TASK_NAMES = frozenset({"base", "default", "student"})
+
+
+def _reward_schema() -> dict[str, Any]:
+    """The reward spec's JSON schema (one object per type, `type` required), inline: the field stays
+    a plain dict that parse_reward_spec checks with its own messages."""
+    from pydantic import TypeAdapter
+
+    from shared.rewards.specs import RewardSpec
+
+    schema = TypeAdapter(RewardSpec).json_schema()
+    definitions = schema.pop("$defs", {})
+    branches = []
+    for reference in schema["oneOf"]:
+        branch = dict(definitions[reference["$ref"].rsplit("/", 1)[-1]])
+        branch["required"] = sorted({"type", *branch.get("required", [])})
+        branches.append(branch)
+    return {"oneOf": branches}
+
+
+_REWARD_SCHEMA = _reward_schema()
 
 
 class TaskSpec(BaseModel):
@@ -29,19 +49,19 @@ class TaskSpec(BaseModel):
     description: Text = Field("", max_length=2000)
     critique_request: Text = Field(min_length=1, max_length=4000, description="User turn asking for a critique of the answer.")
     revision_request: Text = Field(min_length=1, max_length=4000, description="User turn asking for a revision that applies the critique.")
-    reward: dict[str, Any] = Field(description='Reward spec, e.g. {"type": "vader"}.')
+    reward: dict[str, Any] = Field(description='Reward spec, e.g. {"type": "vader"}.', json_schema_extra=_REWARD_SCHEMA)
     acceptance: Acceptance = "improve"
     beta: Real = Field(1.0, gt=0, description="Temperature of the reward tilt (mh acceptance).")
     steps: Count = Field(1, le=8)
     train_min_reward: Real | None = Field(
         None, description="Default reward floor of the pairs a distillation trains on (a run's min_reward overrides it).",
     )
-    prompts: list[Text] = Field(default_factory=list, description="Optional prompt set (what jobs sample by default).")
-    eval_prompts: list[Text] = Field(
+    prompts: list[NonBlank] = Field(default_factory=list, description="Optional prompt set (what jobs sample by default).")
+    eval_prompts: list[NonBlank] = Field(
         default_factory=list,
         description="Evaluation prompts, written apart from the training prompts; pairs of these prompts never train a student.",
     )
-    builtin: bool = False
+    builtin: bool = Field(False, json_schema_extra={"readOnly": True}, description="A preset (set by the service).")
 
     @field_validator("name")
     @classmethod
@@ -56,13 +76,6 @@ class TaskSpec(BaseModel):
         from shared.rewards import parse_reward_spec
 
         return parse_reward_spec(value).model_dump(exclude_none=True)
-
-    @field_validator("prompts", "eval_prompts")
-    @classmethod
-    def _check_prompts(cls, value: list[str]) -> list[str]:
-        if any(not prompt.strip() for prompt in value):
-            raise ValueError("prompts must be non-empty strings")
-        return value
 
     def public(self) -> "TaskSpec":
         """The task as it may be shown: its reward spec's secrets redacted (they are write-only)."""

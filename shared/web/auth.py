@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shared.errors import Forbidden, Overloaded, Unauthorized
 from shared.keys import hash_key, key_id
@@ -81,10 +82,26 @@ def identify(settings: Settings, token: str) -> Caller | None:
     return None
 
 
-def authenticate(request: Request) -> Caller:
+# The scheme as OpenAPI documents it (components.securitySchemes, `security` on each operation
+# that depends on authenticate); the token itself is read by _bearer.
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",
+                    description="A client key (DSC_API_KEYS) opens /v1/*; the admin token (DSC_ADMIN_TOKEN) opens /admin/* too.")
+_CALLER = "dsc.caller"  # where the request's scope keeps the caller once authenticated
+
+
+def authenticate(request: Request, _documented: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None) -> Caller:
     """The caller behind the bearer token, or 401; 429 with Retry-After past its rate limit. With
     no tokens configured everything is open (the service then binds to loopback unless told
-    --insecure) and there is no key to limit."""
+    --insecure) and there is no key to limit. Once per request: shared.web.routing calls it before
+    the body is read (a 401 comes before any 400 about the body), the route's dependency again."""
+    if (known := request.scope.get(_CALLER)) is not None:
+        return known
+    caller = _authenticate(request)
+    request.scope[_CALLER] = caller
+    return caller
+
+
+def _authenticate(request: Request) -> Caller:
     settings: Settings = request.app.state.settings
     if not auth_enabled(settings):
         return Caller(Scope.ADMIN, None)
@@ -119,9 +136,13 @@ def require_client(scope: Annotated[Scope, Depends(caller_scope)]) -> Scope:
 
 
 def require_admin(scope: Annotated[Scope, Depends(caller_scope)]) -> Scope:
+    check_admin(scope)
+    return scope
+
+
+def check_admin(scope: Scope) -> None:
     if scope is not Scope.ADMIN:
         raise Forbidden("this endpoint needs the admin token")
-    return scope
 
 
 ClientScope = Annotated[Scope, Depends(require_client)]

@@ -7,11 +7,15 @@ app installs.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from shared.db.outages import is_outage
 
@@ -19,6 +23,51 @@ from shared.errors import DscError, Forbidden, NotFound, NotReady, PayloadTooLar
 
 # The error type of each HTTP status that Starlette itself raises (unknown route, wrong method, ...).
 _HTTP_KINDS = {error.status_code: error.error_type for error in (Unauthorized, Forbidden, NotFound, PayloadTooLarge)}
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="What kind of error: invalid_request_error, authentication_error, not_found_error, ...")
+    message: str = Field(description="What went wrong, in plain words.")
+    param: str | None = Field(None, description="The request field the error is about, where there is one.")
+    code: str | None = Field(None, description="A machine-readable code, where one applies (e.g. model_not_found).")
+
+
+class ErrorBody(BaseModel):
+    """The one error body of every service: {"error": {"type", "message"}}."""
+
+    error: ErrorDetail
+
+
+ERROR_DESCRIPTIONS = {
+    400: "Bad request: malformed JSON, or a request the service cannot do",
+    401: "Missing or invalid bearer token",
+    403: "The token does not open this endpoint",
+    404: "Not found",
+    409: "Conflict with the resource's current state",
+    413: "Request body too large",
+    422: "The request does not validate",
+    429: "Rate limit or capacity reached; retry after Retry-After seconds",
+    502: "The engine or a reward model failed",
+    503: "Not ready (starting, stopping, engine dead or database unavailable); retry after Retry-After seconds",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` documenting `statuses` with the one error body (routes pass it as
+    `responses=`; shared.web.routing adds the statuses every route of a kind can answer)."""
+    return {status: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS.get(status, "Error")} for status in statuses}
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers at the request's path (Starlette's own 405 names
+    only the first route that matched the path, and FastAPI adds one route per method)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        # A route matches fully when asked with one of its own methods: then its path is this one.
+        if route_methods and route.matches({**request.scope, "method": next(iter(route_methods))})[0] is Match.FULL:
+            methods |= set(route_methods)
+    return sorted(methods)
 
 
 def error_response(status: int, error_type: str, message: str, *, param: str | None = None, code: str | None = None,
@@ -73,6 +122,9 @@ def install_error_handlers(app: FastAPI, *, openai: bool = False) -> None:
                               headers={"Retry-After": str(unavailable.retry_after)}, openai=openai)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        headers = dict(getattr(error, "headers", None) or {})
+        if error.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return error_response(error.status_code, _HTTP_KINDS.get(error.status_code, DscError.error_type), str(error.detail),
-                              headers=getattr(error, "headers", None), openai=openai)
+                              headers=headers or None, openai=openai)

@@ -63,7 +63,7 @@ CASES = [
     ("job-unknown-task", job(task="no-such-task"), 404, "not_found_error", "no-such-task"),
     ("job-too-many-prompts", job(prompts=["a"] * 201), 400, "limit_exceeded_error", "max_job_prompts"),
     ("job-prompt-too-long", job(prompts=["ok", LONG]), 400, "limit_exceeded_error", "max_prompt_chars"),
-    ("job-store-false", job(store=False), 400, "invalid_request_error", "store"),
+    ("job-store-false", job(store=False), 422, "invalid_request_error", "store"),
     ("job-lone-surrogate", ("POST", "/v1/jobs", b'{"task": "sentiment", "prompts": ["ok", "\\udfff"], "max_tokens": 8}'), 422,
      "invalid_request_error", "surrogate"),
     ("job-steps-limit", job(steps=9), 400, "limit_exceeded_error", "max_steps"),

@@ -131,7 +131,7 @@ def test_evaluation_bad_input_is_a_clear_4xx_and_queues_nothing(api, model_path)
         session.add(Student(id="s-1", name="tone-student", version=1, task_name="tone", base_model=str(model_path),
                             merged_path=str(model_path), metrics={}))
     cases = [
-        ({}, 400, "student_id is required"),
+        ({}, 422, "student_id"),  # required by the schema
         ({"student_id": "nope"}, 404, "no student 'nope'"),
         ({"student_id": "s-1"}, 400, "task 'tone' has no evaluation set"),
         ({"student_id": "s-1", "task": "no-such-task"}, 404, "unknown task"),

@@ -18,11 +18,14 @@ from shared.distillation.config import DistillationConfig
 from shared.distillation import runs
 from shared.errors import NotFound
 from shared.web.auth import AdminScope
+from shared.web.errors import error_responses
+from shared.web.routing import AuthFirstRoute
 
-router = APIRouter(prefix="/admin/distillations", tags=["distillations"])
+router = APIRouter(prefix="/admin/distillations", tags=["distillations"], route_class=AuthFirstRoute,
+                   responses=error_responses(503))
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, responses=error_responses(404))
 def create(config: DistillationConfig, _scope: AdminScope, state: State, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Validate and queue a run; 202 with its id. A trainer worker picks it up. A retry with the
     request's Idempotency-Key answers with the run the first request queued."""
@@ -43,18 +46,19 @@ def list_runs(
     return {"data": runs.run_views(session, runs.list_runs(session, status=status, task=task, limit=limit))}
 
 
-@router.get("/{run_id}")
+@router.get("/{run_id}", responses=error_responses(404))
 def show(run_id: str, _scope: AdminScope, session: DbSession) -> dict[str, Any]:
     return runs.run_views(session, [runs.get_run(session, run_id)])[0]
 
 
-@router.post("/{run_id}/cancel")
+@router.post("/{run_id}/cancel", responses=error_responses(404, 409))
 def cancel_run(run_id: str, _scope: AdminScope, state: State) -> dict[str, Any]:
     """A queued run is cancelled at once; a running one stops after its current step."""
     return runs.run_view(runs.cancel(state.sessions, run_id))
 
 
-@router.get("/{run_id}/report.png", response_class=FileResponse)
+@router.get("/{run_id}/report.png", response_class=FileResponse,
+            responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}} | error_responses(404))
 def report(run_id: str, _scope: AdminScope, session: DbSession) -> FileResponse:
     run = runs.get_run(session, run_id)
     path = Path(run.artifact_dir or "") / "report.png"

@@ -12,15 +12,18 @@ from fastapi import APIRouter, Query
 
 from services.teacher.deps import DbSession, State
 from shared.db.queue import RunStatus
-from shared.distillation.config import EvaluationConfig
+from shared.distillation.config import EvaluationRequest
 from shared.distillation import evaluations
 from shared.web.auth import AdminScope
+from shared.web.errors import error_responses
+from shared.web.routing import AuthFirstRoute
 
-router = APIRouter(prefix="/admin/evaluations", tags=["evaluations"])
+router = APIRouter(prefix="/admin/evaluations", tags=["evaluations"], route_class=AuthFirstRoute,
+                   responses=error_responses(503))
 
 
-@router.post("", status_code=202)
-def create(config: EvaluationConfig, _scope: AdminScope, state: State) -> dict[str, Any]:
+@router.post("", status_code=202, responses=error_responses(404))
+def create(config: EvaluationRequest, _scope: AdminScope, state: State) -> dict[str, Any]:
     """Validate and queue an evaluation of `student_id`; 202 with its id. A trainer worker runs it."""
     run = evaluations.submit(state.sessions, state.settings, config)
     return {"id": run.id, "status": run.status, "student_id": run.student_id, "task": run.task_name}
@@ -38,11 +41,11 @@ def list_evaluations(
     return {"data": [evaluations.evaluation_view(run) for run in runs]}
 
 
-@router.get("/{evaluation_id}")
+@router.get("/{evaluation_id}", responses=error_responses(404))
 def show(evaluation_id: str, _scope: AdminScope, session: DbSession) -> dict[str, Any]:
     return evaluations.evaluation_view(evaluations.get_evaluation(session, evaluation_id))
 
 
-@router.post("/{evaluation_id}/cancel")
+@router.post("/{evaluation_id}/cancel", responses=error_responses(404, 409))
 def cancel_evaluation(evaluation_id: str, _scope: AdminScope, state: State) -> dict[str, Any]:
     return evaluations.evaluation_view(evaluations.cancel(state.sessions, evaluation_id))

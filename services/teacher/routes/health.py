@@ -5,16 +5,18 @@ and URLs) is in the log, and in the body only for a caller presenting the admin 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.teacher.deps import State
 from services.teacher.state import TeacherState
 from shared.db.session import ping
 from shared.web.auth import is_admin_request
+from shared.web.routing import AuthFirstRoute
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=AuthFirstRoute)
 
 
 @router.get("/healthz")
@@ -31,7 +33,14 @@ def _not_ready(state: TeacherState, dead: str | None, checks: dict[str, bool]) -
     return "database_unavailable", None
 
 
-@router.get("/readyz")
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, bool]
+    reason: str | None = None
+    engine_error: str | None = None
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready; retry after Retry-After seconds"}})
 def readyz(state: State, request: Request) -> JSONResponse:
     """200 once the engine is loaded and the database answers; 503 with Retry-After until then,
     and again once the engine has died, until a new one is in. `reason` says which:
@@ -48,6 +57,7 @@ def readyz(state: State, request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
 
-@router.get("/metrics")
-def metrics(state: State) -> Response:
-    return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(state: State) -> PlainTextResponse:
+    """Prometheus' text exposition format."""
+    return PlainTextResponse(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -14,16 +14,18 @@ from sqlalchemy.orm import defer
 
 from services.teacher.deps import DbSession, IdempotencyKey, State
 from services.teacher.limits import check_plan
-from services.teacher.protocol import JobCreated, JobList, JobStatus, JobView
+from services.teacher.protocol import JobCreated, JobList, JobRequest, JobStatus, JobView
 from shared.db.models import Job
 from shared.db.idempotency import create_once, fingerprint, scoped_key
 from shared.db.job_queue import add_job, cancel_job
-from shared.errors import InvalidRequest, NotFound, Overloaded
-from shared.sampling_protocol import SampleRequest
+from shared.errors import NotFound, Overloaded
 from shared.sampling_run import plan_sample
 from shared.web.auth import Caller, ClientCaller
+from shared.web.errors import error_responses
+from shared.web.routing import AuthFirstRoute
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=AuthFirstRoute,
+                   responses=error_responses(503))
 
 QUEUE_FULL_RETRY_AFTER_S = 30
 
@@ -35,14 +37,12 @@ def _load(session, job_id: str, caller: Caller) -> Job:
     return job
 
 
-@router.post("", status_code=202, response_model=JobCreated)
-def submit(request: SampleRequest, caller: ClientCaller, state: State, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+@router.post("", status_code=202, response_model=JobCreated, responses=error_responses(404))
+def submit(request: JobRequest, caller: ClientCaller, state: State, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Queue a job (inline prompts, or the task's prompt set when `prompts` is omitted) and answer
     at once; poll GET /v1/jobs/{id}. A job always stores its chains (`store` must not be false).
     A retry with the request's Idempotency-Key answers with the job the first request queued."""
     settings = state.settings
-    if not request.store:
-        raise InvalidRequest("a job always stores its chains; store=false is for POST /v1/critique-revise", param="store")
 
     def queue(session) -> Job:
         plan = plan_sample(session, request)
@@ -85,12 +85,12 @@ def list_jobs(
     return JobList(data=[JobView.of(job) for job in session.scalars(query)])
 
 
-@router.get("/{job_id}", response_model=JobView)
+@router.get("/{job_id}", response_model=JobView, responses=error_responses(404))
 def show(job_id: str, caller: ClientCaller, session: DbSession) -> JobView:
     return JobView.of(_load(session, job_id, caller))
 
 
-@router.post("/{job_id}/cancel", response_model=JobView)
+@router.post("/{job_id}/cancel", response_model=JobView, responses=error_responses(404, 409))
 def cancel(job_id: str, caller: ClientCaller, state: State) -> JobView:
     """A queued job is cancelled at once; a running one stops claiming batches, and is cancelled
     once the batches in flight are committed (what was committed stays; at once when no batch of

@@ -7,9 +7,9 @@ listed and exported with its flag and reason; the trainer's pair query leaves it
 from __future__ import annotations
 
 import json
-from typing import Iterator, Literal
+from typing import Annotated, Iterator, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,9 +18,13 @@ from services.teacher.deps import DbSession, State
 from services.teacher.protocol import Exclusion, PairPage, PairView, chat_record
 from shared.db.models import Job, Pair, utcnow
 from shared.errors import NotFound
+from shared.request_fields import ROW_ID_MAX
 from shared.web.auth import AdminScope, Caller, ClientCaller
+from shared.web.errors import error_responses
+from shared.web.routing import AuthFirstRoute
 
-router = APIRouter(tags=["pairs"])  # /v1/pairs for client keys, /admin/pairs for review
+router = APIRouter(tags=["pairs"], route_class=AuthFirstRoute,
+                   responses=error_responses(503))  # /v1/pairs for client keys, /admin/pairs for review
 
 EXPORT_PAGE = 500  # rows per keyset page of the export: memory stays flat however many pairs exist
 
@@ -44,6 +48,7 @@ def _filtered(query: Select, task: str | None, job: str | None, min_gain: float 
     return query
 
 
+PairId = Annotated[int, Path(ge=0, le=ROW_ID_MAX)]
 TaskFilter = Query(None, max_length=64, description="Only pairs of this task.")
 JobFilter = Query(None, max_length=32, description="Only pairs of this job.")
 GainFilter = Query(None, description="Only pairs whose reward gain (after − before) is at least this.")
@@ -58,7 +63,7 @@ def list_pairs(
     job: str | None = JobFilter,
     min_gain: float | None = GainFilter,
     excluded: bool | None = ExcludedFilter,
-    cursor: int | None = Query(None, ge=0, description="next_cursor of the previous page."),
+    cursor: int | None = Query(None, ge=0, le=ROW_ID_MAX, description="next_cursor of the previous page."),
     limit: int = Query(100, ge=1, le=1000),
 ) -> PairPage:
     """Pairs in id order; keyset pagination (id > cursor), so pages stay stable while jobs add pairs."""
@@ -119,14 +124,14 @@ def set_exclusion(sessions: sessionmaker[Session], pair_id: int, reason: str | N
         return pair
 
 
-@router.put("/admin/pairs/{pair_id}/exclusion", response_model=PairView)
-def exclude(pair_id: int, exclusion: Exclusion, _scope: AdminScope, state: State) -> PairView:
+@router.put("/admin/pairs/{pair_id}/exclusion", response_model=PairView, responses=error_responses(404))
+def exclude(pair_id: PairId, exclusion: Exclusion, _scope: AdminScope, state: State) -> PairView:
     """Exclude the pair from training (admin); again to change the reason. Runs that already took
     their data snapshot keep it."""
     return PairView.of(set_exclusion(state.sessions, pair_id, exclusion.reason))
 
 
-@router.delete("/admin/pairs/{pair_id}/exclusion", response_model=PairView)
-def include(pair_id: int, _scope: AdminScope, state: State) -> PairView:
+@router.delete("/admin/pairs/{pair_id}/exclusion", response_model=PairView, responses=error_responses(404))
+def include(pair_id: PairId, _scope: AdminScope, state: State) -> PairView:
     """Undo an exclusion (admin): the pair trains again in later runs."""
     return PairView.of(set_exclusion(state.sessions, pair_id, None))

@@ -11,13 +11,15 @@ from shared.errors import NotReady, Overloaded
 from shared.sampling_protocol import ChainResult, SampleRequest, SampleResponse
 from shared.sampling_run import plan_sample, run_plan, store_finished_run
 from shared.web.auth import ClientCaller
+from shared.web.errors import error_responses
+from shared.web.routing import AuthFirstRoute
 
-router = APIRouter(prefix="/v1", tags=["sampling"])
+router = APIRouter(prefix="/v1", tags=["sampling"], route_class=AuthFirstRoute)
 
 SYNC_RETRY_AFTER_S = 5
 
 
-@router.post("/critique-revise", response_model=SampleResponse)
+@router.post("/critique-revise", response_model=SampleResponse, responses=error_responses(404, 502, 503))
 def critique_revise(request: SampleRequest, caller: ClientCaller, state: ReadyState) -> SampleResponse:
     """Answer, critique, revise and score each prompt now; store the chains (and accepted pairs) as
     a finished job of kind "sync" when `store` is true. A plain `def`: FastAPI runs it in its

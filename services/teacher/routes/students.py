@@ -9,8 +9,11 @@ from fastapi import APIRouter, Query
 from services.teacher.deps import DbSession, State
 from shared.distillation import registry
 from shared.web.auth import AdminScope
+from shared.web.errors import error_responses
+from shared.web.routing import AuthFirstRoute
 
-router = APIRouter(prefix="/admin/students", tags=["students"])
+router = APIRouter(prefix="/admin/students", tags=["students"], route_class=AuthFirstRoute,
+                   responses=error_responses(503))
 
 
 @router.get("")
@@ -25,7 +28,7 @@ def list_students(
     return {"data": registry.student_views(session, students)}
 
 
-@router.post("/{student_id}/promote")
+@router.post("/{student_id}/promote", responses=error_responses(404, 409))
 def promote_student(
     student_id: str,
     _scope: AdminScope,

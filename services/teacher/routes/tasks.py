@@ -15,8 +15,11 @@ from shared.errors import DscError, InvalidRequest
 from shared.rewards import NetworkPolicy, check_reward
 from shared.tasks import TaskSpec, create_task, get_task, list_tasks
 from shared.web.auth import AdminScope, ClientScope
+from shared.web.errors import error_responses
+from shared.web.routing import AuthFirstRoute
 
-router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"], route_class=AuthFirstRoute,
+                   responses=error_responses(503))
 
 
 @router.get("", response_model=TaskList)
@@ -24,12 +27,12 @@ def list_all(_scope: ClientScope, session: DbSession) -> TaskList:
     return TaskList(data=[TaskSummary.of(spec) for spec in list_tasks(session)])
 
 
-@router.get("/{name}", response_model=TaskSpec)
+@router.get("/{name}", response_model=TaskSpec, responses=error_responses(404))
 def show(name: str, _scope: ClientScope, session: DbSession) -> TaskSpec:
     return get_task(session, name).public()
 
 
-@router.post("", response_model=TaskSpec, status_code=201)
+@router.post("", response_model=TaskSpec, status_code=201, responses=error_responses(409))
 async def create(spec: TaskSpec, _scope: AdminScope, state: State) -> TaskSpec:
     """Create a custom task. The reward spec was checked while parsing the body (fields, installed
     packages); here an http reward's target is checked against the operator's network policy and
