@@ -59,7 +59,7 @@ class TeacherState:
 
     def __post_init__(self) -> None:
         if self.sync_slots is None:
-            self.sync_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrent_sync))
+            self.sync_slots = threading.BoundedSemaphore(max(1, self.settings.teacher.max_concurrent_sync))
 
     def begin_shutdown(self) -> None:
         """The first step of shutdown, as soon as it is asked for (SIGTERM), before the server

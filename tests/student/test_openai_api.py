@@ -117,8 +117,8 @@ def test_errors_are_the_clients_own_types(registry_server, openai_client):
 def test_overload_answers_429_with_retry_after(registry_server, openai_client):
     url, app = registry_server
     chat = app.state.chat
-    limit = chat.settings.student_max_pending
-    chat.settings.student_max_pending = 2
+    limit = chat.settings.student.max_pending
+    chat.settings.student.max_pending = 2
     try:
         async def burst():
             async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=120) as client:
@@ -127,7 +127,7 @@ def test_overload_answers_429_with_retry_after(registry_server, openai_client):
 
         results = asyncio.run(burst())
     finally:
-        chat.settings.student_max_pending = limit
+        chat.settings.student.max_pending = limit
     limited = [r for r in results if isinstance(r, openai.RateLimitError)]
     assert limited and all(not isinstance(r, Exception) or isinstance(r, openai.RateLimitError) for r in results)
     assert limited[0].response.headers["retry-after"] == "1"

@@ -95,7 +95,7 @@ CASES = [
 
 
 def test_bad_requests_get_documented_errors_and_write_nothing(make_teacher, teacher_db_url):
-    teacher = make_teacher(teacher_db_url, job_workers=0)
+    teacher = make_teacher(teacher_db_url, jobs={"workers": 0})
     before = teacher.counts()
     failures = []
     with teacher.client(teacher.admin_token) as client:
@@ -117,7 +117,7 @@ def test_bad_requests_get_documented_errors_and_write_nothing(make_teacher, teac
 
 
 def test_full_queue_answers_429_with_retry_after(make_teacher, teacher_db_url):
-    teacher = make_teacher(teacher_db_url, job_workers=0, max_queued_jobs=2)  # no worker: jobs stay queued
+    teacher = make_teacher(teacher_db_url, jobs={"workers": 0}, teacher={"max_queued_jobs": 2})  # no worker: jobs stay queued
     with teacher.client() as client:
         for _ in range(2):
             response = client.post("/v1/jobs", json=BODY)
@@ -135,7 +135,7 @@ def test_full_queue_answers_429_with_retry_after(make_teacher, teacher_db_url):
 
 
 def test_saturated_engine_answers_429_not_a_hang(make_teacher):
-    teacher = make_teacher(job_workers=0, max_concurrent_sync=1)
+    teacher = make_teacher(jobs={"workers": 0}, teacher={"max_concurrent_sync": 1})
     slots = teacher.state.sync_slots
     assert slots.acquire(blocking=False)  # one synchronous call "in flight"
     try:
@@ -153,7 +153,7 @@ def test_saturated_engine_answers_429_not_a_hang(make_teacher):
 
 
 def test_not_ready_is_503_with_retry_after(make_teacher):
-    teacher = make_teacher(job_workers=0)
+    teacher = make_teacher(jobs={"workers": 0})
     state = teacher.state
     engine, state.engine = state.engine, None  # as while the model is still loading
     try:

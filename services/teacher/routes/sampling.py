@@ -14,8 +14,6 @@ from shared.web.auth import ClientCaller
 
 router = APIRouter(prefix="/v1", tags=["sampling"])
 
-SYNC_RETRY_AFTER_S = 5
-
 
 @router.post("/critique-revise", response_model=SampleResponse)
 def critique_revise(request: SampleRequest, caller: ClientCaller, state: ReadyState) -> SampleResponse:
@@ -35,13 +33,13 @@ def critique_revise(request: SampleRequest, caller: ClientCaller, state: ReadySt
     check_stopping()
     with state.sessions() as session:
         plan = plan_sample(session, request)
-    check_plan(plan, settings, max_prompts=settings.max_sync_prompts, count_setting="max_sync_prompts")
+    check_plan(plan, settings, max_prompts=settings.teacher.max_sync_prompts, count_setting="max_sync_prompts")
     if not state.sync_slots.acquire(blocking=False):
         state.metrics.sync_rejected.inc()
         raise Overloaded(
-            f"the engine is busy with {settings.max_concurrent_sync} synchronous calls (max_concurrent_sync); "
+            f"the engine is busy with {settings.teacher.max_concurrent_sync} synchronous calls (max_concurrent_sync); "
             "retry later or submit a job (POST /v1/jobs)",
-            retry_after=SYNC_RETRY_AFTER_S,
+            retry_after=settings.teacher.sync_retry_after_seconds,
         )
     try:
         chains = run_plan(plan, state.engine, state.rewards, progress=check_stopping)
