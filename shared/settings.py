@@ -75,9 +75,12 @@ class SettingsGroup(BaseModel):
     env_prefix: ClassVar[str]
 
     @classmethod
-    def variable(cls, name: str, field: FieldInfo) -> str:
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        return cast(str, extra.get("env") or f"{cls.env_prefix}{name.upper()}")
+    def variable(cls, name: str) -> str:
+        """The flat environment variable of field `name`."""
+        extra = cls.model_fields[name].json_schema_extra
+        if isinstance(extra, dict) and "env" in extra:
+            return cast(str, extra["env"])
+        return f"{cls.env_prefix}{name.upper()}"
 
 
 class VllmSettings(SettingsGroup):
@@ -114,7 +117,8 @@ class OpenAISettings(SettingsGroup):
     api_key: str = Field("EMPTY", description="Bearer token sent to the remote server.")
     concurrency: int = Field(16, description="Requests in flight to the remote server at once.")
     timeout: float = Field(
-        120.0, gt=0, description="Seconds one request may take, each of connecting, sending, waiting and reading."
+        120.0, gt=0, description="Seconds a request to the remote server may spend connecting, sending or waiting for "
+        "its reply (httpx's connect, write, read and pool timeouts)."
     )
     max_retries: int = Field(
         4, ge=0, description="Retries of a request that failed transiently (429, 5xx, 408, a dropped connection, a timeout)."
@@ -430,8 +434,7 @@ def environment_names() -> dict[str, str]:
     groups = setting_groups()
     for name, field in Settings.model_fields.items():
         if name in groups:
-            for member, info in groups[name].model_fields.items():
-                names[groups[name].variable(member, info)] = f"{name}.{member}"
+            names.update((groups[name].variable(member), f"{name}.{member}") for member in groups[name].model_fields)
         elif isinstance(field.validation_alias, AliasChoices):
             names.update((cast(str, alias), name) for alias in field.validation_alias.choices)
         else:

@@ -1,6 +1,6 @@
 """Background job workers: threads in the teacher process that drain the shared job queue.
 
-A job is cut into batches of `job_batch_size` prompts when it is created; workers claim BATCHES
+A job is cut into batches of `jobs.batch_size` prompts when it is created; workers claim BATCHES
 (shared/db/job_queue.py over shared/db/queue.py: SKIP LOCKED on Postgres, BEGIN IMMEDIATE on
 SQLite), so every worker of every teacher replica on one database works on the same job at once.
 For each batch it claims, a worker does:
@@ -14,9 +14,9 @@ A heartbeat thread renews the batch's lease while the worker samples. A worker k
 loses only that batch: its lease expires and another worker (or the restarted teacher) claims it.
 A worker that stalled past its lease finds its fence gone at commit time and rolls back, so
 nothing is written twice. A batch that raises counts a failure of that batch (and of the job,
-for the record) and is tried again; the job_max_failures-th failure of one batch fails the job
+for the record) and is tried again; the jobs.max_failures-th failure of one batch fails the job
 with the error recorded, and its other batches are no longer claimed. A batch claimed more than
-job_max_attempts times (each holder died or stopped) fails the job too.
+jobs.max_attempts times (each holder died or stopped) fails the job too.
 
 Cancel: workers stop claiming a cancel-requested job's batches; one that holds a batch of it
 commits that batch, then the job is cancelled once none of its batches is held (the cancel route
@@ -201,7 +201,7 @@ class JobWorker:
 
 
 def start_workers(state: TeacherState) -> list[JobWorker]:
-    """Start `job_workers` threads; on SQLite one (a single claimer: SQLite has one writer)."""
+    """Start `jobs.workers` threads; on SQLite one (a single claimer: SQLite has one writer)."""
     count = state.settings.jobs.workers
     if count > 1 and is_sqlite(state.db_engine):
         log.info("SQLite: running 1 job worker instead of %d (one writer)", count)

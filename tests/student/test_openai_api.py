@@ -218,3 +218,15 @@ def test_admin_reload_needs_the_admin_token(registry_server):
     r = httpx.post(f"{url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert r.status_code == 200 and "smollm2-135m-instruct" in r.json()["models"]
     assert httpx.post(f"{url}/admin/reload").status_code == 401
+
+
+def test_a_completion_that_names_no_max_tokens_gets_the_default(registry_server, openai_client):
+    _, app = registry_server
+    student = app.state.chat.settings.student
+    default = student.default_max_tokens
+    student.default_max_tokens = 3  # DSC_STUDENT_DEFAULT_MAX_TOKENS
+    try:
+        response = openai_client.chat.completions.create(model="student", messages=HELLO, temperature=0)
+    finally:
+        student.default_max_tokens = default
+    assert response.usage.completion_tokens <= 3

@@ -157,5 +157,5 @@ def test_the_timeout_is_a_setting_and_a_timed_out_request_is_tried_again(gateway
     finally:
         engine.close()
     assert answer.text and len(flaky.seen) == 2
-    # Gave up on the slow reply after openai_timeout (plus at most 1 s of backoff), before it came.
+    # Gave up on the slow reply after openai.timeout (plus at most 1 s of backoff), before it came.
     assert timeout <= flaky.gaps()[0] < timeout + 1.0 + 2.0, (flaky.gaps(), timeout, answer_s)

@@ -106,7 +106,7 @@ def _prompts(n: int, tag: str) -> list[str]:
 def test_job_lifecycle_progress_cancel_pairs_export(make_teacher, teacher_db_url):
     """The issue's 'done when': submit a job, watch it progress, finish it; submit a 100-prompt
     job, watch it, cancel it; list and export the accepted pairs, on SQLite and on Postgres."""
-    teacher = make_teacher(teacher_db_url, jobs={"batch_size": 2})
+    teacher = make_teacher(teacher_db_url, jobs={"batch_size": 2}, teacher={"export_page_size": 3})  # the export in several pages
     with teacher.client() as client:
         small = client.post("/v1/jobs", json={"task": "sentiment", "prompts": _prompts(2, "a small"), "acceptance": "always", "max_tokens": MAX_TOKENS, "seed": 1})
         assert small.status_code == 202 and small.json()["status"] == "queued"

@@ -20,7 +20,7 @@ def critique_revise(request: SampleRequest, caller: ClientCaller, state: ReadySt
     """Answer, critique, revise and score each prompt now; store the chains (and accepted pairs) as
     a finished job of kind "sync" when `store` is true. A plain `def`: FastAPI runs it in its
     threadpool, so the event loop keeps serving while the engine works. At most
-    `max_concurrent_sync` calls run at once; the next one gets 429 with Retry-After at once.
+    `teacher.max_concurrent_sync` calls run at once; the next one gets 429 with Retry-After at once.
     A teacher shutting down answers 503 with Retry-After, also to a call it had begun (the
     engine is closed under it, or it stops at its next phase); so does one whose engine dies
     under it (and the teacher acts on the death at once: state.engine_died)."""
