@@ -107,7 +107,7 @@ def main() -> None:
     from shared.tasks import preset_tasks
 
     console = Console(width=200)
-    settings = Settings(vllm_enforce_eager=True)
+    settings = Settings(vllm={"enforce_eager": True})
     task = preset_tasks()[args.task]
     reward = build_reward(task.reward)
     base_path = resolve_model(settings.student_base_model, settings.resolved_model_store)

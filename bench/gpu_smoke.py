@@ -117,11 +117,11 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict:
         os.environ.setdefault(key, value)  # what the caller set wins
     # A fresh database and logs; the model store `dsc models prepare` filled (the bundled model converted once).
     settings = Settings(data_dir=data_dir, database_url=None, model_store=Settings().resolved_model_store,
-                        teacher_port=free_port(), student_port=free_port(), api_keys=[], admin_token=None)
+                        teacher={"port": free_port()}, student={"port": free_port()}, api_keys=[], admin_token=None)
     figures: dict = {"gpu": "none (CPU dry run)" if args.cpu_dry_run else gpu_description(), "engine": settings.engine,
-                     "trainer_device": settings.trainer_device,
-                     "trainer_processes": settings.trainer_processes, "tensor_parallel_size": settings.vllm_tensor_parallel_size,
-                     "gpu_memory_utilization": settings.vllm_gpu_memory_utilization, "eager": settings.vllm_enforce_eager}
+                     "trainer_device": settings.trainer.device,
+                     "trainer_processes": settings.trainer.processes, "tensor_parallel_size": settings.vllm.tensor_parallel_size,
+                     "gpu_memory_utilization": settings.vllm.gpu_memory_utilization, "eager": settings.vllm.enforce_eager}
     print(f"GPU: {figures['gpu']}" if not args.cpu_dry_run else "CPU dry run: the script's flow on the CPU (not GPU figures)")
     started = time.monotonic()
     with LocalStack(settings) as stack:

@@ -55,7 +55,7 @@ def main() -> None:
     from shared.settings import BUNDLED_MODEL, Settings
     from shared.tasks import preset_tasks
 
-    settings = Settings(engine=args.engine, vllm_enforce_eager=args.eager)
+    settings = Settings(engine=args.engine, vllm={"enforce_eager": args.eager})
     task = preset_tasks()["sentiment"]
     prompts = task.prompts[: args.prompts]
     reward = build_reward(task.reward)

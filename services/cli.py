@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from pydantic import ValidationError
@@ -32,13 +32,18 @@ app.add_typer(trainer_app, name="trainer")
 console = Console(stderr=True)
 
 
-def load_settings(**overrides) -> Settings:
-    """Environment (DSC_*) first, then CLI flags that were actually given. Sets up logging from them
-    (WARNING unless DSC_LOG_LEVEL says otherwise; the services' own start-up raises that to INFO)."""
+def load_settings(**overrides: Any) -> Settings:
+    """Environment (DSC_*) first, then CLI flags that were actually given (None: not given), by
+    field or, for a group, by group: load_settings(engine=..., teacher={"port": ...}). Sets up
+    logging from them (WARNING unless DSC_LOG_LEVEL says otherwise; the services' own start-up
+    raises that to INFO)."""
     from shared.logs import configure_logging
 
+    def given(values: dict[str, Any]) -> dict[str, Any]:
+        return {key: given(value) if isinstance(value, dict) else value for key, value in values.items() if value is not None}
+
     try:
-        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+        settings = Settings(**given(overrides))
     except ValidationError as error:
         fail(DscError(f"invalid configuration: {validation_message(error)}"))
     configure_logging(settings, default_level="WARNING")
@@ -155,7 +160,7 @@ def up(
     """Start teacher, trainer worker and student locally; Ctrl-C stops them all."""
     from services.local import run_up
 
-    settings = load_settings(engine=engine, teacher_port=teacher_port, student_port=student_port)
+    settings = load_settings(engine=engine, teacher={"port": teacher_port}, student={"port": student_port})
     raise typer.Exit(code=run_up(settings, host=host, timeout=timeout))
 
 
@@ -282,10 +287,10 @@ def student_serve(
     from services.student.app import serve
     from shared.web.auth import open_bind_refusal
 
-    settings = load_settings(engine=engine, host=host, student_port=port)
+    settings = load_settings(engine=engine, host=host, student={"port": port})
     if refusal := open_bind_refusal(settings, insecure=insecure):
         fail(DscError(refusal))
-    serve(settings, host=settings.host, port=settings.student_port, model=model)
+    serve(settings, host=settings.host, port=settings.student.port, model=model)
 
 
 @teacher_app.command("serve")
@@ -301,10 +306,10 @@ def teacher_serve(
     from services.teacher.app import serve
     from shared.web.auth import open_bind_refusal
 
-    settings = load_settings(engine=engine, host=host, teacher_port=port, teacher_model=model, job_workers=workers)
+    settings = load_settings(engine=engine, host=host, teacher={"port": port}, teacher_model=model, jobs={"workers": workers})
     if refusal := open_bind_refusal(settings, insecure=insecure):
         fail(DscError(refusal))
-    serve(settings, host=settings.host, port=settings.teacher_port)
+    serve(settings, host=settings.host, port=settings.teacher.port)
 
 
 @trainer_app.command("work")
@@ -318,7 +323,7 @@ def trainer_work(
     """Claim queued distillation runs and train, evaluate and register their students."""
     from services.trainer.worker import work
 
-    settings = load_settings(database_url=database_url, trainer_threads=threads, trainer_device=device, trainer_processes=processes)
+    settings = load_settings(database_url=database_url, trainer={"threads": threads, "device": device, "processes": processes})
     try:
         work(settings, once=once)
     except DscError as error:

@@ -130,9 +130,9 @@ def build_children(settings: Settings, host: str) -> list[Child]:
     logs = settings.data_dir / "logs"
     base = f"http://{host}"
     return [
-        Child("teacher", ["teacher", "serve", "--host", host, "--port", str(settings.teacher_port)], f"{base}:{settings.teacher_port}/readyz", logs / "teacher.log"),
+        Child("teacher", ["teacher", "serve", "--host", host, "--port", str(settings.teacher.port)], f"{base}:{settings.teacher.port}/readyz", logs / "teacher.log"),
         Child("trainer", ["trainer", "work"], None, logs / "trainer.log"),
-        Child("student", ["student", "serve", "--host", host, "--port", str(settings.student_port)], f"{base}:{settings.student_port}/readyz", logs / "student.log"),
+        Child("student", ["student", "serve", "--host", host, "--port", str(settings.student.port)], f"{base}:{settings.student.port}/readyz", logs / "student.log"),
     ]
 
 
@@ -146,8 +146,9 @@ def child_env(settings: Settings, tokens: StackTokens) -> dict[str, str]:
         DSC_ENGINE=settings.engine,
         DSC_API_KEYS=",".join(tokens.key_digests),
         DSC_ADMIN_TOKEN=tokens.admin_digest,
-        DSC_TEACHER_PORT=str(settings.teacher_port),
-        DSC_STUDENT_PORT=str(settings.student_port),
+        # The nested form wins over both a flat DSC_TEACHER_PORT and a nested one the caller set.
+        DSC_TEACHER__PORT=str(settings.teacher.port),
+        DSC_STUDENT__PORT=str(settings.student.port),
         HF_HUB_OFFLINE=env.get("HF_HUB_OFFLINE", "1"),
     )
     return env
@@ -188,8 +189,8 @@ class LocalStack:
         self.host = host
         self.tokens = local_tokens(settings)
         self.children = build_children(settings, host)
-        self.teacher_url = f"http://{host}:{settings.teacher_port}"
-        self.student_url = f"http://{host}:{settings.student_port}"
+        self.teacher_url = f"http://{host}:{settings.teacher.port}"
+        self.student_url = f"http://{host}:{settings.student.port}"
 
     def __enter__(self) -> "LocalStack":
         self._stopping = False

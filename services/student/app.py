@@ -37,8 +37,8 @@ def default_runtime_factory(settings: Settings, on_batch=None) -> RuntimeFactory
 
     def transformers(path: Path) -> Runtime:
         return TransformersRuntime(
-            path, dtype=settings.dtype, max_batch=settings.student_max_batch,
-            window_s=settings.student_batch_window_ms / 1000, max_model_len=settings.max_model_len, on_batch=on_batch,
+            path, dtype=settings.dtype, max_batch=settings.student.max_batch,
+            window_s=settings.student.batch_window_ms / 1000, max_model_len=settings.max_model_len, on_batch=on_batch,
         )
 
     def build(path: Path) -> Runtime:

@@ -40,7 +40,6 @@ from shared.errors import EngineError, InvalidRequest, Overloaded
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-DEFAULT_MAX_TOKENS = 256
 
 
 class ContextLengthExceeded(InvalidRequest):
@@ -236,7 +235,7 @@ class ChatCompletions:
                 raise InvalidRequest(str(exc), param="messages") from exc
             role = "system" if message.role == "developer" else message.role
             conversation.append({"role": role, "content": content})
-        limit = self.settings.student_max_prompt_tokens
+        limit = self.settings.student.max_prompt_tokens
         if sum(len(m["content"]) for m in conversation) > limit * 16:  # refuse giant prompts before tokenising them
             raise ContextLengthExceeded(f"the messages are far longer than the limit of {limit} prompt tokens", param="messages")
         tokenizer = model.runtime.tokenizer
@@ -252,26 +251,27 @@ class ChatCompletions:
         model = self.models.resolve(request.model)
         runtime = model.runtime
         plan, forced = sampling_plan(request, runtime.supports, runtime.kind, len(runtime.tokenizer))
-        if request.n > settings.student_max_n:
-            raise InvalidRequest(f"n is {request.n}; this service allows at most {settings.student_max_n}", param="n")
+        if request.n > settings.student.max_n:
+            raise InvalidRequest(f"n is {request.n}; this service allows at most {settings.student.max_n}", param="n")
         requested = request.requested_max_tokens()
-        if requested is not None and requested > settings.student_max_tokens:
-            raise InvalidRequest(f"max_tokens is {requested}; this service allows at most {settings.student_max_tokens}", param="max_tokens")
-        max_tokens = requested or min(DEFAULT_MAX_TOKENS, settings.student_max_tokens)
+        if requested is not None and requested > settings.student.max_tokens:
+            raise InvalidRequest(f"max_tokens is {requested}; this service allows at most {settings.student.max_tokens}", param="max_tokens")
+        max_tokens = requested or min(settings.student.default_max_tokens, settings.student.max_tokens)
         prompt_ids = self.render(model, request)
-        if len(prompt_ids) > settings.student_max_prompt_tokens:
+        if len(prompt_ids) > settings.student.max_prompt_tokens:
             self.metrics.rejected.labels("prompt_too_long").inc()
             raise ContextLengthExceeded(
-                f"the prompt is {len(prompt_ids)} tokens; this service allows at most {settings.student_max_prompt_tokens}", param="messages"
+                f"the prompt is {len(prompt_ids)} tokens; this service allows at most {settings.student.max_prompt_tokens}", param="messages"
             )
         context = model.runtime.max_model_len
         if len(prompt_ids) + max_tokens > context:
             raise ContextLengthExceeded(
                 f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceed the context of {context} tokens", param="max_tokens"
             )
-        if self.pending + request.n > settings.student_max_pending:
+        if self.pending + request.n > settings.student.max_pending:
             self.metrics.rejected.labels("overloaded").inc()
-            raise Overloaded(f"the student is at capacity ({self.pending} sequences in flight); retry shortly", retry_after=1)
+            raise Overloaded(f"the student is at capacity ({self.pending} sequences in flight); retry shortly",
+                             retry_after=settings.student.pending_retry_after_seconds)
 
         self.pending += request.n
         self.models.pin(model)

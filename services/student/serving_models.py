@@ -236,7 +236,7 @@ class ServedModels:
         common = dict(kind="student", task=row.task_name, student_id=row.id, version=row.version, promoted_at=promoted)
         if row.adapter_path and Path(base_path).resolve() == Path(base_runtime.base_path).resolve():
             adapter_dir = Path(row.adapter_path)
-            await asyncio.to_thread(validate_adapter, adapter_dir, base_path, max_rank=self.settings.student_max_lora_rank)
+            await asyncio.to_thread(validate_adapter, adapter_dir, base_path, max_rank=self.settings.student.max_lora_rank)
             engine_name = f"{public}-{uuid.uuid4().hex[:8]}"  # never reuse an adapter name (docs/architecture.md §10)
             await base_runtime.load_adapter(engine_name, adapter_dir)
             return ServedModel(id=public, runtime=base_runtime, adapter=engine_name, **common)
@@ -277,7 +277,7 @@ class ServedModels:
     async def poll_registry(self) -> None:
         """Pick up promotions made through the teacher without a manual reload."""
         while True:
-            await asyncio.sleep(self.settings.student_poll_seconds)
+            await asyncio.sleep(self.settings.student.poll_seconds)
             try:
                 await self.reload()
             except NotReady:

@@ -48,10 +48,10 @@ SHUTDOWN_GRACE_S = 15  # the most uvicorn waits for requests in flight after SIG
 
 
 def _build_engine(settings: Settings) -> Engine:
-    if settings.teacher_threads:
+    if settings.teacher.threads:
         import torch
 
-        torch.set_num_threads(settings.teacher_threads)  # process-wide: the teacher's engine and rewards
+        torch.set_num_threads(settings.teacher.threads)  # process-wide: the teacher's engine and rewards
     return create_engine(settings, settings.teacher_model)
 
 

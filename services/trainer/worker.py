@@ -5,7 +5,7 @@ from stored pairs to an evaluated, registered student.
     snapshot     the run's pairs, written once to its artifact directory (reproducible, resumable)
     preflight    the checks that need the student's model and tokenizer (preflight.py): a run that cannot
                  work fails here, before any weights load, with the reason as its error
-    train        distill.train on trainer_device, in trainer_processes data-parallel ranks (parallel.py):
+    train        distill.train on trainer.device, in trainer.processes data-parallel ranks (parallel.py):
                  checkpoints every save_steps; progress {step, total, loss} after each step
     evaluate     base vs student (K samples per prompt, bootstrap CIs) on the evaluation prompts; collapse check
     report       metrics.json and report.png beside the adapter
@@ -14,7 +14,7 @@ from stored pairs to an evaluated, registered student.
 
 A worker killed mid-run leaves a checkpoint behind; its lease expires and the next claim (this
 worker restarted, or another one) resumes from the newest checkpoint. Every claim counts an
-attempt; after `trainer_max_attempts` claims the run fails with the reason instead of resuming
+attempt; after `trainer.max_attempts` claims the run fails with the reason instead of resuming
 forever, so a run never stays `running` once workers are back. Anything that raises fails the run
 with its message. Cancellation is checked after every step. A failed or cancelled run registers
 nothing, so the active student is never touched by one.
@@ -62,7 +62,7 @@ class TrainerWorker:
         self.sessions = sessions
         self.owner = worker_owner(name)
         self.stopping = threading.Event()
-        self.outage = OutageLog(log, "trainer worker", settings.trainer_poll_seconds)
+        self.outage = OutageLog(log, "trainer worker", settings.trainer.poll_seconds)
         self._thread: threading.Thread | None = None
 
     # --- loop ----------------------------------------------------------------------------------
@@ -91,14 +91,14 @@ class TrainerWorker:
             if once and not claimed:
                 return
             if not claimed:
-                self.stopping.wait(self.settings.trainer_poll_seconds)
+                self.stopping.wait(self.settings.trainer.poll_seconds)
 
     # --- one run -------------------------------------------------------------------------------
 
     def run_once(self) -> bool:
         """Claim and process one distillation run, else one evaluation; False when both queues are empty."""
         for model, process in ((DistillationRun, self._process), (EvaluationRun, self._process_evaluation)):
-            run = claim(self.sessions, model, self.owner, self.settings.trainer_lease_seconds)
+            run = claim(self.sessions, model, self.owner, self.settings.trainer.lease_seconds)
             if run is not None:
                 with log_ids(**{"distillation_id" if model is DistillationRun else "evaluation_id": run.id}):
                     self._run_claimed(model, run, process)
@@ -109,13 +109,13 @@ class TrainerWorker:
         kind = "distillation" if model is DistillationRun else "evaluation"
         lease = Lease(run.id, self.owner, run.attempt)
         log.info("claimed %s %s (attempt %d)", kind, run.id, run.attempt)
-        if run.attempt > self.settings.trainer_max_attempts:
+        if run.attempt > self.settings.trainer.max_attempts:
             last = run.progress.get("step", 0) if isinstance(run.progress, dict) else 0
             finish(self.sessions, model, run.id, self.owner, run.attempt, "failed",
                    error=f"gave up after {run.attempt - 1} attempts (trainer_max_attempts): each worker stopped without "
                          f"finishing (killed or crashed; last progress step {last}); see the trainer log")
             return
-        with Heartbeat(self.sessions, model, lease.row_id, lease.owner, lease.attempt, self.settings.trainer_lease_seconds) as beat:
+        with Heartbeat(self.sessions, model, lease.row_id, lease.owner, lease.attempt, self.settings.trainer.lease_seconds) as beat:
             try:
                 process(run, lease, beat)
             except LeaseLost:
@@ -197,10 +197,10 @@ class TrainerWorker:
 
     def _process(self, run: DistillationRun, lease: Lease, beat: Heartbeat) -> None:
         settings = self.settings
-        if settings.trainer_threads:
+        if settings.trainer.threads:
             import torch
 
-            torch.set_num_threads(settings.trainer_threads)
+            torch.set_num_threads(settings.trainer.threads)
         config = DistillationConfig.model_validate(run.config)
         directory = Path(run.artifact_dir) if run.artifact_dir else run_dir(settings, run.id)
         directory.mkdir(parents=True, exist_ok=True)
@@ -210,10 +210,10 @@ class TrainerWorker:
             snapshot = take_snapshot(session, config, task, directory)
         base_path = resolve_model(config.base_model, settings.resolved_model_store)
         preflight(config, task, base_path, snapshot.train, matching=snapshot.matching, eval_prompts=len(snapshot.eval_prompts),
-                  min_pairs=settings.distill_min_pairs)
+                  min_pairs=settings.distill.min_pairs)
         progress = dict(run.progress or {})
         progress.update(phase="training", pairs=len(snapshot.train), eval_prompts=len(snapshot.eval_prompts), data_sha256=snapshot.digest,
-                        device=resolve_device(settings.trainer_device), processes=settings.trainer_processes)
+                        device=resolve_device(settings.trainer.device), processes=settings.trainer.processes)
         self._update(lease, progress=progress, artifact_dir=str(directory))
 
         last_write = [0.0]
@@ -226,8 +226,9 @@ class TrainerWorker:
                 self._report(lease, progress=progress)
             return self._control(lease, beat)
 
-        result = train(config, base_path, snapshot.train, directory, on_step=on_step, device=settings.trainer_device,
-                       processes=settings.trainer_processes, threads=settings.trainer_threads)
+        result = train(config, base_path, snapshot.train, directory, on_step=on_step, device=settings.trainer.device,
+                       processes=settings.trainer.processes, threads=settings.trainer.threads,
+                       keep_checkpoints=settings.trainer.keep_checkpoints)
         if result.resumed_from is not None:
             progress["resumed_from_step"] = result.resumed_from
         progress.update(phase="evaluating")
@@ -302,8 +303,8 @@ def work(settings: Settings, *, once: bool = False) -> None:
 
     configure_logging(settings)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    device = resolve_device(settings.trainer_device)  # a device that is not there fails now, not with every run
-    check_processes(settings.trainer_processes, device)
+    device = resolve_device(settings.trainer.device)  # a device that is not there fails now, not with every run
+    check_processes(settings.trainer.processes, device)
     engine = make_engine(settings.resolved_database_url)  # creates the SQLite file's folder
     upgrade(settings.resolved_database_url)
     worker = TrainerWorker(settings, session_factory(engine))
@@ -315,7 +316,7 @@ def work(settings: Settings, *, once: bool = False) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     log.info("trainer worker %s polling %s (training on %s, %d process%s)", worker.owner, settings.resolved_database_url.split("@")[-1],
-             device, settings.trainer_processes, "" if settings.trainer_processes == 1 else "es")
+             device, settings.trainer.processes, "" if settings.trainer.processes == 1 else "es")
     try:
         worker.loop(once=once)
     finally:

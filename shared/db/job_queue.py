@@ -14,7 +14,7 @@ setting never re-cuts a job in flight. Workers claim BATCHES, each with its own 
     hand_back      a worker that stops (shutdown, dead engine) releases its batch without counting
                    a failure or the claim; the job turns queued again when no other batch of it is held.
     record_failure a failed try counts on the batch (and on the job, for the record); the
-                   job_max_failures-th failure of one batch fails the batch and the job.
+                   jobs.max_failures-th failure of one batch fails the batch and the job.
     fail_job       a batch that cannot run (its task is gone, too many claims) fails the job.
     settle_cancelled  a cancel-requested job none of whose batches is held by a live lease
                    becomes cancelled (the cancel route, a worker that just let go of a batch of

@@ -126,7 +126,7 @@ class JobBatch(LeaseColumns, Base):
     """Prompts [start, end) of a job: the unit job workers claim, each with its own lease (see queue.py).
 
     Statuses: queued, running (leased), succeeded (committed with its chains), failed (it failed
-    job_max_failures times and failed its job). Batches of a job that ended keep their status and
+    jobs.max_failures times and failed its job). Batches of a job that ended keep their status and
     are never claimed again.
     """
 

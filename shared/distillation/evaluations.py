@@ -31,8 +31,9 @@ def submit(sessions: sessionmaker[Session], settings: Settings, config: Evaluati
         task = get_task(session, config.task or student.task_name)
         config.prompts_for(task)  # 400 now for a task without an evaluation set
         queued = session.scalar(select(func.count()).select_from(EvaluationRun).where(EvaluationRun.status == "queued")) or 0
-        if queued >= settings.distill_max_queued:
-            raise Overloaded(f"{queued} evaluations are queued already (distill_max_queued); retry later", retry_after=30)
+        if queued >= settings.distill.max_queued:
+            raise Overloaded(f"{queued} evaluations are queued already (distill_max_queued); retry later",
+                             retry_after=settings.distill.queue_full_retry_after_seconds)
     stored = config.model_copy(update={"task": task.name})
     with sessions() as session, session.begin():
         run = EvaluationRun(task_name=task.name, student_id=student.id, status="queued", config=stored.model_dump(mode="json"),

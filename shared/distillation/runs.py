@@ -38,11 +38,11 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
     """Validate a submission; return the config to store and the initial progress."""
     task = get_task(session, config.task)  # 404 for an unknown task
     config = config.model_copy(update={"base_model": config.base_model or settings.student_base_model})
-    if config.max_steps is not None and config.max_steps > settings.distill_max_steps:
-        raise InvalidRequest(f"max_steps {config.max_steps} exceeds the limit of {settings.distill_max_steps} (distill_max_steps)", param="max_steps")
-    if config.method == "lora" and config.lora_r > settings.student_max_lora_rank:
+    if config.max_steps is not None and config.max_steps > settings.distill.max_steps:
+        raise InvalidRequest(f"max_steps {config.max_steps} exceeds the limit of {settings.distill.max_steps} (distill_max_steps)", param="max_steps")
+    if config.method == "lora" and config.lora_r > settings.student.max_lora_rank:
         raise InvalidRequest(
-            f"lora_r {config.lora_r} exceeds the rank the student service serves ({settings.student_max_lora_rank}, student_max_lora_rank)",
+            f"lora_r {config.lora_r} exceeds the rank the student service serves ({settings.student.max_lora_rank}, student_max_lora_rank)",
             param="lora_r",
         )
     if config.eval_prompts is None and not task.eval_prompts and config.held_out_fraction == 0:
@@ -61,9 +61,9 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
     where = f"task {task.name!r}" + (f", jobs {config.jobs}" if config.jobs else "") + (
         f", min_reward_gain {config.min_reward_gain}" if config.min_reward_gain is not None else "") + (
         f", acceptance {config.acceptance!r}" if config.acceptance else "")
-    if len(rows) < settings.distill_min_pairs:
+    if len(rows) < settings.distill.min_pairs:
         raise InvalidRequest(
-            f"too few pairs: {len(rows)} accepted pairs match ({where}); a distillation needs at least {settings.distill_min_pairs} "
+            f"too few pairs: {len(rows)} accepted pairs match ({where}); a distillation needs at least {settings.distill.min_pairs} "
             "(distill_min_pairs). Sample more with POST /v1/jobs.",
             param="task",
         )
@@ -71,7 +71,7 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
     train, eval_prompts = plan_data(examples, config, task)
     if not eval_prompts:
         raise InvalidRequest("no held-out prompt left to evaluate on; raise held_out_fraction or give eval_prompts", param="held_out_fraction")
-    require_training_pairs(len(train), len(rows), len(eval_prompts), config, task, settings.distill_min_pairs)
+    require_training_pairs(len(train), len(rows), len(eval_prompts), config, task, settings.distill.min_pairs)
     # `total` counts every selected pair; the trainer corrects it once it knows how many fit max_seq_len.
     progress = {"phase": "queued", "step": 0, "total": config.total_steps(len(train)), "loss": None,
                 "pairs": len(train), "eval_prompts": len(eval_prompts)}
@@ -87,8 +87,9 @@ def submit(sessions: sessionmaker[Session], settings: Settings, config: Distilla
         if key is not None and (run := earlier(session, DistillationRun, key, digest)) is not None:
             return run, True
         queued = session.scalar(select(func.count()).select_from(DistillationRun).where(DistillationRun.status == "queued")) or 0
-        if queued >= settings.distill_max_queued:
-            raise Overloaded(f"{queued} distillation runs are queued already (distill_max_queued); retry later", retry_after=30)
+        if queued >= settings.distill.max_queued:
+            raise Overloaded(f"{queued} distillation runs are queued already (distill_max_queued); retry later",
+                             retry_after=settings.distill.queue_full_retry_after_seconds)
         stored, progress = plan_run(session, settings, config)
 
     def queue(session: Session) -> DistillationRun:

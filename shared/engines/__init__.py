@@ -26,11 +26,11 @@ def create_engine(settings: Settings, model: str, *, engine: str | None = None, 
     if name == "openai":
         from shared.engines.openai_engine import OpenAIEngine
 
-        if not settings.openai_base_url:
+        if not settings.openai.base_url:
             raise InvalidRequest("engine 'openai' needs DSC_OPENAI_BASE_URL (the remote server's /v1 URL)")
         return OpenAIEngine(
-            settings.openai_base_url, model, api_key=settings.openai_api_key, concurrency=settings.openai_concurrency,
-            timeout=settings.openai_timeout, max_retries=settings.openai_max_retries, max_wait=settings.openai_retry_max_wait,
+            settings.openai.base_url, model, api_key=settings.openai.api_key, concurrency=settings.openai.concurrency,
+            timeout=settings.openai.timeout, max_retries=settings.openai.max_retries, max_wait=settings.openai.retry_max_wait,
         )
 
     path = resolve_model(model, settings.resolved_model_store)

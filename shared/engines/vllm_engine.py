@@ -52,7 +52,7 @@ def _bind_all_cores() -> None:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(core) for core in cores)
 
 
-CPU_KV_CACHE_GIB = 1.0  # the KV cache of an engine on CPU when settings name none (Settings.vllm_kv_cache_gib)
+CPU_KV_CACHE_GIB = 1.0  # the KV cache of an engine on CPU when settings name none (settings.vllm.kv_cache_gib)
 
 
 def _kv_cache_options(kv_cache_gib: float | None) -> dict:
@@ -120,11 +120,11 @@ def engine_settings(settings: "Settings", **overrides) -> dict:
     settings (dtype, memory share, parallelism, ...); `overrides` replace some for one engine
     (the trainer's evaluation engines: their own memory share, eager)."""
     values = dict(
-        dtype=settings.dtype, gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-        enforce_eager=settings.vllm_enforce_eager, max_model_len=settings.max_model_len,
-        kv_cache_gib=settings.vllm_kv_cache_gib, cpu_threads_bind=settings.vllm_cpu_threads_bind,
-        tensor_parallel_size=settings.vllm_tensor_parallel_size,
-        pipeline_parallel_size=settings.vllm_pipeline_parallel_size,
+        dtype=settings.dtype, gpu_memory_utilization=settings.vllm.gpu_memory_utilization,
+        enforce_eager=settings.vllm.enforce_eager, max_model_len=settings.max_model_len,
+        kv_cache_gib=settings.vllm.kv_cache_gib, cpu_threads_bind=settings.vllm.cpu_threads_bind,
+        tensor_parallel_size=settings.vllm.tensor_parallel_size,
+        pipeline_parallel_size=settings.vllm.pipeline_parallel_size,
     )
     values.update(overrides)
     return values

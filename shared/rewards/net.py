@@ -104,7 +104,7 @@ class NetworkPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NetworkPolicy:
-        return cls.parse(allow_private=settings.reward_http_allow_private, allow=settings.reward_http_allow)
+        return cls.parse(allow_private=settings.reward_http.allow_private, allow=settings.reward_http.allow)
 
     def permits(self, host: str, address: IPAddress) -> bool:
         if self.allow_private or is_public(address):

@@ -12,6 +12,7 @@ import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from live_server import teacher_server  # tests/ is on sys.path (pytest prepends the root conftest's directory)
+from settings_support import settings_with
 from shared.db.models import Job, utcnow
 from shared.db.session import transaction
 from shared.db.store import record_chains
@@ -27,10 +28,9 @@ def console_settings(tmp_path: Path, model_path: Path, database_url: str, **over
     values: dict[str, Any] = dict(
         data_dir=tmp_path / "data", model_store=tmp_path / "store", database_url=database_url, engine="transformers",
         teacher_model=str(model_path), student_base_model=str(model_path), api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN,
-        job_workers=0, job_poll_seconds=0.1, distill_min_pairs=2, max_tokens_limit=64,
+        jobs={"workers": 0, "poll_seconds": 0.1}, distill={"min_pairs": 2}, teacher={"max_tokens_limit": 64},
     )
-    values.update(overrides)
-    return Settings(**values)
+    return settings_with(values, overrides)
 
 
 @dataclass

@@ -51,10 +51,10 @@ def test_console_drives_the_whole_flow_in_a_browser(tmp_path, model_path, tf_eng
 
     database = f"sqlite:///{tmp_path / 'dsc.db'}"
     upgrade(database)
-    student_settings = console_settings(tmp_path / "student", model_path, database, student_poll_seconds=0.5, student_max_tokens=64)
+    student_settings = console_settings(tmp_path / "student", model_path, database, student={"poll_seconds": 0.5, "max_tokens": 64})
     with live_server(create_student(student_settings), name="student", ready_timeout=300) as student_url:
-        settings = console_settings(tmp_path, model_path, database, job_workers=1, job_batch_size=2, student_url=student_url,
-                                    trainer_poll_seconds=0.2, trainer_lease_seconds=60)
+        settings = console_settings(tmp_path, model_path, database, jobs={"workers": 1, "batch_size": 2},
+                                    student={"url": student_url}, trainer={"poll_seconds": 0.2, "lease_seconds": 60})
         with running_teacher(settings, tf_engine) as teacher, playwright_api.sync_playwright() as playwright:
             trainer = TrainerWorker(settings, teacher.sessions).start()
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])

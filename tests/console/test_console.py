@@ -20,7 +20,7 @@ HTML = {"Accept": "text/html,application/xhtml+xml"}
 
 
 def test_console_pages_login_and_review(db_url, tmp_path, model_path, tf_engine):
-    settings = console_settings(tmp_path, model_path, db_url, student_url=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    settings = console_settings(tmp_path, model_path, db_url, student={"url": f"http://127.0.0.1:{free_port()}"})  # nothing listens there
     with running_teacher(settings, tf_engine) as teacher:
         job_id = store_chains(teacher.sessions, [XSS, "Review the film Up.", "Review Alien.", "Review Jaws."], job_id="job-console-1")
         with teacher.sessions() as session:

@@ -59,8 +59,8 @@ def student_url(tmp_path_factory, model_store: Path, model_path: Path):
     tmp = tmp_path_factory.mktemp("contract-student")
     settings = Settings(
         data_dir=tmp / "data", model_store=model_store, engine="transformers", database_url=f"sqlite:///{tmp / 'registry.db'}",
-        api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN, student_poll_seconds=600,
-        student_max_prompt_tokens=512, student_max_tokens=64, student_max_n=1,
+        api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN,
+        student={"poll_seconds": 600, "max_prompt_tokens": 512, "max_tokens": 64, "max_n": 1},
     )
     upgrade(settings.resolved_database_url)
     runtime = TransformersRuntime(model_path, max_batch=32, window_s=0.05, max_model_len=2048)

@@ -58,7 +58,7 @@ def test_cancel_queued_is_immediate_and_running_is_requested(db):
 
 
 def test_clean_hand_backs_are_not_attempts_and_fence_out_the_worker_that_handed_back(db):
-    """Rolling restarts hand a run back many times: its attempts do not grow (so trainer_max_attempts
+    """Rolling restarts hand a run back many times: its attempts do not grow (so trainer.max_attempts
     counts only workers that died), and the worker that let go cannot write to it any more."""
     [run_id] = _enqueue(db, 1)
     for restart in range(5):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from live_server import live_server  # tests/ is on sys.path (pytest prepends the root conftest's directory)
+from settings_support import settings_with
 from shared.db.models import Student
 from shared.db.session import make_engine, session_factory, transaction, upgrade
 from shared.settings import Settings
@@ -34,11 +35,10 @@ def student_settings(tmp_path: Path, model_store: Path, **overrides) -> Settings
     values = dict(
         data_dir=tmp_path / "data", model_store=model_store, engine="transformers",
         database_url=f"sqlite:///{tmp_path / 'registry.db'}",
-        api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN, student_poll_seconds=0.5,
-        student_max_prompt_tokens=256, student_max_tokens=64, student_max_n=4,
+        api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN,
+        student={"poll_seconds": 0.5, "max_prompt_tokens": 256, "max_tokens": 64, "max_n": 4},
     )
-    values.update(overrides)
-    return Settings(**values)
+    return settings_with(values, overrides)
 
 
 @pytest.fixture(scope="module")

@@ -117,8 +117,8 @@ def test_errors_are_the_clients_own_types(registry_server, openai_client):
 def test_overload_answers_429_with_retry_after(registry_server, openai_client):
     url, app = registry_server
     chat = app.state.chat
-    limit = chat.settings.student_max_pending
-    chat.settings.student_max_pending = 2
+    limit = chat.settings.student.max_pending
+    chat.settings.student.max_pending = 2
     try:
         async def burst():
             async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=120) as client:
@@ -127,7 +127,7 @@ def test_overload_answers_429_with_retry_after(registry_server, openai_client):
 
         results = asyncio.run(burst())
     finally:
-        chat.settings.student_max_pending = limit
+        chat.settings.student.max_pending = limit
     limited = [r for r in results if isinstance(r, openai.RateLimitError)]
     assert limited and all(not isinstance(r, Exception) or isinstance(r, openai.RateLimitError) for r in results)
     assert limited[0].response.headers["retry-after"] == "1"
@@ -218,3 +218,15 @@ def test_admin_reload_needs_the_admin_token(registry_server):
     r = httpx.post(f"{url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert r.status_code == 200 and "smollm2-135m-instruct" in r.json()["models"]
     assert httpx.post(f"{url}/admin/reload").status_code == 401
+
+
+def test_a_completion_that_names_no_max_tokens_gets_the_default(registry_server, openai_client):
+    _, app = registry_server
+    student = app.state.chat.settings.student
+    default = student.default_max_tokens
+    student.default_max_tokens = 3  # DSC_STUDENT_DEFAULT_MAX_TOKENS
+    try:
+        response = openai_client.chat.completions.create(model="student", messages=HELLO, temperature=0)
+    finally:
+        student.default_max_tokens = default
+    assert response.usage.completion_tokens <= 3

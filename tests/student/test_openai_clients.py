@@ -50,7 +50,7 @@ def student(tmp_path_factory, model_store, model_path, keys, student_helpers):
 
     runtime = VLLMRuntime(model_path, enforce_eager=True, gpu_memory_utilization=0.15, kv_cache_gib=0.5, max_model_len=2048, max_loras=2, max_lora_rank=16)
     try:
-        settings = student_helpers["student_settings"](tmp_path_factory.mktemp("student"), model_store, engine="vllm", student_poll_seconds=600)
+        settings = student_helpers["student_settings"](tmp_path_factory.mktemp("student"), model_store, engine="vllm", student={"poll_seconds": 600})
         upgrade(settings.resolved_database_url)
         with student_helpers["running_server"](create_app(settings, runtime=runtime)) as url:
             yield f"{url}/v1", keys["client"], runtime

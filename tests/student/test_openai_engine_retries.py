@@ -149,13 +149,13 @@ def test_the_timeout_is_a_setting_and_a_timed_out_request_is_tried_again(gateway
         warm.close()
     timeout = max(3.0, 4 * answer_s)
     flaky.fail(Failure(None, delay=timeout + 5))  # the first reply would come too late; the next is forwarded at once
-    settings = Settings(data_dir=tmp_path, engine="openai", openai_base_url=f"{url}/v1", openai_api_key=keys["client"],
-                        openai_timeout=timeout, openai_max_retries=2, openai_retry_max_wait=1.0)
+    settings = Settings(data_dir=tmp_path, engine="openai", openai={
+        "base_url": f"{url}/v1", "api_key": keys["client"], "timeout": timeout, "max_retries": 2, "retry_max_wait": 1.0})
     engine = create_engine(settings, "base")
     try:
         [answer] = engine.generate(ONE, PARAMS)
     finally:
         engine.close()
     assert answer.text and len(flaky.seen) == 2
-    # Gave up on the slow reply after openai_timeout (plus at most 1 s of backoff), before it came.
+    # Gave up on the slow reply after openai.timeout (plus at most 1 s of backoff), before it came.
     assert timeout <= flaky.gaps()[0] < timeout + 1.0 + 2.0, (flaky.gaps(), timeout, answer_s)

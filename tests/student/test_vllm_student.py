@@ -30,7 +30,7 @@ def test_vllm_student_serves_base_and_promoted_adapter(vllm_runtime, tmp_path, m
     from services.student.app import create_app
     from shared.db.session import upgrade
 
-    settings = student_helpers["student_settings"](tmp_path, model_store, engine="vllm", student_poll_seconds=600, student_max_lora_rank=16)
+    settings = student_helpers["student_settings"](tmp_path, model_store, engine="vllm", student={"poll_seconds": 600, "max_lora_rank": 16})
     upgrade(settings.resolved_database_url)
     app = create_app(settings, runtime=vllm_runtime)
     with student_helpers["running_server"](app) as url:

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from live_server import free_port, live_server, wait_for  # tests/ is on sys.path (pytest prepends the root conftest's directory)
+from settings_support import settings_with
 from shared.db.models import ChainRecord, ChainStep, Job, Pair, Task
 from shared.db.session import make_engine, session_factory
 from shared.settings import Settings
@@ -41,12 +42,12 @@ def teacher_settings(data_dir: Path, model_store: Path, database_url: str, **ove
     values: dict[str, Any] = dict(
         data_dir=data_dir, model_store=model_store, database_url=database_url, engine="transformers",
         api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN,
-        job_workers=1, job_batch_size=2, job_poll_seconds=0.1, job_lease_seconds=30, job_max_failures=2,
-        max_sync_prompts=4, max_job_prompts=200, max_tokens_limit=64, max_steps=2, max_chains=2,
-        max_prompt_chars=500, max_queued_jobs=20, max_concurrent_sync=2, max_body_bytes=64 * 1024,
+        max_body_bytes=64 * 1024,
+        jobs={"workers": 1, "batch_size": 2, "poll_seconds": 0.1, "lease_seconds": 30, "max_failures": 2},
+        teacher={"max_sync_prompts": 4, "max_job_prompts": 200, "max_tokens_limit": 64, "max_steps": 2, "max_chains": 2,
+                 "max_prompt_chars": 500, "max_queued_jobs": 20, "max_concurrent_sync": 2},
     )
-    values.update(overrides)
-    return Settings(**values)
+    return settings_with(values, overrides)
 
 
 @dataclass

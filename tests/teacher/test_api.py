@@ -21,7 +21,7 @@ CUSTOM_TASK = {
 
 
 def test_health_readiness_metrics_and_openapi(make_teacher):
-    teacher = make_teacher(job_workers=0)
+    teacher = make_teacher(jobs={"workers": 0})
     with teacher.client(None) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
@@ -42,7 +42,7 @@ def test_health_readiness_metrics_and_openapi(make_teacher):
 
 
 def test_tasks_list_show_create(make_teacher):
-    teacher = make_teacher(job_workers=0)
+    teacher = make_teacher(jobs={"workers": 0})
     with teacher.client() as client, teacher.client(teacher.admin_token) as admin:
         listed = {task["name"]: task for task in client.get("/v1/tasks").json()["data"]}
         assert {"sentiment", "safety", "privacy"} <= set(listed)
@@ -67,7 +67,7 @@ def test_tasks_list_show_create(make_teacher):
 
 
 def test_critique_revise_synchronous(make_teacher):
-    teacher = make_teacher(job_workers=0)
+    teacher = make_teacher(jobs={"workers": 0})
     with teacher.client(teacher.admin_token) as admin:
         assert admin.post("/v1/tasks", json=CUSTOM_TASK).status_code == 201
     with teacher.client() as client:
@@ -106,7 +106,7 @@ def _prompts(n: int, tag: str) -> list[str]:
 def test_job_lifecycle_progress_cancel_pairs_export(make_teacher, teacher_db_url):
     """The issue's 'done when': submit a job, watch it progress, finish it; submit a 100-prompt
     job, watch it, cancel it; list and export the accepted pairs, on SQLite and on Postgres."""
-    teacher = make_teacher(teacher_db_url, job_batch_size=2)
+    teacher = make_teacher(teacher_db_url, jobs={"batch_size": 2}, teacher={"export_page_size": 3})  # the export in several pages
     with teacher.client() as client:
         small = client.post("/v1/jobs", json={"task": "sentiment", "prompts": _prompts(2, "a small"), "acceptance": "always", "max_tokens": MAX_TOKENS, "seed": 1})
         assert small.status_code == 202 and small.json()["status"] == "queued"

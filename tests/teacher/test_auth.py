@@ -31,7 +31,7 @@ def _call(client, method: str, path: str):
 
 
 def test_every_route_enforces_its_scope(make_teacher):
-    teacher = make_teacher(job_workers=0)
+    teacher = make_teacher(jobs={"workers": 0})
     CLIENT_KEY = teacher.client_key
     routes = [route for route in teacher.app.routes if getattr(route, "path", None)]
     checked = {"admin": 0, "client": 0}
@@ -83,7 +83,7 @@ def _check_console(mount: Mount, *clients) -> int:
 
 
 def test_open_routes_and_admin_token_everywhere(make_teacher):
-    teacher = make_teacher(job_workers=0)
+    teacher = make_teacher(jobs={"workers": 0})
     CLIENT_KEY, ADMIN_TOKEN = teacher.client_key, teacher.admin_token
     with teacher.client(None) as anonymous:
         for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
@@ -97,7 +97,7 @@ def test_open_routes_and_admin_token_everywhere(make_teacher):
 
 
 def test_tokens_never_reach_the_logs(make_teacher, caplog):
-    teacher = make_teacher(job_workers=0)
+    teacher = make_teacher(jobs={"workers": 0})
     CLIENT_KEY, ADMIN_TOKEN = teacher.client_key, teacher.admin_token
     with caplog.at_level("DEBUG"):
         with teacher.client(CLIENT_KEY) as client:

@@ -21,7 +21,7 @@ def _count(teacher, model) -> int:
 
 
 def test_a_retried_job_submission_answers_with_the_first_job(make_teacher, teacher_db_url):
-    teacher = make_teacher(teacher_db_url, job_workers=0, api_keys=[KEY, OTHER_KEY])
+    teacher = make_teacher(teacher_db_url, jobs={"workers": 0}, api_keys=[KEY, OTHER_KEY])
     with teacher.client(KEY) as client, teacher.client(OTHER_KEY) as other:
         first = client.post("/v1/jobs", json=JOB, headers={"Idempotency-Key": "order-42"})
         assert first.status_code == 202, first.text
@@ -49,7 +49,7 @@ def test_a_retried_job_submission_answers_with_the_first_job(make_teacher, teach
 
 
 def test_retries_racing_each_other_make_one_job(make_teacher, teacher_db_url):
-    teacher = make_teacher(teacher_db_url, job_workers=0)
+    teacher = make_teacher(teacher_db_url, jobs={"workers": 0})
 
     def post(_):
         with teacher.client() as client:

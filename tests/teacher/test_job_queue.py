@@ -90,7 +90,7 @@ def stored(sessions, job_id: str) -> tuple[list[int], int, int]:
 
 def test_two_workers_share_the_queue_and_process_each_prompt_once(make_state, postgres_url, tf_engine, waiter):
     engine = CountingEngine(tf_engine)
-    state = make_state(postgres_url, engine, job_batch_size=2, job_poll_seconds=0.05)
+    state = make_state(postgres_url, engine, jobs={"batch_size": 2, "poll_seconds": 0.05})
     # One job of two batches that both workers race for, and a second one for whoever is free.
     sizes = {enqueue(state.sessions, [f"Review film {i} of job {j}." for i in range(n)]): n for j, n in enumerate((4, 2))}
     jobs = list(sizes)
@@ -148,7 +148,7 @@ def test_a_stalled_worker_cannot_commit_after_a_rescue(make_state, db_url):
 
 
 def test_failed_batches_are_retried_then_the_job_fails_with_the_error(make_state, tmp_path, tf_engine):
-    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", BrokenEngine(tf_engine), job_max_failures=2, job_poll_seconds=0.01)
+    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", BrokenEngine(tf_engine), jobs={"max_failures": 2, "poll_seconds": 0.01})
     job_id = enqueue(state.sessions, ["Review a film."])
     assert JobWorker(state).run_once()
     job = load(state.sessions, job_id)
@@ -161,7 +161,7 @@ def test_failed_batches_are_retried_then_the_job_fails_with_the_error(make_state
 
 
 def test_a_batch_that_fails_once_is_retried_and_the_job_succeeds(make_state, tmp_path, tf_engine):
-    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", BrokenEngine(tf_engine, failures=1), job_max_failures=2, job_poll_seconds=0.01)
+    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", BrokenEngine(tf_engine, failures=1), jobs={"max_failures": 2, "poll_seconds": 0.01})
     job_id = enqueue(state.sessions, ["Review a film."])
     assert JobWorker(state).run_once()
     job = load(state.sessions, job_id)
@@ -196,7 +196,7 @@ def test_failures_are_counted_per_batch_not_over_the_whole_job(make_state, tmp_p
     """Three batches that each fail once: more failures than job_max_failures over the job, but
     never that many for one batch, so the job succeeds; every failure stays on record."""
     engine = FirstTryFailsEngine(tf_engine)
-    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", engine, job_batch_size=1, job_max_failures=2, job_poll_seconds=0.01)
+    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", engine, jobs={"batch_size": 1, "max_failures": 2, "poll_seconds": 0.01})
     job_id = enqueue(state.sessions, ["Review a film.", "Review a play.", "Review a book."], batch_size=1)
     assert drain(JobWorker(state)) == 3
     job = load(state.sessions, job_id)
@@ -228,7 +228,7 @@ def test_a_job_whose_workers_keep_dying_fails_after_job_max_attempts(make_state,
     cap: the job fails with the reason instead of being resumed forever; the engine is never
     called for it."""
     engine = BrokenEngine(tf_engine, failures=0)
-    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", engine, job_max_attempts=2)
+    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", engine, jobs={"max_attempts": 2})
     job_id = enqueue(state.sessions, ["Review a film."])
     for owner in ("dies-1", "dies-2"):
         assert claim_batch(state.sessions, owner, lease_seconds=0.05).job_id == job_id
@@ -242,7 +242,7 @@ def test_a_job_whose_workers_keep_dying_fails_after_job_max_attempts(make_state,
 
 
 def test_a_batch_that_fails_job_max_failures_times_fails_the_job_and_its_other_batches_wait_no_more(make_state, tmp_path, tf_engine):
-    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", BrokenEngine(tf_engine), job_max_failures=2, job_poll_seconds=0.01)
+    state = make_state(f"sqlite:///{tmp_path / 'q.db'}", BrokenEngine(tf_engine), jobs={"max_failures": 2, "poll_seconds": 0.01})
     job_id = enqueue(state.sessions, ["Review a film.", "Review a play.", "Review a book."])
     worker = JobWorker(state)
     assert worker.run_once()
@@ -276,7 +276,7 @@ def test_cancel_while_a_batch_is_in_flight_commits_it_then_cancels_the_job(make_
 
 
 def test_a_cancelled_job_whose_batch_holder_died_is_cancelled_once_its_lease_runs_out(make_state, db_url):
-    state = make_state(db_url, job_poll_seconds=0.01)
+    state = make_state(db_url, jobs={"poll_seconds": 0.01})
     job_id = enqueue(state.sessions, ["p0", "p1", "p2"])
     assert claim_batch(state.sessions, "dies", lease_seconds=0.3).start == 0
     with transaction(state.sessions) as session:

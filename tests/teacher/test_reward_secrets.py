@@ -28,7 +28,7 @@ from shared.db.models import Task
 
 SECRET = "Bearer scorer-secret-51ab"
 QUERY_SECRET = "q-secret-77"
-LOOPBACK = {"reward_http_allow": ["127.0.0.1/32"]}  # the operator lets rewards reach the test scorer
+LOOPBACK = {"reward_http": {"allow": ["127.0.0.1/32"]}}  # the operator lets rewards reach the test scorer
 ONE_PROMPT = {"prompts": ["Write a harsh review of a film about trains."], "max_tokens": 8, "seed": 3}
 
 
@@ -43,7 +43,7 @@ def _no_secret(text: str) -> None:
 
 def test_headers_are_write_only(make_teacher):
     with running_scorer() as scorer:
-        teacher = make_teacher(job_workers=0, **LOOPBACK)
+        teacher = make_teacher(jobs={"workers": 0}, **LOOPBACK)
         with teacher.client(teacher.admin_token) as admin, teacher.client() as client:
             created = admin.post("/v1/tasks", json=_task("scored", f"{scorer.url}/score?key={QUERY_SECRET}", headers={"Authorization": SECRET}))
             assert created.status_code == 201, created.text
@@ -59,7 +59,7 @@ def test_headers_are_write_only(make_teacher):
 
 def test_scorer_failures_reach_clients_without_its_reply(make_teacher, caplog):
     with running_scorer() as scorer:
-        teacher = make_teacher(job_max_failures=1, **LOOPBACK)
+        teacher = make_teacher(jobs={"max_failures": 1}, **LOOPBACK)
         with teacher.client(teacher.admin_token) as admin, teacher.client() as client:
             assert admin.post("/v1/tasks", json=_task("leaky", f"{scorer.url}/leak", headers={"Authorization": SECRET})).status_code == 201
             failed = client.post("/v1/critique-revise", json={"task": "leaky", **ONE_PROMPT})
@@ -80,7 +80,7 @@ def test_scorer_failures_reach_clients_without_its_reply(make_teacher, caplog):
                                  "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/score"])
 def test_private_targets_are_refused_at_creation(make_teacher, url):
     with running_scorer() as scorer:
-        teacher = make_teacher(job_workers=0)  # no operator allowance
+        teacher = make_teacher(jobs={"workers": 0})  # no operator allowance
         with teacher.client(teacher.admin_token) as admin:
             response = admin.post("/v1/tasks", json=_task("inside", url.format(port=scorer.port)))
         assert response.status_code == 400, response.text

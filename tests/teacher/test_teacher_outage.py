@@ -22,7 +22,7 @@ def test_requests_and_jobs_ride_out_a_database_outage(make_teacher, caplog):
         pytest.skip("needs Postgres's initdb and pg_ctl and runuser (Debian's postgresql package)")
     caplog.set_level(logging.WARNING)
     with own_postgres() as server:
-        teacher = make_teacher(server.url, job_workers=1, job_batch_size=2, job_lease_seconds=120)
+        teacher = make_teacher(server.url, jobs={"workers": 1, "batch_size": 2, "lease_seconds": 120})
         with teacher.client() as client:
             job = client.post("/v1/jobs", json=JOB)
             assert job.status_code == 202, job.text

@@ -26,7 +26,7 @@ def _sample(client, prompt: str) -> str:
 
 
 def test_keys_see_only_their_own_jobs_and_pairs(make_teacher, teacher_db_url):
-    teacher = make_teacher(teacher_db_url, job_workers=0, api_keys=[KEY_A, KEY_B])
+    teacher = make_teacher(teacher_db_url, jobs={"workers": 0}, api_keys=[KEY_A, KEY_B])
     with teacher.client(KEY_A) as a, teacher.client(KEY_B) as b, teacher.client(teacher.admin_token) as admin:
         a_sync, b_sync = _sample(a, "Write a harsh review of a film about trains."), _sample(b, "Write a bitter review of a film about ships.")
         queued = a.post("/v1/jobs", json={**ONE_PROMPT, "prompts": ["Review a film."]})
@@ -67,7 +67,7 @@ def test_keys_see_only_their_own_jobs_and_pairs(make_teacher, teacher_db_url):
 
 
 def test_rate_limit_per_key(make_teacher):
-    teacher = make_teacher(job_workers=0, api_keys=[KEY_A, KEY_B], rate_limit="3/minute")
+    teacher = make_teacher(jobs={"workers": 0}, api_keys=[KEY_A, KEY_B], rate_limit="3/minute")
     with teacher.client(KEY_A) as a, teacher.client(KEY_B) as b:
         assert [a.get("/v1/tasks").status_code for _ in range(3)] == [200, 200, 200]
         refused = a.get("/v1/jobs")
@@ -81,7 +81,7 @@ def test_rate_limit_per_key(make_teacher):
 def test_keys_configured_as_digests(make_teacher):
     digest = "sha256:" + hashlib.sha256(KEY_A.encode()).hexdigest()
     admin_digest = "sha256:" + hashlib.sha256(b"digest-admin").hexdigest()
-    teacher = make_teacher(job_workers=0, api_keys=[digest], admin_token=admin_digest)
+    teacher = make_teacher(jobs={"workers": 0}, api_keys=[digest], admin_token=admin_digest)
     assert KEY_A not in repr(teacher.settings)
     with teacher.client(KEY_A) as client, teacher.client("digest-admin") as admin:
         assert client.get("/v1/tasks").status_code == 200
@@ -92,7 +92,7 @@ def test_keys_configured_as_digests(make_teacher):
 
 @pytest.mark.parametrize("name", ["base", "default", "student"])
 def test_reserved_task_names_are_refused(make_teacher, name):
-    teacher = make_teacher(job_workers=0)
+    teacher = make_teacher(jobs={"workers": 0})
     with teacher.client(teacher.admin_token) as admin:
         response = admin.post("/v1/tasks", json={"name": name, "critique_request": "c", "revision_request": "r", "reward": {"type": "vader"}})
     assert response.status_code == 422, response.text
@@ -103,7 +103,7 @@ def test_reserved_task_names_are_refused(make_teacher, name):
 
 
 def test_readyz_tells_an_open_caller_no_internals(make_teacher):
-    teacher = make_teacher(job_workers=0)
+    teacher = make_teacher(jobs={"workers": 0})
     state = teacher.state
     engine, state.engine = state.engine, None  # as after a failed load
     state.engine_error = "engine failed to load: no such file /srv/secret-models/teacher at http://10.0.0.7:9000/v1"

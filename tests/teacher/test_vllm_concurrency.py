@@ -48,7 +48,8 @@ def assert_on_its_prompt(prompt: str, text: str, what: str, *, must_name: bool) 
 
 
 def test_vllm_teacher_keeps_every_answer_on_its_prompt_with_a_job_and_concurrent_sync_calls(make_teacher, vllm_engine, waiter):
-    teacher = make_teacher(engine=vllm_engine, job_batch_size=8, max_concurrent_sync=2, max_sync_prompts=4, job_max_failures=1)
+    teacher = make_teacher(engine=vllm_engine, jobs={"batch_size": 8, "max_failures": 1},
+                           teacher={"max_concurrent_sync": 2, "max_sync_prompts": 4})
     with teacher.client() as client:
         # The same synchronous requests, each run alone first: the reference answers.
         alone = {}

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from live_server import teacher_server, wait_for  # tests/ is on sys.path (pytest prepends the root conftest's directory)
+from settings_support import settings_with
 from shared.db.models import Job, utcnow
 from shared.db.session import make_engine, session_factory, transaction, upgrade
 from shared.db.store import record_chains
@@ -49,11 +50,10 @@ def trainer_settings(tmp_path: Path, model_path: Path, database_url: str | None 
     values: dict[str, Any] = dict(
         data_dir=tmp_path / "data", model_store=tmp_path / "store", database_url=database_url, engine="transformers",
         teacher_model=str(model_path), student_base_model=str(model_path),
-        api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN, job_workers=0,
-        trainer_lease_seconds=30, trainer_poll_seconds=0.2, trainer_max_attempts=3, distill_min_pairs=2,
+        api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN, jobs={"workers": 0},
+        trainer={"lease_seconds": 30, "poll_seconds": 0.2, "max_attempts": 3}, distill={"min_pairs": 2},
     )
-    values.update(overrides)
-    settings = Settings(**values)
+    settings = settings_with(values, overrides)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return settings
 

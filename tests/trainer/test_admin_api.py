@@ -22,7 +22,7 @@ def _runs(teacher) -> int:
 
 @pytest.fixture()
 def api(make_settings, db_url, tf_engine, helpers):
-    settings = make_settings(db_url, distill_min_pairs=4)
+    settings = make_settings(db_url, distill={"min_pairs": 4})
     with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:
         helpers.store_fixed_pairs(teacher.sessions, helpers.film_prompts[:5], "A warm, lovely film.", job_id="small-job")
         created = admin.post("/v1/tasks", json={"name": "tone", "critique_request": "Critique it.", "revision_request": "Fix it.",
@@ -88,7 +88,7 @@ def test_what_needs_the_model_fails_the_run_at_once_on_the_trainer(api):
 
 
 def test_too_few_pairs_overall(make_settings, db_url, tf_engine, helpers):
-    settings = make_settings(db_url, distill_min_pairs=8)
+    settings = make_settings(db_url, distill={"min_pairs": 8})
     with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:
         helpers.store_fixed_pairs(teacher.sessions, helpers.film_prompts[:5], "A warm, lovely film.")
         response = admin.post("/admin/distillations", json=GOOD)

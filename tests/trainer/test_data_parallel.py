@@ -76,7 +76,7 @@ def test_two_gloo_ranks_train_disjoint_shards_in_sync_and_resume(tmp_path: Path,
 
 
 def test_trainer_worker_with_two_processes_registers_a_student(make_settings, model_path, helpers):
-    settings = make_settings(trainer_processes=2, trainer_threads=1, trainer_device="auto")
+    settings = make_settings(trainer={"processes": 2, "threads": 1, "device": "auto"})
     sessions = helpers.migrated(settings)
     helpers.store_fixed_pairs(sessions, helpers.film_prompts[:6], ANSWER)
     run, _ = submit(sessions, settings, DistillationConfig(**CONFIG, max_steps=3, save_steps=2, eval_prompts=helpers.film_prompts[-1:],
@@ -99,10 +99,10 @@ def test_processes_and_device_settings_are_validated(make_settings):
 
     from shared.device import DeviceUnavailable, check_processes, resolve_device
 
-    with pytest.raises(ValidationError, match="trainer_processes must be at least 1"):
-        make_settings(trainer_processes=0)
+    with pytest.raises(ValidationError, match=r"trainer.processes\n.*must be at least 1"):
+        make_settings(trainer={"processes": 0})
     with pytest.raises(ValidationError):
-        make_settings(trainer_device="tpu")
+        make_settings(trainer={"device": "tpu"})
     import torch
 
     if torch.cuda.is_available():

@@ -70,7 +70,7 @@ def test_distillation_from_sampled_pairs_end_to_end(make_settings, tf_engine, se
     _adapter_loads_with_plain_peft_and_generates(adapter_dir, model_path)
     from services.student.adapters import validate_adapter
 
-    assert validate_adapter(adapter_dir, model_path, max_rank=settings.student_max_lora_rank)["r"] == 16
+    assert validate_adapter(adapter_dir, model_path, max_rank=settings.student.max_lora_rank)["r"] == 16
 
     # registry and promotion
     with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:

@@ -42,7 +42,7 @@ def _untouched(sessions) -> None:
 
 
 def test_killed_trainer_resumes_from_its_checkpoint(make_settings, postgres_url, model_path, helpers, tmp_path):
-    settings = make_settings(postgres_url, trainer_lease_seconds=3)
+    settings = make_settings(postgres_url, trainer={"lease_seconds": 3})
     sessions = _seed(helpers, settings, model_path)
     run, _ = submit(sessions, settings, DistillationConfig(**TINY, max_steps=8, save_steps=2, eval_prompts=helpers.film_prompts[-1:]))
 
@@ -82,7 +82,7 @@ def test_killed_trainer_resumes_from_its_checkpoint(make_settings, postgres_url,
 
 
 def test_run_whose_workers_keep_dying_fails_with_the_reason(make_settings, model_path, helpers):
-    settings = make_settings(trainer_max_attempts=2)
+    settings = make_settings(trainer={"max_attempts": 2})
     sessions = _seed(helpers, settings, model_path)
     run, _ = submit(sessions, settings, DistillationConfig(**TINY, max_steps=2, eval_prompts=helpers.film_prompts[-1:]))
     # Two workers claimed it and died (their leases ran out without a heartbeat).

@@ -28,7 +28,7 @@ def test_training_waits_out_a_database_outage(make_settings, helpers, caplog):
     if not available():
         pytest.skip("needs Postgres's initdb and pg_ctl and runuser (Debian's postgresql package)")
     with own_postgres() as server:
-        settings = make_settings(server.url, trainer_lease_seconds=120, trainer_poll_seconds=0.2, trainer_threads=1)
+        settings = make_settings(server.url, trainer={"lease_seconds": 120, "poll_seconds": 0.2, "threads": 1})
         sessions = helpers.migrated(settings)
         helpers.store_fixed_pairs(sessions, helpers.film_prompts[:8], "What a lovely, joyful film; I adored it.")
         run, _ = submit(sessions, settings, DistillationConfig(**TINY, max_steps=10, save_steps=5, eval_prompts=helpers.film_prompts[-1:]))

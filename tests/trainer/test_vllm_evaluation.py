@@ -15,7 +15,7 @@ from shared.tasks import preset_tasks
 @pytest.mark.vllm
 def test_vllm_evaluation_detects_a_real_difference_and_a_collapse(make_settings, model_path, trained_adapter):
     pytest.importorskip("vllm")
-    settings = make_settings(engine="vllm")  # two engines at trainer_eval_memory_utilization each
+    settings = make_settings(engine="vllm")  # two engines at trainer.eval_memory_utilization each
     task = preset_tasks()["privacy"]
     config = EvaluationConfig(task="privacy", samples=2, max_tokens=48, max_eval_prompts=16, seed=1)
     phases: list[str] = []

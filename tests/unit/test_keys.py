@@ -33,7 +33,7 @@ def test_bad_rates_and_allow_entries_fail_at_load() -> None:
     with pytest.raises(ValidationError, match="not a rate"):
         Settings(rate_limit="lots")
     with pytest.raises(ValidationError, match="neither a host name nor a CIDR"):
-        Settings(reward_http_allow="http://scorer/")
+        Settings(reward_http={"allow": "http://scorer/"})
     assert Settings(rate_limit="10/second;600/minute").rate_limit == "10/second;600/minute"
 
 

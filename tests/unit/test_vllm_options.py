@@ -30,5 +30,5 @@ def test_settings_refuse_a_kv_cache_of_zero():
 
     from shared.settings import Settings
 
-    with pytest.raises(ValidationError, match="vllm_kv_cache_gib"):
-        Settings(vllm_kv_cache_gib=0)
+    with pytest.raises(ValidationError, match="vllm.kv_cache_gib"):
+        Settings(vllm={"kv_cache_gib": 0})

@@ -41,8 +41,9 @@ def recorded(monkeypatch) -> list:
 
 
 def _settings(tmp_path: Path, model_store: Path) -> Settings:
-    return Settings(data_dir=tmp_path, model_store=model_store, engine="vllm", vllm_tensor_parallel_size=2,
-                    vllm_pipeline_parallel_size=3, vllm_gpu_memory_utilization=0.55, trainer_eval_memory_utilization=0.07)
+    return Settings(data_dir=tmp_path, model_store=model_store, engine="vllm",
+                    vllm={"tensor_parallel_size": 2, "pipeline_parallel_size": 3, "gpu_memory_utilization": 0.55},
+                    trainer={"eval_memory_utilization": 0.07})
 
 
 @pytest.mark.vllm
@@ -87,13 +88,13 @@ def test_sizes_come_from_the_environment(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("DSC_VLLM_TENSOR_PARALLEL_SIZE", "4")
     monkeypatch.setenv("DSC_VLLM_PIPELINE_PARALLEL_SIZE", "2")
     settings = Settings(data_dir=tmp_path)
-    assert (settings.vllm_tensor_parallel_size, settings.vllm_pipeline_parallel_size) == (4, 2)
+    assert (settings.vllm.tensor_parallel_size, settings.vllm.pipeline_parallel_size) == (4, 2)
 
 
-@pytest.mark.parametrize("name", ["vllm_tensor_parallel_size", "vllm_pipeline_parallel_size"])
+@pytest.mark.parametrize("name", ["tensor_parallel_size", "pipeline_parallel_size"])
 def test_a_size_below_one_is_a_settings_error(name: str, tmp_path: Path):
-    with pytest.raises(ValidationError, match=f"{name} must be at least 1"):
-        Settings(data_dir=tmp_path, **{name: 0})
+    with pytest.raises(ValidationError, match=rf"vllm.{name}\n.*must be at least 1"):
+        Settings(data_dir=tmp_path, vllm={name: 0})
 
 
 def test_the_cli_refuses_a_bad_size_with_a_clear_message(tmp_path: Path):
@@ -101,7 +102,7 @@ def test_the_cli_refuses_a_bad_size_with_a_clear_message(tmp_path: Path):
     result = subprocess.run([sys.executable, "-m", "services.cli", "teacher", "serve"], env={**_base_env(), **env},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "vllm_tensor_parallel_size must be at least 1" in " ".join(result.stderr.split())
+    assert "vllm.tensor_parallel_size: Value error, must be at least 1" in " ".join(result.stderr.split())
 
 
 def _base_env() -> dict:

@@ -73,8 +73,8 @@ class VLLMRuntime:
 
     @classmethod
     def from_settings(cls, path: Path, settings: Settings) -> "VLLMRuntime":
-        return cls(path, **engine_settings(settings), max_loras=settings.student_max_loras,
-                   max_lora_rank=_supported_rank(settings.student_max_lora_rank))
+        return cls(path, **engine_settings(settings), max_loras=settings.student.max_loras,
+                   max_lora_rank=_supported_rank(settings.student.max_lora_rank))
 
     def queue_depth(self) -> int:
         return self.engine.get_num_unfinished_requests()

@@ -93,7 +93,7 @@ def _ask(client: httpx.Client, model: str, prompt: str, max_tokens: int, tempera
 
 @router.get("/playground", response_class=HTMLResponse)
 def playground_form(request: Request, _user: Admin, session: Db, state: State) -> HTMLResponse:
-    return render(request, "playground.html", names=_served_names(session), student_url=state.settings.resolved_student_url,
+    return render(request, "playground.html", names=_served_names(session), student_url=state.settings.student.resolved_url,
                   prompt="", model="student", max_tokens=64, temperature=0.0, answers=None)
 
 
@@ -104,10 +104,10 @@ def playground(request: Request, user: AdminPost, state: State, prompt: Annotate
                temperature: Annotated[float, Form(ge=0, le=2)] = 0.0) -> HTMLResponse:
     """One prompt to the student service's base model and to `model`, at once; both answers shown."""
     headers = {"Authorization": f"Bearer {user.token}"} if user.token else {}
-    with httpx.Client(base_url=state.settings.resolved_student_url, headers=headers, timeout=PLAYGROUND_TIMEOUT_S) as client, \
+    with httpx.Client(base_url=state.settings.student.resolved_url, headers=headers, timeout=PLAYGROUND_TIMEOUT_S) as client, \
             ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda name: _ask(client, name, prompt, max_tokens, temperature), ["base", model]))
     with state.sessions() as session:  # not held open while the student answers
         names = _served_names(session)
-    return render(request, "playground.html", names=names, student_url=state.settings.resolved_student_url,
+    return render(request, "playground.html", names=names, student_url=state.settings.student.resolved_url,
                   prompt=prompt, model=model, max_tokens=max_tokens, temperature=temperature, answers=answers)

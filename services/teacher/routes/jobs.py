@@ -27,8 +27,6 @@ from shared.web.routing import AuthFirstRoute
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=AuthFirstRoute,
                    responses=error_responses(503))
 
-QUEUE_FULL_RETRY_AFTER_S = 30
-
 
 def _load(session, job_id: str, caller: Caller) -> Job:
     job = session.get(Job, job_id, options=[defer(Job.prompts)])  # a job may hold 50k prompts
@@ -46,15 +44,15 @@ def submit(request: JobRequest, caller: ClientCaller, state: State, idempotency_
 
     def queue(session) -> Job:
         plan = plan_sample(session, request)
-        check_plan(plan, settings, max_prompts=settings.max_job_prompts, count_setting="max_job_prompts")
+        check_plan(plan, settings, max_prompts=settings.teacher.max_job_prompts, count_setting="max_job_prompts")
         queued = session.scalar(select(func.count()).select_from(Job).where(Job.kind == "job", Job.status == "queued"))
-        if queued >= settings.max_queued_jobs:
+        if queued >= settings.teacher.max_queued_jobs:
             raise Overloaded(
-                f"the job queue is full: {queued} jobs queued (max_queued_jobs {settings.max_queued_jobs})",
-                retry_after=QUEUE_FULL_RETRY_AFTER_S,
+                f"the job queue is full: {queued} jobs queued (max_queued_jobs {settings.teacher.max_queued_jobs})",
+                retry_after=settings.teacher.queue_full_retry_after_seconds,
             )
         return add_job(session, task_name=plan.task.name, params=plan.job_params(), prompts=plan.prompts,
-                       batch_size=settings.job_batch_size, owner=caller.key_id)
+                       batch_size=settings.jobs.batch_size, owner=caller.key_id)
 
     job, replayed = create_once(state.sessions, Job, scoped_key(caller.key_id, idempotency_key),
                                 fingerprint(request.model_dump(mode="json")), queue)

@@ -26,8 +26,6 @@ from shared.web.routing import AuthFirstRoute
 router = APIRouter(tags=["pairs"], route_class=AuthFirstRoute,
                    responses=error_responses(503))  # /v1/pairs for client keys, /admin/pairs for review
 
-EXPORT_PAGE = 500  # rows per keyset page of the export: memory stays flat however many pairs exist
-
 
 def _visible(query: Select, caller: Caller) -> Select:
     """Only pairs of jobs the caller owns (all of them for an admin)."""
@@ -76,14 +74,15 @@ def list_pairs(
 
 
 def _export_lines(sessions: sessionmaker[Session], caller: Caller, task: str | None, job: str | None, min_gain: float | None,
-                  excluded: bool | None) -> Iterator[bytes]:
-    """Keyset pages, each read in its own short session (no transaction held open while the client
-    downloads, which on SQLite would block every writer)."""
+                  excluded: bool | None, page_size: int) -> Iterator[bytes]:
+    """Keyset pages of `page_size` rows (memory stays flat however many pairs exist), each read in
+    its own short session (no transaction held open while the client downloads, which on SQLite
+    would block every writer)."""
     columns = select(Pair.id, Pair.task_name, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after, Pair.excluded,
                      Pair.excluded_reason)
     last_id = -1
     while True:
-        query = _filtered(_visible(columns, caller), task, job, min_gain, excluded).where(Pair.id > last_id).order_by(Pair.id).limit(EXPORT_PAGE)
+        query = _filtered(_visible(columns, caller), task, job, min_gain, excluded).where(Pair.id > last_id).order_by(Pair.id).limit(page_size)
         with sessions() as session:
             rows = session.execute(query).all()
         if not rows:
@@ -106,7 +105,7 @@ def export(
     "reward_after", "excluded", "excluded_reason"}` per line: the conversational format TRL's SFT
     trainer reads. Excluded pairs are in it, flagged, unless excluded=false."""
     return StreamingResponse(
-        _export_lines(state.sessions, caller, task, job, min_gain, excluded),
+        _export_lines(state.sessions, caller, task, job, min_gain, excluded, state.settings.teacher.export_page_size),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": 'attachment; filename="pairs.jsonl"'},
     )

@@ -16,15 +16,13 @@ from shared.web.routing import AuthFirstRoute
 
 router = APIRouter(prefix="/v1", tags=["sampling"], route_class=AuthFirstRoute)
 
-SYNC_RETRY_AFTER_S = 5
-
 
 @router.post("/critique-revise", response_model=SampleResponse, responses=error_responses(404, 502, 503))
 def critique_revise(request: SampleRequest, caller: ClientCaller, state: ReadyState) -> SampleResponse:
     """Answer, critique, revise and score each prompt now; store the chains (and accepted pairs) as
     a finished job of kind "sync" when `store` is true. A plain `def`: FastAPI runs it in its
     threadpool, so the event loop keeps serving while the engine works. At most
-    `max_concurrent_sync` calls run at once; the next one gets 429 with Retry-After at once.
+    `teacher.max_concurrent_sync` calls run at once; the next one gets 429 with Retry-After at once.
     A teacher shutting down answers 503 with Retry-After, also to a call it had begun (the
     engine is closed under it, or it stops at its next phase); so does one whose engine dies
     under it (and the teacher acts on the death at once: state.engine_died)."""
@@ -37,13 +35,13 @@ def critique_revise(request: SampleRequest, caller: ClientCaller, state: ReadySt
     check_stopping()
     with state.sessions() as session:
         plan = plan_sample(session, request)
-    check_plan(plan, settings, max_prompts=settings.max_sync_prompts, count_setting="max_sync_prompts")
+    check_plan(plan, settings, max_prompts=settings.teacher.max_sync_prompts, count_setting="max_sync_prompts")
     if not state.sync_slots.acquire(blocking=False):
         state.metrics.sync_rejected.inc()
         raise Overloaded(
-            f"the engine is busy with {settings.max_concurrent_sync} synchronous calls (max_concurrent_sync); "
+            f"the engine is busy with {settings.teacher.max_concurrent_sync} synchronous calls (max_concurrent_sync); "
             "retry later or submit a job (POST /v1/jobs)",
-            retry_after=SYNC_RETRY_AFTER_S,
+            retry_after=settings.teacher.sync_retry_after_seconds,
         )
     try:
         chains = run_plan(plan, state.engine, state.rewards, progress=check_stopping)

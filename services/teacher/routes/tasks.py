@@ -39,8 +39,8 @@ async def create(spec: TaskSpec, _scope: AdminScope, state: State) -> TaskSpec:
     the reward model is built once, so a spec that cannot load fails now rather than in the first job."""
     if spec.builtin:
         raise InvalidRequest("builtin is set by the service (presets only); omit it", param="builtin")
-    check_prompts(spec.prompts, state.settings, max_prompts=state.settings.max_job_prompts, count_setting="max_job_prompts")
-    check_prompts(spec.eval_prompts, state.settings, max_prompts=state.settings.max_job_prompts, count_setting="max_job_prompts")
+    check_prompts(spec.prompts, state.settings, max_prompts=state.settings.teacher.max_job_prompts, count_setting="max_job_prompts")
+    check_prompts(spec.eval_prompts, state.settings, max_prompts=state.settings.teacher.max_job_prompts, count_setting="max_job_prompts")
     network = state.rewards.network if state.rewards is not None else NetworkPolicy.from_settings(state.settings)
     await run_in_threadpool(check_reward, spec.reward, network=network)  # resolves the scorer's host: off the event loop
     if state.rewards is not None:

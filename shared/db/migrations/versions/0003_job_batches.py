@@ -20,7 +20,7 @@ depends_on = None
 def _configured_batch_size() -> int:
     from shared.settings import Settings
 
-    return Settings().job_batch_size
+    return Settings().jobs.batch_size
 
 
 def upgrade() -> None:
