@@ -141,7 +141,10 @@ def test_langchain_chat_openai(student):
     said = chat.invoke("Say hello.")
     assert said.content and said.response_metadata["finish_reason"] in ("stop", "length")
     assert "".join(chunk.content for chunk in chat.stream("Say hello.")) == said.content
-    assert [m.content for m in chat.batch(["Say hello.", "Say hello."])] == [said.content, said.content]
+    batch = chat.batch(["Say hello.", "Say hello."])
+    # Two answers, one per input. Not compared with `said`: greedy decoding in bfloat16 is not batch
+    # invariant (two rows decoded together may pick another token than one alone), in vLLM too.
+    assert len(batch) == 2 and all(m.content and m.response_metadata["finish_reason"] in ("stop", "length") for m in batch)
 
     structured = ChatOpenAI(model="base", base_url=url, api_key=key, max_tokens=40, temperature=0, max_retries=0).with_structured_output(Answer)
     assert isinstance(structured.invoke("Is the sky blue?"), Answer)

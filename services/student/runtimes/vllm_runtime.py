@@ -57,7 +57,10 @@ class VLLMRuntime:
         self.base_path = Path(base_path)
         self.max_model_len = max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(base_path)
-        args = AsyncEngineArgs(**options)
+        # Compact JSON for response_format and forced tool calls: with whitespace allowed between
+        # tokens, small models spend max_tokens on newlines inside the braces and never close them.
+        # The flag needs a named backend; llguidance covers the most JSON Schema (xgrammar lacks some).
+        args = AsyncEngineArgs(**options, structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True})
         self._dead: str | None = None
         self._closed = False
         with engine_processes() as self._processes:
