@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint, Index, false, text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, Interval, String, Text, TypeDecorator, UniqueConstraint, Index, false, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -38,6 +38,10 @@ class UtcDateTime(TypeDecorator):
         if value is None:
             return None
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+    def coerce_compared_value(self, op, value):
+        # `column - timedelta(...)` in SQL: the timedelta is an interval, not a timestamp to convert.
+        return Interval() if isinstance(value, timedelta) else super().coerce_compared_value(op, value)
 
 
 class Base(DeclarativeBase):
