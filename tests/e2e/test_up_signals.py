@@ -40,6 +40,16 @@ def _services(up: subprocess.Popen, timeout: float = 120) -> list[psutil.Process
     pytest.fail("dsc up did not start its three services")
 
 
+def _read_until(up: subprocess.Popen, marker: str) -> str:
+    """The supervisor's output up to and including the first line that holds `marker`."""
+    lines = []
+    while not lines or marker not in lines[-1]:
+        line = up.stdout.readline()
+        assert line, "dsc up ended before printing " + repr(marker) + "\n" + "".join(lines)
+        lines.append(line)
+    return "".join(lines)
+
+
 def _assert_all_gone(processes: list[psutil.Process], timeout: float, what: str) -> None:
     """Every process ended within `timeout`; any left is killed (never outlives the test) and named."""
     left = all_gone(processes, timeout)
@@ -55,9 +65,10 @@ def test_ctrl_c_then_sigterm_while_stopping_leaves_no_process(tmp_path, model_st
         processes = _services(up)
         wait_ready(f"http://127.0.0.1:{teacher_port}", alive=lambda: up.poll() is None, timeout=400, what="dsc up", interval=1)
         up.send_signal(signal.SIGINT)
-        time.sleep(0.5)  # it is stopping its services now
+        seen = _read_until(up, "stopping …")  # it is stopping its services now (a fixed sleep could miss that window)
         up.send_signal(signal.SIGTERM)
-        output, _ = up.communicate(timeout=90)
+        rest, _ = up.communicate(timeout=90)
+        output = seen + rest
     finally:
         if up.poll() is None:
             up.kill()
