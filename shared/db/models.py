@@ -29,15 +29,17 @@ class UtcDateTime(TypeDecorator):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+    @staticmethod
+    def _as_utc(value: datetime | None) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        return self._as_utc(value)
+
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return self._as_utc(value)
 
     def coerce_compared_value(self, op, value):
         # `column - timedelta(...)` in SQL: the timedelta is an interval, not a timestamp to convert.

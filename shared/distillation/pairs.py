@@ -77,11 +77,11 @@ def select_examples(examples: Sequence[Example], config: DistillationConfig, tas
     submitted twice, or two chains that converged, must not weigh an answer double) and, with
     best_per_prompt, one per prompt."""
     floor = config.min_reward if config.min_reward is not None else task_floor
+    above = [e for e in examples if floor is None or (e.reward_after is not None and e.reward_after >= floor)]
     seen: set[tuple[str, str]] = set()
     kept = []
-    for example in examples:  # oldest first: the first copy stays
-        if (floor is None or (example.reward_after is not None and example.reward_after >= floor)) and \
-                (example.prompt, example.response) not in seen:
+    for example in above:  # oldest first: the first copy stays
+        if (example.prompt, example.response) not in seen:
             seen.add((example.prompt, example.response))
             kept.append(example)
     if not config.best_per_prompt:
