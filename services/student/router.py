@@ -53,6 +53,7 @@ class Readiness(BaseModel):
     ready: bool
     model: str | None
     serving: dict[str, str] | None = None
+    not_loaded: list[str] | None = None
     reason: str | None = None
     error: str | None = None
 
@@ -117,9 +118,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, chat: 
 @router.post("/admin/reload", tags=["admin"], responses=error_responses(502, 503))
 async def reload(models: Models, _scope: AdminScope) -> dict:
     """Load the newly active students now (the service also polls the registry)."""
-    changes = await models.reload(retry_failed=True)
-    await models.report()
-    return changes
+    return await models.reload(retry_failed=True)
 
 
 class _CompletionStream(StreamingResponse):

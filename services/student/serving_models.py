@@ -114,7 +114,6 @@ class ServedModels:
                 await self.reload()
             except NotReady:
                 pass  # registry unreadable for now: not ready until the poller reads it
-            await self.report()
 
     async def close(self) -> None:
         self.closing = True
@@ -224,6 +223,7 @@ class ServedModels:
             for model in retired:
                 self._retire(model)
             self.synced = True
+            await self.report()
             return {"loaded": loaded, "retired": [m.id for m in retired], "errors": errors, "models": sorted(self.table)}
 
     async def _load_student(self, row: Student) -> ServedModel:
@@ -284,12 +284,11 @@ class ServedModels:
                 pass
             except Exception:
                 log.exception("registry poll failed")
-            await self.report()
 
     async def report(self) -> None:
-        """Tell the registry what this process serves, when it changed or REPORT_EVERY_S passed.
-        Advisory: while the database is away the next poll tries again."""
-        if self.reports is None or not self.synced:
+        """Tell the registry what this process serves, when it changed or REPORT_EVERY_S passed
+        (every reload ends here). Advisory: while the database is away the next poll tries again."""
+        if self.reports is None:
             return
         state = (sorted(self.students), {sid: failure.message for sid, failure in self.failed.items()})
         if state == self._reported and time.monotonic() - self._reported_at < REPORT_EVERY_S:
