@@ -18,6 +18,9 @@ import httpx
 import pytest
 
 from live_server import free_port, stop_process, wait_ready
+from shared.db.models import Student
+from shared.db.session import transaction
+from shared.distillation.registry import promote
 
 CLIENT_KEY, ADMIN_TOKEN = "reliability-client", "reliability-admin"
 
@@ -101,3 +104,21 @@ def services(tmp_path: Path, model_store: Path) -> Iterator[Callable[..., Servic
     yield build
     for launcher in made:
         launcher.stop_all()
+
+
+@pytest.fixture()
+def add_student() -> Callable[..., str]:
+    """`add_student(sessions, version, base_model=..., adapter_path=... or merged_path=..., promoted=False)`:
+    a registry row of the sentiment task, promoted through the registry's own promote when asked; its id."""
+    def add(sessions, version: int, *, base_model: Path | str, promoted: bool = False, **paths: Path | str) -> str:
+        with transaction(sessions) as session:
+            student = Student(name="sentiment-student", version=version, task_name="sentiment", base_model=str(base_model),
+                              metrics={}, **{key: str(value) for key, value in paths.items()})
+            session.add(student)
+            session.flush()
+            student_id = student.id
+        if promoted:
+            promote(sessions, student_id, force=True)
+        return student_id
+
+    return add

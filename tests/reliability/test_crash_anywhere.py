@@ -14,27 +14,16 @@ import os
 import random
 import signal
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 from sqlalchemy import func, select
 
 from adapters import PHRASE
 from live_server import wait_for
 from shared.db.models import ChainRecord, DistillationRun, Job, Pair, Student
-from shared.db.session import make_engine, session_factory, transaction, upgrade
+from shared.db.session import make_engine, session_factory, upgrade
 
 PROMPTS = 10
 FINAL = ("succeeded", "failed", "cancelled")
-
-
-def _register_active_student(sessions, model_path: Path, adapter: Path) -> str:
-    with transaction(sessions) as session:
-        student = Student(name="sentiment-student", version=1, task_name="sentiment", base_model=str(model_path),
-                          adapter_path=str(adapter), metrics={}, active=True, promoted_at=datetime.now(timezone.utc))
-        session.add(student)
-        session.flush()
-        return student.id
 
 
 def _serves_active_student(student) -> bool:
@@ -45,13 +34,13 @@ def _serves_active_student(student) -> bool:
     return answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"].startswith(PHRASE.split()[0])
 
 
-def test_services_killed_at_random_points_lose_nothing(services, postgres_url, model_path, trained_adapter):
+def test_services_killed_at_random_points_lose_nothing(services, postgres_url, model_path, trained_adapter, add_student):
     seed = int(os.environ.get("DSC_CHAOS_SEED", "20261202"))
     rng = random.Random(seed)
     upgrade(postgres_url)
     db = make_engine(postgres_url)
     sessions = session_factory(db)
-    active_id = _register_active_student(sessions, model_path, trained_adapter)
+    active_id = add_student(sessions, 1, base_model=model_path, adapter_path=trained_adapter, promoted=True)
     launcher = services(postgres_url, job_batch_size=2, job_poll_seconds=0.2, job_lease_seconds=3, trainer_lease_seconds=3,
                         trainer_poll_seconds=0.2, trainer_max_attempts=6, distill_min_pairs=2, student_base_model=str(model_path),
                         student_poll_seconds=0.5)

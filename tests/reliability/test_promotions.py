@@ -8,25 +8,15 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 
 from sqlalchemy import func, select
 
 from live_server import stop_process, wait_for
 from shared.db.models import Student, StudentReplica
-from shared.db.session import make_engine, session_factory, transaction, upgrade
+from shared.db.session import make_engine, session_factory, upgrade
 from shared.distillation.registry import promote, serving_state
 
 ROUNDS, RACERS = 6, 8
-
-
-def _add_student(sessions, version: int, **paths: str) -> str:
-    with transaction(sessions) as session:
-        student = Student(name="sentiment-student", version=version, task_name="sentiment", base_model=paths.pop("base_model"),
-                          metrics={}, **paths)
-        session.add(student)
-        session.flush()
-        return student.id
 
 
 def _active(sessions) -> list[str]:
@@ -34,12 +24,12 @@ def _active(sessions) -> list[str]:
         return list(session.scalars(select(Student.id).where(Student.task_name == "sentiment", Student.active)))
 
 
-def test_concurrent_promotions_leave_exactly_one_active_student(postgres_url):
+def test_concurrent_promotions_leave_exactly_one_active_student(postgres_url, add_student):
     upgrade(postgres_url)
     db = make_engine(postgres_url)
     sessions = session_factory(db)
     try:
-        ids = [_add_student(sessions, version, base_model="some-base", adapter_path=f"/adapters/{version}") for version in range(1, 4)]
+        ids = [add_student(sessions, version, base_model="some-base", adapter_path=f"/adapters/{version}") for version in range(1, 4)]
         for round_index in range(ROUNDS):
             start = threading.Barrier(RACERS)
 
@@ -55,12 +45,11 @@ def test_concurrent_promotions_leave_exactly_one_active_student(postgres_url):
         db.dispose()
 
 
-def test_two_promotions_in_quick_succession_under_load(services, postgres_url, model_path, trained_adapter):
+def test_two_promotions_in_quick_succession_under_load(services, postgres_url, model_path, trained_adapter, add_student):
     upgrade(postgres_url)
     db = make_engine(postgres_url)
     sessions = session_factory(db)
-    v1 = _add_student(sessions, 1, base_model=str(model_path), adapter_path=str(trained_adapter))
-    promote(sessions, v1, force=True)
+    v1 = add_student(sessions, 1, base_model=model_path, adapter_path=trained_adapter, promoted=True)
     launcher = services(postgres_url, student_poll_seconds=0.3, student_base_model=str(model_path))
     student = launcher.wait_ready(launcher.start("student", "serve", name="student"))
     chat = {"model": "student", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 6, "temperature": 0}
@@ -78,8 +67,8 @@ def test_two_promotions_in_quick_succession_under_load(services, postgres_url, m
         worker.start()
     try:
         wait_for(lambda: len(outcomes) >= 2, 120, "load on the student")
-        v2 = _add_student(sessions, 2, base_model=str(model_path), merged_path=str(model_path))
-        v3 = _add_student(sessions, 3, base_model=str(model_path), adapter_path=str(trained_adapter))
+        v2 = add_student(sessions, 2, base_model=str(model_path), merged_path=str(model_path))
+        v3 = add_student(sessions, 3, base_model=str(model_path), adapter_path=str(trained_adapter))
         promote(sessions, v2, force=True)
         time.sleep(0.2)  # quicker than the student's poll: it may never serve v2
         promote(sessions, v3, force=True)
@@ -95,7 +84,7 @@ def test_two_promotions_in_quick_succession_under_load(services, postgres_url, m
 
             # A promotion whose adapter cannot be read: the task keeps v3, and both /readyz and the
             # registry say why the new one is not served.
-            v4 = _add_student(sessions, 4, base_model=str(model_path), adapter_path=str(trained_adapter.parent / "missing-adapter"))
+            v4 = add_student(sessions, 4, base_model=str(model_path), adapter_path=str(trained_adapter.parent / "missing-adapter"))
             promote(sessions, v4, force=True)
             failed_state = wait_for(lambda: (state := _serving(sessions, v4))["load_errors"] and state, 60, "v4's load error in the registry")
             ready = client.get("/readyz").json()

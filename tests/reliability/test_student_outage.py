@@ -7,41 +7,24 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
-from sqlalchemy import update
 
 from adapters import PHRASE
 from own_postgres import available, own_postgres
-from shared.db.models import Student
-from shared.db.session import make_engine, session_factory, transaction, upgrade
+from shared.db.session import make_engine, session_factory, upgrade
 
 OUTAGE_SECONDS = 8  # several registry polls (student_poll_seconds=0.5)
 
 
-def _register(url: str, model_path: Path, adapter: Path | None, version: int) -> str:
-    engine = make_engine(url)
-    try:
-        with transaction(session_factory(engine)) as session:
-            session.execute(update(Student).values(active=False))
-            student = Student(name="sentiment-student", version=version, task_name="sentiment", base_model=str(model_path),
-                              adapter_path=str(adapter) if adapter else None, merged_path=None if adapter else str(model_path),
-                              metrics={}, active=True, promoted_at=datetime.now(timezone.utc))
-            session.add(student)
-            session.flush()
-            return student.id
-    finally:
-        engine.dispose()
-
-
-def test_student_serves_its_loaded_student_through_a_registry_outage(services, model_path, trained_adapter):
+def test_student_serves_its_loaded_student_through_a_registry_outage(services, model_path, trained_adapter, add_student):
     if not available():
         pytest.skip("needs Postgres's initdb and pg_ctl and runuser (Debian's postgresql package)")
     with own_postgres() as server:
         upgrade(server.url)
-        _register(server.url, model_path, trained_adapter, version=1)
+        db = make_engine(server.url)  # its pool reconnects once the server is back (pre-ping)
+        sessions = session_factory(db)
+        add_student(sessions, 1, base_model=model_path, adapter_path=trained_adapter, promoted=True)
         launcher = services(server.url, student_poll_seconds=0.5, student_base_model=str(model_path))
         student = launcher.wait_ready(launcher.start("student", "serve", name="student"))
         chat = {"model": "student", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0}
@@ -61,7 +44,7 @@ def test_student_serves_its_loaded_student_through_a_registry_outage(services, m
             ready_during = client.get("/readyz")
             server.start()
             upgrade(server.url)  # nothing to do: the same database, back
-            promoted = _register(server.url, model_path, None, version=2)  # a merged student this time
+            promoted = add_student(sessions, 2, base_model=model_path, merged_path=model_path, promoted=True)  # a merged one this time
 
             def serving_v2() -> bool:
                 return client.get("/readyz").json().get("serving", {}).get("student") == "sentiment-student-v2"
@@ -70,6 +53,7 @@ def test_student_serves_its_loaded_student_through_a_registry_outage(services, m
             while not serving_v2() and time.monotonic() < deadline:
                 time.sleep(0.5)
             after = ask(0)
+        db.dispose()
 
     assert answers and all(status == 200 and model == "sentiment-student-v1" and text.startswith(PHRASE.split()[0])
                            for status, model, text in answers), answers[:3]
