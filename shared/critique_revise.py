@@ -6,8 +6,9 @@ For prompt c, chain state x_t starts at x_0 ~ p(x | c). Each step:
     accept    x_{t+1} = x' or x_t, by the acceptance rule on the reward r
 Targets the tilted posterior p(x | c, r) ∝ p(x | c) · exp(r(x) / β).
 
-Batching is the only extra idea: all chains advance together, so one call makes every initial
-answer, one every critique of a step, one every revision, and the reward scores a whole step at once.
+Scheduling is the only extra idea: many chains share the engine at once. On a continuous-batching
+engine each chain advances on its own (no barrier per phase); on a phase-batched engine all chains
+advance together, one call per phase, and the reward scores a whole step at once.
 
 This module is the algorithm only; turning a request into a run and storing its chains is
 `shared.sampling_run`.
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import math
 import random
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
-from shared.engines.base import Conversation, Engine, SamplingParams
+from shared.engines.base import ContinuousEngine, Conversation, Engine, Generation, SamplingParams, request_seed
 from shared.errors import EngineError, InvalidRequest
 from shared.rewards.base import RewardModel
 
@@ -48,6 +50,12 @@ class Chain:
     final_reward: float = 0.0
     tokens: int = 0
 
+    @classmethod
+    def start(cls, prompt_index: int, chain_index: int, prompt: str, answer: Generation, reward: float) -> "Chain":
+        """A chain at its initial answer x_0."""
+        return cls(prompt_index, chain_index, prompt, answer.text, reward, final_text=answer.text, final_reward=reward,
+                   tokens=answer.completion_tokens)
+
     @property
     def accepted(self) -> bool:
         """True when the chain moved to a new answer: it then yields an accepted pair."""
@@ -72,7 +80,14 @@ ProgressCallback = Callable[[str, int, int], None]
 
 
 class Sampler:
-    """Runs chains for one task's critique and revision requests with one engine and reward."""
+    """Runs chains for one task's critique and revision requests with one engine and reward.
+
+    Two schedules, one result. On an engine that schedules each request on its own
+    (`ContinuousEngine`: vLLM, a remote server) every chain advances on its own: its critique is
+    submitted the moment its answer is scored, so the engine never idles while a phase waits for
+    its slowest sequence, and the reward scores whatever has just finished meanwhile. On a
+    phase-batched engine (transformers) all chains advance together, one call per phase. Request
+    seeds and acceptance draws are per chain and per phase, so the schedule changes no seed."""
 
     def __init__(self, engine: Engine, reward: RewardModel, *, critique_request: str, revision_request: str) -> None:
         self.engine = engine
@@ -92,54 +107,50 @@ class Sampler:
         progress: ProgressCallback | None = None,
     ) -> list[Chain]:
         validate_run(prompts, steps=steps, chains=chains, acceptance=acceptance, beta=beta)
-        rng = random.Random(params.seed)
-        total_phases = 1 + 2 * steps
-        report = progress or (lambda phase, done, total: None)
-
         # Chain order: prompt-major, so chain k of prompt i sits at i * chains + k.
         runs = [(i, k, prompt) for i, prompt in enumerate(prompts) for k in range(chains)]
-        first = self._generate([[{"role": "user", "content": prompt}] for _, _, prompt in runs], params, 0)
-        first_rewards = self._score([prompt for _, _, prompt in runs], [gen.text for gen in first])
-        state = [
-            Chain(i, k, prompt, gen.text, reward, final_text=gen.text, final_reward=reward, tokens=gen.completion_tokens)
-            for (i, k, prompt), gen, reward in zip(runs, first, first_rewards)
-        ]
+        rule = _Rule(acceptance, beta, params.seed)
+        report = progress or (lambda phase, done, total: None)
+        if isinstance(self.engine, ContinuousEngine):
+            return _Pipeline(self, runs, steps, rule, params, report).run()
+        return self._run_phases(runs, steps, rule, params, report)
+
+    def _run_phases(self, runs: list[tuple[int, int, str]], steps: int, rule: "_Rule", params: SamplingParams,
+                    report: ProgressCallback) -> list[Chain]:
+        total_phases = 1 + 2 * steps
+        first = self._generate([self.answer_conversation(prompt) for _, _, prompt in runs], params, 0)
+        first_rewards = self.score([prompt for _, _, prompt in runs], [gen.text for gen in first])
+        state = [Chain.start(i, k, prompt, gen, reward) for (i, k, prompt), gen, reward in zip(runs, first, first_rewards)]
         report("initial", 1, total_phases)
 
         for t in range(steps):
-            critique_turns = [self._critique_conversation(chain) for chain in state]
+            critique_turns = [self.critique_conversation(chain) for chain in state]
             critiques = self._generate(critique_turns, params, 1 + 2 * t)
             report(f"critique {t + 1}", 2 + 2 * t, total_phases)
-            revision_turns = [
-                turns + [{"role": "assistant", "content": critique.text}, {"role": "user", "content": self.revision_request}]
-                for turns, critique in zip(critique_turns, critiques)
-            ]
+            revision_turns = [self.revision_conversation(turns, critique) for turns, critique in zip(critique_turns, critiques)]
             revisions = self._generate(revision_turns, params, 2 + 2 * t)
-            rewards = self._score([chain.prompt for chain in state], [gen.text for gen in revisions])
-            for chain, critique, revision, reward in zip(state, critiques, revisions, rewards):
-                moved = bool(revision.text) and accept(acceptance, chain.final_reward, reward, beta, rng)
-                chain.steps.append(Step(critique.text, revision.text, reward, moved))
-                chain.tokens += critique.completion_tokens + revision.completion_tokens
-                if moved:
-                    chain.final_text, chain.final_reward = revision.text, reward
+            rewards = self.score([chain.prompt for chain in state], [gen.text for gen in revisions])
+            for position, (chain, critique, revision, reward) in enumerate(zip(state, critiques, revisions, rewards)):
+                rule.step(chain, position, critique, revision, reward)
             report(f"revision {t + 1}", 3 + 2 * t, total_phases)
         return state
 
-    def _critique_conversation(self, chain: Chain) -> Conversation:
+    @staticmethod
+    def answer_conversation(prompt: str) -> Conversation:
+        return [{"role": "user", "content": prompt}]
+
+    def critique_conversation(self, chain: Chain) -> Conversation:
         return [
             {"role": "user", "content": chain.prompt},
             {"role": "assistant", "content": chain.final_text},
             {"role": "user", "content": self.critique_request},
         ]
 
-    def _generate(self, conversations: list[Conversation], params: SamplingParams, phase: int):
-        seeded = SamplingParams(
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_tokens,
-            seed=_phase_seed(params.seed, phase),
-            stop=params.stop,
-        )
+    def revision_conversation(self, critique_turns: Conversation, critique: Generation) -> Conversation:
+        return critique_turns + [{"role": "assistant", "content": critique.text}, {"role": "user", "content": self.revision_request}]
+
+    def _generate(self, conversations: list[Conversation], params: SamplingParams, phase: int) -> list[Generation]:
+        seeded = phase_params(params, phase)
         generations = self.engine.generate(conversations, seeded)
         if len(generations) != len(conversations):  # a mis-paired answer would be stored as another prompt's
             raise EngineError(
@@ -148,8 +159,87 @@ class Sampler:
             )
         return generations
 
-    def _score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        return [float(score) for score in self.reward.score(prompts, responses)]
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        return [float(score) for score in self.reward.score(prompts, responses)] if prompts else []
+
+
+def phase_params(params: SamplingParams, phase: int, position: int | None = None) -> SamplingParams:
+    """The parameters of one phase's batch; with `position`, of that chain's one request, whose
+    seed is then what the batch would have given it (shared.engines.base.request_seed)."""
+    seed = _phase_seed(params.seed, phase)
+    if position is not None:
+        seed = request_seed(seed, position)
+    return SamplingParams(temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens, seed=seed, stop=params.stop)
+
+
+class _Rule:
+    """The acceptance step with one random stream per chain, so the order in which chains finish
+    (which a continuous engine decides) never changes a draw."""
+
+    def __init__(self, acceptance: Acceptance, beta: float, seed: int | None) -> None:
+        self.acceptance, self.beta, self.seed = acceptance, beta, seed
+        self._rngs: dict[int, random.Random] = {}
+
+    def step(self, chain: Chain, position: int, critique: Generation, revision: Generation, reward: float) -> None:
+        """Append one critique→revise step to `chain` and move it if the revision is accepted."""
+        rng = self._rngs.setdefault(position, random.Random(None if self.seed is None else f"{self.seed}/{position}"))
+        moved = bool(revision.text) and accept(self.acceptance, chain.final_reward, reward, self.beta, rng)
+        chain.steps.append(Step(critique.text, revision.text, reward, moved))
+        chain.tokens += critique.completion_tokens + revision.completion_tokens
+        if moved:
+            chain.final_text, chain.final_reward = revision.text, reward
+
+
+class _Pipeline:
+    """One run on a ContinuousEngine: each chain has exactly one request in flight until it is
+    done; finished answers and revisions are scored together as they come in."""
+
+    def __init__(self, sampler: Sampler, runs: list[tuple[int, int, str]], steps: int, rule: _Rule,
+                 params: SamplingParams, report: ProgressCallback) -> None:
+        self.sampler, self.engine = sampler, sampler.engine
+        self.runs, self.steps, self.rule, self.params, self.report = runs, steps, rule, params, report
+        self.chains: list[Chain | None] = [None] * len(runs)
+        self.critiques: dict[int, tuple[Conversation, Generation]] = {}
+        self.pending: dict[Future, tuple[int, str, Conversation]] = {}
+        self.done = 0
+
+    def run(self) -> list[Chain]:
+        total = len(self.runs) * (1 + 2 * self.steps)
+        try:
+            for position, (_, _, prompt) in enumerate(self.runs):
+                self._submit(position, "answer", 0, self.sampler.answer_conversation(prompt))
+            while self.pending:
+                finished, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+                self._advance([(self.pending.pop(future), future.result()) for future in finished])
+                self.done += len(finished)
+                self.report("sampling", self.done, total)
+        finally:
+            for future in self.pending:  # an error, a stop or a close: abort what is still running
+                future.cancel()
+        return [chain for chain in self.chains if chain is not None]
+
+    def _submit(self, position: int, kind: str, phase: int, conversation: Conversation) -> None:
+        future = self.engine.submit(conversation, phase_params(self.params, phase, position))
+        self.pending[future] = (position, kind, conversation)
+
+    def _advance(self, results: list[tuple[tuple[int, str, Conversation], Generation]]) -> None:
+        scored = [(key, generation) for key, generation in results if key[1] != "critique"]
+        rewards = self.sampler.score([self.runs[position][2] for (position, _, _), _ in scored], [gen.text for _, gen in scored])
+        for ((position, kind, _), generation), reward in zip(scored, rewards):
+            if kind == "answer":
+                i, k, prompt = self.runs[position]
+                self.chains[position] = chain = Chain.start(i, k, prompt, generation, reward)
+            else:
+                chain = self.chains[position]
+                _, critique = self.critiques.pop(position)
+                self.rule.step(chain, position, critique, generation, reward)
+            if len(chain.steps) < self.steps:
+                self._submit(position, "critique", 1 + 2 * len(chain.steps), self.sampler.critique_conversation(chain))
+        for (position, kind, conversation), generation in results:
+            if kind == "critique":
+                self.critiques[position] = (conversation, generation)
+                self._submit(position, "revision", 2 + 2 * len(self.chains[position].steps),
+                             self.sampler.revision_conversation(conversation, generation))
 
 
 def validate_run(prompts: Sequence[str], *, steps: int, chains: int, acceptance: str, beta: float) -> None:

@@ -41,6 +41,7 @@ class TeacherMetrics:
         )
         self.engine_deaths = Counter("dsc_teacher_engine_deaths", "Times the engine died under this process", registry=registry)
         self.sync_rejected = Counter("dsc_teacher_sync_rejected", "Synchronous calls answered 429 (engine saturated)", registry=registry)
+        self.sync_in_flight = Gauge("dsc_teacher_sync_in_flight", "Synchronous calls holding a slot on the engine now", registry=registry)
         self._sampled = 0
         self._accepted = 0
         self._lock = threading.Lock()  # the sync endpoint's threadpool and the job workers both report

@@ -21,6 +21,7 @@ The contract every engine keeps (tests/integration/test_engine_contract.py check
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -56,6 +57,19 @@ class Engine(Protocol):
     def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[Generation]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ContinuousEngine(Engine, Protocol):
+    """An engine whose backend schedules every request on its own (continuous batching: vLLM, a
+    remote server). `submit` hands one request over and returns at once; the sampler then lets
+    each chain take its next turn as soon as its last one is done, instead of waiting for the
+    slowest sequence of a phase (docs/architecture.md §1). `params.seed` is the request's own
+    seed, used as given. The future ends with the generation, or with the errors `generate`
+    raises (EngineClosed, EngineDead, InvalidRequest, EngineError); cancelling it aborts the
+    request in the backend."""
+
+    def submit(self, conversation: Conversation, params: SamplingParams) -> "Future[Generation]": ...
 
 
 def request_seed(seed: int | None, index: int) -> int | None:

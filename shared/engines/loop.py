@@ -45,12 +45,17 @@ class EngineLoop:
     def closing(self) -> bool:
         return self._closing.is_set()
 
-    def run(self, coroutine: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
-        """Run `coroutine` on the loop from any (other) thread and return its result."""
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
+        """Schedule `coroutine` on the loop from any (other) thread; cancelling the returned
+        future cancels the coroutine. Closing the loop ends it with EngineClosed."""
         if self._closing.is_set():
             coroutine.close()
             raise EngineClosed()
-        future = asyncio.run_coroutine_threadsafe(self._tracked(coroutine), self.loop)
+        return asyncio.run_coroutine_threadsafe(self._tracked(coroutine), self.loop)
+
+    def run(self, coroutine: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
+        """Run `coroutine` on the loop from any (other) thread and return its result."""
+        future = self.submit(coroutine)
         try:
             return future.result(timeout)
         except concurrent.futures.CancelledError:
@@ -69,6 +74,10 @@ class EngineLoop:
         self._tasks.add(task)
         try:
             return await coroutine
+        except asyncio.CancelledError:
+            if self._closing.is_set():  # cancelled by close(): the caller's future says why
+                raise EngineClosed() from None
+            raise
         finally:
             self._tasks.discard(task)
 

@@ -19,6 +19,7 @@ import asyncio
 import email.utils
 import logging
 import time
+from concurrent.futures import Future
 from typing import Sequence
 
 import httpx
@@ -99,10 +100,14 @@ class OpenAIEngine:
     def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[Generation]:
         if not conversations:
             return []
-        requests = [self._body(conversation, params, index) for index, conversation in enumerate(conversations)]
+        requests = [self._body(conversation, params, request_seed(params.seed, index)) for index, conversation in enumerate(conversations)]
         return self._loop.run(gather_or_cancel(self._one(body) for body in requests))
 
-    def _body(self, conversation: Conversation, params: SamplingParams, index: int) -> dict:
+    def submit(self, conversation: Conversation, params: SamplingParams) -> "Future[Generation]":
+        """One request, its seed as given (shared.engines.base.ContinuousEngine)."""
+        return self._loop.submit(self._one(self._body(conversation, params, params.seed)))
+
+    def _body(self, conversation: Conversation, params: SamplingParams, seed: int | None) -> dict:
         body: dict = {
             "model": self.model,
             "messages": list(conversation),
@@ -110,7 +115,6 @@ class OpenAIEngine:
             "top_p": params.top_p,
             "max_tokens": params.max_tokens,
         }
-        seed = request_seed(params.seed, index)
         if seed is not None:
             body["seed"] = seed
         if params.stop:

@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 import uuid
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -305,27 +306,33 @@ class VLLMEngine:
     def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[Generation]:
         if not conversations:
             return []
+        prompts = self._render(conversations)
+        requests = (self._one(ids, self._sampling(params, request_seed(params.seed, index))) for index, ids in enumerate(prompts))
+        return self._loop.run(gather_or_cancel(requests))
+
+    def submit(self, conversation: Conversation, params: SamplingParams) -> "Future[Generation]":
+        """One request, its seed as given (shared.engines.base.ContinuousEngine)."""
+        [ids] = self._render([conversation])
+        return self._loop.submit(self._one(ids, self._sampling(params, params.seed)))
+
+    def _render(self, conversations: Sequence[Conversation]) -> list[list[int]]:
+        """Prompt token ids, after checking the engine can take requests at all."""
         if self._loop.closing:
             raise EngineClosed()
         if self.dead is not None:
             raise EngineDead(self.dead)
+        with self._tokenizer_lock:
+            return [chat_prompt_ids(self.tokenizer, conversation) for conversation in conversations]
+
+    @staticmethod
+    def _sampling(params: SamplingParams, seed: int | None):
         from vllm import SamplingParams as VSamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        with self._tokenizer_lock:
-            prompts = [chat_prompt_ids(self.tokenizer, conversation) for conversation in conversations]
-        per_request = [
-            VSamplingParams(
-                temperature=params.temperature,
-                top_p=params.top_p,
-                max_tokens=params.max_tokens,
-                seed=request_seed(params.seed, index),
-                stop=list(params.stop) or None,
-                output_kind=RequestOutputKind.FINAL_ONLY,
-            )
-            for index in range(len(conversations))
-        ]
-        return self._loop.run(gather_or_cancel(self._one(ids, sampling) for ids, sampling in zip(prompts, per_request)))
+        return VSamplingParams(
+            temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens, seed=seed,
+            stop=list(params.stop) or None, output_kind=RequestOutputKind.FINAL_ONLY,
+        )
 
     async def _one(self, prompt_ids: list[int], sampling) -> Generation:
         from vllm.exceptions import VLLMClientError

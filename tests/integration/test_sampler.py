@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
-from shared.engines.base import SamplingParams
+from live_server import wait_for
+from shared.engines.base import ContinuousEngine, SamplingParams
 from shared.rewards import build_reward
 from shared.critique_revise import Sampler
 
@@ -28,7 +32,8 @@ def _sampler(engine, reward) -> Sampler:
 
 
 class CountingEngine:
-    """Wraps a real engine and records the batch size of each call (the batching is what we test)."""
+    """Wraps a real engine and records the batch size of each call (the batching is what we test).
+    It has no `submit`, so the sampler runs its phase-batched schedule on every engine."""
 
     def __init__(self, engine):
         self.engine, self.name, self.model, self.batches = engine, engine.name, engine.model, []
@@ -90,3 +95,82 @@ def test_seed_reproduces_with_transformers(tf_engine, vader):
     assert first == second
     other = _sampler(tf_engine, vader).run(PROMPTS[:2], steps=1, chains=1, params=SamplingParams(temperature=0.8, max_tokens=24, seed=12))
     assert [c.initial_text for c in other] != [c[0] for c in first]
+
+
+class RecordingEngine:
+    """Wraps a real continuous engine and records every request it is handed and when it ends."""
+
+    def __init__(self, engine):
+        self.engine, self.name, self.model = engine, engine.name, engine.model
+        self.events: list[tuple[str, int, list]] = []  # ("submit" | "done", request number, conversation)
+        self._lock = threading.Lock()
+
+    def generate(self, conversations, params):
+        return self.engine.generate(conversations, params)
+
+    def submit(self, conversation, params):
+        with self._lock:
+            number = sum(kind == "submit" for kind, _, _ in self.events)
+            self.events.append(("submit", number, conversation))
+        future = self.engine.submit(conversation, params)
+
+        def finished(_future, number=number):
+            with self._lock:
+                self.events.append(("done", number, conversation))
+
+        future.add_done_callback(finished)
+        return future
+
+    def close(self):
+        pass
+
+
+# One prompt with a one-word answer among long ones: its chain should not wait for theirs.
+MIXED = ["Reply with the single word: yes.", *PROMPTS]
+
+
+@pytest.mark.vllm
+def test_chains_advance_on_their_own_on_a_continuous_engine(vllm_engine, vader):
+    recording = RecordingEngine(vllm_engine)
+    assert isinstance(recording, ContinuousEngine) and not isinstance(CountingEngine(vllm_engine), ContinuousEngine)
+    reports: list[tuple[str, int, int]] = []
+    chains = _sampler(recording, vader).run(MIXED, steps=2, chains=2, acceptance="improve",
+                                            params=SamplingParams(temperature=0.8, max_tokens=48, seed=5),
+                                            progress=lambda *report: reports.append(report))
+    assert [(c.prompt_index, c.chain_index) for c in chains] == [(i, k) for i in range(4) for k in range(2)]
+    submitted = [conversation for kind, _, conversation in recording.events if kind == "submit"]
+    assert len(submitted) == 8 * 5 and reports[-1][1:] == (40, 40)
+    for chain in chains:
+        assert chain.prompt == MIXED[chain.prompt_index] and len(chain.steps) == 2 and chain.tokens > 0
+        # Every request of the chain carries the chain's own turns: nothing crossed between chains.
+        current = chain.initial_text
+        for step in chain.steps:
+            critique_turns = [{"role": "user", "content": chain.prompt}, {"role": "assistant", "content": current},
+                              {"role": "user", "content": CRITIQUE}]
+            assert critique_turns in submitted
+            assert critique_turns + [{"role": "assistant", "content": step.critique}, {"role": "user", "content": REVISION}] in submitted
+            current = step.revision if step.accepted else current
+        assert chain.final_text == current
+    # No barrier per phase: some critique went to the engine before the last initial answer was done.
+    first_critique = next(i for i, (kind, _, conv) in enumerate(recording.events) if kind == "submit" and len(conv) == 3)
+    answers = {number for kind, number, conv in recording.events if kind == "submit" and len(conv) == 1}
+    last_answer_done = max(i for i, (kind, number, _) in enumerate(recording.events) if kind == "done" and number in answers)
+    assert first_critique < last_answer_done, "every critique waited for the slowest answer"
+
+
+@pytest.mark.vllm
+def test_a_stopped_run_aborts_its_requests_and_the_engine_serves_on(vllm_engine, vader):
+    class Stop(Exception):
+        pass
+
+    def stop(_phase, done, _total):
+        if done >= 2:
+            raise Stop()
+
+    started = time.monotonic()
+    with pytest.raises(Stop):
+        _sampler(vllm_engine, vader).run(PROMPTS * 4, steps=2, chains=1, params=SamplingParams(max_tokens=256, seed=1), progress=stop)
+    # The chains still in flight were aborted in vLLM, not left to run 256 tokens each.
+    wait_for(lambda: vllm_engine.engine.output_processor.get_num_unfinished_requests() == 0, 30, "vLLM to drop the aborted requests", 0.1)
+    assert time.monotonic() - started < 120
+    assert vllm_engine.generate([[{"role": "user", "content": "Say hi."}]], SamplingParams(max_tokens=8))[0].completion_tokens > 0

@@ -77,7 +77,9 @@ def test_sigterm_stops_the_teacher_in_bounded_time_with_work_in_flight(engine, t
 
         caller = threading.Thread(target=synchronous_call, daemon=True)
         caller.start()
-        time.sleep(2.0)  # the call is waiting on the engine now
+        # SIGTERM only once the call holds an engine slot: sent earlier, it would meet a closed socket
+        wait_for(lambda: _sync_in_flight(url) >= 1, 60, "the synchronous call to reach the engine", 0.1)
+        time.sleep(1.0)  # and is waiting on the engine's generation
         assert not call, f"the synchronous call ended before SIGTERM; make it longer: {call}"
 
         signalled = time.monotonic()
@@ -108,3 +110,10 @@ def test_sigterm_stops_the_teacher_in_bounded_time_with_work_in_flight(engine, t
     assert (job.status, held, job.failures) == ("queued", 0, 0), (job.status, held, job.failures, job.error)
     assert job.done < job.total and stored == job.done  # the batch in flight was dropped whole, nothing half-written
     assert "unhandled error" not in log_text and "Traceback" not in log_text.split("teacher shutting down")[-1]
+
+
+def _sync_in_flight(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("dsc_teacher_sync_in_flight "):
+            return float(line.split()[1])
+    return 0.0

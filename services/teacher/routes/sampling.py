@@ -44,7 +44,8 @@ def critique_revise(request: SampleRequest, caller: ClientCaller, state: ReadySt
             retry_after=settings.teacher.sync_retry_after_seconds,
         )
     try:
-        chains = run_plan(plan, state.engine, state.rewards, progress=check_stopping)
+        with state.metrics.sync_in_flight.track_inprogress():
+            chains = run_plan(plan, state.engine, state.rewards, progress=check_stopping)
     except Exception as error:
         if (reason := dead_reason_of(error) or state.check_engine()) is not None:
             state.engine_died(reason)
