@@ -28,7 +28,7 @@ own epochs) and evaluates `--eval-prompts` prompts x 2 samples of 16 tokens with
 (the evaluation's engine when vLLM is not used).
 
     .venv/bin/python bench/distill_speed.py --bench-python .venv-bench/bin/python \\
-        [--steps 8] [--repeats 2] [--threads 1] [--methods lora,full] [--pipeline-pairs 100[,500]]
+        [--steps 4] [--repeats 2] [--threads 1] [--methods lora,full] [--pipeline-pairs 100[,500]]
 
 The table prints each side's figures and the dsc/trl ratios; the last line is one JSON object.
 """
@@ -263,8 +263,8 @@ def run_pipeline(args) -> dict:
             session.add(Job(id="bench-job", kind="cli", task_name="sentiment", status="succeeded", prompts=[], total=len(pairs),
                             done=len(pairs), accepted=len(pairs)))
             session.flush()
-            record_chains(session, job_id="bench-job", task_name="sentiment", acceptance="improve",
-                          traces=[Chain(i, 0, p, "It was fine.", 0.0, [Step("warmer", r, 0.9, True)], r, 0.9) for i, (p, r) in enumerate(pairs)])
+            traces = [Chain(i, 0, p, "It was fine.", 0.0, [Step("warmer", r, 0.9, True)], r, 0.9) for i, (p, r) in enumerate(pairs)]
+            record_chains(session, job_id="bench-job", task_name="sentiment", acceptance="improve", traces=traces)
 
         eval_prompts = preset_tasks()["sentiment"].eval_prompts[:args.eval_prompts]
         body = {"task": "sentiment", "jobs": ["bench-job"], "eval_prompts": eval_prompts, "eval_samples": 2, "eval_max_tokens": 16,
@@ -379,7 +379,8 @@ def main() -> None:
     from rich.table import Table
 
     console = Console(width=150)
-    table = Table(title=f"training speed: dSC trainer vs TRL {speed[methods[0]]['trl'][0]['trl']} SFTTrainer "
+    trl_version = speed[methods[0]]["trl"][0]["trl"] if methods else "-"
+    table = Table(title=f"training speed: dSC trainer vs TRL {trl_version} SFTTrainer "
                         f"({args.pairs} pairs, {args.steps} steps, {args.threads} thread(s), medians of {args.repeats})")
     for column in ("method", "dSC tok/s", "TRL tok/s", "dSC/TRL", "dSC s/step", "TRL s/step", "dSC ckpt s", "dSC tok/s w/ ckpt",
                    "dSC peak MiB", "TRL peak MiB", "RSS dSC/TRL"):
@@ -389,7 +390,8 @@ def main() -> None:
                       str(row["dsc"]["seconds_per_step"]), str(row["trl"]["seconds_per_step"]), str(row["dsc"]["checkpoint_seconds"]),
                       str(row["dsc"]["tokens_per_s_with_checkpoints"]), str(row["dsc"]["peak_rss_mib"]),
                       str(row["trl"]["peak_rss_mib"]), f"{row['peak_rss_ratio']:.2f}")
-    console.print(table)
+    if summary:
+        console.print(table)
     if pipeline:
         stages = Table(title="finished job → promoted student (seconds)")
         names = list(pipeline[0]["stages"])
