@@ -16,7 +16,11 @@ Both methods (LoRA and full fine-tuning), sides alternated, `--repeats` times; m
 Training tokens/s = non-padding tokens of the steps 2..N / time from the end of step 1 to the end
 of step N (so model load, tokenisation, the first step's warm-up and the final save are outside
 the window, the same way on both sides). Peak RSS is the side's process's ru_maxrss (model load
-included).
+included). The trainer writes a checkpoint (trainable weights and optimizer state) every save_steps
+steps (default 10); the window of `--steps` < 11 holds none, so the trainer's side also reports one
+checkpoint's seconds and its tokens/s with that cost spread over save_steps steps (TRL's default
+saves every 500 steps; its side saves nothing). `--dsc-unfused` runs the trainer's side with torch's
+default AdamW, as the trainer was before it fused it.
 
 Part 2, pipeline: pairs stored in a fresh SQLite database the way a job commits them
 (record_chains), a distillation submitted the way POST /admin/distillations does it
@@ -31,6 +35,11 @@ own epochs) and evaluates `--eval-prompts` prompts x 2 samples of 16 tokens with
         [--steps 4] [--repeats 2] [--threads 1] [--methods lora,full] [--pipeline-pairs 100[,500]]
 
 The table prints each side's figures and the dsc/trl ratios; the last line is one JSON object.
+Defaults (4 steps, 2 repeats, LoRA and full, 1 thread, the pipeline with 100 pairs) took 17.6 minutes
+on a 2-core CPU shared with other work (load average ~10): each training process ~1.5-2 minutes, the
+pipeline ~3. `--repeats 1` halves the speed part; the pipeline with 500 pairs adds ~3 minutes more
+(`--pipeline-pairs 100,500`: with a fixed step count only the database stages grow, and they take
+well under a second).
 """
 
 from __future__ import annotations
@@ -99,11 +108,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def window(ends: list[float], tokens: list[int]) -> dict:
-    """Tokens/s over steps 2..N: ends[i] is when step i+1 ended, tokens[i] its non-padding tokens."""
+def window(ends: list[float], tokens: list[int], cpu_ends: list[float]) -> dict:
+    """Tokens/s over steps 2..N: ends[i] is when step i+1 ended, tokens[i] its non-padding tokens;
+    also per CPU second of the process (cpu_ends: its process_time then), less sensitive to a busy machine."""
     seconds = ends[-1] - ends[0]
     counted = sum(tokens[1:len(ends)])
-    return {"steps": len(ends), "window_steps": len(ends) - 1, "window_tokens": counted, "window_seconds": round(seconds, 3),
+    cpu = cpu_ends[-1] - cpu_ends[0]
+    return {"tokens_per_cpu_s": round(counted / cpu, 1) if cpu > 0 else None, "steps": len(ends), "window_steps": len(ends) - 1, "window_tokens": counted, "window_seconds": round(seconds, 3),
             "tokens_per_s": round(counted / seconds, 1) if seconds > 0 else None,
             "seconds_per_step": round(seconds / (len(ends) - 1), 3) if len(ends) > 1 else None}
 
@@ -130,8 +141,11 @@ def run_dsc(args) -> dict:
         tokens.append(int(batch["attention_mask"].sum()))
         return batch
 
+    cpu_ends: list[float] = []
+
     def on_step(step: int, total: int, loss: float) -> None:
         ends.append(time.perf_counter())
+        cpu_ends.append(time.process_time())
         return None
 
     checkpoints: list[float] = []
@@ -150,7 +164,7 @@ def run_dsc(args) -> dict:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dsc-speed-") as tmp:
         result = distill.train(config, base_model_path(), examples, Path(tmp), on_step=on_step, device="cpu")
-    figures = window(ends, tokens)
+    figures = window(ends, tokens, cpu_ends)
     # A checkpoint every save_steps steps is part of the trainer's training (TRL's default: every 500 steps).
     with_checkpoints = figures["window_seconds"] + figures["window_steps"] / config.save_steps * max(checkpoints)
     return {**figures, "checkpoint_seconds": round(max(checkpoints), 3), "save_steps": config.save_steps,
@@ -199,10 +213,12 @@ def run_trl(args) -> dict:
         )
         tokens: list[int] = []
         ends: list[float] = []
+        cpu_ends: list[float] = []
 
         class Ends(TrainerCallback):
             def on_step_end(self, *_args, **_kwargs):
                 ends.append(time.perf_counter())
+                cpu_ends.append(time.process_time())
 
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
                              callbacks=[Ends()])
@@ -217,7 +233,7 @@ def run_trl(args) -> dict:
         began = time.perf_counter()
         output = trainer.train()
         total_seconds = time.perf_counter() - began
-    return {**window(ends, tokens), "total_seconds": round(total_seconds, 2), "final_loss": round(output.training_loss, 5),
+    return {**window(ends, tokens, cpu_ends), "total_seconds": round(total_seconds, 2), "final_loss": round(output.training_loss, 5),
             "optim": str(config.optim), "trl": trl.__version__, "threads": torch.get_num_threads(),
             "peak_rss_mib": round(peak_rss_mib(), 1)}
 
@@ -365,12 +381,14 @@ def main() -> None:
         for side in ("dsc", "trl"):
             runs_ = speed[method][side]
             row[side] = {"tokens_per_s": median([r["tokens_per_s"] for r in runs_]),
+                         "tokens_per_cpu_s": median([r["tokens_per_cpu_s"] for r in runs_]),
                          "peak_rss_mib": median([r["peak_rss_mib"] for r in runs_]),
                          "seconds_per_step": median([r["seconds_per_step"] for r in runs_]),
                          "window_tokens": runs_[0]["window_tokens"], "runs": [r["tokens_per_s"] for r in runs_]}
         row["dsc"]["tokens_per_s_with_checkpoints"] = median([r["tokens_per_s_with_checkpoints"] for r in speed[method]["dsc"]])
         row["dsc"]["checkpoint_seconds"] = median([r["checkpoint_seconds"] for r in speed[method]["dsc"]])
         row["tokens_per_s_ratio"] = round(row["dsc"]["tokens_per_s"] / row["trl"]["tokens_per_s"], 3)
+        row["tokens_per_cpu_s_ratio"] = round(row["dsc"]["tokens_per_cpu_s"] / row["trl"]["tokens_per_cpu_s"], 3)
         row["peak_rss_ratio"] = round(row["dsc"]["peak_rss_mib"] / row["trl"]["peak_rss_mib"], 3)
         row["trl_optim"] = speed[method]["trl"][0]["optim"]
         summary[method] = row
@@ -382,11 +400,12 @@ def main() -> None:
     trl_version = speed[methods[0]]["trl"][0]["trl"] if methods else "-"
     table = Table(title=f"training speed: dSC trainer vs TRL {trl_version} SFTTrainer "
                         f"({args.pairs} pairs, {args.steps} steps, {args.threads} thread(s), medians of {args.repeats})")
-    for column in ("method", "dSC tok/s", "TRL tok/s", "dSC/TRL", "dSC s/step", "TRL s/step", "dSC ckpt s", "dSC tok/s w/ ckpt",
+    for column in ("method", "dSC tok/s", "TRL tok/s", "dSC/TRL", "per CPU s dSC/TRL", "dSC s/step", "TRL s/step", "dSC ckpt s", "dSC tok/s w/ ckpt",
                    "dSC peak MiB", "TRL peak MiB", "RSS dSC/TRL"):
         table.add_column(column, justify="right")
     for method, row in summary.items():
         table.add_row(method, str(row["dsc"]["tokens_per_s"]), str(row["trl"]["tokens_per_s"]), f"{row['tokens_per_s_ratio']:.2f}",
+                      f"{row['tokens_per_cpu_s_ratio']:.2f}",
                       str(row["dsc"]["seconds_per_step"]), str(row["trl"]["seconds_per_step"]), str(row["dsc"]["checkpoint_seconds"]),
                       str(row["dsc"]["tokens_per_s_with_checkpoints"]), str(row["dsc"]["peak_rss_mib"]),
                       str(row["trl"]["peak_rss_mib"]), f"{row['peak_rss_ratio']:.2f}")
