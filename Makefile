@@ -3,10 +3,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+BENCH_VENV := .venv-bench
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench bench-cost bench-scale-out bench-store gpu-smoke clean-venv compose-up compose-down compose-test
+.PHONY: install test demo bench bench-cost bench-scale-out bench-store bench-venv bench-distill gpu-smoke clean-venv compose-up compose-down compose-test
 
 install: $(VENV)/.installed
 
@@ -50,6 +51,26 @@ bench-cost: install
 bench-store: install
 	$(BIN)/python bench/store.py
 
+# Benchmark-only tools (requirements/bench.txt: TRL, ...) in their own venv, never a runtime dependency.
+# .venv-bench sees .venv's site-packages through a .pth file and installs under a constraints file
+# frozen from .venv, so pip counts torch, transformers and peft as installed and adds only the rest.
+bench-venv: $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/.installed: requirements/bench.txt $(VENV)/.installed
+	test -x $(BENCH_VENV)/bin/python || $(BIN)/python -m venv $(BENCH_VENV)
+	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+		> "$$($(BENCH_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/dsc-venv.pth"
+	$(BIN)/pip freeze --exclude-editable > $(BENCH_VENV)/constraints.txt
+	$(BENCH_VENV)/bin/pip install -q -c $(BENCH_VENV)/constraints.txt -r requirements/bench.txt
+	# One torch only: the one in .venv.
+	test "$$($(BENCH_VENV)/bin/python -c 'import torch; print(torch.__file__)')" = "$$($(BIN)/python -c 'import torch; print(torch.__file__)')"
+	touch $@
+
+# The trainer's training tokens/s and peak memory against TRL's SFTTrainer (LoRA and full), and the
+# time from stored pairs to a promoted student (bench/distill_speed.py; DISTILL_SPEED_ARGS for flags).
+bench-distill: install bench-venv
+	$(BIN)/python bench/distill_speed.py --bench-python $(BENCH_VENV)/bin/python $(DISTILL_SPEED_ARGS)
+
 # On a machine with an NVIDIA GPU and the GPU stack (README, "GPUs"); not after `make install`,
 # whose CPU torch cannot use a GPU. Refuses (status 2) where there is no GPU.
 gpu-smoke:
@@ -69,4 +90,4 @@ compose-test: install
 	DSC_COMPOSE_TEST=1 $(BIN)/pytest -q -rs -s tests/deploy/test_stack.py
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(BENCH_VENV)

@@ -213,6 +213,19 @@ def train(
             torch.cuda.empty_cache()
 
 
+def adamw(params: list, config: DistillationConfig):
+    """AdamW, fused where torch has the kernel for these weights (CPU and CUDA, float32/bfloat16): one
+    kernel over every weight instead of torch's CPU default, a loop per weight, which took 1.4-1.7 s
+    of each step of a full fine-tune of SmolLM2-135M here against 0.25-0.35 s fused (1 thread;
+    bench/distill_speed.py). TRL's trainer uses the fused one too. Same update either way."""
+    import torch
+
+    try:
+        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
 def answer_tokens(items: Sequence[Tokenized]) -> int:
     """Label tokens the loss counts (the model shifts labels by one: the first never counts)."""
     return sum(sum(1 for label in item.labels[1:] if label != IGNORE_INDEX) for item in items)
@@ -244,7 +257,7 @@ def run_training(
     dtype = training_dtype(config.dtype, ranks.device_type)
     model = build_model(config, base_path, dtype).to(ranks.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = adamw(params, config)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
 
     step, losses, resumed_from = 0, [], None
