@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench bench-cost bench-scale-out bench-store gpu-smoke clean-venv compose-up compose-down compose-test
+.PHONY: install test demo bench bench-cost bench-serving bench-scale-out bench-store gpu-smoke clean-venv compose-up compose-down compose-test
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,10 @@ bench-scale-out: install
 # The student's one generation against the teacher's chain (answer, critique, revision, reward), same prompts and engine.
 bench-cost: install
 	$(BIN)/python bench/answer_cost.py
+
+# The student service against `vllm serve` (same model, adapter and engine arguments) at 1, 4, 16 and 64 concurrent clients.
+bench-serving: install
+	$(BIN)/python bench/student_serving.py $(BENCH_SERVING_ARGS)
 
 # Pairs inserted through the job commit path and exported through the teacher, SQLite and Postgres.
 bench-store: install
