@@ -293,7 +293,8 @@ def main() -> None:
                                "ttft_p95": ratio(d["ttft_p95_ms"], v["ttft_p95_ms"]),
                                "latency_p95": ratio(d["latency_p95_ms"], v["latency_p95_ms"])}
         for name, row in (("vllm serve", v), ("dSC student", d)):
-            extra = (f"{ratios[concurrency]['throughput']:.2f}", f"{ratios[concurrency]['ttft_p95']:.2f}") if name == "dSC student" else ("", "")
+            extra = tuple("-" if ratios[concurrency][k] is None else f"{ratios[concurrency][k]:.2f}" for k in ("throughput", "ttft_p95")) \
+                if name == "dSC student" else ("", "")
             table.add_row(name, str(concurrency), f"{row['ok']}/{row['requests']}", f"{row['requests_per_s']:.2f}",
                           f"{row['output_tokens_per_s']:.0f}", *(f"{row[k]:.0f}" if row[k] is not None else "-" for k in
                           ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms")), *extra)
