@@ -7,7 +7,7 @@ BENCH_VENV := .venv-bench
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench bench-cost bench-scale-out bench-store bench-venv bench-distill gpu-smoke clean-venv compose-up compose-down compose-test
+.PHONY: install test demo bench bench-sampler bench-cost bench-serving bench-scale-out bench-store bench-venv bench-distill bench-distilabel gpu-smoke clean-venv compose-up compose-down compose-test
 
 install: $(VENV)/.installed
 
@@ -36,8 +36,14 @@ test: install chromium
 demo: install
 	$(BIN)/dsc demo
 
-bench: install
-	$(BIN)/python bench/sampler.py
+# The whole performance suite, one benchmark after another (about 25 min here); rewrites the
+# suite's block of bench/RESULTS.md. BENCH_ARGS: e.g. --only sampler,store --no-write.
+bench: install bench-venv
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+# The sampler and its phase schedule against the bare vLLM engine (32/128 prompts, 1/2 steps).
+bench-sampler: install
+	$(BIN)/python bench/sampler.py $(BENCH_SAMPLER_ARGS)
 
 # One job on 1, then 2 teacher processes on Postgres (DSC_BENCH_POSTGRES_URL, default the local server).
 bench-scale-out: install
@@ -46,6 +52,10 @@ bench-scale-out: install
 # The student's one generation against the teacher's chain (answer, critique, revision, reward), same prompts and engine.
 bench-cost: install
 	$(BIN)/python bench/answer_cost.py
+
+# The student service against `vllm serve` (same model, adapter and engine arguments) at 1, 4, 16 and 64 concurrent clients.
+bench-serving: install
+	$(BIN)/python bench/student_serving.py $(BENCH_SERVING_ARGS)
 
 # Pairs inserted through the job commit path and exported through the teacher, SQLite and Postgres.
 bench-store: install
