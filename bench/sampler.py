@@ -54,8 +54,7 @@ def chain_conversations(sampler, chains) -> list:
         conversations.append(sampler.answer_conversation(chain.prompt))
         current = chain.initial_text
         for step in chain.steps:
-            turns = [{"role": "user", "content": chain.prompt}, {"role": "assistant", "content": current},
-                     {"role": "user", "content": sampler.critique_request}]
+            turns = sampler.critique_conversation(chain.prompt, current)
             conversations += [turns, sampler.revision_conversation(turns, Generation(step.critique, 0, 0))]
             current = step.revision if step.accepted else current
     return conversations

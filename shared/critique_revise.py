@@ -124,7 +124,7 @@ class Sampler:
         report("initial", 1, total_phases)
 
         for t in range(steps):
-            critique_turns = [self.critique_conversation(chain) for chain in state]
+            critique_turns = [self.critique_conversation(chain.prompt, chain.final_text) for chain in state]
             critiques = self._generate(critique_turns, params, 1 + 2 * t)
             report(f"critique {t + 1}", 2 + 2 * t, total_phases)
             revision_turns = [self.revision_conversation(turns, critique) for turns, critique in zip(critique_turns, critiques)]
@@ -139,10 +139,10 @@ class Sampler:
     def answer_conversation(prompt: str) -> Conversation:
         return [{"role": "user", "content": prompt}]
 
-    def critique_conversation(self, chain: Chain) -> Conversation:
+    def critique_conversation(self, prompt: str, answer: str) -> Conversation:
         return [
-            {"role": "user", "content": chain.prompt},
-            {"role": "assistant", "content": chain.final_text},
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": answer},
             {"role": "user", "content": self.critique_request},
         ]
 
@@ -192,7 +192,8 @@ class _Rule:
 
 class _Pipeline:
     """One run on a ContinuousEngine: each chain has exactly one request in flight until it is
-    done; finished answers and revisions are scored together as they come in."""
+    done; finished answers and revisions are scored together as they come in, while the engine
+    already works on the turns that need no score (an answer's critique, a critique's revision)."""
 
     def __init__(self, sampler: Sampler, runs: list[tuple[int, int, str]], steps: int, rule: _Rule,
                  params: SamplingParams, report: ProgressCallback) -> None:
@@ -223,23 +224,26 @@ class _Pipeline:
         self.pending[future] = (position, kind, conversation)
 
     def _advance(self, results: list[tuple[tuple[int, str, Conversation], Generation]]) -> None:
+        # The next turn first, where it needs no reward: a critique needs only the answer, a
+        # revision only the critique. The engine works on those while the reward scores.
+        for (position, kind, conversation), generation in results:
+            if kind == "answer":
+                self._submit(position, "critique", 1, self.sampler.critique_conversation(self.runs[position][2], generation.text))
+            elif kind == "critique":
+                self.critiques[position] = (conversation, generation)
+                self._submit(position, "revision", 2 + 2 * len(self.chains[position].steps),
+                             self.sampler.revision_conversation(conversation, generation))
         scored = [(key, generation) for key, generation in results if key[1] != "critique"]
         rewards = self.sampler.score([self.runs[position][2] for (position, _, _), _ in scored], [gen.text for _, gen in scored])
         for ((position, kind, _), generation), reward in zip(scored, rewards):
             if kind == "answer":
-                i, k, prompt = self.runs[position]
-                self.chains[position] = chain = Chain.start(i, k, prompt, generation, reward)
-            else:
-                chain = self.chains[position]
-                _, critique = self.critiques.pop(position)
-                self.rule.step(chain, position, critique, generation, reward)
+                self.chains[position] = Chain.start(*self.runs[position], generation, reward)
+                continue
+            chain = self.chains[position]
+            _, critique = self.critiques.pop(position)
+            self.rule.step(chain, position, critique, generation, reward)  # the acceptance step needs the reward
             if len(chain.steps) < self.steps:
-                self._submit(position, "critique", 1 + 2 * len(chain.steps), self.sampler.critique_conversation(chain))
-        for (position, kind, conversation), generation in results:
-            if kind == "critique":
-                self.critiques[position] = (conversation, generation)
-                self._submit(position, "revision", 2 + 2 * len(self.chains[position].steps),
-                             self.sampler.revision_conversation(conversation, generation))
+                self._submit(position, "critique", 1 + 2 * len(chain.steps), self.sampler.critique_conversation(chain.prompt, chain.final_text))
 
 
 def validate_run(prompts: Sequence[str], *, steps: int, chains: int, acceptance: str, beta: float) -> None:
