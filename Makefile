@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench bench-cost bench-scale-out bench-store gpu-smoke clean-venv compose-up compose-down compose-test
+.PHONY: install test demo bench bench-cost bench-scale-out bench-store bench-venv bench-distilabel gpu-smoke clean-venv compose-up compose-down compose-test
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,24 @@ bench-cost: install
 bench-store: install
 	$(BIN)/python bench/store.py
 
+# A second venv for benchmark-only packages (requirements/bench.txt), so they never become runtime
+# dependencies. It sees .venv's packages through a .pth file (torch, vLLM, transformers are not
+# installed again) and pip installs under constraints frozen from .venv, so none of them is replaced.
+BENCH_VENV := .venv-bench
+bench-venv: $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/.installed: requirements/bench.txt $(VENV)/.installed
+	test -x $(BENCH_VENV)/bin/python || $(BIN)/python -m venv $(BENCH_VENV)
+	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > \
+		"$$($(BENCH_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/dsc-main-venv.pth"
+	$(BIN)/pip freeze --exclude-editable > $(BENCH_VENV)/constraints.txt
+	$(BENCH_VENV)/bin/pip install -q -r requirements/bench.txt -c $(BENCH_VENV)/constraints.txt
+	touch $@
+
+# The same critique→revise→score job in dSC and as a distilabel pipeline, on one vLLM server.
+bench-distilabel: bench-venv
+	$(BIN)/python bench/vs_distilabel.py --bench-python $(BENCH_VENV)/bin/python $(BENCH_ARGS)
+
 # On a machine with an NVIDIA GPU and the GPU stack (README, "GPUs"); not after `make install`,
 # whose CPU torch cannot use a GPU. Refuses (status 2) where there is no GPU.
 gpu-smoke:
@@ -69,4 +87,4 @@ compose-test: install
 	DSC_COMPOSE_TEST=1 $(BIN)/pytest -q -rs -s tests/deploy/test_stack.py
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(BENCH_VENV)
