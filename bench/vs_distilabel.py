@@ -19,7 +19,7 @@ each run's generated tokens, the same measure for both sides.
 distilabel is not a dependency of dSC: its side runs in .venv-bench's python (`make bench-venv`,
 requirements/bench.txt), in a subprocess; this script and dSC's side run in .venv.
 
-    .venv/bin/python bench/vs_distilabel.py [--prompts 32] [--max-tokens 64] [--repeats 2]
+    .venv/bin/python bench/vs_distilabel.py [--prompts 32] [--max-tokens 48] [--repeats 2]
         [--input-batch-size N] [--concurrency N] [--compile] [--bench-python .venv-bench/bin/python]
 """
 
@@ -117,19 +117,33 @@ class Server:
         self._log.close()
 
 
+class Running(Server):
+    """A server started elsewhere (--server-url): used, not stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def close(self) -> None:
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=32, help="the task's prompts, repeated to this many")
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each side; the median counts")
     parser.add_argument("--input-batch-size", type=int, default=None,
                         help="distilabel's input_batch_size (and the loader's batch_size); default: distilabel's own (50)")
     parser.add_argument("--concurrency", type=int, default=None,
-                        help="dSC remote engine's requests in flight; default: settings (DSC_OPENAI_CONCURRENCY, 16)")
+                        help="dSC remote engine's requests in flight; default: as many as distilabel has in flight "
+                             "(one batch: min(prompts, input_batch_size))")
     parser.add_argument("--compile", action="store_true", help="let the server compile the model (slow start); default eager")
     parser.add_argument("--bench-python", default=str(ROOT / ".venv-bench" / "bin" / "python"),
                         help="python of the venv with distilabel (make bench-venv)")
+    parser.add_argument("--print-server-command", action="store_true", help="print the server's command line and stop")
+    parser.add_argument("--server-url", default=None,
+                        help="use this running server (started as this bench would, serving the bundled model) instead of starting one")
     parser.add_argument("--keep-dir", default=None, help="keep the server log and each run's pairs here")
     args = parser.parse_args()
     args.bench_python = os.path.abspath(args.bench_python)  # the subprocess runs in a scratch folder
@@ -153,14 +167,21 @@ def main() -> None:
     # No seed on either side: distilabel passes one set of generation arguments to every row, so it
     # could only give every request the same seed, where dSC gives each request its own.
     params = SamplingParams(temperature=args.temperature, top_p=1.0, max_tokens=args.max_tokens, seed=None)
-    concurrency = args.concurrency or settings.openai.concurrency
+    batch = args.input_batch_size or 50  # distilabel's default input_batch_size and loader batch_size
+    # distilabel sends every row of a batch at once; dSC's remote engine gets the same cap on requests
+    # in flight (its settings' default, 16, would hold it below distilabel's 32 or 50).
+    concurrency = args.concurrency or min(len(prompts), batch)
 
     work = Path(args.keep_dir) if args.keep_dir else Path(tempfile.mkdtemp(prefix="vs-distilabel-"))
     work.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model(BUNDLED_MODEL, settings.resolved_model_store)
     port = free_port()
-    started = time.perf_counter()
-    server = Server(serve_argv(model_path, BUNDLED_MODEL, port, eager=not args.compile), port, work / "vllm-serve.log")
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
+    argv = serve_argv(model_path, BUNDLED_MODEL, port, eager=not args.compile)
+    if args.print_server_command:
+        print(" ".join(argv))
+        return
+    server = Server(argv, port, work / "vllm-serve.log") if not args.server_url else Running(args.server_url)
     server_s = time.perf_counter() - started
     engine = OpenAIEngine(server.url + "/v1", BUNDLED_MODEL, concurrency=concurrency, timeout=settings.openai.timeout,
                           max_retries=settings.openai.max_retries, max_wait=settings.openai.retry_max_wait)
@@ -226,16 +247,17 @@ def main() -> None:
     chains_ratio = d["chains_per_min"] / x["chains_per_min"]
     total_s = time.perf_counter() - started
 
-    batch = args.input_batch_size or 50
     table = Table(title=f"critique→revise→score, {len(prompts)} prompts, 1 step, {args.max_tokens} max new tokens, "
                         f"one vllm serve ({'compiled' if args.compile else 'eager'}), medians of {args.repeats}")
     for column in ("side", "seconds", "accepted", "pairs/min", "chains/min", "gen. tokens", "tokens/s"):
         table.add_column(column, justify="right")
-    table.add_row(f"dSC sampler (remote engine, {concurrency} in flight)", f"{d['wall_s']:.1f}", f"{d['accepted']:g}",
+    table.add_row("dSC sampler", f"{d['wall_s']:.1f}", f"{d['accepted']:g}",
                   f"{d['pairs_per_min']:.1f}", f"{d['chains_per_min']:.1f}", f"{d['tokens']:g}", f"{d['tokens_per_s']:.0f}")
-    table.add_row(f"distilabel 1.5.3 pipeline (OpenAILLM, input_batch_size {batch})", f"{x['wall_s']:.1f}", f"{x['accepted']:g}",
+    table.add_row("distilabel 1.5.3", f"{x['wall_s']:.1f}", f"{x['accepted']:g}",
                   f"{x['pairs_per_min']:.1f}", f"{x['chains_per_min']:.1f}", f"{x['tokens']:g}", f"{x['tokens_per_s']:.0f}")
-    Console().print(table)
+    table.caption = (f"dSC: Sampler.run, remote engine, {concurrency} requests in flight; distilabel: its pipeline, OpenAILLM, "
+                     f"input_batch_size {batch}, no cache; one accepted pair = a chain whose revision scored higher (rule improve)")
+    Console(width=max(Console().width, 110)).print(table)
     print(f"dSC / distilabel: {ratio:.2f}x accepted pairs per minute, {chains_ratio:.2f}x chains per minute; distilabel's "
           f"process incl. imports {x['process_s']:.1f} s; server start {server_s:.0f} s, whole run {total_s:.0f} s; "
           f"machine: {platform.machine()}, {os.cpu_count()} cores")
@@ -246,7 +268,8 @@ def main() -> None:
         "dsc": {key: round(value, 2) for key, value in d.items()},
         "distilabel": {key: round(value, 2) for key, value in x.items()},
         "dsc_over_distilabel": round(ratio, 2), "dsc_over_distilabel_chains": round(chains_ratio, 2),
-        "server_start_s": round(server_s, 1), "total_s": round(total_s, 1),
+        "server_start_s": round(server_s, 1), "total_s": round(total_s, 1), "cores": os.cpu_count(),
+        "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
         "targets": {"dsc_over_distilabel": TARGET}, "met": {"dsc_ahead": ratio > TARGET},
     }))
 

@@ -17,8 +17,8 @@ JOB.json: {"base_url", "model", "prompts", "critique_request", "revision_request
 {"wall_s", "chains", "accepted", "pairs"}.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: distilabel finds a step's input by its `StepInput`
+# annotation at run time, and a string annotation does not match it.
 import json
 import sys
 import time
