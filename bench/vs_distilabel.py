@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import re
@@ -117,6 +118,15 @@ class Server:
         self._log.close()
 
 
+class RetryCount(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += "retrying" in record.getMessage()
+
+
 class Running(Server):
     """A server started elsewhere (--server-url): used, not stopped."""
 
@@ -192,11 +202,16 @@ def main() -> None:
            "max_tokens": params.max_tokens, "input_batch_size": args.input_batch_size}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
+    # The remote engine logs each retried request (a timeout resends it: the server's work on it is lost).
+    retries = RetryCount()
+    logging.getLogger("shared.engines.openai_engine").addHandler(retries)
+
     def run_dsc(index: int) -> dict:
+        retries.count = 0
         start = time.perf_counter()
         chains = sampler.run(prompts, steps=1, chains=1, acceptance="improve", params=params)
         wall_s = time.perf_counter() - start
-        return {"wall_s": wall_s, "process_s": wall_s, "accepted": sum(chain.accepted for chain in chains)}
+        return {"wall_s": wall_s, "process_s": wall_s, "accepted": sum(chain.accepted for chain in chains), "retries": retries.count}
 
     def run_distilabel(index: int) -> dict:
         cache = work / f"distilabel-cache-{index}"
@@ -267,6 +282,7 @@ def main() -> None:
         "dsc_concurrency": concurrency, "distilabel_input_batch_size": batch,
         "dsc": {key: round(value, 2) for key, value in d.items()},
         "distilabel": {key: round(value, 2) for key, value in x.items()},
+        "dsc_retried_requests": [run["retries"] for run in runs["dsc"]],
         "dsc_over_distilabel": round(ratio, 2), "dsc_over_distilabel_chains": round(chains_ratio, 2),
         "server_start_s": round(server_s, 1), "total_s": round(total_s, 1), "cores": os.cpu_count(),
         "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
