@@ -81,6 +81,10 @@ $(BENCH_VENV)/.installed: requirements/bench.txt $(VENV)/.installed
 bench-distill: install bench-venv
 	$(BIN)/python bench/distill_speed.py --bench-python $(BENCH_VENV)/bin/python $(DISTILL_SPEED_ARGS)
 
+# The same critique→revise→score job in dSC and as a distilabel pipeline, on one vLLM server.
+bench-distilabel: install bench-venv
+	$(BIN)/python bench/vs_distilabel.py --bench-python $(BENCH_VENV)/bin/python $(DISTILABEL_ARGS)
+
 # On a machine with an NVIDIA GPU and the GPU stack (README, "GPUs"); not after `make install`,
 # whose CPU torch cannot use a GPU. Refuses (status 2) where there is no GPU.
 gpu-smoke:
