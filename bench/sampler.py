@@ -16,7 +16,7 @@ elsewhere on a shared machine falls on all of them. The engine side has no depen
 its requests and no reward to compute, so the ratio is what the chain structure and the
 scoring cost.
 
-    .venv/bin/python bench/sampler.py [--prompts 32,128] [--steps 1,2] [--max-tokens 64] [--repeats 1] [--eager]
+    .venv/bin/python bench/sampler.py [--prompts 32,128] [--steps 1,2] [--max-tokens 64] [--repeats 1] [--phases-at 32] [--eager]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", default="1,2", help="comma-separated critique→revise step counts")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1, help="alternating rounds of the three variants; medians count")
-    parser.add_argument("--no-phases", action="store_true", help="skip the phase-batched variant (saves about a third)")
+    parser.add_argument("--phases-at", default="32", help="prompt counts at which the phase-batched variant runs too (empty: none)")
     parser.add_argument("--eager", action="store_true", help="vLLM without compilation (faster start, slower run)")
     args = parser.parse_args()
     os.environ["DSC_ENGINE"] = "vllm"
@@ -106,7 +106,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 chains = sampler.run(prompts, steps=steps, acceptance="improve", params=variant_params)
                 runs["sampler"].append((time.perf_counter() - t0, sum(chain.tokens for chain in chains)))
-                if not args.no_phases:
+                if str(prompts_n) in args.phases_at.split(","):
                     t0 = time.perf_counter()
                     phase_chains = phased.run(prompts, steps=steps, acceptance="improve", params=variant_params)
                     runs["phases"].append((time.perf_counter() - t0, sum(chain.tokens for chain in phase_chains)))
@@ -114,7 +114,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 generations = engine.generate(conversations, variant_params)
                 runs["engine"].append((time.perf_counter() - t0, sum(g.completion_tokens for g in generations)))
-            row = {"prompts": prompts_n, "steps": steps}
+            row = {"prompts": prompts_n, "steps": steps, "rounds": {name: [round(t, 2) for t, _ in m] for name, m in runs.items() if m}}
             for name, measured in runs.items():
                 if measured:
                     seconds, tokens = statistics.median_low(measured)

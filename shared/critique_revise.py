@@ -192,31 +192,36 @@ class _Rule:
 
 class _Pipeline:
     """One run on a ContinuousEngine: each chain has exactly one request in flight until it is
-    done; finished answers and revisions are scored together as they come in, while the engine
-    already works on the turns that need no score (an answer's critique, a critique's revision)."""
+    done. The reward scores only when a decision waits for it: a revision before the last step
+    (its score picks the answer the next critique sees) together with its chain's first answer;
+    the last step's revisions and what they compete with are scored in one call at the end, when
+    the engine has nothing left to do. Meanwhile scoring never competes with generation."""
 
     def __init__(self, sampler: Sampler, runs: list[tuple[int, int, str]], steps: int, rule: _Rule,
                  params: SamplingParams, report: ProgressCallback) -> None:
         self.sampler, self.engine = sampler, sampler.engine
         self.runs, self.steps, self.rule, self.params, self.report = runs, steps, rule, params, report
         self.chains: list[Chain | None] = [None] * len(runs)
-        self.critiques: dict[int, tuple[Conversation, Generation]] = {}
+        self.answers: dict[int, Generation] = {}  # first answers whose chain is not scored yet
+        self.taken = [0] * len(runs)  # critique→revise steps each chain has finished generating
+        self.critiques: dict[int, Generation] = {}
+        self.last_steps: list[tuple[int, Generation, Generation]] = []  # decided at the end
         self.pending: dict[Future, tuple[int, str, Conversation]] = {}
-        self.done = 0
 
     def run(self) -> list[Chain]:
-        total = len(self.runs) * (1 + 2 * self.steps)
+        total, done = len(self.runs) * (1 + 2 * self.steps), 0
         try:
             for position, (_, _, prompt) in enumerate(self.runs):
                 self._submit(position, "answer", 0, self.sampler.answer_conversation(prompt))
             while self.pending:
                 finished, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
                 self._advance([(self.pending.pop(future), future.result()) for future in finished])
-                self.done += len(finished)
-                self.report("sampling", self.done, total)
+                done += len(finished)
+                self.report("sampling", done, total)
         finally:
             for future in self.pending:  # an error, a stop or a close: abort what is still running
                 future.cancel()
+        self._decide(self.last_steps)
         return [chain for chain in self.chains if chain is not None]
 
     def _submit(self, position: int, kind: str, phase: int, conversation: Conversation) -> None:
@@ -224,26 +229,35 @@ class _Pipeline:
         self.pending[future] = (position, kind, conversation)
 
     def _advance(self, results: list[tuple[tuple[int, str, Conversation], Generation]]) -> None:
-        # The next turn first, where it needs no reward: a critique needs only the answer, a
-        # revision only the critique. The engine works on those while the reward scores.
+        decide_now = []
         for (position, kind, conversation), generation in results:
+            prompt = self.runs[position][2]
             if kind == "answer":
-                self._submit(position, "critique", 1, self.sampler.critique_conversation(self.runs[position][2], generation.text))
+                self.answers[position] = generation
+                self._submit(position, "critique", 1, self.sampler.critique_conversation(prompt, generation.text))
             elif kind == "critique":
-                self.critiques[position] = (conversation, generation)
-                self._submit(position, "revision", 2 + 2 * len(self.chains[position].steps),
-                             self.sampler.revision_conversation(conversation, generation))
-        scored = [(key, generation) for key, generation in results if key[1] != "critique"]
-        rewards = self.sampler.score([self.runs[position][2] for (position, _, _), _ in scored], [gen.text for _, gen in scored])
-        for ((position, kind, _), generation), reward in zip(scored, rewards):
-            if kind == "answer":
-                self.chains[position] = Chain.start(*self.runs[position], generation, reward)
-                continue
+                self.critiques[position] = generation
+                self._submit(position, "revision", 2 + 2 * self.taken[position], self.sampler.revision_conversation(conversation, generation))
+            else:
+                self.taken[position] += 1
+                step = (position, self.critiques.pop(position), generation)
+                (self.last_steps if self.taken[position] == self.steps else decide_now).append(step)
+        self._decide(decide_now)
+        for position, _, _ in decide_now:
             chain = self.chains[position]
-            _, critique = self.critiques.pop(position)
-            self.rule.step(chain, position, critique, generation, reward)  # the acceptance step needs the reward
-            if len(chain.steps) < self.steps:
-                self._submit(position, "critique", 1 + 2 * len(chain.steps), self.sampler.critique_conversation(chain.prompt, chain.final_text))
+            self._submit(position, "critique", 1 + 2 * self.taken[position], self.sampler.critique_conversation(chain.prompt, chain.final_text))
+
+    def _decide(self, steps: list[tuple[int, Generation, Generation]]) -> None:
+        """Score the revisions of `steps` (and the first answers of chains not yet scored) in one
+        reward call, then take each acceptance step."""
+        starting = [position for position, _, _ in steps if self.chains[position] is None]
+        texts = [self.answers[position].text for position in starting] + [revision.text for _, _, revision in steps]
+        prompts = [self.runs[position][2] for position in starting] + [self.runs[position][2] for position, _, _ in steps]
+        rewards = self.sampler.score(prompts, texts)
+        for position, reward in zip(starting, rewards):
+            self.chains[position] = Chain.start(*self.runs[position], self.answers.pop(position), reward)
+        for (position, critique, revision), reward in zip(steps, rewards[len(starting):]):
+            self.rule.step(self.chains[position], position, critique, revision, reward)
 
 
 def validate_run(prompts: Sequence[str], *, steps: int, chains: int, acceptance: str, beta: float) -> None:
