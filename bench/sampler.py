@@ -128,7 +128,7 @@ def main() -> None:
 
     machine = describe_machine()
     best = max(row["engine"]["tokens_per_s"] for row in rows)
-    compute = engine_compute_share(BUNDLED_MODEL, best, dtype=machine["engine_dtype"])
+    compute = engine_compute_share(engine.model, best, dtype=machine["engine_dtype"])  # engine.model: the resolved path
     table = Table(title=f"sampler vs bare engine: vLLM, {args.max_tokens} max new tokens, medians of {args.repeats}")
     for column in ("prompts", "steps", "sampler tok/s", "phases tok/s", "engine tok/s", "sampler/engine", "phases/engine"):
         table.add_column(column, justify="right")
