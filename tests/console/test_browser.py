@@ -18,11 +18,12 @@ from sqlalchemy import select
 
 from console_support import ADMIN_TOKEN, CLIENT_KEY, XSS, console_settings, running_teacher
 from live_server import live_server, wait_for
-from shared.db.models import DistillationRun, Pair
+from shared.db.models import ChainRecord, DistillationRun, Pair
 from shared.db.session import upgrade
 
 CHROMIUM = os.environ.get("DSC_CHROMIUM", "/usr/bin/chromium")
-FILMS = ["Review the film Casablanca.", "What did you think of the movie Jaws?", "Describe the film Vertigo briefly."]
+FILMS = ["Review the film Casablanca.", "What did you think of the movie Jaws?", "Describe the film Vertigo briefly.",
+         "Give your opinion of the film Psycho."]
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed (requirements/cpu.lock.txt)")
 if not shutil.which(CHROMIUM):
@@ -109,7 +110,10 @@ def _drive(browser, teacher, student_url: str, shots) -> None:
     assert XSS in prompts and page.title() != "pwned" and page.evaluate("document.querySelectorAll('main script').length") == 0
     with teacher.sessions() as session:
         pair_ids = list(session.scalars(select(Pair.id).where(Pair.job_id == job_id).order_by(Pair.id)))
-    assert len(pair_ids) >= 3, "acceptance=always: every chain that revised its answer is a pair"
+        moved = list(session.scalars(select(ChainRecord.id).where(ChainRecord.job_id == job_id, ChainRecord.final_text != ChainRecord.initial_text)))
+    # acceptance=always: every chain whose revision changed its answer is a pair (which ones, the
+    # machine's arithmetic decides: 12-token answers differ between CPU kinds); the flow needs two
+    assert len(pair_ids) == len(moved) >= 2, (pair_ids, moved)
     excluded = pair_ids[0]
     page.fill(f"#pair-{excluded} input[name=reason]", "mentions markup, not the film")
     page.click(f"#pair-{excluded} button.danger")
