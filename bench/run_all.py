@@ -61,10 +61,12 @@ def run_one(script: str, arguments: list[str]) -> tuple[dict | None, float, int]
 def suite_markdown(results: list[dict], machine: dict) -> str:
     total_s = sum(result["seconds"] for result in results)
     days = sorted({result["finished"][:16].replace("T", " ") for result in results})
+    missing = [name for name, _, _ in SUITE if name not in {result["name"] for result in results}]
+    verdict = (f"not run: {', '.join(missing)}" if missing else "within" if total_s <= BUDGET_S else "over")
     lines = [
         BEGIN,
-        f"**Latest `make bench`: {days[0]}–{days[-1]} UTC, {total_s / 60:.1f} min of benchmarks in all** "
-        f"(budget {BUDGET_S // 60} min: {'within' if total_s <= BUDGET_S else 'over'}).",
+        f"**Latest `make bench`: {days[0]} – {days[-1]} UTC, {total_s / 60:.1f} min of benchmarks in all** "
+        f"(budget {BUDGET_S // 60} min for the whole suite; {verdict}).",
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores ({', '.join(machine['flags']) or 'no AVX-512/AMX'}), "
         f"{machine['memory_gib']} GiB, GPU: {machine['gpu'] or 'none'}; engine dtype {machine['engine_dtype']}; "
@@ -84,6 +86,7 @@ def suite_markdown(results: list[dict], machine: dict) -> str:
             missed = ", ".join(name for name, ok in met.items() if not ok) or "-"
         ran = result["finished"][:16].replace("T", " ")
         lines.append(f"| {result['name']} | {ran} | {result['seconds'] / 60:.1f} | {hit} | {missed} |")
+    lines += [f"| {name} | not run yet | - | - | - |" for name in missing]
     lines += ["", "The last line each printed:", "", "```"]
     lines += [json.dumps(result["json"]) for result in results if result["json"] is not None]
     lines += ["```", END]
