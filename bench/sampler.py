@@ -47,15 +47,13 @@ class PhaseBatched:
 
 def chain_conversations(sampler, chains) -> list:
     """Every conversation the sampler sent to the engine for `chains`, rebuilt from the chains."""
-    from shared.engines.base import Generation
-
     conversations = []
     for chain in chains:
         conversations.append(sampler.answer_conversation(chain.prompt))
         current = chain.initial_text
         for step in chain.steps:
             turns = sampler.critique_conversation(chain.prompt, current)
-            conversations += [turns, sampler.revision_conversation(turns, Generation(step.critique, 0, 0))]
+            conversations += [turns, sampler.revision_conversation(turns, step.critique)]
             current = step.revision if step.accepted else current
     return conversations
 

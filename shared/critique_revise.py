@@ -83,9 +83,9 @@ class Sampler:
     """Runs chains for one task's critique and revision requests with one engine and reward.
 
     Two schedules, one result. On an engine that schedules each request on its own
-    (`ContinuousEngine`: vLLM, a remote server) every chain advances on its own: its critique is
-    submitted the moment its answer is scored, so the engine never idles while a phase waits for
-    its slowest sequence, and the reward scores whatever has just finished meanwhile. On a
+    (`ContinuousEngine`: vLLM, a remote server) every chain advances on its own: each turn is
+    submitted the moment the one before it is done, and the reward scores only where a decision
+    waits for it (`_Pipeline`). On a
     phase-batched engine (transformers) all chains advance together, one call per phase. Request
     seeds and acceptance draws are per chain and per phase, so the schedule changes no seed."""
 
@@ -127,7 +127,7 @@ class Sampler:
             critique_turns = [self.critique_conversation(chain.prompt, chain.final_text) for chain in state]
             critiques = self._generate(critique_turns, params, 1 + 2 * t)
             report(f"critique {t + 1}", 2 + 2 * t, total_phases)
-            revision_turns = [self.revision_conversation(turns, critique) for turns, critique in zip(critique_turns, critiques)]
+            revision_turns = [self.revision_conversation(turns, critique.text) for turns, critique in zip(critique_turns, critiques)]
             revisions = self._generate(revision_turns, params, 2 + 2 * t)
             rewards = self.score([chain.prompt for chain in state], [gen.text for gen in revisions])
             for position, (chain, critique, revision, reward) in enumerate(zip(state, critiques, revisions, rewards)):
@@ -146,8 +146,8 @@ class Sampler:
             {"role": "user", "content": self.critique_request},
         ]
 
-    def revision_conversation(self, critique_turns: Conversation, critique: Generation) -> Conversation:
-        return critique_turns + [{"role": "assistant", "content": critique.text}, {"role": "user", "content": self.revision_request}]
+    def revision_conversation(self, critique_turns: Conversation, critique: str) -> Conversation:
+        return critique_turns + [{"role": "assistant", "content": critique}, {"role": "user", "content": self.revision_request}]
 
     def _generate(self, conversations: list[Conversation], params: SamplingParams, phase: int) -> list[Generation]:
         seeded = phase_params(params, phase)
@@ -160,7 +160,7 @@ class Sampler:
         return generations
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        return [float(score) for score in self.reward.score(prompts, responses)] if prompts else []
+        return [float(score) for score in self.reward.score(prompts, responses)]
 
 
 def phase_params(params: SamplingParams, phase: int, position: int | None = None) -> SamplingParams:
@@ -231,13 +231,12 @@ class _Pipeline:
     def _advance(self, results: list[tuple[tuple[int, str, Conversation], Generation]]) -> None:
         decide_now = []
         for (position, kind, conversation), generation in results:
-            prompt = self.runs[position][2]
             if kind == "answer":
                 self.answers[position] = generation
-                self._submit(position, "critique", 1, self.sampler.critique_conversation(prompt, generation.text))
+                self._submit(position, "critique", 1, self.sampler.critique_conversation(self.runs[position][2], generation.text))
             elif kind == "critique":
                 self.critiques[position] = generation
-                self._submit(position, "revision", 2 + 2 * self.taken[position], self.sampler.revision_conversation(conversation, generation))
+                self._submit(position, "revision", 2 + 2 * self.taken[position], self.sampler.revision_conversation(conversation, generation.text))
             else:
                 self.taken[position] += 1
                 step = (position, self.critiques.pop(position), generation)
@@ -250,6 +249,8 @@ class _Pipeline:
     def _decide(self, steps: list[tuple[int, Generation, Generation]]) -> None:
         """Score the revisions of `steps` (and the first answers of chains not yet scored) in one
         reward call, then take each acceptance step."""
+        if not steps:
+            return
         starting = [position for position, _, _ in steps if self.chains[position] is None]
         texts = [self.answers[position].text for position in starting] + [revision.text for _, _, revision in steps]
         prompts = [self.runs[position][2] for position in starting] + [self.runs[position][2] for position, _, _ in steps]
