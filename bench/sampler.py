@@ -32,19 +32,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TARGET = 0.95  # sampler tokens/s over the bare engine's
 
 
-class PhaseBatched:
-    """The engine without `submit`: the sampler then runs one engine call per phase."""
-
-    def __init__(self, engine) -> None:
-        self.engine, self.name, self.model = engine, engine.name, engine.model
-
-    def generate(self, conversations, params):
-        return self.engine.generate(conversations, params)
-
-    def close(self) -> None:
-        pass
-
-
 def chain_conversations(sampler, chains) -> list:
     """Every conversation the sampler sent to the engine for `chains`, rebuilt from the chains."""
     conversations = []
@@ -89,8 +76,8 @@ def main() -> None:
     engine = create_engine(settings, BUNDLED_MODEL)
     engine_start_s = time.perf_counter() - started
     params = SamplingParams(temperature=0.7, max_tokens=args.max_tokens, seed=0)
-    sampler = Sampler(engine, reward, critique_request=task.critique_request, revision_request=task.revision_request)
-    phased = Sampler(PhaseBatched(engine), reward, critique_request=task.critique_request, revision_request=task.revision_request)
+    sampler = Sampler(engine, reward, critique_request=task.critique_request, revision_request=task.revision_request, schedule="chains")
+    phased = Sampler(engine, reward, critique_request=task.critique_request, revision_request=task.revision_request, schedule="phases")
     engine.generate([[{"role": "user", "content": task.prompts[0]}]] * 8, params)  # warm-up: first-call costs on no side
     reward.score([task.prompts[0]], ["warm-up"])
 

@@ -134,7 +134,8 @@ def sample(
             llm = create_engine(settings, settings.teacher_model)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as bar:
             phases = bar.add_task("sampling", total=1 + 2 * plan.steps)
-            chains_out = run_plan(plan, llm, rewards, progress=lambda phase, done, total: bar.update(phases, completed=done, total=total, description=phase))
+            chains_out = run_plan(plan, llm, rewards, schedule=settings.teacher.sampler_schedule,
+                                  progress=lambda phase, done, total: bar.update(phases, completed=done, total=total, description=phase))
         job_id = None
         if request.store:
             job_id, recorded = store_finished_run(factory, plan, chains_out, kind="cli")

@@ -28,6 +28,10 @@ from shared.rewards.base import RewardModel
 
 Acceptance = Literal["improve", "mh", "always"]
 ACCEPTANCE_RULES: tuple[str, ...] = ("improve", "mh", "always")
+# chains: each chain advances on its own where the engine schedules requests one by one (a
+# ContinuousEngine; elsewhere phases); phases: all chains together, one engine call per phase.
+Schedule = Literal["chains", "phases"]
+SCHEDULES: tuple[str, ...] = ("chains", "phases")
 
 
 @dataclass
@@ -82,18 +86,20 @@ ProgressCallback = Callable[[str, int, int], None]
 class Sampler:
     """Runs chains for one task's critique and revision requests with one engine and reward.
 
-    Two schedules, one result. On an engine that schedules each request on its own
-    (`ContinuousEngine`: vLLM, a remote server) every chain advances on its own: each turn is
+    Two schedules, one result. "chains", on an engine that schedules each request on its own
+    (`ContinuousEngine`: vLLM, a remote server): every chain advances on its own, each turn
     submitted the moment the one before it is done, and the reward scores only where a decision
-    waits for it (`_Pipeline`). On a
-    phase-batched engine (transformers) all chains advance together, one call per phase. Request
-    seeds and acceptance draws are per chain and per phase, so the schedule changes no seed."""
+    waits for it (`_Pipeline`). "phases", on any engine: all chains advance together, one call per
+    phase (transformers runs only this). Request seeds and acceptance draws are per chain and per
+    phase, so the schedule changes no draw."""
 
-    def __init__(self, engine: Engine, reward: RewardModel, *, critique_request: str, revision_request: str) -> None:
+    def __init__(self, engine: Engine, reward: RewardModel, *, critique_request: str, revision_request: str,
+                 schedule: Schedule = "chains") -> None:
         self.engine = engine
         self.reward = reward
         self.critique_request = critique_request
         self.revision_request = revision_request
+        self.per_chain = schedule == "chains" and isinstance(engine, ContinuousEngine)
 
     def run(
         self,
@@ -111,7 +117,7 @@ class Sampler:
         runs = [(i, k, prompt) for i, prompt in enumerate(prompts) for k in range(chains)]
         rule = _Rule(acceptance, beta, params.seed)
         report = progress or (lambda phase, done, total: None)
-        if isinstance(self.engine, ContinuousEngine):
+        if self.per_chain:
             return _Pipeline(self, runs, steps, rule, params, report).run()
         return self._run_phases(runs, steps, rule, params, report)
 

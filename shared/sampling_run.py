@@ -19,7 +19,7 @@ from shared.db.store import Recorded, record_chains
 from shared.engines.base import Engine, SamplingParams
 from shared.errors import InvalidRequest
 from shared.rewards import NetworkPolicy, RewardModel, build_reward
-from shared.critique_revise import Acceptance, Chain, ProgressCallback, Sampler, validate_run
+from shared.critique_revise import Acceptance, Chain, ProgressCallback, Sampler, Schedule, validate_run
 from shared.sampling_protocol import SampleRequest
 from shared.tasks import TaskSpec, get_task
 
@@ -110,10 +110,12 @@ def run_plan(
     prompts: Sequence[str] | None = None,
     seed_offset: int = 0,
     progress: ProgressCallback | None = None,
+    schedule: Schedule = "chains",
 ) -> list[Chain]:
     """Sample chains for `prompts` (default: all of the plan's)."""
     sampler = Sampler(
-        engine, rewards.get(plan.task.reward), critique_request=plan.task.critique_request, revision_request=plan.task.revision_request
+        engine, rewards.get(plan.task.reward), critique_request=plan.task.critique_request,
+        revision_request=plan.task.revision_request, schedule=schedule,
     )
     params = plan.params
     if params.seed is not None and seed_offset:

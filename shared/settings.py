@@ -152,6 +152,11 @@ class TeacherSettings(SettingsGroup):
     queue_full_retry_after_seconds: int = Field(
         30, ge=1, description="Retry-After of the 429 for a job beyond max_queued_jobs."
     )
+    sampler_schedule: Literal["chains", "phases"] = Field(
+        "chains", description="How the sampler feeds a vLLM or remote engine: chains (each chain's next turn is sent the "
+        "moment its last one is done) or phases (every chain waits for the slowest sequence of each phase; one engine "
+        "call per phase). transformers always runs phases. bench/RESULTS.md compares the two.",
+    )
     export_page_size: int = Field(
         500, ge=1, description="Pairs per database page of GET /v1/pairs/export: the export's memory stays flat however "
         "many pairs exist; bigger pages mean fewer queries and more memory."

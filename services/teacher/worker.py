@@ -136,7 +136,7 @@ class JobWorker:
             try:
                 with state.metrics.batch_seconds.time():
                     chains = run_plan(plan, state.engine, state.rewards, prompts=plan.prompts[batch.start:batch.end],
-                                      seed_offset=batch.start, progress=self._check_stop)
+                                      seed_offset=batch.start, progress=self._check_stop, schedule=settings.teacher.sampler_schedule)
                 recorded = commit_batch(sessions, lease, batch, task_name=plan.task.name, acceptance=plan.acceptance, chains=chains)
             except _Stopping:
                 hand_back(sessions, lease, batch)

@@ -106,6 +106,8 @@ class RecordingEngine:
         self._lock = threading.Lock()
 
     def generate(self, conversations, params):
+        with self._lock:
+            self.events.append(("generate", len(conversations), conversations))
         return self.engine.generate(conversations, params)
 
     def submit(self, conversation, params):
@@ -156,6 +158,15 @@ def test_chains_advance_on_their_own_on_a_continuous_engine(vllm_engine, vader):
     answers = {number for kind, number, conv in recording.events if kind == "submit" and len(conv) == 1}
     last_answer_done = max(i for i, (kind, number, _) in enumerate(recording.events) if kind == "done" and number in answers)
     assert first_critique < last_answer_done, "every critique waited for the slowest answer"
+
+
+@pytest.mark.vllm
+def test_the_phase_schedule_on_a_continuous_engine_makes_one_call_per_phase(vllm_engine, vader):
+    recording = RecordingEngine(vllm_engine)
+    sampler = Sampler(recording, vader, critique_request=CRITIQUE, revision_request=REVISION, schedule="phases")
+    chains = sampler.run(PROMPTS, steps=1, chains=1, params=SamplingParams(temperature=0.8, max_tokens=16, seed=3))
+    assert [(kind, size) for kind, size, _ in recording.events] == [("generate", 3)] * 3  # answers, critiques, revisions
+    assert [len(chain.steps) for chain in chains] == [1, 1, 1]
 
 
 @pytest.mark.vllm

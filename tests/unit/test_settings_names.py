@@ -43,6 +43,7 @@ FLAT = [  # variable, value, path of the field it sets, the value read
     ("DSC_TEACHER_PORT", "9100", "teacher.port", 9100),
     ("DSC_TEACHER_THREADS", "2", "teacher.threads", 2),
     ("DSC_EXPORT_PAGE_SIZE", "50", "teacher.export_page_size", 50),
+    ("DSC_SAMPLER_SCHEDULE", "phases", "teacher.sampler_schedule", "phases"),
     ("DSC_JOB_BATCH_SIZE", "4", "jobs.batch_size", 4),
     ("dsc_job_workers", "0", "jobs.workers", 0),  # case-insensitive, as before
     ("DSC_STUDENT_MAX_PENDING", "7", "student.max_pending", 7),

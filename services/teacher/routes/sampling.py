@@ -45,7 +45,7 @@ def critique_revise(request: SampleRequest, caller: ClientCaller, state: ReadySt
         )
     try:
         with state.metrics.sync_in_flight.track_inprogress():
-            chains = run_plan(plan, state.engine, state.rewards, progress=check_stopping)
+            chains = run_plan(plan, state.engine, state.rewards, progress=check_stopping, schedule=settings.teacher.sampler_schedule)
     except Exception as error:
         if (reason := dead_reason_of(error) or state.check_engine()) is not None:
             state.engine_died(reason)
