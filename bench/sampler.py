@@ -88,14 +88,17 @@ def main() -> None:
             runs: dict[str, list[tuple[float, int]]] = {"sampler": [], "phases": [], "engine": []}
             for round_ in range(args.repeats):
                 variant_params = SamplingParams(temperature=0.7, max_tokens=args.max_tokens, seed=round_)
+                engine.reset_prefix_cache()  # each variant prefills its own conversations: no KV cache of another's
                 t0 = time.perf_counter()
                 chains = sampler.run(prompts, steps=steps, acceptance="improve", params=variant_params)
                 runs["sampler"].append((time.perf_counter() - t0, sum(chain.tokens for chain in chains)))
                 if str(prompts_n) in args.phases_at.split(","):
+                    engine.reset_prefix_cache()
                     t0 = time.perf_counter()
                     phase_chains = phased.run(prompts, steps=steps, acceptance="improve", params=variant_params)
                     runs["phases"].append((time.perf_counter() - t0, sum(chain.tokens for chain in phase_chains)))
                 conversations = chain_conversations(sampler, chains)
+                engine.reset_prefix_cache()
                 t0 = time.perf_counter()
                 generations = engine.generate(conversations, variant_params)
                 runs["engine"].append((time.perf_counter() - t0, sum(g.completion_tokens for g in generations)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
@@ -81,6 +82,11 @@ def _phase_seed(seed: int | None, phase: int) -> int | None:
 
 
 ProgressCallback = Callable[[str, int, int], None]
+
+# Requests that end in the same engine step complete a moment apart; the pipeline gathers them
+# until none has finished for GATHER_GAP_S (at most GATHER_MAX_S) so their next turns reach the
+# engine together, as one prefill, instead of trickling into several steps.
+GATHER_GAP_S, GATHER_MAX_S = 0.002, 0.02
 
 
 class Sampler:
@@ -220,7 +226,8 @@ class _Pipeline:
             for position, (_, _, prompt) in enumerate(self.runs):
                 self._submit(position, "answer", 0, self.sampler.answer_conversation(prompt))
             while self.pending:
-                finished, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+                wait(list(self.pending), return_when=FIRST_COMPLETED)
+                finished = self._gather_finished()
                 self._advance([(self.pending.pop(future), future.result()) for future in finished])
                 done += len(finished)
                 self.report("sampling", done, total)
@@ -229,6 +236,17 @@ class _Pipeline:
                 future.cancel()
         self._decide(self.last_steps)
         return [chain for chain in self.chains if chain is not None]
+
+    def _gather_finished(self) -> list[Future]:
+        finished = [future for future in self.pending if future.done()]
+        deadline = time.monotonic() + GATHER_MAX_S
+        while time.monotonic() < deadline:
+            time.sleep(GATHER_GAP_S)
+            now = [future for future in self.pending if future.done()]
+            if len(now) == len(finished):
+                break
+            finished = now
+        return finished
 
     def _submit(self, position: int, kind: str, phase: int, conversation: Conversation) -> None:
         future = self.engine.submit(conversation, phase_params(self.params, phase, position))

@@ -365,6 +365,11 @@ class VLLMEngine:
             finish_reason=piece.finish_reason or "stop",
         )
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix, so what runs next prefills from scratch (a benchmark's
+        variants that repeat the same conversations must not reuse each other's KV cache)."""
+        self._loop.run(self.engine.reset_prefix_cache())
+
     def close(self) -> None:
         """Abort the requests in flight (their callers get EngineClosed), then stop vLLM's engine
         processes (and what a dead engine left running) and the loop."""
