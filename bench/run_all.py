@@ -35,7 +35,7 @@ SUITE: list[tuple[str, str, list[str]]] = [
     ("answer_cost", "answer_cost.py", ["--eager", "--repeats", "2"]),
     ("student_serving", "student_serving.py", ["--eager"]),
     ("vs_distilabel", "vs_distilabel.py", []),
-    ("distill_speed", "distill_speed.py", ["--repeats", "1"]),
+    ("distill_speed", "distill_speed.py", ["--repeats", "1", "--pipeline-pairs", "100,500"]),
     ("store", "store.py", []),
 ]
 BUDGET_S = 25 * 60
