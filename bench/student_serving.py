@@ -13,8 +13,9 @@ prefill off, batched tokens, eager or compiled, prefix caching, seed, OpenMP thr
 
 The load comes from bench/load_client.py in its own process: at each level (1, 4, 16, 64
 concurrent clients) every client sends streaming chat completions back to back (64 new tokens,
-temperature 0) until the level's request count is used up. The servers run one at a time (two
-cores), one after the other; the output names the order.
+temperature 0) until the level's request count is used up. Both servers are up for the whole run
+but take the load one at a time (two cores): with `--rounds N` each runs every level N times, the
+two taking turns and the order flipping each round; a level's figures pool its rounds' requests.
 
 Eager by default (--no-eager compiles): a compiled vLLM-CPU engine takes ~90 s to start on an
 idle 2-core machine (~19 s eager; bench/RESULTS.md), and two of them would spend half of the run's
@@ -27,7 +28,7 @@ Targets: at 16 clients the student reaches >= 90% of vLLM's requests/s with a p9
 token within 1.2x of vLLM's, and no request fails at any level.
 
     .venv/bin/python bench/student_serving.py [--levels 1,4,16,64] [--requests-per-level 8]
-        [--max-tokens 64] [--eager] [--order dsc,vllm]
+        [--max-tokens 64] [--eager] [--order dsc,vllm] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -181,6 +182,12 @@ def drive(server: Server, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def pooled(levels: tuple[dict, ...]) -> dict:
+    """One level's runs over all rounds as one: every request's row, and the rounds' wall time added."""
+    return {"concurrency": levels[0]["concurrency"], "rows": [row for level in levels for row in level["rows"]],
+            "wall_s": sum(level["wall_s"] for level in levels)}
+
+
 def summarise(level: dict) -> dict:
     from load_client import percentile
 
@@ -218,6 +225,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--eager", action=argparse.BooleanOptionalAction, default=True,
                         help="vLLM without compilation on both servers (default: eager; --no-eager compiles)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of every level on each server, taking turns; pooled")
     parser.add_argument("--order", default="dsc,vllm", choices=["dsc,vllm", "vllm,dsc"], help="which server runs first")
     parser.add_argument("--start-timeout", type=float, default=600)
     parser.add_argument("--keep", type=Path, default=None, help="keep the work directory (logs, registry, adapter) here")
@@ -264,23 +272,23 @@ def main() -> None:
         "vllm": Server("vllm serve", vllm_command, common_env, "/health", work / "vllm-serve.log", vllm_port),
     }
     order = args.order.split(",")
-    results: dict[str, dict] = {}
+    results: dict[str, list[dict]] = {name: [] for name in order}
     try:
+        # Both servers stay up (an idle one takes no CPU to speak of) and take the load in turns,
+        # the order flipping each round, so a slow spell of the shared machine falls on both.
         for name in order:
-            server = servers[name]
-            server.start(args.start_timeout)
-            try:
-                results[name] = drive(server, args)
-            finally:
-                server.stop()
+            servers[name].start(args.start_timeout)
+        for round_ in range(args.rounds):
+            for name in order if round_ % 2 == 0 else order[::-1]:
+                results[name].append(drive(servers[name], args))
     finally:
         for server in servers.values():
             server.stop()
 
-    summary = {name: [summarise(level) for level in results[name]["levels"]] for name in order}
-    served_as = {name: results[name]["warmup"].get("model") for name in order}
+    summary = {name: [summarise(pooled(levels)) for levels in zip(*(run["levels"] for run in results[name]))] for name in order}
+    served_as = {name: results[name][0]["warmup"].get("model") for name in order}
     table = Table(title=f"student serving: {args.max_tokens} new tokens, {args.requests_per_level} requests a level, "
-                        f"{'eager' if args.eager else 'compiled'}, order {' then '.join(order)}")
+                        f"{args.rounds} round(s), {'eager' if args.eager else 'compiled'}, order {' then '.join(order)}")
     for column in ("server", "clients", "ok/req", "req/s", "out tok/s", "latency p50 ms", "latency p95 ms", "TTFT p50 ms", "TTFT p95 ms",
                    "dSC/vLLM req/s", "dSC/vLLM TTFT p95"):
         table.add_column(column, justify="right")
@@ -314,7 +322,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({
         "bench": "student_serving", "order": order, "eager": args.eager, "max_tokens": args.max_tokens,
-        "requests_per_level": args.requests_per_level, "levels": [int(c) for c in args.levels.split(",")],
+        "requests_per_level": args.requests_per_level, "rounds": args.rounds, "levels": [int(c) for c in args.levels.split(",")],
         "start_s": {n: round(servers[n].start_s, 1) for n in order}, "served_as": served_as,
         "dsc": summary["dsc"], "vllm": summary["vllm"], "ratios": {str(c): r for c, r in ratios.items()},
         "errors": errors, "total_s": round(total_s, 1), "cores": os.cpu_count(), "load_before": round(load_before, 2),

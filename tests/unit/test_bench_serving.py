@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from load_client import percentile  # noqa: E402
-from student_serving import vllm_flags  # noqa: E402
+from student_serving import pooled, summarise, vllm_flags  # noqa: E402
 
 OPTIONS = {"model": "/m", "dtype": "float32", "enforce_eager": True, "max_model_len": 2048, "enable_prefix_caching": True,
            "seed": 0, "enable_lora": True, "max_loras": 4, "max_lora_rank": 64, "kv_cache_memory_bytes": 2**30,
@@ -43,3 +43,16 @@ def test_percentile_interpolates():
     assert percentile([3.0], 0.95) == 3.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
     assert percentile(list(map(float, range(1, 21))), 0.95) == pytest.approx(19.05)
+
+
+def test_rounds_pool_into_one_level():
+    def row(latency: float, ttft: float, ok: bool = True) -> dict:
+        return {"ok": ok, "latency_s": latency, "ttft_s": ttft, "output_tokens": 64 if ok else 0, "prompt_tokens": 40,
+                "error": None if ok else "boom"}
+
+    first = {"concurrency": 16, "wall_s": 10.0, "rows": [row(1.0, 0.1), row(2.0, 0.2)]}
+    second = {"concurrency": 16, "wall_s": 30.0, "rows": [row(3.0, 0.3), row(4.0, 0.4, ok=False)]}
+    level = summarise(pooled((first, second)))
+    assert (level["concurrency"], level["requests"], level["ok"], level["errors"]) == (16, 4, 3, 1)
+    assert level["requests_per_s"] == pytest.approx(3 / 40.0, abs=1e-3)  # ok requests over both rounds' wall time
+    assert level["ttft_p50_ms"] == pytest.approx(200.0)
