@@ -32,7 +32,6 @@ ACCEPTANCE_RULES: tuple[str, ...] = ("improve", "mh", "always")
 # chains: each chain advances on its own where the engine schedules requests one by one (a
 # ContinuousEngine; elsewhere phases); phases: all chains together, one engine call per phase.
 Schedule = Literal["chains", "phases"]
-SCHEDULES: tuple[str, ...] = ("chains", "phases")
 
 
 @dataclass
