@@ -66,6 +66,29 @@ def resolve_model(reference: str, store: Path) -> Path:
     return _materialise(store / reference.replace("/", "--"), lambda out: _download_hub(reference, out))
 
 
+def merged_model(base_path: Path, adapter_dir: Path, store: Path, key: str) -> Path:
+    """Base + LoRA adapter as one plain model directory in the store (merged/<key>): made once,
+    then reused by every process and replica that serves it (idempotent, atomic)."""
+    return _materialise(store / "merged" / key, lambda out: merge_adapter(base_path, adapter_dir, out))
+
+
+def merge_adapter(base_path: Path, adapter_dir: Path, out: Path, *, device: str = "auto") -> Path:
+    """Base + LoRA adapter merged (in float32, on `device`) into one plain model directory (weights
+    in the base's own dtype, and tokenizer)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from shared.device import resolve_device
+
+    stored = getattr(AutoConfig.from_pretrained(base_path), "dtype", None) or torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(resolve_device(device))
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged.to(stored if isinstance(stored, torch.dtype) else getattr(torch, str(stored))).save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(out)
+    return out
+
+
 def _materialise(target: Path, build) -> Path:
     if is_model_dir(target):
         return target

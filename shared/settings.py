@@ -205,6 +205,16 @@ class StudentSettings(SettingsGroup):
     poll_seconds: float = Field(3.0, description="How often the student checks the registry for promotions.")
     max_loras: int = Field(4, description="Adapters served at once over one base model (vLLM max_loras, >= 2).")
     max_lora_rank: int = Field(64, description="Largest LoRA rank the student engine accepts.")
+    serve_students_as: Literal["auto", "adapter", "merged"] = Field(
+        "auto", description="How a LoRA student is served: adapter (multi-LoRA over the base model's engine), merged "
+        "(base + adapter merged once into plain weights, each active student in an engine of its own, the base engine "
+        "without LoRA), or auto: merged where the engine's LoRA path is slow (vLLM on CPU: docs/architecture.md §10), "
+        "else adapter.",
+    )
+    max_merged: int = Field(
+        4, ge=1, description="Most students served from merged weights at once, each an engine of its own (its weights and "
+        "KV cache): a bound on the memory. A student beyond it is not loaded, and says why; a hot swap briefly holds one more.",
+    )
 
     @property
     def resolved_url(self) -> str:

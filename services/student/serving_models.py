@@ -29,7 +29,7 @@ from shared.db.outages import first_line
 from shared.db.queue import worker_owner
 from shared.distillation.registry import REPORT_EVERY_S, active_students, forget_replica, report_serving
 from shared.errors import DscError, InvalidRequest, NotReady
-from shared.model_store import resolve_model
+from shared.model_store import merged_model, resolve_model
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,8 @@ class ServedModels:
             self.failed = {sid: failure for sid, failure in self.failed.items() if sid in wanted}  # demoted meanwhile: moot
             served: dict[str, ServedModel] = {}
             loaded, errors = [], {}
-            for student_id, row in wanted.items():
+            # Loaded students first: they keep their places within student.max_merged.
+            for student_id, row in sorted(wanted.items(), key=lambda item: item[0] not in self.students):
                 if student_id in self.students:
                     served[student_id] = self.students[student_id]
                     continue
@@ -198,7 +199,7 @@ class ServedModels:
                     errors[student_id] = earlier.message
                     continue
                 try:
-                    served[student_id] = await self._load_student(row)
+                    served[student_id] = await self._load_student(row, sum(m.owns_runtime for m in served.values()))
                     loaded.append(served[student_id].id)
                     if self.failed.pop(student_id, None) is not None:
                         log.info("student %s (%s v%s) loaded after %d failed tries", row.id, row.name, row.version, earlier.attempts)
@@ -226,7 +227,11 @@ class ServedModels:
             await self.report()
             return {"loaded": loaded, "retired": [m.id for m in retired], "errors": errors, "models": sorted(self.table)}
 
-    async def _load_student(self, row: Student) -> ServedModel:
+    async def _load_student(self, row: Student, merged_engines: int) -> ServedModel:
+        """Load one registry student: as an adapter over the base model's runtime where that runtime
+        serves adapters and shares the student's base, else from merged weights (the trainer's, or
+        base + adapter merged here once, cached in the model store) in a runtime of its own, while
+        fewer than student.max_merged of those (`merged_engines`) run."""
         assert self.base is not None
         base_runtime = self.base.runtime
         store = self.settings.resolved_model_store
@@ -234,22 +239,28 @@ class ServedModels:
         public = f"{row.name}-v{row.version}"
         promoted = row.promoted_at.timestamp() if row.promoted_at else time.time()
         common = dict(kind="student", task=row.task_name, student_id=row.id, version=row.version, promoted_at=promoted)
-        if row.adapter_path and Path(base_path).resolve() == Path(base_runtime.base_path).resolve():
-            adapter_dir = Path(row.adapter_path)
+        adapter_dir = Path(row.adapter_path) if row.adapter_path else None
+        if adapter_dir is not None:
             await asyncio.to_thread(validate_adapter, adapter_dir, base_path, max_rank=self.settings.student.max_lora_rank)
-            engine_name = f"{public}-{uuid.uuid4().hex[:8]}"  # never reuse an adapter name (docs/architecture.md §10)
-            await base_runtime.load_adapter(engine_name, adapter_dir)
-            return ServedModel(id=public, runtime=base_runtime, adapter=engine_name, **common)
+            if base_runtime.serves_adapters and Path(base_path).resolve() == Path(base_runtime.base_path).resolve():
+                engine_name = f"{public}-{uuid.uuid4().hex[:8]}"  # never reuse an adapter name (docs/architecture.md §10)
+                await base_runtime.load_adapter(engine_name, adapter_dir)
+                return ServedModel(id=public, runtime=base_runtime, adapter=engine_name, **common)
+        elif not row.merged_path:
+            raise InvalidRequest(f"student {public} has neither an adapter nor a merged model")
+        limit = self.settings.student.max_merged
+        if merged_engines >= limit:
+            raise InvalidRequest(
+                f"student {public} runs from merged weights in an engine of its own, and {merged_engines} such students "
+                f"are served already (student.max_merged = {limit}, DSC_STUDENT_MAX_MERGED); raise the limit if memory "
+                "allows, or serve adapters (DSC_STUDENT_SERVE_STUDENTS_AS=adapter)"
+            )
         if row.merged_path:
             merged = await asyncio.to_thread(resolve_model, row.merged_path, store)
-            runtime = await asyncio.to_thread(self.runtime_factory, merged)
-            return ServedModel(id=public, runtime=runtime, owns_runtime=True, **common)
-        if row.adapter_path:
-            raise InvalidRequest(
-                f"student {public} adapts {row.base_model}, but this service runs {self.base.id}; "
-                "register a merged model or serve that base model"
-            )
-        raise InvalidRequest(f"student {public} has neither an adapter nor a merged model")
+        else:
+            merged = await asyncio.to_thread(merged_model, base_path, adapter_dir, store, row.id)
+        runtime = await asyncio.to_thread(self.runtime_factory, merged)
+        return ServedModel(id=public, runtime=runtime, owns_runtime=True, **common)
 
     def _publish(self, students: dict[str, ServedModel]) -> None:
         assert self.base is not None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.distillation.config import EvaluationConfig
+from shared.model_store import merge_adapter
 from shared.settings import Settings
 from shared.tasks import TaskSpec
 
@@ -54,20 +55,6 @@ def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | 
     base = TransformersEngine(base_path, dtype=settings.dtype, device=device)
     return [base, TransformersEngine(base_path, dtype=settings.dtype, adapter_path=adapter_dir, device=device) if adapter_dir
             else TransformersEngine(merged_dir, dtype=settings.dtype, device=device)]
-
-
-def merge_adapter(base_path: Path, adapter_dir: Path, out: Path, *, device: str = "auto") -> Path:
-    """Base + LoRA adapter merged (in float32, on `device`) into one plain model directory (weights and tokenizer)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from shared.device import resolve_device
-
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(resolve_device(device))
-    PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().save_pretrained(out)
-    AutoTokenizer.from_pretrained(base_path).save_pretrained(out)
-    return out
 
 
 def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec, *, base_path: Path,

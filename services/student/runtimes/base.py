@@ -112,6 +112,7 @@ class Runtime(Protocol):
 
     kind: str
     supports: frozenset[str]  # of LOGPROBS, PENALTIES, LOGIT_BIAS, STRUCTURED_OUTPUT
+    serves_adapters: bool  # load_adapter works; False: LoRA students need merged weights (a runtime each)
     base_path: Path
     tokenizer: object
     max_model_len: int

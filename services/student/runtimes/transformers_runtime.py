@@ -152,6 +152,7 @@ class TransformersRuntime:
     """A transformers model (plus peft adapters) behind a micro-batcher."""
 
     kind = "transformers"
+    serves_adapters = True
     supports = frozenset({LOGPROBS, PENALTIES, LOGIT_BIAS})  # no structured output: response_format and forced tools are refused
 
     def __init__(

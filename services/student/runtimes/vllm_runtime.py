@@ -67,6 +67,7 @@ class VLLMRuntime:
             self.engine = AsyncLLM.from_engine_args(args)
         self._loras: dict[str, object] = {}
         self._next_lora_id = 1
+        self.serves_adapters = max_loras > 0
 
     @property
     def dead(self) -> str | None:
@@ -76,8 +77,10 @@ class VLLMRuntime:
 
     @classmethod
     def from_settings(cls, path: Path, settings: Settings) -> "VLLMRuntime":
-        return cls(path, **engine_settings(settings), max_loras=settings.student.max_loras,
-                   max_lora_rank=_supported_rank(settings.student.max_lora_rank))
+        """The student service's engine: LoRA-enabled unless students are served merged (then LoRA
+        would only slow the base model down: about half its batch throughput on vLLM-CPU)."""
+        loras = 0 if serves_merged(settings) else settings.student.max_loras
+        return cls(path, **engine_settings(settings), max_loras=loras, max_lora_rank=_supported_rank(settings.student.max_lora_rank))
 
     def queue_depth(self) -> int:
         return self.engine.get_num_unfinished_requests()
@@ -176,6 +179,19 @@ def sampling_params(params: RowParams):
         presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
         logit_bias=params.logit_bias, logprobs=params.logprobs, structured_outputs=structured,
     )
+
+
+def serves_merged(settings: Settings) -> bool:
+    """Whether the student service serves LoRA students from merged weights (settings.student.serve_students_as).
+    auto: on vLLM's CPU platform, whose LoRA path ran a rank-16 adapter at a third of the base model's
+    speed single-stream and under a third at 8 streams (docs/architecture.md §10); on a GPU vLLM's LoRA
+    kernels are cheap and one engine serves every adapter."""
+    mode = settings.student.serve_students_as
+    if mode != "auto":
+        return mode == "merged"
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def _supported_rank(rank: int) -> int:
