@@ -20,6 +20,8 @@ import asyncio
 import json
 import time
 
+from shared.stats import percentile
+
 # Short, varied prompts that invite answers longer than 64 tokens, so (nearly) every answer runs to
 # max_tokens and both servers generate the same amount.
 PROMPTS = [
@@ -40,17 +42,6 @@ PROMPTS = [
     "Explain the difference between weather and climate with examples.",
     "Write a product description for a waterproof hiking backpack.",
 ]
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-quantile (0..1) by linear interpolation; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 async def one_request(client, model: str, prompt: str, max_tokens: int) -> dict:

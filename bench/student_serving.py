@@ -189,7 +189,7 @@ def pooled(levels: tuple[dict, ...]) -> dict:
 
 
 def summarise(level: dict) -> dict:
-    from load_client import percentile
+    from shared.stats import percentile
 
     rows = level["rows"]
     ok = [row for row in rows if row["ok"]]

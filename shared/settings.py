@@ -92,10 +92,14 @@ class VllmSettings(SettingsGroup):
     gpu_memory_utilization: float = Field(0.2, gt=0, le=1, description="Share of GPU memory a vLLM engine takes (weights, activations, KV cache).")
     kv_cache_gib: float | None = Field(
         None, gt=0,
-        description="KV cache of each vLLM engine in GiB; set, it replaces the sizing by gpu_memory_utilization. "
-        "Unset: on a GPU the memory share sizes it; on CPU 1 GiB (~45k tokens of SmolLM2-135M), because vLLM-CPU "
-        "sizes by a share of NUMA node 0 minus the worker's whole RSS, which fails where the node's memory is "
-        "onlined on demand or small.",
+        description="KV cache of each vLLM engine in GiB; set, it replaces the other sizings. Unset: on a GPU "
+        "gpu_memory_utilization sizes it; on CPU kv_cache_tokens does.",
+    )
+    kv_cache_tokens: int = Field(
+        16384, ge=256,
+        description="On CPU, with kv_cache_gib unset: tokens each vLLM engine's KV cache holds, in bytes from the model's "
+        "layers, KV heads and head size (SmolLM2-135M: 23 KB a token, 16k tokens 0.35 GiB). vLLM-CPU's own sizing by a "
+        "share of NUMA node 0 fails where that node's memory is onlined on demand or small.",
     )
     enforce_eager: bool = Field(False, description="Skip compilation and CUDA graphs: faster start, slower generation.")
     cpu_threads_bind: str | None = Field(None, description="e.g. '0-1'; default: all cores of this machine.")

@@ -114,3 +114,14 @@ def _paired(a: PerPrompt, b: PerPrompt) -> np.ndarray:
     if len(ma) != len(mb):
         raise ValueError(f"paired comparison needs the same prompts on both sides ({len(ma)} vs {len(mb)})")
     return ma - mb
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-quantile (0..1) of `values` by linear interpolation; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)

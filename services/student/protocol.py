@@ -254,6 +254,8 @@ class ModelCard(BaseModel):
     student_id: str | None = None
     version: int | None = None
     aliases: list[str] = Field(default_factory=list)
+    served_as: Literal["base", "adapter", "merged"] | None = Field(
+        None, description="How the model runs: the base model, a LoRA adapter over it, or merged weights in an engine of its own.")
     note: str | None = None
 
 

@@ -71,5 +71,6 @@ def model_cards(table: dict[str, ServedModel], *, standalone: bool) -> list[Mode
         cards.append(ModelCard(
             id=model.id, created=model.created, dsc_kind=model.kind, task=model.task, student_id=model.student_id,
             version=model.version, aliases=sorted(aliases.get(id(model), [])), note=note,
+            served_as="base" if model.kind == "base" else "adapter" if model.adapter else "merged",
         ))
     return cards

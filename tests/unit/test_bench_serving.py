@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from load_client import percentile  # noqa: E402
+from shared.stats import percentile  # noqa: E402
 from student_serving import pooled, summarise, vllm_flags  # noqa: E402
 
 OPTIONS = {"model": "/m", "dtype": "float32", "enforce_eager": True, "max_model_len": 2048, "enable_prefix_caching": True,

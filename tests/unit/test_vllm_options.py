@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from shared.engines.vllm_engine import CPU_KV_CACHE_GIB, engine_options  # noqa: E402
+from shared.engines.vllm_engine import CPU_KV_CACHE_TOKENS, engine_options, kv_bytes_per_token  # noqa: E402
 
 COMMON = dict(dtype="bfloat16", gpu_memory_utilization=0.2, enforce_eager=True, max_model_len=2048)
 
@@ -16,13 +16,17 @@ def test_a_named_kv_cache_size_reaches_vllm_in_bytes():
     assert options["kv_cache_memory_bytes"] == 512 * 2**20
 
 
-def test_on_cpu_an_unnamed_kv_cache_gets_the_cpu_default():
+def test_on_cpu_an_unnamed_kv_cache_holds_the_default_tokens_of_the_model(model_path):
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
-        pytest.skip("the CPU default applies to vLLM's CPU platform only")
-    options = engine_options("model-dir", **COMMON)
-    assert options["kv_cache_memory_bytes"] == int(CPU_KV_CACHE_GIB * 2**30)
+        pytest.skip("the token sizing applies to vLLM's CPU platform only")
+    # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims, keys and values, 2 bytes each in bfloat16
+    assert kv_bytes_per_token(model_path, "bfloat16") == 2 * 30 * 3 * 64 * 2
+    options = engine_options(str(model_path), **COMMON)
+    assert options["kv_cache_memory_bytes"] == CPU_KV_CACHE_TOKENS * 23040
+    options = engine_options(str(model_path), kv_cache_tokens=4096, **{**COMMON, "dtype": "float32"})
+    assert options["kv_cache_memory_bytes"] == 4096 * 46080
 
 
 def test_settings_refuse_a_kv_cache_of_zero():

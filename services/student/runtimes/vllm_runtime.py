@@ -20,7 +20,7 @@ from services.student.runtimes.base import (
     LOGIT_BIAS, LOGPROBS, PENALTIES, STRUCTURED_OUTPUT, Delta, Failed, Finished, RowParams, RowStream, TokenChoice,
 )
 from shared.engines.base import EngineDead
-from shared.engines.vllm_engine import async_llm_death, engine_options, engine_processes, engine_settings, is_engine_dead_error
+from shared.engines.vllm_engine import CPU_KV_CACHE_TOKENS, async_llm_death, engine_options, engine_processes, engine_settings, is_engine_dead_error
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class VLLMRuntime:
         enforce_eager: bool = False,
         max_model_len: int = 2048,
         kv_cache_gib: float | None = None,
+        kv_cache_tokens: int = CPU_KV_CACHE_TOKENS,
         cpu_threads_bind: str | None = None,
         max_loras: int = 4,
         max_lora_rank: int = 64,
@@ -47,7 +48,8 @@ class VLLMRuntime:
     ) -> None:
         options = engine_options(
             str(base_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-            max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, cpu_threads_bind=cpu_threads_bind, max_loras=max_loras,
+            max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, kv_cache_tokens=kv_cache_tokens, cpu_threads_bind=cpu_threads_bind,
+            max_loras=max_loras,
             max_lora_rank=max_lora_rank, tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
         )
         from transformers import AutoTokenizer
