@@ -185,6 +185,7 @@ def demo(
     """The main job end to end over HTTP: sample, distil, promote, compare base / teacher / student."""
     from services.demo import DemoConfig, DemoError, run_demo
     from services.local import LocalStack
+    from services.process_memory import PeakMemory
 
     settings = load_settings(engine=engine)
     config = DemoConfig(train_prompts=train_prompts, eval_prompts=eval_prompts, samples=samples, chains=chains, max_steps=max_steps,
@@ -197,11 +198,14 @@ def demo(
             _needed(client_key, "--client-key (DSC_API_KEYS is set)")
         if settings.admin_token:
             _needed(admin_token, "--admin-token (DSC_ADMIN_TOKEN is set)")
-        with LocalStack(settings) as stack:
-            client, admin = client_key or stack.tokens.client_key, admin_token or stack.tokens.admin_token
-            stack.wait_ready(900)
-            stack.print_summary()
-            run_demo(stack.teacher_url, stack.student_url, client, admin, config)
+        with PeakMemory() as memory:
+            with LocalStack(settings) as stack:
+                client, admin = client_key or stack.tokens.client_key, admin_token or stack.tokens.admin_token
+                stack.wait_ready(900)
+                stack.print_summary()
+                run_demo(stack.teacher_url, stack.student_url, client, admin, config)
+        console.print(f"peak memory of the demo's processes (the three services and their engines; PSS, shared pages "
+                      f"counted once): {memory.peak_gib:.1f} GiB")
     except (DemoError, RuntimeError) as error:
         fail(DscError(str(error)))
 

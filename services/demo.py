@@ -126,14 +126,18 @@ def run_demo(teacher_url: str, student_url: str, client_key: str, admin_token: s
     teacher.call("POST", f"/admin/students/{new_student['id']}/promote", params={"force": "true"} if forced else None)
     served = _wait_for_model(student, new_student)
     shown = held_out[:3]
-    base_answers = _answers(student, served["base"], shown, config)
-    student_answers = _answers(student, served["student"], shown, config)
-    _print_examples(shown, base_answers, student_answers)
+    sampling = figures["sampling"]  # the evaluation's own: examples drawn as the figures above were
+    base_answers = _answers(student, served["base"], shown, config, sampling)
+    student_answers = _answers(student, served["student"], shown, config, sampling)
+    _print_examples(shown, base_answers, student_answers, sampling)
+
+    console.rule("5. what an answer costs a client: student, base and the teacher's chain through the services")
+    cost = _served_cost(teacher_url, student_url, client_key, config, held_out, served, sampling)
 
     summary = {
         "figures": {k: v for k, v in figures.items() if k not in ("per_prompt", "examples")},
         "pairs": train_figures["pairs"], "accepted_chains": job["progress"]["accepted"], "forced_promotion": forced,
-        "seconds": round(time.monotonic() - started),
+        "served_cost": cost, "seconds": round(time.monotonic() - started),
     }
     config.out_dir.mkdir(parents=True, exist_ok=True)
     report = config.out_dir / "report.png"
@@ -181,23 +185,50 @@ def _wait_for_model(student: Client, new_student: dict, timeout: float = 300) ->
     raise DemoError("the student service did not switch to the promoted student in time")
 
 
-def _answers(student: Client, model: str, prompts: list[str], config: DemoConfig) -> list[str]:
+def _answers(student: Client, model: str, prompts: list[str], config: DemoConfig, sampling: dict) -> list[str]:
     """All prompts at once, as concurrent clients: the student service batches them together."""
     def ask(prompt: str) -> str:
-        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": config.max_tokens, "temperature": 0.0, "seed": config.seed}
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": sampling["max_tokens"],
+                "temperature": sampling["temperature"], "seed": config.seed}
         return student.call("POST", "/v1/chat/completions", json=body)["choices"][0]["message"]["content"]
 
     with ThreadPoolExecutor(max_workers=min(16, len(prompts))) as pool:
         return list(pool.map(ask, prompts))
 
 
-def _print_examples(prompts, base_answers, student_answers) -> None:
-    examples = Table(title="answers through the student service (greedy)", show_lines=True)
+def _print_examples(prompts, base_answers, student_answers, sampling: dict) -> None:
+    how = "greedy" if not sampling["temperature"] else f"sampled at temperature {sampling['temperature']}, as the evaluation"
+    examples = Table(title=f"answers through the student service ({how})", show_lines=True)
     for column in ("prompt", "base", "student"):
         examples.add_column(column, overflow="fold", max_width=50)
     for prompt, base, student in zip(prompts, base_answers, student_answers):
         examples.add_row(prompt, _clip(base), _clip(student))
     console.print(examples)
+
+
+def _served_cost(teacher_url: str, student_url: str, client_key: str, config: DemoConfig, prompts: list[str],
+                 served: dict, sampling: dict) -> dict:
+    """A short run of bench/served_cost.py's measurement (services/served_cost.py): seconds per answer of
+    the student, the base model and the teacher's 1-step chain, at 1 and 8 clients, same prompts and limits."""
+    from services.served_cost import CostSetup, Side, measure, ratios
+
+    setup = CostSetup(teacher_url, student_url, client_key, config.task, prompts, max_tokens=sampling["max_tokens"],
+                      temperature=sampling["temperature"])
+    sides = [Side("student", model=served["student"]), Side("base", model=served["base"]), Side("chain", chains=1)]
+    with console.status("measuring") as status:
+        results = measure(setup, sides, {1: 3, 8: 8}, on_step=lambda step: status.update(f"measuring {step}"))
+    table = Table(title=f"served cost per answer ({sampling['max_tokens']}-token limit, over HTTP, this machine, one run)")
+    for column in ("clients", "student s/answer", "base s/answer", "chain s/answer", "chain ÷ student", "student tok/s ÷ base"):
+        table.add_column(column, justify="right")
+    cost = {}
+    for clients, by_side in results.items():
+        summary = {name: tally.summary() for name, tally in by_side.items()}
+        cost[clients] = {**{name: row["s_per_answer"] for name, row in summary.items()}, **ratios(summary, "student", "base", ["chain"])}
+        table.add_row(str(clients), *(f"{cost[clients][k]:.2f}" if cost[clients][k] is not None else "-" for k in
+                                      ("student", "base", "chain", "chain/student", "student/base tokens_per_s")))
+    console.print(table)
+    console.print("bench/served_cost.py measures the same at 1, 8 and 32 clients over alternating rounds (bench/RESULTS.md).")
+    return cost
 
 
 def _clip(text: str, limit: int = 240) -> str:

@@ -48,6 +48,11 @@ def test_dsc_up_runs_the_demo_flow_and_stops_cleanly(tmp_path, model_store, post
         assert figures["samples"] == 2 and all(figures["systems"][name]["n"] == 2 for name in ("base", "student", "teacher"))
         assert figures["gain_share"]["n"] == 2 and summary["forced_promotion"] is True  # 2 prompts can never be significant
         assert (tmp_path / "demo" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        cost = summary["served_cost"]  # seconds per answer through the services, at 1 and 8 clients
+        assert set(cost) == {1, 8}, cost
+        for level in cost.values():
+            assert level["student"] > 0 and level["base"] > 0 and level["chain"] > 0, cost
+            assert level["chain/student"] == round(level["chain"] / level["student"], 2), cost
         engine = make_engine(postgres_url)
         with session_factory(engine)() as session:
             assert session.scalar(select(func.count(Pair.id))) == summary["accepted_chains"]
