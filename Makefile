@@ -7,7 +7,7 @@ BENCH_VENV := .venv-bench
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench bench-sampler bench-cost bench-serving bench-scale-out bench-store bench-venv bench-distill bench-distilabel gpu-smoke clean-venv compose-up compose-down compose-test
+.PHONY: install test demo bench bench-sampler bench-cost bench-served-cost bench-serving bench-scale-out bench-store bench-venv bench-distill bench-distilabel gpu-smoke clean-venv compose-up compose-down compose-test
 
 install: $(VENV)/.installed
 
@@ -49,9 +49,14 @@ bench-sampler: install
 bench-scale-out: install
 	$(BIN)/python bench/scale_out.py
 
-# The student's one generation against the teacher's chain (answer, critique, revision, reward), same prompts and engine.
+# Engine only (no service, HTTP or adapter): the student's one generation against the teacher's chain, same prompts and engine.
 bench-cost: install
 	$(BIN)/python bench/answer_cost.py
+
+# What a client pays per answer through the running services (`dsc up`): promoted student, base and the
+# teacher's chain at 1, 8 and 32 clients, alternating rounds (bench/served_cost.py; BENCH_COST_ARGS for flags).
+bench-served-cost: install
+	$(BIN)/python bench/served_cost.py $(BENCH_COST_ARGS)
 
 # The student service against `vllm serve` (same model, adapter and engine arguments) at 1, 4, 16 and 64 concurrent clients.
 bench-serving: install

@@ -1,5 +1,7 @@
 """The dSC student service against vLLM's own server (`vllm serve`): same base model, same LoRA
-adapter, same engine arguments, the same load.
+adapter, same engine arguments, the same load, each serving the student the fastest way it can
+(`--served-as`, default as the student service decides: on vLLM-CPU, whose LoRA path runs at a
+third of the base model's speed, merged weights on both servers, no LoRA; elsewhere the adapter).
 
 Both servers run the bundled SmolLM2-135M-Instruct with one LoRA adapter of the trainer's default
 shape (rank 16, alpha 32, q/k/v/o projections), made here with peft. peft's default init sets B = 0,
@@ -19,8 +21,7 @@ two taking turns and the order flipping each round; a level's figures pool its r
 
 Eager by default (--no-eager compiles): a compiled vLLM-CPU engine takes ~90 s to start on an
 idle 2-core machine (~19 s eager; bench/RESULTS.md), and two of them would spend half of the run's
-six minutes starting. On vLLM-CPU the LoRA path dominates each step anyway (its torch ops gather a
-copy of the adapter weights per token), the same on both servers. `vllm serve` itself is run as
+six minutes starting. `vllm serve` itself is run as
 `python -m vllm.entrypoints.openai.api_server`, the same server: the `vllm` script fails at start-up
 here, asking for the version of a distribution named "vllm" where this one is "vllm-cpu".
 
@@ -227,6 +228,9 @@ def main() -> None:
                         help="vLLM without compilation on both servers (default: eager; --no-eager compiles)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of every level on each server, taking turns; pooled")
     parser.add_argument("--order", default="dsc,vllm", choices=["dsc,vllm", "vllm,dsc"], help="which server runs first")
+    parser.add_argument("--served-as", default="auto", choices=["auto", "adapter", "merged"],
+                        help="how both servers run the student: the adapter over the base model, or merged weights; "
+                        "auto: as the student service would (DSC_STUDENT_SERVE_STUDENTS_AS: merged on vLLM-CPU)")
     parser.add_argument("--start-timeout", type=float, default=600)
     parser.add_argument("--keep", type=Path, default=None, help="keep the work directory (logs, registry, adapter) here")
     args = parser.parse_args()
@@ -241,12 +245,14 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from services.student.runtimes.vllm_runtime import _supported_rank
+    from services.student.runtimes.vllm_runtime import _supported_rank, serves_merged
     from shared.engines.vllm_engine import engine_options, engine_settings
-    from shared.model_store import resolve_model
+    from shared.model_store import merge_adapter, resolve_model
     from shared.settings import BUNDLED_MODEL, Settings
 
+    os.environ["DSC_STUDENT_SERVE_STUDENTS_AS"] = args.served_as
     settings = Settings()
+    merged = serves_merged(settings)
     base = resolve_model(BUNDLED_MODEL, settings.resolved_model_store)
     work = args.keep or Path(tempfile.mkdtemp(prefix="dsc-bench-serving-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -254,18 +260,23 @@ def main() -> None:
     database_url = f"sqlite:///{work / 'registry.db'}"
     register_active(database_url, base, adapter)
 
-    # Exactly the student's engine arguments (VLLMRuntime.from_settings); engine_options also sets
-    # the OpenMP thread binding in this process's environment, which both servers inherit.
-    options = engine_options(str(base), **engine_settings(settings), max_loras=settings.student.max_loras,
+    # Exactly the student's engine arguments (VLLMRuntime.from_settings: no LoRA where students run
+    # merged); engine_options also sets the OpenMP thread binding in this process's environment,
+    # which both servers inherit.
+    model = merge_adapter(base, adapter, work / "merged") if merged else base
+    options = engine_options(str(model), **engine_settings(settings), max_loras=0 if merged else settings.student.max_loras,
                              max_lora_rank=_supported_rank(settings.student.max_lora_rank))
     options["structured_outputs_config"] = {"backend": "guidance", "disable_any_whitespace": True}  # as VLLMRuntime
     common_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    # The dSC side merges the student itself, into a model store of this run's own.
     dsc_env = {**common_env, "DSC_DATABASE_URL": database_url, "DSC_DATA_DIR": str(work / "data"),
-               "DSC_MODEL_STORE": str(settings.resolved_model_store), "DSC_API_KEYS": KEY}
+               "DSC_MODEL_STORE": str(work / "store"), "DSC_STUDENT_BASE_MODEL": str(base), "DSC_API_KEYS": KEY}
     dsc_port, vllm_port = free_port(), free_port()
-    # vLLM's OpenAI server, as `vllm serve` runs it (the `vllm` script fails here: see the docstring).
-    vllm_command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base), "--host", "127.0.0.1", "--port", str(vllm_port), "--api-key", KEY,
-                    "--served-model-name", BUNDLED_MODEL, "--lora-modules", f"{SERVED_NAME}={adapter}", *vllm_flags(options)]
+    # vLLM's OpenAI server, as `vllm serve` runs it (the `vllm` script fails here: see the docstring):
+    # the merged weights as its model, or the base model with the adapter as a LoRA module.
+    served = ["--served-model-name", SERVED_NAME] if merged else ["--served-model-name", BUNDLED_MODEL, "--lora-modules", f"{SERVED_NAME}={adapter}"]
+    vllm_command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
+                    "--port", str(vllm_port), "--api-key", KEY, *served, *vllm_flags(options)]
     servers = {
         "dsc": Server("dSC student", [sys.executable, "-m", "services.cli", "student", "serve", "--port", str(dsc_port)],
                       dsc_env, "/readyz", work / "dsc-student.log", dsc_port),
@@ -286,8 +297,8 @@ def main() -> None:
             server.stop()
 
     summary = {name: [summarise(pooled(levels)) for levels in zip(*(run["levels"] for run in results[name]))] for name in order}
-    served_as = {name: results[name][0]["warmup"].get("model") for name in order}
-    table = Table(title=f"student serving: {args.max_tokens} new tokens, {args.requests_per_level} requests a level, "
+    served_by = {name: results[name][0]["warmup"].get("model") for name in order}
+    table = Table(title=f"student serving ({'merged' if merged else 'adapter'}): {args.max_tokens} new tokens, {args.requests_per_level} requests a level, "
                         f"{args.rounds} round(s), {'eager' if args.eager else 'compiled'}, order {' then '.join(order)}")
     for column in ("server", "clients", "ok/req", "req/s", "out tok/s", "latency p50 ms", "latency p95 ms", "TTFT p50 ms", "TTFT p95 ms",
                    "dSC/vLLM req/s", "dSC/vLLM TTFT p95"):
@@ -315,15 +326,15 @@ def main() -> None:
     total_s = time.monotonic() - began
     print(f"order: {' then '.join(order)}; engine start to ready: " +
           ", ".join(f"{servers[n].name} {servers[n].start_s:.0f} s" for n in order) +
-          f"; served as: {served_as}; errors: {errors}; whole run {total_s:.0f} s; machine: {platform.machine()}, {os.cpu_count()} cores")
+          f"; answered as: {served_by}; errors: {errors}; whole run {total_s:.0f} s; machine: {platform.machine()}, {os.cpu_count()} cores")
     if args.keep is None:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({
-        "bench": "student_serving", "order": order, "eager": args.eager, "max_tokens": args.max_tokens,
+        "bench": "student_serving", "served_as": "merged" if merged else "adapter", "order": order, "eager": args.eager, "max_tokens": args.max_tokens,
         "requests_per_level": args.requests_per_level, "rounds": args.rounds, "levels": [int(c) for c in args.levels.split(",")],
-        "start_s": {n: round(servers[n].start_s, 1) for n in order}, "served_as": served_as,
+        "start_s": {n: round(servers[n].start_s, 1) for n in order}, "served_by": served_by,
         "dsc": summary["dsc"], "vllm": summary["vllm"], "ratios": {str(c): r for c, r in ratios.items()},
         "errors": errors, "total_s": round(total_s, 1), "cores": os.cpu_count(), "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2), "targets": TARGETS, "met": met,

@@ -22,9 +22,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(app, *, name: str = "server", ready_timeout: float = 120.0, stop_timeout: float = 60.0) -> Iterator[str]:
+def live_server(app, *, name: str = "server", ready_timeout: float = 120.0, stop_timeout: float = 60.0,
+                port: int | None = None) -> Iterator[str]:
     """Yields the base URL once /readyz answers 200; stops the server (running its lifespan shutdown) after."""
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"{name}-{port}", daemon=True)
     thread.start()

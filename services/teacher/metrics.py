@@ -42,9 +42,24 @@ class TeacherMetrics:
         self.engine_deaths = Counter("dsc_teacher_engine_deaths", "Times the engine died under this process", registry=registry)
         self.sync_rejected = Counter("dsc_teacher_sync_rejected", "Synchronous calls answered 429 (engine saturated)", registry=registry)
         self.sync_in_flight = Gauge("dsc_teacher_sync_in_flight", "Synchronous calls holding a slot on the engine now", registry=registry)
+        # Together: the served cost of a chain's answer (the console's cost page divides one by the other).
+        self.sync_seconds = Counter("dsc_teacher_sync_seconds", "Wall seconds of synchronous calls that answered, by task", ["task"], registry=registry)
+        self.sync_answers = Counter("dsc_teacher_sync_answers", "Prompts answered by synchronous calls, by task", ["task"], registry=registry)
+        self.registry = registry
         self._sampled = 0
         self._accepted = 0
         self._lock = threading.Lock()  # the sync endpoint's threadpool and the job workers both report
+
+    def sync_seconds_per_answer(self) -> dict[str, float]:
+        """Per task: mean wall seconds of a synchronous call per prompt it answered, since this process started."""
+        out = {}
+        for metric in self.sync_answers.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.value:
+                    task = sample.labels["task"]
+                    seconds = self.registry.get_sample_value("dsc_teacher_sync_seconds_total", {"task": task}) or 0.0
+                    out[task] = seconds / sample.value
+        return out
 
     def observe_chains(self, chains: Sequence[Chain], source: str) -> None:
         accepted = sum(chain.accepted for chain in chains)
@@ -87,3 +102,4 @@ class QueueCollector(Collector):
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter
 
 from services.teacher.deps import ReadyState
@@ -43,6 +45,7 @@ def critique_revise(request: SampleRequest, caller: ClientCaller, state: ReadySt
             "retry later or submit a job (POST /v1/jobs)",
             retry_after=settings.teacher.sync_retry_after_seconds,
         )
+    started = time.perf_counter()
     try:
         with state.metrics.sync_in_flight.track_inprogress():
             chains = run_plan(plan, state.engine, state.rewards, progress=check_stopping, schedule=settings.teacher.sampler_schedule)
@@ -54,6 +57,8 @@ def critique_revise(request: SampleRequest, caller: ClientCaller, state: ReadySt
     finally:
         state.sync_slots.release()
     state.metrics.observe_chains(chains, "sync")
+    state.metrics.sync_seconds.labels(plan.task.name).inc(time.perf_counter() - started)
+    state.metrics.sync_answers.labels(plan.task.name).inc(len(plan.prompts))
     job_id = None
     if request.store:
         job_id, _recorded = store_finished_run(state.sessions, plan, chains, kind="sync", owner=caller.key_id)
