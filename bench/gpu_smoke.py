@@ -7,6 +7,7 @@ a temporary data directory, with `DSC_ENGINE=vllm` (no fallback to transformers)
     1. teacher   a sentiment job (--prompts × 2 chains) on vLLM          job seconds, tokens/s
     2. trainer   a LoRA distillation of its pairs (--steps steps)        device, dtype, train seconds, steps/s
     3. student   promote it; one chat completion, then --burst at once   latency, tokens/s
+    4. cost      student, base and the 1-step chain through the services  s/answer at 1 and 8 clients
 
 Any step that fails ends the script with status 1 and the last lines of the failing service's
 log; a machine without a usable GPU stack is refused with status 2 before anything starts. The
@@ -130,11 +131,12 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict:
             figures["start_seconds"] = round(time.monotonic() - started, 1)
             teacher_log = (settings.data_dir / "logs" / "teacher.log").read_text(errors="replace")
             check(args.cpu_dry_run or "(vllm)" in teacher_log, "the teacher did not load a vLLM engine (see its log)")
-            teacher = Client(stack.teacher_url, stack.admin_token)
-            student = Client(stack.student_url, stack.api_keys[0])
+            teacher = Client(stack.teacher_url, stack.tokens.admin_token)
+            student = Client(stack.student_url, stack.tokens.client_key)
             figures.update(sample(teacher, args))
             figures.update(distil(teacher, args, figures["job_id"], device))
             figures.update(serve(teacher, student, args, figures["student_id"]))
+            figures["served_cost"] = served_cost(stack, settings, args)
             figures["gpu_processes"] = [] if args.cpu_dry_run else gpu_processes()
         except Exception:
             for child in stack.children:
@@ -209,6 +211,26 @@ def serve(teacher, student, args: argparse.Namespace, student_id: str) -> dict:
     print(f"{args.burst} concurrent completions: {burst_tokens} tokens in {burst_seconds:.1f} s ({burst_tokens / burst_seconds:.0f} tokens/s)")
     return {"student_latency_s": round(latency, 2), "student_tokens": tokens, "burst": args.burst,
             "burst_seconds": round(burst_seconds, 2), "student_tokens_per_s": round(burst_tokens / burst_seconds, 1)}
+
+
+def served_cost(stack, settings, args: argparse.Namespace) -> dict:
+    """What a client pays per answer on this machine: the promoted student, the base model and the
+    teacher's 1-step chain through the services (services/served_cost.py), at 1 and 8 clients."""
+    from services.served_cost import CostSetup, Side, measure, ratios
+
+    step("4. served cost per answer: student, base and the teacher's chain through the services")
+    prompts = [f"Write a short review of film number {i}." for i in range(16)]
+    setup = CostSetup(stack.teacher_url, stack.student_url, stack.tokens.client_key, "sentiment", prompts, max_tokens=args.max_tokens,
+                      sync_prompts=settings.teacher.max_sync_prompts, sync_slots=settings.teacher.max_concurrent_sync)
+    sides = [Side("student", model="student"), Side("base", model="base"), Side("chain", chains=1)]
+    results = measure(setup, sides, {1: 4, 8: 16})
+    out = {}
+    for clients, by_side in results.items():
+        summary = {name: tally.summary() for name, tally in by_side.items()}
+        out[str(clients)] = {"s_per_answer": {name: row["s_per_answer"] for name, row in summary.items()},
+                             **ratios(summary, "student", "base", ["chain"])}
+        print(f"{clients} client(s): {out[str(clients)]}")
+    return out
 
 
 def wait(poll, timeout: float, what: str) -> dict:

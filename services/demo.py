@@ -218,14 +218,14 @@ def _served_cost(teacher_url: str, student_url: str, client_key: str, config: De
     with console.status("measuring") as status:
         results = measure(setup, sides, {1: 3, 8: 8}, on_step=lambda step: status.update(f"measuring {step}"))
     table = Table(title=f"served cost per answer ({sampling['max_tokens']}-token limit, over HTTP, this machine, one run)")
-    for column in ("clients", "student s/answer", "base s/answer", "chain s/answer", "chain ÷ student", "student tok/s ÷ base"):
+    for column in ("clients", "student s/answer", "base s/answer", "chain s/answer", "chain ÷ student", "student decode tok/s ÷ base"):
         table.add_column(column, justify="right")
     cost = {}
     for clients, by_side in results.items():
         summary = {name: tally.summary() for name, tally in by_side.items()}
         cost[clients] = {**{name: row["s_per_answer"] for name, row in summary.items()}, **ratios(summary, "student", "base", ["chain"])}
         table.add_row(str(clients), *(f"{cost[clients][k]:.2f}" if cost[clients][k] is not None else "-" for k in
-                                      ("student", "base", "chain", "chain/student", "student/base tokens_per_s")))
+                                      ("student", "base", "chain", "chain/student", "student/base decode_tokens_per_s")))
     console.print(table)
     console.print("bench/served_cost.py measures the same at 1, 8 and 32 clients over alternating rounds (bench/RESULTS.md).")
     return cost

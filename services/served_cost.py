@@ -15,6 +15,7 @@ rounds alternate the order of the sides, so a slow spell of the machine falls on
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class Tally:
     """Every answer of one side at one level, over all rounds."""
 
     latencies: list[float] = field(default_factory=list)  # per answer: request sent → its answer back
+    decode_rates: list[float] = field(default_factory=list)  # per answer: tokens after the first over the time after it
     tokens: int = 0  # completion tokens (student service only; the chain's answers are not counted in tokens)
     answers: int = 0
     errors: list[str] = field(default_factory=list)
@@ -54,6 +56,7 @@ class Tally:
             "s_per_answer": round(self.wall_s / self.answers, 3) if self.answers else None,
             "tokens_per_s": round(self.tokens / self.wall_s, 1) if self.tokens and self.wall_s else None,
             "tokens_per_answer": round(self.tokens / self.answers, 1) if self.tokens and self.answers else None,
+            "decode_tokens_per_s": _rounded(percentile(self.decode_rates, 0.5)),
             "latency_p50_s": _rounded(percentile(self.latencies, 0.5)), "latency_p95_s": _rounded(percentile(self.latencies, 0.95)),
         }
 
@@ -80,21 +83,43 @@ async def _student_level(http: httpx.AsyncClient, setup: CostSetup, side: Side, 
 
     async def client() -> None:
         for prompt in queue:  # shared: each client takes the next prompt until none is left
-            body = {"model": side.model, "messages": [{"role": "user", "content": prompt}],
-                    "max_tokens": setup.max_tokens, "temperature": setup.temperature}
-            started = time.perf_counter()
             try:
-                response = await http.post(f"{setup.student_url}/v1/chat/completions", json=body)
-                response.raise_for_status()
-                tally.tokens += response.json()["usage"]["completion_tokens"]
-                tally.latencies.append(time.perf_counter() - started)
-                tally.answers += 1
+                latency, first_token, tokens = await _stream_answer(http, setup, side.model, prompt)
             except Exception as exc:  # an error is a result here, counted per side
                 tally.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            tally.tokens += tokens
+            tally.latencies.append(latency)
+            tally.answers += 1
+            if tokens > 1 and latency > first_token:
+                tally.decode_rates.append((tokens - 1) / (latency - first_token))
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     tally.wall_s += time.perf_counter() - started
+
+
+async def _stream_answer(http: httpx.AsyncClient, setup: CostSetup, model: str | None, prompt: str) -> tuple[float, float, int]:
+    """(latency, time to first token, completion tokens) of one streamed chat completion."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": setup.max_tokens,
+            "temperature": setup.temperature, "stream": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    first_token, tokens = None, None
+    async with http.stream("POST", f"{setup.student_url}/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {(await response.aread())[:200]!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: "):])
+            if first_token is None and any(choice.get("delta", {}).get("content") for choice in chunk.get("choices") or ()):
+                first_token = time.perf_counter() - started
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    if tokens is None:
+        raise RuntimeError("the stream ended without its usage chunk")
+    latency = time.perf_counter() - started
+    return latency, first_token if first_token is not None else latency, tokens
 
 
 async def _chain_level(http: httpx.AsyncClient, setup: CostSetup, side: Side, clients: int, prompts: list[str], tally: Tally) -> None:
@@ -147,11 +172,14 @@ def measure(setup: CostSetup, sides: list[Side], levels: dict[int, int], rounds:
 
 
 def ratios(summary: dict[str, dict], student: str, base: str, chains: list[str]) -> dict[str, float | None]:
-    """Each chain's cost per answer over the student's, and the student's tokens/s over the base's."""
+    """Each chain's cost per answer over the student's, and the student's speed over the base's: its
+    generation (decode tokens/s per answer, median) and its output tokens/s over the wall time (which
+    also counts each request's fixed costs, so shorter answers score lower)."""
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or not b else round(a / b, 2)
 
     out = {f"{chain}/student": ratio(summary[chain]["s_per_answer"], summary[student]["s_per_answer"]) for chain in chains}
+    out["student/base decode_tokens_per_s"] = ratio(summary[student]["decode_tokens_per_s"], summary[base]["decode_tokens_per_s"])
     out["student/base tokens_per_s"] = ratio(summary[student]["tokens_per_s"], summary[base]["tokens_per_s"])
     return out
 
