@@ -135,11 +135,11 @@ def main() -> None:
         "zero_errors": errors == 0,
     }
     print(f"student served as: {served_as}; stack ready in {ready_s:.0f} s; "
-          f"measuring {measure_s:.0f} s; peak memory of the stack (PSS, whole process tree) {memory.peak_gib} GiB; whole run {time.monotonic() - began:.0f} s")
+          f"measuring {measure_s:.0f} s; peak memory of the stack (PSS, whole process tree) {memory.peak_gib} GiB ({memory.breakdown()}); whole run {time.monotonic() - began:.0f} s")
     print(json.dumps({
         "bench": "served_cost", "levels": levels, "rounds": args.rounds, "max_tokens": args.max_tokens, "eager": args.eager,
         "student": served, "served_as": served_as, "summary": {str(c): s for c, s in summary.items()}, "ratios": {str(c): r for c, r in level_ratios.items()},
-        "errors": errors, "peak_pss_gib": memory.peak_gib, "measure_s": round(measure_s, 1),
+        "errors": errors, "peak_pss_gib": memory.peak_gib, "peak_by_process_gib": {k: round(v / 2**30, 2) for k, v in memory.at_peak.items()}, "measure_s": round(measure_s, 1),
         "total_s": round(time.monotonic() - began, 1), "machine": describe_machine(), "targets": TARGETS, "met": met,
     }))
 

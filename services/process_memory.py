@@ -14,26 +14,45 @@ import threading
 import psutil
 
 
-def tree_memory(pid: int) -> int:
-    """Bytes (PSS) the process `pid` and all its descendants hold now; RSS where PSS cannot be read."""
+def _held(process: psutil.Process) -> int:
+    """Bytes `process` holds: its PSS, or its RSS where PSS cannot be read; 0 once it has exited."""
     try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
+        info = process.memory_full_info()
+        return getattr(info, "pss", info.rss)
+    except psutil.AccessDenied:
+        try:
+            return process.memory_info().rss
+        except psutil.Error:
+            return 0
     except psutil.Error:
         return 0
-    total = 0
-    for process in processes:
+
+
+def tree_memory(pid: int) -> dict[str, int]:
+    """Bytes (PSS) held now by the process `pid` ("self") and by each of its children's whole subtrees,
+    keyed by the child's command line (a service and its engine processes count together)."""
+    try:
+        root = psutil.Process(pid)
+        children = root.children()
+    except psutil.Error:
+        return {}
+    held = {"self": _held(root)}
+    for child in children:
         try:
-            info = process.memory_full_info()
-            total += getattr(info, "pss", info.rss)
-        except psutil.AccessDenied:
-            try:
-                total += process.memory_info().rss
-            except psutil.Error:
-                pass
-        except psutil.Error:  # exited meanwhile
-            pass
-    return total
+            name = _name(child)
+            subtree = [child, *child.children(recursive=True)]
+        except psutil.Error:
+            continue
+        held[name] = held.get(name, 0) + sum(_held(process) for process in subtree)
+    return held
+
+
+def _name(process: psutil.Process) -> str:
+    """A child's name for the breakdown: `services.cli teacher serve` → "teacher"."""
+    command = process.cmdline()
+    if "services.cli" in command:
+        return " ".join(command[command.index("services.cli") + 1:][:1])
+    return " ".join(command)[:60] or process.name()
 
 
 class PeakMemory:
@@ -43,12 +62,15 @@ class PeakMemory:
         self.pid = pid or os.getpid()
         self.every_s = every_s
         self.peak_bytes = 0
+        self.at_peak: dict[str, int] = {}  # what each child subtree held when the peak was seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
 
     def _sample(self) -> None:
         while True:
-            self.peak_bytes = max(self.peak_bytes, tree_memory(self.pid))
+            held = tree_memory(self.pid)
+            if sum(held.values()) > self.peak_bytes:
+                self.peak_bytes, self.at_peak = sum(held.values()), held
             if self._stop.wait(self.every_s):
                 return
 
@@ -63,3 +85,7 @@ class PeakMemory:
     @property
     def peak_gib(self) -> float:
         return round(self.peak_bytes / 2**30, 2)
+
+    def breakdown(self) -> str:
+        """`teacher 2.7, student 4.1, ... GiB` at the peak."""
+        return ", ".join(f"{name} {held / 2**30:.1f}" for name, held in sorted(self.at_peak.items(), key=lambda item: -item[1])) + " GiB"

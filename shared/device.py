@@ -114,3 +114,21 @@ def check_processes(processes: int, device: str) -> None:
             raise DeviceUnavailable(
                 f"trainer_processes={processes} needs {processes} CUDA devices (one per rank); this machine shows {count}"
             )
+
+
+def release_freed_memory(device: str = "cpu") -> None:
+    """Hand the memory a finished piece of work freed back to the system: torch's CUDA cache, and
+    on the CPU the heap glibc keeps after large frees (a training or a merge otherwise leaves it
+    resident in a process that lives on: the trainer, the student service)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass

@@ -79,13 +79,15 @@ def merge_adapter(base_path: Path, adapter_dir: Path, out: Path, *, device: str 
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from shared.device import resolve_device
+    from shared.device import release_freed_memory, resolve_device
 
     stored = getattr(AutoConfig.from_pretrained(base_path), "dtype", None) or torch.float32
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(resolve_device(device))
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     merged.to(stored if isinstance(stored, torch.dtype) else getattr(torch, str(stored))).save_pretrained(out)
     AutoTokenizer.from_pretrained(base_path).save_pretrained(out)
+    del model, merged
+    release_freed_memory(resolve_device(device))  # a serving process merges once and keeps running: give the float32 copy back
     return out
 
 

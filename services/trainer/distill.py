@@ -39,7 +39,7 @@ from services.trainer.data import IGNORE_INDEX, Tokenized, batch_indices, collat
 from services.trainer.parallel import Ranks, launch, params_digest
 from shared.distillation.config import DistillationConfig
 from shared.distillation.pairs import Example
-from shared.device import check_processes, resolve_device, training_dtype
+from shared.device import check_processes, release_freed_memory, resolve_device, training_dtype
 from shared.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -204,13 +204,7 @@ def train(
         return run_training(config, base_path, examples, run_dir, on_step=on_step, ranks=Ranks(device=resolved),
                             keep_checkpoints=keep_checkpoints)
     finally:
-        if resolved == "cuda":  # hand the training's GPU memory back before the evaluation engines start
-            import gc
-
-            import torch
-
-            gc.collect()
-            torch.cuda.empty_cache()
+        release_freed_memory(resolved)  # before the evaluation engines start
 
 
 def adamw(params: list, config: DistillationConfig):

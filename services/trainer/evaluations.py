@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shared.distillation.config import EvaluationConfig
+from shared.device import release_freed_memory
 from shared.model_store import merge_adapter
 from shared.settings import Settings
 from shared.tasks import TaskSpec
@@ -106,4 +107,5 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
         for engine in reversed({id(e): e for e in engines}.values()):
             engine.close()
         shutil.rmtree(scratch, ignore_errors=True)
+        release_freed_memory(settings.trainer.device)  # the scorer's and the merge's weights
 
