@@ -1,5 +1,7 @@
-"""Cost of an answer: the student (one generation) against the teacher's chain (answer, critique,
-revision, reward), for the same prompts on the same engine and machine, in one run.
+"""Cost of an answer on the bare engine (no service, no HTTP, no adapter): the student's procedure
+(one generation) against the teacher's chain (answer, critique, revision, reward), for the same
+prompts on the same engine and machine, in one run. What a client of the running services pays is
+bench/served_cost.py's figure; this one isolates the procedure.
 
 The point of distillation is that the student answers like the chain at the price of one
 generation. Here both sides run the bundled model on one engine, so the figure is the cost of the

@@ -33,6 +33,7 @@ KEPT = HERE / "out" / "suite"  # the latest result of each benchmark (gitignored
 SUITE: list[tuple[str, str, list[str]]] = [
     ("sampler", "sampler.py", ["--eager", "--max-tokens", "32"]),
     ("answer_cost", "answer_cost.py", ["--eager", "--repeats", "2"]),
+    ("served_cost", "served_cost.py", ["--eager"]),
     ("student_serving", "student_serving.py", ["--eager"]),
     ("vs_distilabel", "vs_distilabel.py", []),
     ("distill_speed", "distill_speed.py", ["--repeats", "1", "--pipeline-pairs", "100,500"]),

@@ -198,11 +198,6 @@ def demo(
             _needed(client_key, "--client-key (DSC_API_KEYS is set)")
         if settings.admin_token:
             _needed(admin_token, "--admin-token (DSC_ADMIN_TOKEN is set)")
-        if "enforce_eager" not in settings.vllm.model_fields_set:
-            # A one-off stack: compiling its engines (~2 min on 2 cores, and again for the promoted student's
-            # merged engine) costs more than eager generation's ~25% loses over the demo's few minutes of it.
-            os.environ["DSC_VLLM_ENFORCE_EAGER"] = "true"
-            settings = load_settings(engine=engine)
         with PeakMemory() as memory:
             with LocalStack(settings) as stack:
                 client, admin = client_key or stack.tokens.client_key, admin_token or stack.tokens.admin_token

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from shared.distillation.config import DistillationConfig, steps_per_epoch
 from shared.distillation.pairs import Example, pair_query, plan_data, plan_split
+from shared.distillation.runs import SNAPSHOT_FILE
 from shared.tasks import TaskSpec
 
 IGNORE_INDEX = -100
@@ -48,7 +49,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def take_snapshot(session: Session, config: DistillationConfig, task: TaskSpec, run_dir: Path) -> Snapshot:
     """Write the run's data once; later attempts read it back unchanged."""
-    data_file, split_file = run_dir / "snapshot.jsonl", run_dir / "split.json"
+    data_file, split_file = run_dir / SNAPSHOT_FILE, run_dir / "split.json"
     if data_file.is_file() and split_file.is_file():
         return load_snapshot(run_dir)
     examples = [
@@ -66,7 +67,7 @@ def take_snapshot(session: Session, config: DistillationConfig, task: TaskSpec, 
 
 
 def load_snapshot(run_dir: Path) -> Snapshot:
-    text = (run_dir / "snapshot.jsonl").read_text(encoding="utf-8")
+    text = (run_dir / SNAPSHOT_FILE).read_text(encoding="utf-8")
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     train = [Example(**json.loads(line)) for line in text.splitlines() if line.strip()]
     return Snapshot(train=train, eval_prompts=split["eval_prompts"], digest=hashlib.sha256(text.encode()).hexdigest(),

@@ -192,7 +192,7 @@ class TrainerWorker:
             if not fenced_update(session, EvaluationRun, lease.row_id, lease.owner, lease.attempt, status="succeeded", metrics=figures,
                                  progress={"phase": "succeeded"}, lease_owner=None, lease_expires_at=None, finished_at=utcnow(), error=None):
                 raise LeaseLost()
-            record_evaluation(session, run.student_id, run.id, figures)
+            record_evaluation(session, run, figures)
         log.info("evaluation %s succeeded: %s", run.id, figures["gate"]["reason"])
 
     def _process(self, run: DistillationRun, lease: Lease, beat: Heartbeat) -> None:

@@ -3,7 +3,8 @@
 An evaluation compares a registered student with its base model on a task's evaluation prompts
 (EvaluationConfig). A trainer worker claims queued evaluations from the same lease queue as
 distillations and runs them (services/trainer/evaluations.py); the figures land on the evaluation
-run, and the student's promotion gate follows the newest finished evaluation (registry.py).
+run. The student's promotion gate follows an evaluation only where it is at least as strict as the
+run's own, and then the last submitted one (registry.record_evaluation); any other is a report.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db.models import EvaluationRun, Student
 from shared.db.queue import cancel_and_read, get_row, newest_rows
 from shared.distillation.config import EvaluationConfig
+from shared.distillation.runs import training_prompts
 from shared.errors import InvalidRequest, NotFound, Overloaded
 from shared.settings import Settings
 from shared.tasks import get_task
@@ -29,7 +31,14 @@ def submit(sessions: sessionmaker[Session], settings: Settings, config: Evaluati
         if student is None:
             raise NotFound(f"no student {config.student_id!r}", param="student_id")
         task = get_task(session, config.task or student.task_name)
-        config.prompts_for(task)  # 400 now for a task without an evaluation set
+        prompts = config.prompts_for(task)  # 400 now for a task without an evaluation set
+        if student.run_id is not None:
+            seen = [prompt for prompt in prompts if prompt in training_prompts(settings, student.run_id)]
+            if seen:
+                raise InvalidRequest(
+                    f"{len(seen)} of the {len(prompts)} evaluation prompts are in student {student.name}-v{student.version}'s "
+                    f"training data (e.g. {seen[0][:80]!r}): answers to them show what it memorised, not how it does on "
+                    "prompts it never saw; evaluate on others", param="eval_prompts")
         queued = session.scalar(select(func.count()).select_from(EvaluationRun).where(EvaluationRun.status == "queued")) or 0
         if queued >= settings.distill.max_queued:
             raise Overloaded(f"{queued} evaluations are queued already (distill_max_queued); retry later",

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.models import DistillationRun, Student, StudentReplica, utcnow
+from shared.db.models import DistillationRun, EvaluationRun, Student, StudentReplica, utcnow
 from shared.db.queue import database_now
 from shared.db.session import transaction
 from shared.errors import Conflict, NotFound
@@ -104,15 +104,40 @@ def promote(sessions: sessionmaker[Session], student_id: str, *, force: bool = F
         return activate(session, student)
 
 
-def record_evaluation(session: Session, student_id: str, evaluation_id: str, figures: dict[str, Any]) -> None:
-    """An on-demand evaluation's gate becomes the student's gate (caller owns the transaction)."""
-    student = session.get(Student, student_id)
+def gate_refusal(student: Student, config: dict[str, Any]) -> str | None:
+    """Why an evaluation (its stored EvaluationConfig) may not set the student's gate, or None when
+    it is at least as strict as the run's own: the student's task, at least the run's K answers a
+    prompt, the collapse check on. Training prompts never get this far: submission refuses them."""
+    if config.get("task") != student.task_name:
+        return f"it scores task {config.get('task')!r}, not the student's {student.task_name!r}"
+    own = ((student.metrics or {}).get("eval") or {}).get("samples") or 1
+    if int(config.get("samples") or 0) < own:
+        return f"{config.get('samples')} answers a prompt, fewer than the {own} of the student's own evaluation"
+    if not config.get("collapse_check", True):
+        return "its collapse check was off"
+    return None
+
+
+def record_evaluation(session: Session, evaluation: EvaluationRun, figures: dict[str, Any]) -> None:
+    """A finished on-demand evaluation, on its student (caller owns the transaction). It becomes the
+    student's gate only where gate_refusal finds nothing and no evaluation submitted after it set the
+    gate already: of concurrent evaluations of one student, the last submitted wins, whichever
+    finishes last. Every other evaluation is kept as a report (latest_evaluation, `gating` false)."""
+    student = session.get(Student, evaluation.student_id, with_for_update=True)  # concurrent finishes take turns
     if student is None:
         return
     metrics = dict(student.metrics or {})
-    metrics.update(gate=figures["gate"], latest_evaluation={
-        "id": evaluation_id, "student_minus_base": figures["student_minus_base"], "systems": figures["systems"],
-        "prompts": figures["prompts"], "samples": figures["samples"]})
+    submitted = evaluation.created_at.isoformat()
+    report = {"id": evaluation.id, "submitted_at": submitted, "student_minus_base": figures["student_minus_base"],
+              "systems": figures["systems"], "prompts": figures["prompts"], "samples": figures["samples"], "gate": figures["gate"]}
+    refusal = gate_refusal(student, evaluation.config or {})
+    current = metrics.get("gate_from") or {}
+    if refusal is None and current.get("submitted_at", "") > submitted:
+        refusal = f"evaluation {current['evaluation_id']}, submitted later, set the gate already"
+    report.update(gating=refusal is None, not_gating_because=refusal)
+    if refusal is None:
+        metrics.update(gate=figures["gate"], gate_from={"evaluation_id": evaluation.id, "submitted_at": submitted}, gating_evaluation=report)
+    metrics["latest_evaluation"] = report
     student.metrics = metrics
 
 

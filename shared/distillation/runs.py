@@ -12,6 +12,8 @@ it trains on is fixed at submission.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,20 @@ from shared.settings import Settings
 from shared.tasks import get_task
 
 
+SNAPSHOT_FILE = "snapshot.jsonl"  # in a run's directory: one training example (Example.to_json) a line, written once
+
+
 def run_dir(settings: Settings, run_id: str) -> Path:
     """Where a run's snapshot, checkpoints and artifacts live: the model store's students/ folder."""
     return settings.resolved_model_store / "students" / run_id
+
+
+def training_prompts(settings: Settings, run_id: str) -> set[str]:
+    """The prompts a run trained on, from its frozen snapshot (none before it took one)."""
+    path = run_dir(settings, run_id) / SNAPSHOT_FILE
+    if not path.is_file():
+        return set()
+    return {json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
 def plan_run(session: Session, settings: Settings, config: DistillationConfig) -> tuple[DistillationConfig, dict[str, Any]]:

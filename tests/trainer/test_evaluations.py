@@ -4,6 +4,8 @@ real model → figures, and the student's promotion gate follows them. A student
 
 from __future__ import annotations
 
+import json
+
 from services.trainer.evaluate import collapse_check
 from services.trainer.worker import TrainerWorker
 from shared.db.models import Student
@@ -50,3 +52,65 @@ def test_collapse_check_flags_a_student_that_says_one_thing_to_everything(tf_eng
     stuck = collapse_check(tf_engine, prompts, base, ["Wonderful wonderful wonderful film, truly a masterpiece!"] * 4)
     assert stuck["ppl_ratio"] > 2 and stuck["collapsed"]
     assert stuck["base_ppl_of_student_answers"] > stuck["base_ppl_of_base_answers"]
+
+
+def test_only_an_evaluation_as_strict_as_the_runs_own_sets_the_gate(make_settings, tf_engine, model_path, helpers):
+    """Training prompts are refused; another task, fewer answers a prompt or no collapse check leave
+    the gate as it was (a report only); of two strict evaluations the last submitted sets it, even
+    when the earlier one finishes after it."""
+    from shared.db.models import DistillationRun, EvaluationRun
+    from shared.distillation.pairs import Example
+    from shared.distillation.registry import record_evaluation
+    from shared.distillation.runs import SNAPSHOT_FILE, run_dir
+
+    settings = make_settings()
+    trained_on = helpers.film_prompts[:3]
+    held_out = helpers.film_prompts[3:9]
+    own_gate = {"promotable": True, "reason": "significant gain in its own evaluation (4 answers a prompt)"}
+    snapshot = run_dir(settings, "run-of-the-student") / SNAPSHOT_FILE
+    snapshot.parent.mkdir(parents=True)
+    snapshot.write_text("".join(json.dumps(Example(i, p, "A bright answer.").to_json()) + "\n" for i, p in enumerate(trained_on)))
+    with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:
+        with teacher.sessions() as session, session.begin():
+            session.add(DistillationRun(id="run-of-the-student", task_name="sentiment", status="succeeded"))
+            session.flush()
+            session.add(Student(id="gated", name="sentiment-student", version=1, task_name="sentiment", base_model=str(model_path),
+                                merged_path=str(model_path), run_id="run-of-the-student",
+                                metrics={"eval": {"samples": 2}, "gate": own_gate}))
+        worker = TrainerWorker(settings, teacher.sessions)
+        body = {"student_id": "gated", "eval_prompts": held_out, "samples": 2, "max_tokens": 8, "seed": 3}
+
+        def evaluate(**changes) -> dict:
+            created = admin.post("/admin/evaluations", json={**body, **changes})
+            assert created.status_code == 202, created.text
+            assert worker.run_once()
+            finished = admin.get(f"/admin/evaluations/{created.json()['id']}").json()
+            assert finished["status"] == "succeeded", finished["error"]
+            return finished
+
+        def student() -> dict:
+            return next(s for s in admin.get("/admin/students").json()["data"] if s["id"] == "gated")
+
+        refused = admin.post("/admin/evaluations", json={**body, "eval_prompts": held_out + trained_on[:1]})
+        assert refused.status_code == 400 and "training data" in refused.json()["error"]["message"], refused.text
+        assert admin.get("/admin/evaluations", params={"student_id": "gated"}).json()["data"] == []
+
+        for changes, why in (({"collapse_check": False}, "collapse check was off"), ({"samples": 1}, "fewer than the 2"),
+                             ({"task": "privacy"}, "not the student's 'sentiment'")):
+            report = evaluate(**changes)
+            latest = student()["metrics"]["latest_evaluation"]
+            assert latest["id"] == report["id"] and latest["gating"] is False and why in latest["not_gating_because"], latest
+            assert student()["promotable"] is True and student()["gate"] == own_gate["reason"]
+
+        first = admin.post("/admin/evaluations", json=body).json()["id"]
+        second = admin.post("/admin/evaluations", json={**body, "seed": 4}).json()["id"]
+        assert worker.run_once() and worker.run_once()  # oldest first: the first finishes, then the second
+        gated = student()
+        assert gated["metrics"]["gate_from"]["evaluation_id"] == second and gated["metrics"]["latest_evaluation"]["gating"] is True
+        assert gated["promotable"] is False and "+0.000 [+0.000, +0.000]" in gated["gate"]  # the same weights as its base: no gain
+        with teacher.sessions() as session, session.begin():  # the first finishing after the second changes nothing
+            earlier = session.get(EvaluationRun, first)
+            record_evaluation(session, earlier, earlier.metrics)
+        again = student()["metrics"]
+        assert again["gate_from"]["evaluation_id"] == second
+        assert again["latest_evaluation"]["id"] == first and "submitted later" in again["latest_evaluation"]["not_gating_because"]
