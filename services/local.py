@@ -36,7 +36,6 @@ class Child:
     args: list[str]
     ready_url: str | None
     log_path: Path
-    after: str | None = None  # start only once this child is ready
     process: subprocess.Popen | None = None
 
     def start(self, env: dict[str, str]) -> None:
@@ -133,11 +132,7 @@ def build_children(settings: Settings, host: str) -> list[Child]:
     return [
         Child("teacher", ["teacher", "serve", "--host", host, "--port", str(settings.teacher.port)], f"{base}:{settings.teacher.port}/readyz", logs / "teacher.log"),
         Child("trainer", ["trainer", "work"], None, logs / "trainer.log"),
-        # After the teacher: started together, both engines compile on the same cores (about 2 min each on 2);
-        # one after the other, the student's engine finds the teacher's compiled model in vLLM's cache
-        # when both serve the same model, and otherwise does not compete with it for the cores.
-        Child("student", ["student", "serve", "--host", host, "--port", str(settings.student.port)], f"{base}:{settings.student.port}/readyz",
-              logs / "student.log", after="teacher"),
+        Child("student", ["student", "serve", "--host", host, "--port", str(settings.student.port)], f"{base}:{settings.student.port}/readyz", logs / "student.log"),
     ]
 
 
@@ -159,23 +154,16 @@ def child_env(settings: Settings, tokens: StackTokens) -> dict[str, str]:
     return env
 
 
-def wait_ready(children: list[Child], timeout: float, env: dict[str, str]) -> None:
-    """Wait until every child is ready, starting each deferred child (`after`) once the one it waits for is."""
+def wait_ready(children: list[Child], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     pending = list(children)
-    ready: set[str] = set()
     with httpx.Client() as client, console.status("starting teacher, trainer and student …") as status:
         while pending:
             for child in list(pending):
-                if child.process is None:
-                    if child.after in ready:
-                        child.start(env)
-                    continue
                 if not child.alive():
                     raise RuntimeError(f"{child.name} exited during start-up; last lines of {child.log_path}:\n{child.log_tail()}")
                 if child.ready(client):
                     pending.remove(child)
-                    ready.add(child.name)
                     console.print(f"[green]✓[/green] {child.name} ready")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not ready after {timeout:.0f}s: {', '.join(c.name for c in pending)} (logs in {pending[0].log_path.parent})")
@@ -209,11 +197,10 @@ class LocalStack:
         self._previous_handlers = {}
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
             self._previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
-        self.env = child_env(self.settings, self.tokens)
+        env = child_env(self.settings, self.tokens)
         try:
             for child in self.children:
-                if child.after is None:  # the others start in wait_ready
-                    child.start(self.env)
+                child.start(env)
         except BaseException:
             self.__exit__()
             raise
@@ -241,7 +228,7 @@ class LocalStack:
             child.kill()
 
     def wait_ready(self, timeout: float) -> None:
-        wait_ready(self.children, timeout, self.env)
+        wait_ready(self.children, timeout)
 
     def exited(self) -> Child | None:
         return next((child for child in self.children if not child.alive()), None)
