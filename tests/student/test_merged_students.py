@@ -36,6 +36,7 @@ def merged_server(tmp_path_factory, model_path, student_helpers):
     )
     upgrade(settings.resolved_database_url)
     app = create_app(settings)
+    app.state.engines_before = {p.pid for p in engine_processes()}  # the session's other engines (shared fixtures)
     with student_helpers["running_server"](app) as url:
         deadline = time.monotonic() + 300
         while httpx.get(f"{url}/readyz").status_code != 200:
@@ -44,10 +45,12 @@ def merged_server(tmp_path_factory, model_path, student_helpers):
         yield url, app, settings
 
 
-def engine_processes() -> list[psutil.Process]:
-    """vLLM engine-core processes under this test process (one per engine)."""
-    return [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM::EngineCore")
-            or " ".join(p.cmdline()).startswith("VLLM::EngineCore")]
+def engine_processes(app=None) -> list[psutil.Process]:
+    """vLLM engine-core processes under this test process (one per engine); with `app`, only those
+    its student service started."""
+    before = getattr(app.state, "engines_before", set()) if app is not None else set()
+    return [p for p in psutil.Process().children(recursive=True) if p.pid not in before and (
+        p.name().startswith("VLLM::EngineCore") or " ".join(p.cmdline()).startswith("VLLM::EngineCore"))]
 
 
 def test_the_base_engine_has_no_lora_and_a_merged_student_hot_swaps_under_load(merged_server, trained_adapter, model_path, keys, student_helpers):
@@ -81,9 +84,9 @@ def test_the_base_engine_has_no_lora_and_a_merged_student_hot_swaps_under_load(m
     assert student.owns_runtime and student.adapter is None and student.runtime is not models.base.runtime
     # the retired v1 engine is closed: the base engine and v2's remain
     deadline = time.monotonic() + 60
-    while len(engine_processes()) > 2 and time.monotonic() < deadline:
+    while len(engine_processes(app)) > 2 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert len(engine_processes()) == 2, [p.cmdline() for p in engine_processes()]
+    assert len(engine_processes(app)) == 2, [p.cmdline() for p in engine_processes(app)]
 
 
 def test_merged_engines_stay_within_max_merged_with_three_tasks_active(merged_server, trained_adapter, model_path, keys, student_helpers):
@@ -97,7 +100,7 @@ def test_merged_engines_stay_within_max_merged_with_three_tasks_active(merged_se
     assert len(served) == 2, (served, reload)  # two merged students, the limit
     ((refused_id, refused),) = reload["errors"].items()
     assert "student.max_merged = 2" in refused and "DSC_STUDENT_MAX_MERGED" in refused, refused
-    assert len(engine_processes()) == 3  # base + two merged students, never one per active student
+    assert len(engine_processes(app)) == 3  # base + two merged students, never one per active student
     with openai.OpenAI(base_url=f"{url}/v1", api_key=keys["client"], max_retries=0, timeout=120) as client:
         for model in served:
             answer = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=6, temperature=0)
