@@ -216,7 +216,7 @@ def serve(teacher, student, args: argparse.Namespace, student_id: str) -> dict:
 def served_cost(stack, settings, args: argparse.Namespace) -> dict:
     """What a client pays per answer on this machine: the promoted student, the base model and the
     teacher's 1-step chain through the services (services/served_cost.py), at 1 and 8 clients."""
-    from services.served_cost import CostSetup, Side, measure, ratios
+    from services.served_cost import CostSetup, Side, measure, ratios, summaries
 
     step("4. served cost per answer: student, base and the teacher's chain through the services")
     prompts = [f"Write a short review of film number {i}." for i in range(16)]
@@ -225,8 +225,7 @@ def served_cost(stack, settings, args: argparse.Namespace) -> dict:
     sides = [Side("student", model="student"), Side("base", model="base"), Side("chain", chains=1)]
     results = measure(setup, sides, {1: 4, 8: 16})
     out = {}
-    for clients, by_side in results.items():
-        summary = {name: tally.summary() for name, tally in by_side.items()}
+    for clients, summary in summaries(results).items():
         out[str(clients)] = {"s_per_answer": {name: row["s_per_answer"] for name, row in summary.items()},
                              **ratios(summary, "student", "base", ["chain"])}
         print(f"{clients} client(s): {out[str(clients)]}")

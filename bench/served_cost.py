@@ -77,7 +77,7 @@ def main() -> None:
     from services.demo import Client
     from services.local import LocalStack
     from services.process_memory import PeakMemory
-    from services.served_cost import CostSetup, Side, measure, ratios
+    from services.served_cost import CostSetup, Side, measure, ratios, summaries
     from shared.settings import Settings
 
     console = Console(stderr=True)
@@ -111,7 +111,7 @@ def main() -> None:
         results = measure(setup, sides, levels, args.rounds, on_step=lambda step: console.log(step))
         measure_s = time.monotonic() - measured_at
 
-    summary = {clients: {name: tally.summary() for name, tally in by_side.items()} for clients, by_side in results.items()}
+    summary = summaries(results)
     chain_names = [side.name for side in chain_sides]
     level_ratios = {clients: ratios(summary[clients], "student", "base", chain_names) for clients in summary}
     table = Table(title=f"served cost per answer: {args.max_tokens}-token limit, T 0.7, {args.rounds} round(s), "

@@ -210,7 +210,7 @@ def _served_cost(teacher_url: str, student_url: str, client_key: str, config: De
                  served: dict, sampling: dict) -> dict:
     """A short run of bench/served_cost.py's measurement (services/served_cost.py): seconds per answer of
     the student, the base model and the teacher's 1-step chain, at 1 and 8 clients, same prompts and limits."""
-    from services.served_cost import CostSetup, Side, measure, ratios
+    from services.served_cost import CostSetup, Side, measure, ratios, summaries
 
     setup = CostSetup(teacher_url, student_url, client_key, config.task, prompts, max_tokens=sampling["max_tokens"],
                       temperature=sampling["temperature"])
@@ -221,8 +221,7 @@ def _served_cost(teacher_url: str, student_url: str, client_key: str, config: De
     for column in ("clients", "student s/answer", "base s/answer", "chain s/answer", "chain ÷ student", "student decode tok/s ÷ base"):
         table.add_column(column, justify="right")
     cost = {}
-    for clients, by_side in results.items():
-        summary = {name: tally.summary() for name, tally in by_side.items()}
+    for clients, summary in summaries(results).items():
         cost[clients] = {**{name: row["s_per_answer"] for name, row in summary.items()}, **ratios(summary, "student", "base", ["chain"])}
         table.add_row(str(clients), *(f"{cost[clients][k]:.2f}" if cost[clients][k] is not None else "-" for k in
                                       ("student", "base", "chain", "chain/student", "student/base decode_tokens_per_s")))

@@ -71,8 +71,9 @@ class PeakMemory:
     def _sample(self) -> None:
         while True:
             held = tree_memory(self.pid)
-            if sum(held.values()) > self.peak_bytes:
-                self.peak_bytes, self.at_peak = sum(held.values()), held
+            total = sum(held.values())
+            if total > self.peak_bytes:
+                self.peak_bytes, self.at_peak = total, held
             if self._stop.wait(self.every_s):
                 return
 

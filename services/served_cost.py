@@ -171,6 +171,11 @@ def measure(setup: CostSetup, sides: list[Side], levels: dict[int, int], rounds:
     return asyncio.run(measure_async(setup, sides, levels, rounds, on_step))
 
 
+def summaries(results: dict[int, dict[str, Tally]]) -> dict[int, dict[str, dict[str, Any]]]:
+    """measure()'s tallies as {clients: {side: Tally.summary()}}."""
+    return {clients: {name: tally.summary() for name, tally in by_side.items()} for clients, by_side in results.items()}
+
+
 def ratios(summary: dict[str, dict], student: str, base: str, chains: list[str]) -> dict[str, float | None]:
     """Each chain's cost per answer over the student's, and the student's speed over the base's: its
     generation (decode tokens/s per answer, median) and its output tokens/s over the wall time (which
