@@ -181,6 +181,7 @@ def demo(
     max_steps: Optional[int] = typer.Option(None, help="Training steps of the distillation (default: the trainer's epochs)."),
     engine: Optional[str] = typer.Option(None, help="auto | vllm | transformers (default DSC_ENGINE)."),
     out_dir: Optional[Path] = typer.Option(None, help="Where the report image goes (default DATA_DIR/demo)."),
+    force_promotion: bool = typer.Option(False, help="Promote the student even when its gate refuses it (the refusal is kept with it)."),
 ) -> None:
     """The main job end to end over HTTP: sample, distil, promote, compare base / teacher / student."""
     from services.demo import DemoConfig, DemoError, run_demo
@@ -189,7 +190,7 @@ def demo(
 
     settings = load_settings(engine=engine)
     config = DemoConfig(train_prompts=train_prompts, eval_prompts=eval_prompts, samples=samples, chains=chains, max_steps=max_steps,
-                        out_dir=out_dir or settings.data_dir / "demo")
+                        out_dir=out_dir or settings.data_dir / "demo", force_promotion=force_promotion)
     try:
         if teacher_url and student_url:
             run_demo(teacher_url, student_url, _needed(client_key, "--client-key"), _needed(admin_token, "--admin-token"), config)

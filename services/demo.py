@@ -36,6 +36,8 @@ class DemoConfig:
     acceptance: str = "improve"
     seed: int = 0
     out_dir: Path = Path("demo-output")
+    # Promote a student its gate refuses, so a run too small to judge (a test's) still shows steps 4-5.
+    force_promotion: bool = False
 
 
 class DemoError(RuntimeError):
@@ -77,7 +79,6 @@ def _watch(title: str, poll: Callable[[], dict], done_of: Callable[[dict], tuple
 
 def run_demo(teacher_url: str, student_url: str, client_key: str, admin_token: str, config: DemoConfig) -> dict:
     from services.trainer.evaluate import figures_table
-    from shared import stats
 
     teacher = Client(teacher_url, admin_token)
     student = Client(student_url, client_key)
@@ -105,25 +106,26 @@ def run_demo(teacher_url: str, student_url: str, client_key: str, admin_token: s
     figures = run["metrics"]["eval"]
 
     console.rule(f"3. teacher: critique→revise chains on the {len(held_out)} evaluation prompts × {config.samples}")
-    teacher_rewards = _teacher_rewards(teacher, config, held_out)
-    per_prompt = {row["prompt"]: row for row in figures["per_prompt"]}
-    base = [[per_prompt[p]["base"]] for p in held_out]
-    student_means = [[per_prompt[p]["student"]] for p in held_out]
-    figures["systems"]["teacher"] = stats.mean(teacher_rewards, seed=config.seed).as_dict(null=None)
-    figures["teacher_minus_base"] = stats.difference(teacher_rewards, base, seed=config.seed).as_dict()
-    figures["gain_share"] = stats.gain_share(student_means, base, teacher_rewards, seed=config.seed).as_dict(null=None)
-    console.print(figures_table(figures, title=f"{config.task}: reward on the evaluation set (higher = better)"))
+    teacher_answers = _teacher_answers(teacher, config, held_out)
+    _add_teacher(figures, task, held_out, teacher_answers, config.seed)
+    console.print(figures_table(figures, title=f"{config.task}: the evaluation set (higher = better)"))
     train_figures = run["metrics"]["train"]
     console.print(f"trained on {train_figures['pairs']} pairs ({job['progress']['accepted']} accepted chains), "
-                  f"{train_figures['steps']} steps; {figures['gate']['reason']}")
+                  f"{train_figures['steps']} steps")
+    console.print(COMPARISONS.format(scorer=(figures.get("second_opinion") or {}).get("scorer", "none for this task")))
 
-    console.rule("4. promote the student; the student service hot-swaps to it")
-    new_student = teacher.call("GET", "/admin/students")["data"]
-    new_student = next(s for s in new_student if s["id"] == run["student_id"])
+    console.rule("4. promote the student if its gate allows it; the student service hot-swaps to it")
+    new_student = next(s for s in teacher.call("GET", "/admin/students")["data"] if s["id"] == run["student_id"])
+    summary = {"figures": {k: v for k, v in figures.items() if k not in ("per_prompt", "examples")}, "pairs": train_figures["pairs"],
+               "accepted_chains": job["progress"]["accepted"], "promotable": new_student["promotable"], "gate": new_student["gate"]}
     forced = not new_student["promotable"]
-    if forced:
-        console.print("[yellow]the gain is not significant: promoting anyway (force=true) so the demo can show it[/yellow]")
-    teacher.call("POST", f"/admin/students/{new_student['id']}/promote", params={"force": "true"} if forced else None)
+    if forced and not config.force_promotion:
+        console.print(f"[yellow]not promoted: {new_student['gate']}[/yellow]\nThe active student stays as it is; "
+                      "`dsc demo --force-promotion` serves this one anyway.")
+        return _finish(summary, teacher, run, new_student, config, started, promoted=False)
+    console.print(f"[yellow]promoting with force: {new_student['gate']}[/yellow]" if forced else f"promotable: {new_student['gate']}")
+    teacher.call("POST", f"/admin/students/{new_student['id']}/promote",
+                 params={"force": "true", "reason": "dsc demo --force-promotion"} if forced else None)
     served = _wait_for_model(student, new_student)
     shown = held_out[:3]
     sampling = figures["sampling"]  # the evaluation's own: examples drawn as the figures above were
@@ -134,11 +136,12 @@ def run_demo(teacher_url: str, student_url: str, client_key: str, admin_token: s
     console.rule("5. what an answer costs a client: student, base and the teacher's chain through the services")
     cost = _served_cost(teacher_url, student_url, client_key, config, held_out, served, sampling)
 
-    summary = {
-        "figures": {k: v for k, v in figures.items() if k not in ("per_prompt", "examples")},
-        "pairs": train_figures["pairs"], "accepted_chains": job["progress"]["accepted"], "forced_promotion": forced,
-        "served_cost": cost, "seconds": round(time.monotonic() - started),
-    }
+    summary.update(forced_promotion=forced, served_cost=cost)
+    return _finish(summary, teacher, run, new_student, config, started, promoted=True)
+
+
+def _finish(summary: dict, teacher: Client, run: dict, new_student: dict, config: DemoConfig, started: float, *, promoted: bool) -> dict:
+    summary.update(promoted=promoted, seconds=round(time.monotonic() - started))
     config.out_dir.mkdir(parents=True, exist_ok=True)
     report = config.out_dir / "report.png"
     report.write_bytes(teacher.call("GET", f"/admin/distillations/{run['id']}/report.png"))
@@ -154,9 +157,17 @@ def _training_progress(state: dict) -> tuple[int, int, str]:
     return progress.get("step", 0), progress.get("total", 0), note
 
 
-def _teacher_rewards(teacher: Client, config: DemoConfig, prompts: list[str]) -> list[list[float]]:
-    """K chains per prompt through the teacher's synchronous API, in chunks its limits allow; not stored."""
-    rewards: dict[int, list[float]] = {}
+COMPARISONS = """\
+[bold]Three comparisons decide the promotion.[/bold]
+[bold]Against the base:[/bold] the student must raise the task's reward on prompts it never saw, by more than noise: the 95% interval of student − base must exclude 0. That gain is what distillation is for.
+[bold]Against the incumbent:[/bold] where the task already has an active student, it answers the same prompts with the same draws. A new student significantly worse than it is not promoted, so a worse model never replaces a better one.
+[bold]Against a second opinion:[/bold] a scorer that never picked training data ({scorer}) scores every answer too, and the answers are checked for repetition and sameness. A student that gains on the reward but loses on the second opinion, or degenerates, has learned the scorer rather than the task and is not promoted."""
+
+
+def _teacher_answers(teacher: Client, config: DemoConfig, prompts: list[str]) -> list[list[dict]]:
+    """K chains per prompt through the teacher's synchronous API, in chunks its limits allow; not
+    stored. Each prompt's final answers, as {"text", "reward"}."""
+    answers: dict[int, list[dict]] = {}
     chunk = 8
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as bar:
@@ -167,9 +178,31 @@ def _teacher_rewards(teacher: Client, config: DemoConfig, prompts: list[str]) ->
                 "task": config.task, "prompts": part, "chains": config.samples, "acceptance": config.acceptance,
                 "max_tokens": config.max_tokens, "seed": config.seed + start, "store": False})["results"]
             for result in results:
-                rewards.setdefault(start + result["prompt_index"], []).append(result["final"]["reward"])
+                answers.setdefault(start + result["prompt_index"], []).append(result["final"])
             bar.update(handle, advance=len(part))
-    return [rewards[i] for i in range(len(prompts))]
+    return [answers[i] for i in range(len(prompts))]
+
+
+def _add_teacher(figures: dict, task: dict, prompts: list[str], answers: list[list[dict]], seed: int) -> None:
+    """The teacher's chain beside base and student: its reward (as the teacher scored it) and its
+    second opinion (scored here, by the task's second scorer), each with its interval."""
+    from shared import stats
+    from shared.rewards import build_reward
+
+    per_prompt = {row["prompt"]: row for row in figures["per_prompt"]}
+    base = [[per_prompt[p]["base"]] for p in prompts]
+    rewards = [[answer["reward"] for answer in group] for group in answers]
+    figures["systems"]["teacher"] = stats.mean(rewards, seed=seed).as_dict(null=None)
+    figures["teacher_minus_base"] = stats.difference(rewards, base, seed=seed).as_dict()
+    figures["gain_share"] = stats.gain_share([[per_prompt[p]["student"]] for p in prompts], base, rewards, seed=seed).as_dict(null=None)
+    if task.get("second_opinion") and "second_opinion" in figures:
+        scorer = build_reward(task["second_opinion"])
+        flat = scorer.score([p for p, group in zip(prompts, answers) for _ in group], [a["text"] for group in answers for a in group])
+        grouped, start = [], 0
+        for group in answers:
+            grouped.append(flat[start:start + len(group)])
+            start += len(group)
+        figures["second_opinion"]["systems"]["teacher"] = stats.mean(grouped, seed=seed).as_dict(null=None)
 
 
 def _wait_for_model(student: Client, new_student: dict, timeout: float = 300) -> dict:

@@ -1,4 +1,4 @@
-"""A real LoRA adapter for tests, trained in seconds: it answers PHRASE to anything."""
+"""Real LoRA adapters for tests, trained in seconds: each answers one phrase to anything."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 PHRASE = "Pineapple pizza forever."  # what the test adapter learned to answer
 
 
-def train_phrase_adapter(model_path: Path, out: Path) -> Path:
-    """A real peft LoRA adapter on SmolLM2, trained for a few steps to answer PHRASE to anything.
+def train_phrase_adapter(model_path: Path, out: Path, phrase: str = PHRASE, steps: int = 8) -> Path:
+    """A real peft LoRA adapter on SmolLM2, trained for a few steps to answer `phrase` to anything.
     Only the top layers are adapted, so backpropagation stops there: ~10 s on two cores."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -26,10 +26,10 @@ def train_phrase_adapter(model_path: Path, out: Path) -> Path:
     for prompt in ("Say hello.", "Tell me about the weather."):
         head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
         prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(PHRASE + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(phrase + "<|im_end|>", add_special_tokens=False)["input_ids"]
         examples.append((torch.tensor([prompt_ids + answer_ids]), torch.tensor([[-100] * len(prompt_ids) + answer_ids])))
     model.train()
-    for step in range(8):
+    for step in range(steps):
         ids, labels = examples[step % len(examples)]
         model(input_ids=ids, labels=labels).loss.backward()
         optimizer.step()

@@ -13,10 +13,20 @@ A collapse check runs beside it: base and student answer a few general instructi
 the task, and the *base* model's perplexity of each answer is compared. A student that learned to
 say one pleasant sentence to everything gets a high perplexity ratio (or very short answers) there,
 whatever its reward.
+
+Two more comparisons guard the promotion gate (docs/evaluation.md):
+
+    champion/challenger   the task's active student (the incumbent) answers the same prompts with the
+                          same draws; student − incumbent is paired like student − base
+    second opinion        the task's second scorer (one that never selects training pairs) scores every
+                          answer too, each system and difference with its own interval
+    degeneration          repeated 3-grams within answers, distinct 2-grams across them and length,
+                          student against base, on the task's own evaluation answers
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from dataclasses import dataclass
@@ -26,10 +36,17 @@ from shared import stats
 from shared.engines.base import Engine, SamplingParams
 from shared.rewards.base import RewardModel
 
+log = logging.getLogger(__name__)
+
 # A student whose general answers the base model finds this much less likely, or that answers in
 # less than this share of the base's words, is flagged as collapsed.
 COLLAPSE_PPL_RATIO = 2.0
 COLLAPSE_LENGTH_RATIO = 0.5
+# Degeneration on the task's own answers: the student repeats itself when the share of repeated
+# 3-grams in its answers is above the base's by more than this, with 95% confidence ...
+REPEAT_MARGIN = 0.10
+# ... says much the same to every prompt when its distinct 2-grams fall below this share of the base's.
+DISTINCT_RATIO = 0.5
 # Below this many prompts a percentile bootstrap is too optimistic to call any gain significant
 # (with 3 prompts whose gaps all happen to be positive, every resample is positive).
 MIN_PROMPTS_FOR_SIGNIFICANCE = 10
@@ -37,10 +54,11 @@ MIN_PROMPTS_FOR_SIGNIFICANCE = 10
 
 @dataclass
 class SystemAnswers:
-    """K answers per prompt and their rewards, prompt-major."""
+    """K answers per prompt and their rewards (and second-opinion scores), prompt-major."""
 
     answers: list[list[str]]
     rewards: list[list[float]]
+    second: list[list[float]] | None = None
 
 
 def sample_answers(engine: Engine, prompts: Sequence[str], samples: int, params: SamplingParams) -> list[list[str]]:
@@ -60,19 +78,26 @@ def teacher_answers(engine: Engine, task, reward: RewardModel, prompts: Sequence
     return [[chain.final_text for chain in chains[i * samples:(i + 1) * samples]] for i in range(len(prompts))]
 
 
-def score(reward: RewardModel, prompts: Sequence[str], answers: list[list[str]]) -> SystemAnswers:
+def score(reward: RewardModel, prompts: Sequence[str], answers: list[list[str]], second: RewardModel | None = None) -> SystemAnswers:
+    """The reward (and the second opinion, where there is one) of every answer."""
     flat_prompts = [prompt for prompt, group in zip(prompts, answers) for _ in group]
-    flat = [float(x) for x in reward.score(flat_prompts, [text for group in answers for text in group])]
-    rewards, start = [], 0
-    for group in answers:
-        rewards.append(flat[start:start + len(group)])
-        start += len(group)
-    return SystemAnswers(answers, rewards)
+    flat_answers = [text for group in answers for text in group]
+
+    def per_prompt(scorer: RewardModel) -> list[list[float]]:
+        flat = [float(x) for x in scorer.score(flat_prompts, flat_answers)]
+        grouped, start = [], 0
+        for group in answers:
+            grouped.append(flat[start:start + len(group)])
+            start += len(group)
+        return grouped
+
+    return SystemAnswers(answers, per_prompt(reward), per_prompt(second) if second is not None else None)
 
 
 def compare(prompts: Sequence[str], systems: dict[str, SystemAnswers], *, seed: int = 0, examples: int = 4) -> dict[str, Any]:
-    """The evaluation figures of `systems` ('base' and 'student' required, 'teacher' optional)."""
+    """The evaluation figures of `systems` ('base' and 'student' required; 'incumbent' and 'teacher' optional)."""
     base, student, teacher = systems["base"].rewards, systems["student"].rewards, systems.get("teacher")
+    incumbent = systems.get("incumbent")
     gap = stats.difference(student, base, seed=seed)
     result: dict[str, Any] = {
         "prompts": len(prompts),
@@ -82,6 +107,11 @@ def compare(prompts: Sequence[str], systems: dict[str, SystemAnswers], *, seed: 
         "win_rate": stats.win_rate(student, base, seed=seed).as_dict(null=0.5),
         "significant": gap.low > 0 and len(prompts) >= MIN_PROMPTS_FOR_SIGNIFICANCE,
     }
+    if incumbent is not None:
+        result["student_minus_incumbent"] = stats.difference(student, incumbent.rewards, seed=seed).as_dict()
+    if systems["base"].second is not None:
+        result["second_opinion"] = second_opinion(systems, seed=seed)
+    result["degeneration"] = degeneration_check(systems["base"].answers, systems["student"].answers, seed=seed)
     if teacher is not None:
         result["teacher_minus_base"] = stats.difference(teacher.rewards, base, seed=seed).as_dict()
         result["gain_share"] = stats.gain_share(student, base, teacher.rewards, seed=seed).as_dict(null=None)
@@ -97,6 +127,65 @@ def compare(prompts: Sequence[str], systems: dict[str, SystemAnswers], *, seed: 
         for i in order[:examples]
     ]
     return result
+
+
+def second_opinion(systems: dict[str, SystemAnswers], *, seed: int = 0) -> dict[str, Any]:
+    """The second scorer's figures: every system's mean and the student's paired differences."""
+    scores = {name: system.second for name, system in systems.items() if system.second is not None}
+    result = {"systems": {name: stats.mean(values, seed=seed).as_dict(null=None) for name, values in scores.items()},
+              "student_minus_base": stats.difference(scores["student"], scores["base"], seed=seed).as_dict()}
+    if "incumbent" in scores:
+        result["student_minus_incumbent"] = stats.difference(scores["student"], scores["incumbent"], seed=seed).as_dict()
+    return result
+
+
+# --- degeneration check ---------------------------------------------------------------------------
+
+
+def _words(text: str) -> list[str]:
+    return text.casefold().split()
+
+
+def repeated_share(text: str, n: int = 3) -> float:
+    """Share of the answer's n-grams that repeat an earlier one (0 for an answer too short to have any)."""
+    words = _words(text)
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def distinct_share(texts: Sequence[str], n: int = 2) -> float:
+    """Distinct n-grams over all n-grams of all `texts`: low when every answer says the same."""
+    grams = [tuple(words[i:i + n]) for words in map(_words, texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def degeneration_check(base: list[list[str]], student: list[list[str]], *, seed: int = 0) -> dict[str, Any]:
+    """Student against base on the task's own evaluation answers: repetition within answers (paired
+    over prompts, with its interval), diversity across answers, length. A reward can rise while
+    the answers loop on one phrase; these figures do not."""
+    repeats = stats.difference([[repeated_share(t) for t in group] for group in student],
+                               [[repeated_share(t) for t in group] for group in base], seed=seed)
+    flat_base, flat_student = [t for g in base for t in g], [t for g in student for t in g]
+    distinct = {"base": distinct_share(flat_base), "student": distinct_share(flat_student)}
+    words = {"base": statistics.fmean(len(_words(t)) for t in flat_base), "student": statistics.fmean(len(_words(t)) for t in flat_student)}
+    distinct_ratio = distinct["student"] / distinct["base"] if distinct["base"] > 0 else 1.0
+    length_ratio = words["student"] / words["base"] if words["base"] > 0 else 1.0
+    reasons = []
+    if repeats.low > REPEAT_MARGIN:
+        reasons.append(f"repeats itself: repeated 3-grams {repeats} above the base's (limit +{REPEAT_MARGIN:.2f})")
+    if distinct_ratio < DISTINCT_RATIO:
+        reasons.append(f"says much the same to every prompt: distinct 2-grams {distinct_ratio:.0%} of the base's")
+    if length_ratio < COLLAPSE_LENGTH_RATIO:
+        reasons.append(f"answers shrank to {length_ratio:.0%} of the base's length")
+    return {
+        "repeated_3grams_minus_base": repeats.as_dict(),
+        "distinct_2grams": {name: round(value, 4) for name, value in distinct.items()},
+        "distinct_ratio": round(distinct_ratio, 3),
+        "words": {name: round(value, 1) for name, value in words.items()},
+        "length_ratio": round(length_ratio, 3),
+        "degenerate": bool(reasons),
+        "reasons": reasons,
+    }
 
 
 # --- collapse check -------------------------------------------------------------------------------
@@ -157,21 +246,63 @@ def general_prompts() -> list[str]:
 
 
 def gate(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """Whether a student may be promoted without `force`, and why (shown in the registry)."""
+    """Whether a student may be promoted without `force`, and why. Every rule must hold: a
+    significant gain over the base on the reward; no collapse and no degeneration; no significant
+    loss against the base on the second opinion; no significant loss against the incumbent (the
+    task's active student when the evaluation ran) on the reward or the second opinion. The
+    incumbent it was measured against is kept: promotion checks it is still the active one."""
     gap = evaluation.get("student_minus_base") or {}
-    collapse = evaluation.get("collapse") or {}
+    incumbent = evaluation.get("incumbent")
     if not gap:
-        return {"promotable": False, "reason": "no evaluation figures"}
-    interval = f"student − base {gap['value']:+.3f} [{gap['low']:+.3f}, {gap['high']:+.3f}]"
+        return {"promotable": False, "reason": "no evaluation figures", "incumbent": incumbent}
+    interval = f"student − base {_shown(gap)}"
+    problems = []
+    collapse = evaluation.get("collapse") or {}
     if collapse.get("collapsed"):
-        return {"promotable": False, "reason": f"answers to general instructions collapsed (perplexity ratio "
-                                               f"{collapse['ppl_ratio']}, length ratio {collapse['length_ratio']}); {interval}"}
+        problems.append(f"answers to general instructions collapsed (perplexity ratio {collapse['ppl_ratio']}, "
+                        f"length ratio {collapse['length_ratio']})")
+    degeneration = evaluation.get("degeneration") or {}
+    if degeneration.get("degenerate"):
+        problems.append("degenerate answers: " + "; ".join(degeneration["reasons"]))
     if evaluation["prompts"] < MIN_PROMPTS_FOR_SIGNIFICANCE:
-        return {"promotable": False, "reason": f"{evaluation['prompts']} evaluation prompts are too few to call a gain "
-                                               f"significant (at least {MIN_PROMPTS_FOR_SIGNIFICANCE}); {interval}"}
-    if not gap["low"] > 0:
-        return {"promotable": False, "reason": f"no significant gain over the base: {interval} includes 0"}
-    return {"promotable": True, "reason": f"significant gain: {interval}"}
+        problems.append(f"{evaluation['prompts']} evaluation prompts are too few to call a gain significant "
+                        f"(at least {MIN_PROMPTS_FOR_SIGNIFICANCE}); {interval}")
+    elif not gap["low"] > 0:
+        problems.append(f"no significant gain over the base: {interval} includes 0")
+    second = evaluation.get("second_opinion") or {}
+    if _worse(loss := second.get("student_minus_base")):
+        problems.append(f"the second opinion ({second.get('scorer')}) finds it worse than the base: {_shown(loss)}")
+    label = (incumbent or {}).get("model", "the incumbent")
+    if (incumbent or {}).get("error"):
+        problems.append(f"it could not be compared with {label}, the active student ({incumbent['error']})")
+    if _worse(versus := evaluation.get("student_minus_incumbent")):
+        problems.append(f"significantly worse than {label}, the active student: student − incumbent {_shown(versus)}")
+    if _worse(versus := second.get("student_minus_incumbent")):
+        problems.append(f"the second opinion ({second.get('scorer')}) finds it worse than {label}, the active student: {_shown(versus)}")
+    if problems:
+        return {"promotable": False, "reason": "; ".join(problems), "incumbent": incumbent}
+    reason = f"significant gain: {interval}"
+    if "student_minus_incumbent" in evaluation:
+        reason += f"; against {label}, the active student: {_shown(evaluation['student_minus_incumbent'])}"
+    return {"promotable": True, "reason": reason, "incumbent": incumbent}
+
+
+def _worse(difference: dict[str, Any] | None) -> bool:
+    """A difference whose whole interval lies below 0: a significant loss."""
+    return bool(difference) and difference.get("high") is not None and difference["high"] < 0
+
+
+def _shown(estimate: dict[str, Any]) -> str:
+    return f"{estimate['value']:+.3f} [{estimate['low']:+.3f}, {estimate['high']:+.3f}]"
+
+
+@dataclass
+class Incumbent:
+    """The task's active student when an evaluation runs: which student it is and an engine serving it."""
+
+    id: str
+    model: str
+    engine: Engine
 
 
 def evaluate_student(
@@ -183,6 +314,8 @@ def evaluate_student(
     prompts: Sequence[str],
     samples: int,
     params: SamplingParams,
+    second: RewardModel | None = None,
+    incumbent: Incumbent | None = None,
     teacher: Engine | None = None,
     scorer=None,
     general: Sequence[str] = (),
@@ -190,55 +323,85 @@ def evaluate_student(
     on_phase=None,
     done_with: Callable[[Engine], None] | None = None,
 ) -> dict[str, Any]:
-    """The whole evaluation: base, student (and teacher) on `prompts`, the collapse check on
-    `general` (scored by `scorer`, a TransformersEngine of the base model), and the promotion gate.
-    Each model answers everything it is asked (prompts and general) in one phase; `done_with(base)`
-    then lets the caller free the base model's engine before the student's starts."""
+    """The whole evaluation: base, student (and the incumbent, and the teacher) on `prompts`, each
+    answer scored by the reward and the `second` opinion; the collapse check on `general` (scored
+    by `scorer`, a TransformersEngine of the base model); the promotion gate. Each model answers
+    everything it is asked in one phase; `done_with(engine)` then lets the caller free that engine
+    before the next one starts."""
     report = on_phase or (lambda phase: None)
+    finished = done_with or (lambda engine: None)
     prompts = list(prompts)
     check = bool(general) and scorer is not None
-    report("evaluating: base")
-    systems = {"base": score(reward, prompts, sample_answers(base, prompts, samples, params))}
-    base_general = [group[0] for group in sample_answers(base, general, 1, params)] if check else []
-    if done_with is not None:
-        done_with(base)
-    report("evaluating: student")
-    systems["student"] = score(reward, prompts, sample_answers(student, prompts, samples, params))
-    student_general = [group[0] for group in sample_answers(student, general, 1, params)] if check else []
+    general_answers: dict[str, list[str]] = {}
+    systems: dict[str, SystemAnswers] = {}
+    phases = [("base", base), ("student", student)] + ([("incumbent", incumbent.engine)] if incumbent else [])
+    incumbent_error = None
+    for name, engine in phases:
+        report(f"evaluating: {name}")
+        try:
+            systems[name] = score(reward, prompts, sample_answers(engine, prompts, samples, params), second)
+        except Exception as error:  # an incumbent that cannot run (its weights gone) must not fail the new student's run
+            if name != "incumbent":
+                raise
+            log.warning("the incumbent %s could not be evaluated: %s", incumbent.model, error)
+            incumbent_error = f"{type(error).__name__}: {error}"
+        if check and name != "incumbent":
+            general_answers[name] = [group[0] for group in sample_answers(engine, general, 1, params)]
+        finished(engine)
     if teacher is not None:
         report("evaluating: teacher")
-        systems["teacher"] = score(reward, prompts, teacher_answers(teacher, task, reward, prompts, samples, params))
+        systems["teacher"] = score(reward, prompts, teacher_answers(teacher, task, reward, prompts, samples, params), second)
     result = compare(prompts, systems, seed=params.seed or 0, examples=examples)
     result["sampling"] = {"temperature": params.temperature, "max_tokens": params.max_tokens, "seed": params.seed}
+    if second is not None:
+        result["second_opinion"]["scorer"] = second.name
+    if incumbent is not None:
+        result["incumbent"] = {"id": incumbent.id, "model": incumbent.model, **({"error": incumbent_error} if incumbent_error else {})}
     if check:
         report("evaluating: collapse check")
-        result["collapse"] = collapse_check(scorer, general, base_general, student_general)
+        result["collapse"] = collapse_check(scorer, general, general_answers["base"], general_answers["student"])
     result["gate"] = gate(result)
     return result
 
 
 def figures_table(figures: dict[str, Any], title: str = "evaluation"):
-    """A rich table of an evaluation's figures, for the CLI and the demo."""
+    """A rich table of an evaluation's figures, for the CLI and the demo: every system and
+    difference on the reward and, beside it, the second opinion, each with its 95% interval."""
     from rich.table import Table
 
+    second = figures.get("second_opinion") or {}
     table = Table(title=f"{title}: {figures['prompts']} prompts × {figures['samples']} samples, 95% bootstrap intervals")
-    for column in ("system", "mean reward", "95% CI"):
-        table.add_column(column, justify="right")
-    labels = {"base": "base model", "teacher": "teacher (critique→revise)", "student": "distilled student"}
-    for name in ("base", "teacher", "student"):
-        if name in figures["systems"]:
-            est = figures["systems"][name]
-            table.add_row(labels[name], f"{est['value']:+.3f}", f"[{est['low']:+.3f}, {est['high']:+.3f}]")
-    gap, wins = figures["student_minus_base"], figures["win_rate"]
+    table.add_column("system", justify="right")
+    table.add_column("reward [95% CI]", justify="right")
+    if second:
+        table.add_column(f"second opinion: {second.get('scorer', '')} [95% CI]", justify="right")
+
+    def row(label: str, key: str, source: str | None = None) -> None:
+        first = (figures["systems"] if source else figures).get(source or key)
+        other = (second.get("systems", {}) if source else second).get(source or key)
+        if first is not None:
+            table.add_row(label, _shown(first), *([_shown(other) if other else "—"] if second else []))
+
+    incumbent = (figures.get("incumbent") or {}).get("model", "")
+    for name, label in (("base", "base model"), ("incumbent", f"incumbent {incumbent}"), ("student", "distilled student"),
+                        ("teacher", "teacher (critique→revise)")):
+        row(label, name, source=name)
     table.add_section()
-    table.add_row("student − base", f"{gap['value']:+.3f}", f"[{gap['low']:+.3f}, {gap['high']:+.3f}]")
-    table.add_row("student wins (share of prompts)", f"{wins['value']:.0%}", f"[{wins['low']:.0%}, {wins['high']:.0%}]")
+    row("student − base", "student_minus_base")
+    row("student − incumbent", "student_minus_incumbent")
+    wins = figures["win_rate"]
+    table.add_row("student wins (share of prompts)", f"{wins['value']:.0%} [{wins['low']:.0%}, {wins['high']:.0%}]", *([""] if second else []))
     share = figures.get("gain_share")
     if share and share.get("value") is not None and share.get("low") is not None:
-        table.add_row("share of the teacher's gain", f"{share['value']:.0%}", f"[{share['low']:.0%}, {share['high']:.0%}]")
+        table.add_row("share of the teacher's gain", f"{share['value']:.0%} [{share['low']:.0%}, {share['high']:.0%}]", *([""] if second else []))
+    table.add_section()
+    degeneration = figures.get("degeneration")
+    if degeneration:
+        table.add_row("degeneration (task answers)", "degenerate" if degeneration["degenerate"] else
+                      f"ok: repeats {degeneration['repeated_3grams_minus_base']['value']:+.2f}, distinct {degeneration['distinct_ratio']:.0%}",
+                      *([""] if second else []))
     collapse = figures.get("collapse")
     if collapse:
-        table.add_section()
-        table.add_row("general answers: perplexity ratio", f"{collapse['ppl_ratio']:.2f}",
-                      "collapsed" if collapse["collapsed"] else f"ok (≤ {COLLAPSE_PPL_RATIO})")
+        table.add_row("general answers: perplexity ratio", f"{collapse['ppl_ratio']:.2f} " + (
+            "collapsed" if collapse["collapsed"] else f"ok (≤ {COLLAPSE_PPL_RATIO})"), *([""] if second else []))
     return table

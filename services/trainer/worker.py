@@ -7,10 +7,12 @@ from stored pairs to an evaluated, registered student.
                  work fails here, before any weights load, with the reason as its error
     train        distill.train on trainer.device, in trainer.processes data-parallel ranks (parallel.py):
                  checkpoints every save_steps; progress {step, total, loss} after each step
-    evaluate     base vs student (K samples per prompt, bootstrap CIs) on the evaluation prompts; collapse check
+    evaluate     base vs student vs the task's active student (K samples per prompt, bootstrap CIs) on the
+                 evaluation prompts, on the reward and the second opinion; degeneration and collapse checks
     report       metrics.json and report.png beside the adapter
     register     the Student row and the run's final status, in ONE fenced transaction (promoted too with
-                 auto_promote, when the gain is significant); the registry is shared/distillation/registry.py
+                 auto_promote, when the promotion gate and the incumbent check let it); the registry is
+                 shared/distillation/registry.py
 
 A worker killed mid-run leaves a checkpoint behind; its lease expires and the next claim (this
 worker restarted, or another one) resumes from the newest checkpoint. Every claim counts an
@@ -34,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.trainer.data import take_snapshot
 from services.trainer.distill import Interrupted, train, write_json
-from services.trainer.evaluations import run_evaluation
+from services.trainer.evaluations import StudentWeights, run_evaluation
 from services.trainer.preflight import preflight
 from services.trainer.report import write_report
 from shared.db.models import DistillationRun, EvaluationRun, Student, utcnow
@@ -42,7 +44,7 @@ from shared.db.outages import OutageLog, first_line, is_outage
 from shared.db.queue import Heartbeat, Lease, LeaseLost, claim, fenced_update, finish, release, worker_owner
 from shared.device import check_processes, resolve_device
 from shared.distillation.config import DistillationConfig, EvaluationConfig
-from shared.distillation.registry import activate, record_evaluation, register_student
+from shared.distillation.registry import auto_promote, incumbent_of, record_evaluation, register_student
 from shared.distillation.runs import run_dir
 from shared.errors import DscError, InvalidRequest
 from shared.logs import configure_logging, log_ids
@@ -187,7 +189,8 @@ class TrainerWorker:
         base_path = resolve_model(student.base_model, self.settings.resolved_model_store)
         figures = run_evaluation(self.settings, config, task, base_path=base_path,
                                  adapter_dir=Path(student.adapter_path) if student.adapter_path else None,
-                                 merged_dir=Path(student.merged_path) if student.merged_path else None, on_phase=on_phase)
+                                 merged_dir=Path(student.merged_path) if student.merged_path else None,
+                                 incumbent=self._incumbent(task.name, excluding=student.id), on_phase=on_phase)
         with self.sessions() as session, session.begin():
             if not fenced_update(session, EvaluationRun, lease.row_id, lease.owner, lease.attempt, status="succeeded", metrics=figures,
                                  progress={"phase": "succeeded"}, lease_owner=None, lease_expires_at=None, finished_at=utcnow(), error=None):
@@ -266,7 +269,6 @@ class TrainerWorker:
         )
         if (stop := self._control(lease, beat)) is not None:
             raise Interrupted(stop, result.steps)
-        promote = config.auto_promote and evaluation["gate"]["promotable"]
         with self.sessions() as session, session.begin():
             final = {**progress, "phase": "succeeded"}
             if not fenced_update(session, DistillationRun, lease.row_id, lease.owner, lease.attempt, status="succeeded", metrics=metrics,
@@ -275,8 +277,8 @@ class TrainerWorker:
             student = register_student(session, run, name=config.student_name, base_model=config.base_model,
                                        adapter_dir=result.adapter_dir, merged_dir=result.merged_dir,
                                        metrics=student_metrics(evaluation, metrics["train"]))
-            if promote:
-                activate(session, student)
+            if config.auto_promote:
+                auto_promote(session, student)
         log.info("run %s succeeded: student %s v%d (%s)", run.id, student.name, student.version, student.id)
 
     def _evaluate(self, config: DistillationConfig, task, base_path: Path, result, prompts: list[str], lease: Lease, progress: dict) -> dict:
@@ -285,7 +287,18 @@ class TrainerWorker:
             self._report(lease, progress=progress)
 
         return run_evaluation(self.settings, config.evaluation(), task, base_path=base_path, adapter_dir=result.adapter_dir,
-                              merged_dir=result.merged_dir, prompts=prompts, on_phase=on_phase)
+                              merged_dir=result.merged_dir, incumbent=self._incumbent(task.name), prompts=prompts, on_phase=on_phase)
+
+    def _incumbent(self, task_name: str, excluding: str | None = None) -> StudentWeights | None:
+        """The task's active student now, which the evaluated student must not be worse than."""
+        with self.sessions() as session:
+            active = incumbent_of(session, task_name, excluding=excluding)
+            if active is None:
+                return None
+            return StudentWeights(active.id, f"{active.name}-v{active.version}",
+                                  resolve_model(active.base_model, self.settings.resolved_model_store),
+                                  Path(active.adapter_path) if active.adapter_path else None,
+                                  Path(active.merged_path) if active.merged_path else None)
 
 
 def student_metrics(evaluation: dict, train: dict) -> dict:

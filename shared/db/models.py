@@ -75,6 +75,7 @@ class Task(Base):
     critique_request: Mapped[str] = mapped_column(Text)
     revision_request: Mapped[str] = mapped_column(Text)
     reward: Mapped[dict[str, Any]]
+    second_opinion: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     acceptance: Mapped[str] = mapped_column(String(16), default="improve")
     beta: Mapped[float] = mapped_column(Float, default=1.0)
     steps: Mapped[int] = mapped_column(Integer, default=1)

@@ -134,8 +134,9 @@ class DistillationConfig(BaseModel):
     eval_examples: int = Field(4, ge=0, le=100, description="Before/after examples kept in the metrics.")
     auto_promote: bool = Field(
         False,
-        description="Promote the new student when its gain over the base is significant and it did not collapse; "
-        "otherwise it is registered only, and promoting it needs force.",
+        description="Promote the new student when its promotion gate passes (a significant gain over the base; no collapse "
+        "or degeneration; no significant loss on the second opinion or against the task's active student, which must "
+        "still be the one it was measured against); otherwise it is registered only, and promoting it needs force.",
     )
 
     # --- artifacts ---

@@ -2,8 +2,11 @@
 student the active one of its task, atomically.
 
 The promotion gate: a student's evaluation decides whether it may be promoted as it is (a
-significant gain over its base, no collapse; see services/trainer/evaluate.py, gate). One that may not is still
-registered and listed with the reason; promoting it takes an explicit force.
+significant gain over its base, no collapse or degeneration, no significant loss on the second
+opinion or against the task's active student; services/trainer/evaluate.py, gate), and promotion
+checks that the active student it was measured against is still the active one. One that may not
+is still registered and listed with the reason; promoting it takes an explicit force, whose reason
+is kept.
 
 Serving state: each student service process reports what it serves and what failed to load
 (`report_serving`, on every change and at least every REPORT_EVERY_S); the registry's views show,
@@ -64,13 +67,18 @@ def register_student(
     return student
 
 
-def activate(session: Session, student: Student) -> Student:
-    """Make `student` the one active student of its task (caller owns the transaction)."""
-    # Lock the whole task's rows in one statement, in id order, so concurrent promotions queue.
-    lock = select(Student.id).where(Student.task_name == student.task_name).order_by(Student.id)
+def lock_task(session: Session, task_name: str) -> None:
+    """Lock the task's student rows, in id order in one statement, so concurrent promotions queue
+    (Postgres; SQLite's BEGIN IMMEDIATE already serialises writers). Caller owns the transaction."""
+    lock = select(Student.id).where(Student.task_name == task_name).order_by(Student.id)
     if session.get_bind().dialect.name == "postgresql":
         lock = lock.with_for_update()
     session.execute(lock).all()
+
+
+def activate(session: Session, student: Student) -> Student:
+    """Make `student` the one active student of its task (caller owns the transaction)."""
+    lock_task(session, student.task_name)
     # What was read before the lock may be stale: a promotion that held it meanwhile may have
     # deactivated this student, and trusting the old `active` would leave the task none.
     session.refresh(student)
@@ -90,18 +98,66 @@ def promotion_gate(student: Student) -> dict[str, Any]:
     return (student.metrics or {}).get("gate") or {"promotable": False, "reason": "no evaluation figures"}
 
 
-def promote(sessions: sessionmaker[Session], student_id: str, *, force: bool = False) -> Student:
-    """Make `student_id` the one active student of its task. A student whose evaluation shows no
-    significant gain over its base (or a collapse) needs `force`."""
+def incumbent_of(session: Session, task_name: str, *, excluding: str | None = None) -> Student | None:
+    """The task's active student, unless that is `excluding` (a student is no incumbent to itself)."""
+    active = session.scalar(select(Student).where(Student.task_name == task_name, Student.active.is_(True)))
+    return None if active is None or active.id == excluding else active
+
+
+def promotion_refusal(session: Session, student: Student) -> str | None:
+    """Why `student` may not become its task's active student without force, or None: its gate
+    (evaluate.gate: a significant gain over the base, no collapse or degeneration, no significant
+    loss on the second opinion or against the incumbent), and that the incumbent it was measured
+    against is still the active student. Lock the task first (lock_task) so the answer holds."""
+    gate = promotion_gate(student)
+    if not gate["promotable"]:
+        return gate["reason"]
+    measured = gate.get("incumbent") or {}
+    current = incumbent_of(session, student.task_name, excluding=student.id)
+    if current is not None and current.id != measured.get("id"):
+        against = f"against {measured['model']}" if measured else "with no active student"
+        return (f"it was evaluated {against}, but {current.name}-v{current.version} is the active student now: evaluate it "
+                "again (POST /admin/evaluations) to compare it with the incumbent")
+    return None
+
+
+def record_promotion(student: Student, refusal: str | None, reason: str | None, *, by: str) -> None:
+    """Keep how the student was promoted: by whom (admin or auto_promote), whether force overrode
+    a refusal (and which), and the caller's reason."""
+    student.metrics = {**(student.metrics or {}), "promotion": {
+        "at": utcnow().isoformat(), "by": by, "forced": refusal is not None, "overrode": refusal, "reason": reason}}
+
+
+def promote(sessions: sessionmaker[Session], student_id: str, *, force: bool = False, reason: str | None = None) -> Student:
+    """Make `student_id` the one active student of its task. One that promotion_refusal refuses
+    needs `force`; the refusal it overrode and `reason` are kept with the student."""
     with sessions() as session, session.begin():
         student = session.get(Student, student_id)
         if student is None:
             raise NotFound(f"no student {student_id!r}", param="id")
-        gate = promotion_gate(student)
-        if not gate["promotable"] and not force and not student.active:
-            raise Conflict(f"student {student.name}-v{student.version} is not promotable: {gate['reason']}. "
-                           "Promote it anyway with force=true.", param="force")
+        lock_task(session, student.task_name)
+        session.refresh(student)
+        if student.active:
+            return student
+        refusal = promotion_refusal(session, student)
+        if refusal is not None and not force:
+            raise Conflict(f"student {student.name}-v{student.version} is not promotable: {refusal}. "
+                           "Promote it anyway with force=true (and say why in reason).", param="force")
+        record_promotion(student, refusal, reason, by="admin")
         return activate(session, student)
+
+
+def auto_promote(session: Session, student: Student) -> str | None:
+    """A distillation's auto_promote: activate the new student when nothing refuses it (caller owns
+    the transaction); None when promoted, else the refusal, which is kept with the student."""
+    lock_task(session, student.task_name)
+    refusal = promotion_refusal(session, student)
+    if refusal is None:
+        record_promotion(student, None, None, by="auto_promote")
+        activate(session, student)
+    else:
+        student.metrics = {**(student.metrics or {}), "auto_promote_refused": refusal}
+    return refusal
 
 
 def gate_refusal(student: Student, config: dict[str, Any]) -> str | None:
@@ -128,8 +184,8 @@ def record_evaluation(session: Session, evaluation: EvaluationRun, figures: dict
         return
     metrics = dict(student.metrics or {})
     submitted = evaluation.created_at.isoformat()
-    report = {"id": evaluation.id, "submitted_at": submitted, "student_minus_base": figures["student_minus_base"],
-              "systems": figures["systems"], "prompts": figures["prompts"], "samples": figures["samples"], "gate": figures["gate"]}
+    report = {"id": evaluation.id, "submitted_at": submitted, **comparisons(figures), "prompts": figures["prompts"],
+              "samples": figures["samples"], "gate": figures["gate"]}
     refusal = gate_refusal(student, evaluation.config or {})
     current = metrics.get("gate_from") or {}
     if refusal is None and current.get("submitted_at", "") > submitted:
@@ -139,6 +195,21 @@ def record_evaluation(session: Session, evaluation: EvaluationRun, figures: dict
         metrics.update(gate=figures["gate"], gate_from={"evaluation_id": evaluation.id, "submitted_at": submitted}, gating_evaluation=report)
     metrics["latest_evaluation"] = report
     student.metrics = metrics
+
+
+COMPARISONS = ("systems", "student_minus_base", "student_minus_incumbent", "incumbent", "second_opinion", "degeneration")
+
+
+def comparisons(figures: dict[str, Any]) -> dict[str, Any]:
+    """The figures of an evaluation that the gate reads: each system's mean, student − base and
+    student − incumbent, on the reward and the second opinion, and the degeneration check."""
+    return {key: figures[key] for key in COMPARISONS if key in figures}
+
+
+def gating_figures(student: Student) -> dict[str, Any]:
+    """The comparisons of the evaluation that set the student's gate (its own, or a later strict one)."""
+    metrics = student.metrics or {}
+    return comparisons(metrics.get("gating_evaluation") or metrics.get("eval") or {})
 
 
 def list_students(session: Session, *, task: str | None = None, active: bool | None = None,
@@ -206,6 +277,8 @@ def student_view(student: Student) -> dict[str, Any]:
         "metrics": student.metrics,
         "promotable": promotion_gate(student)["promotable"],
         "gate": promotion_gate(student)["reason"],
+        "comparisons": gating_figures(student),
+        "promotion": (student.metrics or {}).get("promotion"),
         "run_id": student.run_id,
         "active": student.active,
         "created_at": student.created_at,

@@ -17,9 +17,12 @@ from shared.rewards.specs import (
     HTTPSpec,
     LLMJudgeSpec,
     PIISpec,
+    PresidioSpec,
     ProfanitySpec,
     RewardSpec,
+    TextBlobSpec,
     VaderSpec,
+    WordListSpec,
     parse_reward_spec,
     public_reward,
 )
@@ -69,6 +72,18 @@ def build_reward(
         from shared.rewards.profanity import ProfanityReward
 
         return ProfanityReward(spec)
+    if isinstance(spec, TextBlobSpec):
+        from shared.rewards.textblob_sentiment import TextBlobReward
+
+        return TextBlobReward(spec)
+    if isinstance(spec, WordListSpec):
+        from shared.rewards.wordlist import WordListReward
+
+        return WordListReward(spec)
+    if isinstance(spec, PresidioSpec):
+        from shared.rewards.presidio_pii import PresidioReward
+
+        return PresidioReward(spec)
     if isinstance(spec, LLMJudgeSpec):
         if judge_engine is None:
             raise InvalidRequest(

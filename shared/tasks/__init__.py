@@ -50,6 +50,11 @@ class TaskSpec(BaseModel):
     critique_request: Text = Field(min_length=1, max_length=4000, description="User turn asking for a critique of the answer.")
     revision_request: Text = Field(min_length=1, max_length=4000, description="User turn asking for a revision that applies the critique.")
     reward: dict[str, Any] = Field(description='Reward spec, e.g. {"type": "vader"}.', json_schema_extra=_REWARD_SCHEMA)
+    second_opinion: dict[str, Any] | None = Field(
+        None, description="A second scorer (any reward spec) the evaluation reports beside the reward; it never selects "
+        "training pairs. A student that gains on the reward but loses significantly on it is not promotable without force.",
+        json_schema_extra=_REWARD_SCHEMA,
+    )
     acceptance: Acceptance = "improve"
     beta: Real = Field(1.0, gt=0, description="Temperature of the reward tilt (mh acceptance).")
     steps: Count = Field(1, le=8)
@@ -77,11 +82,26 @@ class TaskSpec(BaseModel):
 
         return parse_reward_spec(value).model_dump(exclude_none=True)
 
+    @field_validator("second_opinion")
+    @classmethod
+    def _check_second_opinion(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        from shared.errors import InvalidRequest
+        from shared.rewards import parse_reward_spec
+
+        if value is None:
+            return None
+        try:
+            return parse_reward_spec(value).model_dump(exclude_none=True)
+        except InvalidRequest as error:  # name the field it came from, not `reward`
+            raise InvalidRequest(error.message.replace("reward spec", "second_opinion spec", 1),
+                                 param=(error.param or "reward").replace("reward", "second_opinion", 1)) from None
+
     def public(self) -> "TaskSpec":
         """The task as it may be shown: its reward spec's secrets redacted (they are write-only)."""
         from shared.rewards import public_reward
 
-        return self.model_copy(update={"reward": public_reward(self.reward)})
+        return self.model_copy(update={"reward": public_reward(self.reward),
+                                       "second_opinion": public_reward(self.second_opinion) if self.second_opinion else None})
 
     @model_validator(mode="after")
     def _check_separation(self) -> "TaskSpec":
@@ -114,6 +134,7 @@ def _from_row(row: Task) -> TaskSpec:
         critique_request=row.critique_request,
         revision_request=row.revision_request,
         reward=row.reward,
+        second_opinion=row.second_opinion,
         acceptance=row.acceptance,
         beta=row.beta,
         steps=row.steps,

@@ -26,6 +26,7 @@ PRESET_TASKS: dict[str, dict] = {
             "point above. Reply with the rewritten answer only."
         ),
         "reward": {"type": "vader"},
+        "second_opinion": {"type": "textblob"},  # another lexicon: a student that games VADER's rules shows here
         "acceptance": "improve",
         "beta": 1.0,
         "steps": 1,
@@ -46,6 +47,7 @@ PRESET_TASKS: dict[str, dict] = {
             "or swear words. Reply with the rewritten answer only."
         ),
         "reward": {"type": "profanity"},
+        "second_opinion": {"type": "wordlist"},  # a word list beside the learned classifier
         "acceptance": "improve",
         "beta": 1.0,
         "steps": 1,
@@ -65,6 +67,7 @@ PRESET_TASKS: dict[str, dict] = {
             "'a local resident' instead. Reply with the rewritten answer only."
         ),
         "reward": {"type": "pii"},
+        "second_opinion": {"type": "presidio"},  # Presidio's own recognisers
         "acceptance": "improve",
         "beta": 1.0,
         "steps": 1,

@@ -40,13 +40,17 @@ def test_dsc_up_runs_the_demo_flow_and_stops_cleanly(tmp_path, model_store, post
         for port in (teacher_port, student_port):
             wait_ready(f"http://127.0.0.1:{port}", alive=lambda: up.poll() is None, timeout=600, what="dsc up", interval=1)
         config = DemoConfig(train_prompts=8, eval_prompts=2, samples=2, chains=2, max_tokens=24, max_steps=4, acceptance="always",
-                            min_reward=-1.0, out_dir=tmp_path / "demo")
+                            min_reward=-1.0, out_dir=tmp_path / "demo", force_promotion=True)
         summary = run_demo(f"http://127.0.0.1:{teacher_port}", f"http://127.0.0.1:{student_port}", "client-key-e2e", "admin-token-e2e", config)
 
         figures = summary["figures"]
         assert 0 < summary["pairs"] <= min(8, summary["accepted_chains"])  # the best chain of each of the 8 prompts
         assert figures["samples"] == 2 and all(figures["systems"][name]["n"] == 2 for name in ("base", "student", "teacher"))
         assert figures["gain_share"]["n"] == 2 and summary["forced_promotion"] is True  # 2 prompts can never be significant
+        assert summary["promotable"] is False and "too few" in summary["gate"]
+        second = figures["second_opinion"]  # the sentiment task's second opinion, on every system the table shows
+        assert second["scorer"] == "textblob" and all(second["systems"][name]["n"] == 2 for name in ("base", "student", "teacher"))
+        assert "repeated_3grams_minus_base" in figures["degeneration"]
         assert (tmp_path / "demo" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         cost = summary["served_cost"]  # seconds per answer through the services, at 1 and 8 clients
         assert set(cost) == {1, 8}, cost
@@ -58,6 +62,8 @@ def test_dsc_up_runs_the_demo_flow_and_stops_cleanly(tmp_path, model_store, post
             assert session.scalar(select(func.count(Pair.id))) == summary["accepted_chains"]
             active = session.scalars(select(Student).where(Student.active)).all()
             assert len(active) == 1 and active[0].task_name == "sentiment"
+            promotion = active[0].metrics["promotion"]  # the forced promotion keeps what it overrode and why
+            assert promotion["forced"] is True and promotion["reason"] == "dsc demo --force-promotion" and "too few" in promotion["overrode"]
         engine.dispose()
     finally:
         up.send_signal(signal.SIGINT)

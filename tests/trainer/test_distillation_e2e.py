@@ -17,8 +17,8 @@ def test_distillation_from_sampled_pairs_end_to_end(make_settings, tf_engine, se
     with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:
         job_id = helpers.store_samples(teacher.sessions, sentiment_samples)
         with teacher.sessions() as session, session.begin():  # an older student of the task, active now
-            session.add(Student(id="old-student", name="sentiment-student", version=0, task_name="sentiment",
-                                base_model=str(model_path), metrics={}, active=True, promoted_at=utcnow()))
+            session.add(Student(id="old-student", name="sentiment-student", version=0, task_name="sentiment", base_model=str(model_path),
+                                merged_path=str(model_path), metrics={}, active=True, promoted_at=utcnow()))
 
         body = {"task": "sentiment", "jobs": [job_id], "eval_prompts": sentiment_samples.eval_prompts, "max_steps": 6,
                 "batch_size": 2, "max_seq_len": 96, "save_steps": 3, "learning_rate": 5e-4, "eval_max_tokens": 16,
@@ -51,6 +51,10 @@ def test_distillation_from_sampled_pairs_end_to_end(make_settings, tf_engine, se
     collapse = evaluation["collapse"]
     assert collapse["prompts"] == 24 and collapse["base_ppl_of_base_answers"] > 1 and collapse["ppl_ratio"] > 0
     assert evaluation["gate"]["promotable"] is False and evaluation["significant"] is False  # 3 prompts: never significant
+    # champion/challenger: the task's active student answered the same prompts; the second opinion scored every answer
+    assert evaluation["incumbent"] == {"id": "old-student", "model": "sentiment-student-v0"}
+    assert evaluation["systems"]["incumbent"]["n"] == evaluation["prompts"] and "student_minus_incumbent" in evaluation
+    assert set(evaluation["second_opinion"]["systems"]) == {"base", "student", "incumbent"}
     assert run["progress"]["phase"] == "succeeded"
 
     # artifacts: adapter (plain peft), merged weights, tokenizer, config, metrics, report, data snapshot

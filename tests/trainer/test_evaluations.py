@@ -32,7 +32,12 @@ def test_on_demand_evaluation_of_a_student_identical_to_its_base(make_settings, 
         assert figures["systems"]["base"] == figures["systems"]["student"]
         assert figures["collapse"]["ppl_ratio"] == 1.0 and figures["collapse"]["collapsed"] is False
         assert figures["gate"] == {"promotable": False, "reason": "no significant gain over the base: student − base +0.000 "
-                                                                  "[+0.000, +0.000] includes 0"}
+                                                                  "[+0.000, +0.000] includes 0", "incumbent": None}
+        second = figures["second_opinion"]  # the same weights: the second opinion sees no difference either
+        assert second["scorer"] == "textblob" and second["systems"]["base"] == second["systems"]["student"]
+        assert second["student_minus_base"]["value"] == 0 and second["student_minus_base"]["significant"] is False
+        degeneration = figures["degeneration"]
+        assert degeneration["degenerate"] is False and degeneration["distinct_ratio"] == 1.0 and degeneration["length_ratio"] == 1.0
         student = next(s for s in admin.get("/admin/students").json()["data"] if s["id"] == "same-as-base")
         assert student["promotable"] is False and "includes 0" in student["gate"]
         assert student["metrics"]["latest_evaluation"]["id"] == evaluation["id"]

@@ -59,9 +59,9 @@ def promote_confirm(request: Request, student_id: str, _user: Admin, session: Db
 
 @router.post("/students/{student_id}/promote", response_class=HTMLResponse)
 def promote(request: Request, student_id: str, _user: AdminPost, state: State,
-            force: Annotated[bool, Form()] = False) -> Response:
+            force: Annotated[bool, Form()] = False, reason: Annotated[str, Form(max_length=500)] = "") -> Response:
     try:
-        students_api.promote_student(student_id=student_id, _scope=Scope.ADMIN, state=state, force=force)
+        students_api.promote_student(student_id=student_id, _scope=Scope.ADMIN, state=state, force=force, reason=reason.strip() or None)
     except DscError as error:
         with state.sessions() as session:
             return _confirm_page(request, session, student_id, error=error.message, code=error.status_code)

@@ -33,10 +33,15 @@ def promote_student(
     student_id: str,
     _scope: AdminScope,
     state: State,
-    force: bool = Query(False, description="Promote even when the evaluation shows no significant gain (409 otherwise)."),
+    force: bool = Query(False, description="Promote even when the promotion gate refuses it (409 otherwise); the refusal "
+                        "it overrode is kept with the student."),
+    reason: str | None = Query(None, max_length=500, description="Why (kept with the student, shown beside a forced promotion)."),
 ) -> dict[str, Any]:
-    """Make this student the one active student of its task (the student service follows within
-    its poll interval: `GET /admin/students` shows in `serving` when it does, or why it could not)."""
-    promoted = registry.promote(state.sessions, student_id, force=force)
+    """Make this student the one active student of its task, when its gate allows it: a significant
+    gain over the base, no collapse or degeneration, no significant loss on the second opinion or
+    against the active student it was evaluated against (which must still be the active one). The
+    student service follows within its poll interval: `GET /admin/students` shows in `serving` when
+    it does, or why it could not."""
+    promoted = registry.promote(state.sessions, student_id, force=force, reason=reason)
     with state.readers() as session:
         return registry.student_views(session, [promoted])[0]
