@@ -230,11 +230,12 @@ def evaluate(
     teacher: bool = typer.Option(False, "--teacher", help="Also run the teacher's critique→revise chain (slow)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
 ) -> None:
-    """Student vs base (vs teacher) on the task's evaluation set: K samples per prompt, 95% intervals."""
+    """Student vs base (vs the task's active student, vs teacher) on the task's evaluation set, on the
+    reward and the second opinion: K samples per prompt, 95% intervals."""
     import json
 
     from services.trainer.evaluate import figures_table
-    from services.trainer.evaluations import run_evaluation
+    from services.trainer.evaluations import incumbent_weights, run_evaluation
     from shared.distillation.config import EvaluationConfig
     from shared.model_store import resolve_model
     from shared.tasks import get_task
@@ -245,13 +246,14 @@ def evaluate(
         with _db_session(settings) as session:
             spec = get_task(session, task)
             if adapter or merged:
-                base_name, adapter_dir, merged_dir = base_model or settings.student_base_model, adapter, merged
+                evaluated, base_name, adapter_dir, merged_dir = None, base_model or settings.student_base_model, adapter, merged
             else:
-                base_name, adapter_dir, merged_dir = _registered_student(session, task, student)
+                evaluated, base_name, adapter_dir, merged_dir = _registered_student(session, task, student)
+            incumbent = incumbent_weights(session, task, settings.resolved_model_store, excluding=evaluated)
         base_path = resolve_model(base_name, settings.resolved_model_store)
         with console.status("evaluating …") as status:
             figures = run_evaluation(settings, config, spec, base_path=base_path, adapter_dir=adapter_dir, merged_dir=merged_dir,
-                                     on_phase=lambda phase: status.update(phase))
+                                     incumbent=incumbent, on_phase=lambda phase: status.update(phase))
     except DscError as error:
         fail(error)
     if as_json:
@@ -268,7 +270,7 @@ def _db_session(settings: Settings):
     return session_factory(make_engine(settings.resolved_database_url))()
 
 
-def _registered_student(session, task: str, student_id: str | None) -> tuple[str, Path | None, Path | None]:
+def _registered_student(session, task: str, student_id: str | None) -> tuple[str, str, Path | None, Path | None]:
     from sqlalchemy import select
 
     from shared.db.models import Student
@@ -278,7 +280,7 @@ def _registered_student(session, task: str, student_id: str | None) -> tuple[str
     row = session.scalar(query)
     if row is None:
         raise DscError(f"no student {student_id!r}" if student_id else f"task {task!r} has no active student: pass --student or --adapter")
-    return row.base_model, Path(row.adapter_path) if row.adapter_path else None, Path(row.merged_path) if row.merged_path else None
+    return row.id, row.base_model, Path(row.adapter_path) if row.adapter_path else None, Path(row.merged_path) if row.merged_path else None
 
 
 @student_app.command("serve")

@@ -12,7 +12,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.models import Job, Pair
-from shared.rewards import public_reward
 from shared.sampling_protocol import SampleRequest
 from shared.tasks import TaskSpec
 
@@ -28,6 +27,7 @@ class TaskSummary(BaseModel):
     name: str
     description: str
     reward: dict[str, Any]
+    second_opinion: dict[str, Any] | None
     acceptance: str
     beta: float
     steps: int
@@ -37,8 +37,9 @@ class TaskSummary(BaseModel):
 
     @classmethod
     def of(cls, spec: TaskSpec) -> "TaskSummary":
+        shown = spec.public()
         return cls(
-            name=spec.name, description=spec.description, reward=public_reward(spec.reward), acceptance=spec.acceptance,
+            name=spec.name, description=spec.description, reward=shown.reward, second_opinion=shown.second_opinion, acceptance=spec.acceptance,
             beta=spec.beta, steps=spec.steps, prompt_count=len(spec.prompts),
             eval_prompt_count=len(spec.eval_prompts), builtin=spec.builtin,
         )

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from sqlalchemy.orm import Session
+
 from shared.distillation.config import EvaluationConfig
 from shared.device import release_freed_memory
 from shared.errors import InvalidRequest
@@ -50,6 +52,19 @@ class StudentWeights:
     base_path: Path
     adapter_dir: Path | None = None
     merged_dir: Path | None = None
+
+
+def incumbent_weights(session: Session, task_name: str, store: Path, *, excluding: str | None = None) -> StudentWeights | None:
+    """The task's active student now (not `excluding`): the incumbent an evaluated student must not be worse than."""
+    from shared.distillation.registry import incumbent_of
+    from shared.model_store import resolve_model
+
+    active = incumbent_of(session, task_name, excluding=excluding)
+    if active is None:
+        return None
+    return StudentWeights(active.id, f"{active.name}-v{active.version}", resolve_model(active.base_model, store),
+                          Path(active.adapter_path) if active.adapter_path else None,
+                          Path(active.merged_path) if active.merged_path else None)
 
 
 def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | None, merged_dir: Path | None,

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.trainer.data import take_snapshot
 from services.trainer.distill import Interrupted, train, write_json
-from services.trainer.evaluations import StudentWeights, run_evaluation
+from services.trainer.evaluations import StudentWeights, incumbent_weights, run_evaluation
 from services.trainer.preflight import preflight
 from services.trainer.report import write_report
 from shared.db.models import DistillationRun, EvaluationRun, Student, utcnow
@@ -44,7 +44,7 @@ from shared.db.outages import OutageLog, first_line, is_outage
 from shared.db.queue import Heartbeat, Lease, LeaseLost, claim, fenced_update, finish, release, worker_owner
 from shared.device import check_processes, resolve_device
 from shared.distillation.config import DistillationConfig, EvaluationConfig
-from shared.distillation.registry import auto_promote, incumbent_of, record_evaluation, register_student
+from shared.distillation.registry import auto_promote, record_evaluation, register_student
 from shared.distillation.runs import run_dir
 from shared.errors import DscError, InvalidRequest
 from shared.logs import configure_logging, log_ids
@@ -290,15 +290,8 @@ class TrainerWorker:
                               merged_dir=result.merged_dir, incumbent=self._incumbent(task.name), prompts=prompts, on_phase=on_phase)
 
     def _incumbent(self, task_name: str, excluding: str | None = None) -> StudentWeights | None:
-        """The task's active student now, which the evaluated student must not be worse than."""
         with self.sessions() as session:
-            active = incumbent_of(session, task_name, excluding=excluding)
-            if active is None:
-                return None
-            return StudentWeights(active.id, f"{active.name}-v{active.version}",
-                                  resolve_model(active.base_model, self.settings.resolved_model_store),
-                                  Path(active.adapter_path) if active.adapter_path else None,
-                                  Path(active.merged_path) if active.merged_path else None)
+            return incumbent_weights(session, task_name, self.settings.resolved_model_store, excluding=excluding)
 
 
 def student_metrics(evaluation: dict, train: dict) -> dict:

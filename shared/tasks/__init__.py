@@ -53,7 +53,7 @@ class TaskSpec(BaseModel):
     second_opinion: dict[str, Any] | None = Field(
         None, description="A second scorer (any reward spec) the evaluation reports beside the reward; it never selects "
         "training pairs. A student that gains on the reward but loses significantly on it is not promotable without force.",
-        json_schema_extra=_REWARD_SCHEMA,
+        json_schema_extra={"anyOf": [_REWARD_SCHEMA, {"type": "null"}]},
     )
     acceptance: Acceptance = "improve"
     beta: Real = Field(1.0, gt=0, description="Temperature of the reward tilt (mh acceptance).")

@@ -49,6 +49,7 @@ def test_tasks_list_show_create(make_teacher):
         assert listed["sentiment"]["builtin"] and listed["sentiment"]["prompt_count"] > 0 and "prompts" not in listed["sentiment"]
         sentiment = client.get("/v1/tasks/sentiment").json()
         assert sentiment["reward"] == {"type": "vader"} and len(sentiment["prompts"]) == listed["sentiment"]["prompt_count"]
+        assert sentiment["second_opinion"] == {"type": "textblob"}
 
         created = admin.post("/v1/tasks", json=CUSTOM_TASK)
         assert created.status_code == 201, created.text
@@ -56,14 +57,21 @@ def test_tasks_list_show_create(make_teacher):
         shown = client.get("/v1/tasks/kind-reviews").json()
         assert shown["prompts"] == CUSTOM_TASK["prompts"] and shown["acceptance"] == "always"
         assert shown["eval_prompts"] == CUSTOM_TASK["eval_prompts"] and shown["train_min_reward"] == 0.2
+        assert shown["second_opinion"] is None
+        judged = admin.post("/v1/tasks", json={**CUSTOM_TASK, "name": "judged", "second_opinion": {"type": "wordlist"}})
+        assert judged.status_code == 201 and client.get("/v1/tasks/judged").json()["second_opinion"] == {"type": "wordlist"}
+        wrong = admin.post("/v1/tasks", json={**CUSTOM_TASK, "name": "wrong", "second_opinion": {"type": "textblob", "x": 1}})
+        assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "second_opinion.x", wrong.text
+        assert "second_opinion spec" in wrong.json()["error"]["message"]
         listed = {task["name"]: task for task in client.get("/v1/tasks").json()["data"]}
         assert listed["kind-reviews"]["prompt_count"] == 2 and not listed["kind-reviews"]["builtin"]
+        assert listed["kind-reviews"]["second_opinion"] is None
         assert listed["kind-reviews"]["eval_prompt_count"] == 2 and listed["sentiment"]["eval_prompt_count"] >= 40
         leaky = admin.post("/v1/tasks", json={**CUSTOM_TASK, "name": "leaky", "eval_prompts": ["review a boring  film."]})
         assert leaky.status_code == 422 and "both prompts and eval_prompts" in leaky.json()["error"]["message"]
         again = admin.post("/v1/tasks", json=CUSTOM_TASK)
         assert again.status_code == 409 and again.json()["error"]["type"] == "conflict_error"
-    assert teacher.counts()["tasks"] == 1
+    assert teacher.counts()["tasks"] == 2
 
 
 def test_critique_revise_synchronous(make_teacher):
