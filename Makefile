@@ -7,7 +7,7 @@ BENCH_VENV := .venv-bench
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench bench-sampler bench-cost bench-served-cost bench-serving bench-scale-out bench-store bench-venv bench-distill bench-distilabel gpu-smoke clean-venv compose-up compose-down compose-test
+.PHONY: install test demo docs bench bench-sampler bench-cost bench-served-cost bench-serving bench-scale-out bench-store bench-venv bench-distill bench-distilabel gpu-smoke clean-venv compose-up compose-down compose-test
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ test: install chromium
 
 demo: install
 	$(BIN)/dsc demo
+
+# docs/configuration.md from shared/settings.py (tests/unit/test_configuration_doc.py checks it is current).
+docs: install
+	$(BIN)/python -m shared.settings_doc > docs/configuration.md
 
 # The whole performance suite, one benchmark after another (22 min on 2 cores with AVX-512 BF16); rewrites the
 # suite's block of bench/RESULTS.md. BENCH_ARGS: e.g. --only sampler,store --no-write.

@@ -5,7 +5,7 @@ the rest is grouped by the service or engine it configures: `settings.vllm`, `se
 `settings.teacher`, `settings.jobs`, `settings.student`, `settings.trainer`, `settings.distill`,
 `settings.reward_http`.
 
-Environment variables keep their flat names (README "Configuration"; `environment_names()` lists
+Environment variables keep their flat names (docs/configuration.md, generated from this module; `environment_names()` lists
 them): DSC_<FIELD> at the top, the group's prefix plus the field in a group (DSC_STUDENT_MAX_PENDING:
 `settings.student.max_pending`; the teacher's limits keep their bare DSC_MAX_SYNC_PROMPTS, ...), and
 a few fields name their own (DSC_TEACHER_PORT). The nested form DSC_<GROUP>__<FIELD>
@@ -137,7 +137,7 @@ class TeacherSettings(SettingsGroup):
 
     env_prefix: ClassVar[str] = "DSC_"  # the limits' variables have no service in their names (DSC_MAX_SYNC_PROMPTS)
 
-    port: int = Field(8000, json_schema_extra=_env("DSC_TEACHER_PORT"))
+    port: int = Field(8000, description="The teacher's port.", json_schema_extra=_env("DSC_TEACHER_PORT"))
     threads: int | None = Field(
         None, ge=1, json_schema_extra=_env("DSC_TEACHER_THREADS"),
         description="torch CPU threads of the teacher process (its transformers engine); default: torch's choice (all cores).",
@@ -192,7 +192,7 @@ class StudentSettings(SettingsGroup):
 
     env_prefix: ClassVar[str] = "DSC_STUDENT_"
 
-    port: int = 8001
+    port: int = Field(8001, description="The student service's port.")
     url: str | None = Field(
         None, description="Where the teacher's console reaches the student service (its playground); "
         "default http://127.0.0.1:<port>.")
@@ -267,7 +267,7 @@ class DistillSettings(SettingsGroup):
 
 
 class RewardHttpSettings(SettingsGroup):
-    """Where the http reward may connect (README "Security")."""
+    """Where the http reward may connect (docs/security.md)."""
 
     env_prefix: ClassVar[str] = "DSC_REWARD_HTTP_"
 
@@ -320,9 +320,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir.")
     model_store: Path | None = Field(None, description="Materialised models and distilled students; default data_dir/models.")
 
-    teacher_model: str = BUNDLED_MODEL
-    student_base_model: str = BUNDLED_MODEL
-    engine: EngineName = "auto"
+    teacher_model: str = Field(BUNDLED_MODEL, description="The teacher's model: a bundled name, a local directory or a hub id.")
+    student_base_model: str = Field(BUNDLED_MODEL, description="The base model of distilled students (the trainer's default).")
+    engine: EngineName = Field("auto", description="auto (vLLM where it imports and starts, else transformers), vllm, "
+                               "transformers, or openai (a remote OpenAI-compatible server as the teacher).")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Served models' dtype; auto: bfloat16 where the hardware computes it natively (a GPU of compute "
         "capability 8.0+, a CPU with AVX-512 BF16 / AMX), float16 on an older GPU, else float32 (shared.device)."
@@ -344,7 +345,7 @@ class Settings(BaseSettings):
     engine_max_restarts: int = Field(3, ge=0, description="In restart mode, engine restarts of one process before it exits instead.")
 
     # --- every service ---
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="The interface the services bind (a non-loopback bind needs API keys or --insecure).")
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body a service accepts.")
     log_format: LogFormat = Field(
         "json", description="Log lines on stderr: json (one object per line, with the request, job, distillation or "
@@ -354,7 +355,7 @@ class Settings(BaseSettings):
         None, description="Lowest level logged; default INFO for the services, WARNING for one-shot commands (sample, eval)."
     )
 
-    # --- auth and tenants (README "Security") ---
+    # --- auth and tenants (docs/security.md) ---
     api_keys: CommaList = Field(
         default_factory=list,
         description="Client keys (comma-separated) for /v1/*, each a plain key or its digest 'sha256:<hex>'; "

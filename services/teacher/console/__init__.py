@@ -1,5 +1,5 @@
 """The console: a small web UI for the people who run distillations, served by the teacher at
-/console behind the admin token (README "Console").
+/console behind the admin token (docs/operations.md, "Console").
 
 Server-rendered pages (Jinja2, autoescaped) with a few lines of plain JavaScript that refresh the
 live parts; charts drawn by matplotlib on the server; nothing fetched from elsewhere. Every write and
