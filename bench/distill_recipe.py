@@ -95,7 +95,7 @@ def main() -> None:
 
     from shared.distillation.config import DistillationConfig
     from shared.distillation.pairs import Example, plan_data
-    from services.trainer.distill import train
+    from services.trainer.training import train
     from shared.model_store import merge_adapter
     from services.trainer.evaluate import collapse_check, compare, gate, general_prompts, sample_answers, score
     from shared.engines.base import SamplingParams

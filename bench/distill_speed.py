@@ -7,7 +7,7 @@ lr 1e-3, linear schedule with 5% warmup, no weight decay, grad clip 1.0, batch 4
 chat-template formatting, loss on the answer tokens only, no packing, float32, no gradient
 checkpointing), each side in its own process with the same torch thread count:
 
-    dsc  services.trainer.distill.train (the trainer's real loop; checkpoints as configured)
+    dsc  services.trainer.training.train (the trainer's real loop; checkpoints as configured)
     trl  trl.SFTTrainer with an SFTConfig of the same settings (prompt-completion conversational
          data, completion-only loss; TRL's own defaults otherwise: its optimizer implementation,
          its fused LM head, its metrics), run with .venv-bench's python (`make bench-venv`)
@@ -126,6 +126,7 @@ def run_dsc(args) -> dict:
     import torch
 
     import services.trainer.distill as distill
+    import services.trainer.training as training
     from shared.distillation.config import DistillationConfig
     from shared.distillation.pairs import Example
 
@@ -163,7 +164,7 @@ def run_dsc(args) -> dict:
         distill.adamw = lambda params, c: torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dsc-speed-") as tmp:
-        result = distill.train(config, base_model_path(), examples, Path(tmp), on_step=on_step, device="cpu")
+        result = training.train(config, base_model_path(), examples, Path(tmp), on_step=on_step, device="cpu")
     figures = window(ends, tokens, cpu_ends)
     # A checkpoint every save_steps steps is part of the trainer's training (TRL's default: every 500 steps).
     with_checkpoints = figures["window_seconds"] + figures["window_steps"] / config.save_steps * max(checkpoints)

@@ -110,7 +110,6 @@ def sample(
     """Run the critique→revise sampler locally, store the chains and show rewards before/after."""
     from shared.db.session import make_engine, session_factory, upgrade
     from shared.engines import create_engine
-    from shared.rewards import NetworkPolicy
     from shared.sampling_protocol import ChainResult, SampleRequest, SampleResponse
     from shared.sampling_run import RewardPool, plan_sample, run_plan, store_finished_run
 
@@ -128,7 +127,7 @@ def sample(
         with factory() as session:
             plan = plan_sample(session, request)
         with console.status("loading reward model …"):
-            rewards = RewardPool(network=NetworkPolicy.from_settings(settings))
+            rewards = RewardPool(network=settings.network_policy())
             rewards.get(plan.task.reward)  # fail on a missing reward before the slow engine start
         with console.status(f"starting engine ({settings.engine}) with {settings.teacher_model} …"):
             llm = create_engine(settings, settings.teacher_model)

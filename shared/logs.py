@@ -25,12 +25,16 @@ from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping
-
-if TYPE_CHECKING:
-    from shared.settings import Settings
+from typing import Any, Iterator, Literal, Mapping, Protocol
 
 LogFormat = Literal["json", "text"]
+
+
+class LogOptions(Protocol):
+    """What logging reads of the settings (Settings has both): logs import no settings module."""
+
+    log_format: LogFormat
+    log_level: str | None
 
 _ids: ContextVar[Mapping[str, str]] = ContextVar("dsc_log_ids", default=MappingProxyType({}))
 
@@ -98,7 +102,7 @@ def make_formatter(log_format: LogFormat = "json") -> logging.Formatter:
     return TextFormatter() if log_format == "text" else JsonFormatter()
 
 
-def configure_logging(settings: Settings, *, default_level: str = "INFO") -> None:
+def configure_logging(settings: LogOptions, *, default_level: str = "INFO") -> None:
     """Route every logger of this process through one handler on stderr. `default_level` applies
     when DSC_LOG_LEVEL is unset: INFO for the services, WARNING for one-shot commands."""
     level = (settings.log_level or default_level).upper()

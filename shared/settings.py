@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast, get_args
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
@@ -34,6 +34,9 @@ from typing_extensions import Annotated
 from shared.device import DeviceChoice, preferred_dtype  # noqa: F401  (preferred_dtype: re-exported)
 from shared.keys import configured_digest
 from shared.logs import LogFormat
+
+if TYPE_CHECKING:  # the policy is built on demand; net imports no settings
+    from shared.rewards.net import NetworkPolicy
 
 EngineName = Literal["auto", "vllm", "transformers", "openai"]
 ENGINE_NAMES: tuple[str, ...] = get_args(EngineName)
@@ -142,14 +145,14 @@ class TeacherSettings(SettingsGroup):
         None, ge=1, json_schema_extra=_env("DSC_TEACHER_THREADS"),
         description="torch CPU threads of the teacher process (its transformers engine); default: torch's choice (all cores).",
     )
-    max_prompt_chars: int = Field(8000, description="Characters of one prompt.")
-    max_sync_prompts: int = Field(16, description="Prompts per POST /v1/critique-revise.")
-    max_job_prompts: int = Field(50_000, description="Prompts per POST /v1/jobs.")
-    max_tokens_limit: int = Field(1024, description="Largest max_tokens a request may ask for.")
-    max_steps: int = Field(8, description="Critique-revise steps per chain a request may ask for.")
-    max_chains: int = Field(8, description="Chains per prompt a request may ask for.")
-    max_queued_jobs: int = Field(100, description="Queued jobs before POST /v1/jobs answers 429.")
-    max_concurrent_sync: int = Field(2, description="Synchronous sampling calls in flight before 429.")
+    max_prompt_chars: int = Field(8000, ge=1, description="Characters of one prompt.")
+    max_sync_prompts: int = Field(16, ge=1, description="Prompts per POST /v1/critique-revise.")
+    max_job_prompts: int = Field(50_000, ge=1, description="Prompts per POST /v1/jobs.")
+    max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for.")
+    max_steps: int = Field(8, ge=1, description="Critique-revise steps per chain a request may ask for.")
+    max_chains: int = Field(8, ge=1, description="Chains per prompt a request may ask for.")
+    max_queued_jobs: int = Field(100, ge=1, description="Queued jobs before POST /v1/jobs answers 429.")
+    max_concurrent_sync: int = Field(2, ge=1, description="Synchronous sampling calls in flight before 429.")
     sync_retry_after_seconds: int = Field(
         5, ge=1, description="Retry-After of the 429 for a synchronous call beyond max_concurrent_sync."
     )
@@ -172,19 +175,19 @@ class JobSettings(SettingsGroup):
 
     env_prefix: ClassVar[str] = "DSC_JOB_"
 
-    workers: int = Field(1, description="Job worker threads per teacher process (0: serve only; 1 on SQLite).")
+    workers: int = Field(1, ge=0, description="Job worker threads per teacher process (0: serve only; 1 on SQLite).")
     batch_size: int = Field(
         32, ge=1, description="Prompts per batch, fixed for a job when it is created; each batch is claimed by one worker, "
         "sampled in one sampler call and committed in one transaction."
     )
-    lease_seconds: int = Field(60, description="A worker's claim on a batch expires unless renewed (heartbeat).")
+    lease_seconds: int = Field(60, ge=1, description="A worker's claim on a batch expires unless renewed (heartbeat).")
     max_failures: int = Field(
-        3, description="Failed tries of one batch before its job fails (each batch counts its own, so failures spread over a long job do not add up)."
+        3, ge=1, description="Failed tries of one batch before its job fails (each batch counts its own, so failures spread over a long job do not add up)."
     )
     max_attempts: int = Field(
         20, ge=1, description="Claims of one batch (worker deaths, restarts) before its job fails instead of resuming again."
     )
-    poll_seconds: float = Field(1.0, description="How often an idle worker looks for queued batches.")
+    poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for queued batches.")
 
 
 class StudentSettings(SettingsGroup):
@@ -196,19 +199,19 @@ class StudentSettings(SettingsGroup):
     url: str | None = Field(
         None, description="Where the teacher's console reaches the student service (its playground); "
         "default http://127.0.0.1:<port>.")
-    max_prompt_tokens: int = Field(1536, description="Longest rendered chat prompt, in tokens, before 400.")
-    max_tokens: int = Field(512, description="Largest max_tokens a chat completion may ask for.")
+    max_prompt_tokens: int = Field(1536, ge=1, description="Longest rendered chat prompt, in tokens, before 400.")
+    max_tokens: int = Field(512, ge=1, description="Largest max_tokens a chat completion may ask for.")
     default_max_tokens: int = Field(
         256, ge=1, description="max_tokens of a completion that names none (at most max_tokens)."
     )
-    max_n: int = Field(4, description="Most choices (n) per chat completion.")
-    max_pending: int = Field(64, description="Completions admitted but unfinished before 429 with Retry-After.")
+    max_n: int = Field(4, ge=1, description="Most choices (n) per chat completion.")
+    max_pending: int = Field(64, ge=1, description="Completions admitted but unfinished before 429 with Retry-After.")
     pending_retry_after_seconds: int = Field(1, ge=1, description="Retry-After of the 429 beyond max_pending.")
-    max_batch: int = Field(16, description="Most sequences one batched generate takes (transformers path).")
-    batch_window_ms: float = Field(15.0, description="How long the micro-batcher waits to gather a batch.")
-    poll_seconds: float = Field(3.0, description="How often the student checks the registry for promotions.")
+    max_batch: int = Field(16, ge=1, description="Most sequences one batched generate takes (transformers path).")
+    batch_window_ms: float = Field(15.0, ge=0, description="How long the micro-batcher waits to gather a batch.")
+    poll_seconds: float = Field(3.0, gt=0, description="How often the student checks the registry for promotions.")
     max_loras: int = Field(4, description="Adapters served at once over one base model (vLLM max_loras, >= 2).")
-    max_lora_rank: int = Field(64, description="Largest LoRA rank the student engine accepts.")
+    max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank the student engine accepts.")
     serve_students_as: Literal["auto", "adapter", "merged"] = Field(
         "auto", description="How a LoRA student is served: adapter (multi-LoRA over the base model's engine), merged "
         "(base + adapter merged once into plain weights, each active student in an engine of its own, the base engine "
@@ -230,9 +233,9 @@ class TrainerSettings(SettingsGroup):
 
     env_prefix: ClassVar[str] = "DSC_TRAINER_"
 
-    lease_seconds: int = Field(60, description="A trainer's claim on a run expires unless renewed (heartbeat).")
-    poll_seconds: float = Field(2.0, description="How often an idle trainer looks for queued runs.")
-    max_attempts: int = Field(3, description="Claims of one run (crashes, kills) before it fails instead of resuming again.")
+    lease_seconds: int = Field(60, ge=1, description="A trainer's claim on a run expires unless renewed (heartbeat).")
+    poll_seconds: float = Field(2.0, gt=0, description="How often an idle trainer looks for queued runs.")
+    max_attempts: int = Field(3, ge=1, description="Claims of one run (crashes, kills) before it fails instead of resuming again.")
     eval_memory_utilization: float = Field(
         0.1, gt=0, le=1,
         description="GPU memory share of each of the two engines (base, student) an evaluation starts in the trainer; "
@@ -240,7 +243,7 @@ class TrainerSettings(SettingsGroup):
         "is sized by vllm.kv_cache_gib instead.",
     )
     threads: int | None = Field(
-        None, description="torch CPU threads of the trainer; default: torch's choice (all cores), and with several "
+        None, ge=1, description="torch CPU threads of the trainer; default: torch's choice (all cores), and with several "
         "training processes on the CPU an equal share of the cores each.")
     device: DeviceChoice = Field(
         "auto", description="Where the trainer trains and evaluates with transformers: auto (CUDA when torch sees a CUDA "
@@ -260,9 +263,9 @@ class DistillSettings(SettingsGroup):
 
     env_prefix: ClassVar[str] = "DSC_DISTILL_"
 
-    min_pairs: int = Field(8, description="Fewest accepted pairs a distillation may train on.")
-    max_steps: int = Field(100_000, description="Most optimizer steps one run may ask for.")
-    max_queued: int = Field(20, description="Queued runs (distillations, evaluations each) before 429.")
+    min_pairs: int = Field(8, ge=1, description="Fewest accepted pairs a distillation may train on.")
+    max_steps: int = Field(100_000, ge=1, description="Most optimizer steps one run may ask for.")
+    max_queued: int = Field(20, ge=1, description="Queued runs (distillations, evaluations each) before 429.")
     queue_full_retry_after_seconds: int = Field(30, ge=1, description="Retry-After of the 429 beyond max_queued.")
 
 
@@ -436,6 +439,12 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'dsc.db'}"
+
+    def network_policy(self) -> NetworkPolicy:
+        """Where an http reward may connect, from `reward_http`."""
+        from shared.rewards.net import NetworkPolicy
+
+        return NetworkPolicy.parse(allow_private=self.reward_http.allow_private, allow=self.reward_http.allow)
 
     @property
     def resolved_model_store(self) -> Path:

@@ -32,7 +32,6 @@ from shared.db.session import make_engine, session_factory, upgrade
 from shared.engines import create_engine
 from shared.engines.base import Engine
 from shared.logs import UVICORN_LOGGING, configure_logging, no_log_ids
-from shared.rewards.net import NetworkPolicy
 from shared.sampling_run import RewardPool
 from shared.settings import Settings
 from shared.web.ratelimit import KeyRateLimiter
@@ -61,7 +60,7 @@ def _load_engine(state: TeacherState) -> None:
         if state.stopping.is_set():  # shut down while the model loaded
             engine.close()
             return
-        state.rewards = RewardPool(judge_engine=engine, network=NetworkPolicy.from_settings(state.settings))
+        state.rewards = RewardPool(judge_engine=engine, network=state.settings.network_policy())
         state.engine = engine
         state.ready.set()
         log.info("teacher engine loaded: %s (%s)", engine.model, engine.name)
@@ -90,7 +89,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         app.state.teacher = state
         app.state.settings = settings
         if engine is not None:
-            state.rewards = RewardPool(judge_engine=engine, network=NetworkPolicy.from_settings(settings))
+            state.rewards = RewardPool(judge_engine=engine, network=settings.network_policy())
             state.engine = engine
             state.ready.set()
         else:

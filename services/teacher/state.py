@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.teacher.metrics import TeacherMetrics
 from shared.db.session import read_session_factory
 from shared.engines.base import ENGINE_DEAD_EXIT_CODE, Engine, engine_dead_reason
-from shared.rewards.net import NetworkPolicy
 from shared.sampling_run import RewardPool
 from shared.settings import Settings
 
@@ -154,7 +153,7 @@ class TeacherState:
             engine.close()
             return
         with self._health_lock:
-            self.rewards = RewardPool(judge_engine=engine, network=NetworkPolicy.from_settings(self.settings))
+            self.rewards = RewardPool(judge_engine=engine, network=self.settings.network_policy())
             self.engine = engine
             self.engine_restarts += 1
             reason, self.engine_dead = self.engine_dead, None

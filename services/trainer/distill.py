@@ -36,10 +36,10 @@ from typing import Callable, Sequence
 
 from services.trainer.artifact_writes import staged
 from services.trainer.data import IGNORE_INDEX, Tokenized, batch_indices, collate, tokenize_all
-from services.trainer.parallel import Ranks, launch, params_digest
+from services.trainer.ranks import Ranks, params_digest
 from shared.distillation.config import DistillationConfig
 from shared.distillation.pairs import Example
-from shared.device import check_processes, release_freed_memory, resolve_device, training_dtype
+from shared.device import training_dtype
 from shared.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -176,35 +176,6 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, ranks: Ranks = Ran
 
 
 # --- the loop -------------------------------------------------------------------------------------
-
-
-def train(
-    config: DistillationConfig,
-    base_path: Path,
-    examples: Sequence[Example],
-    run_dir: Path,
-    *,
-    on_step: StepCallback | None = None,
-    device: str = "auto",
-    processes: int = 1,
-    threads: int | None = None,
-    keep_checkpoints: int = 2,
-) -> TrainResult:
-    """Train (or resume training) the student on `device` (auto|cpu|cuda) with `processes`
-    data-parallel ranks; write the final adapter (and merged weights). The newest
-    `keep_checkpoints` checkpoints stay on disk (settings.trainer.keep_checkpoints).
-
-    Raises Interrupted when `on_step` asks to stop (after writing a checkpoint)."""
-    resolved = resolve_device(device)
-    check_processes(processes, resolved)
-    if processes > 1:
-        return launch(config, base_path, examples, run_dir, on_step=on_step, processes=processes, device=resolved, threads=threads,
-                      keep_checkpoints=keep_checkpoints)
-    try:
-        return run_training(config, base_path, examples, run_dir, on_step=on_step, ranks=Ranks(device=resolved),
-                            keep_checkpoints=keep_checkpoints)
-    finally:
-        release_freed_memory(resolved)  # before the evaluation engines start
 
 
 def adamw(params: list, config: DistillationConfig):

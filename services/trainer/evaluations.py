@@ -121,7 +121,7 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
     """Load base and student (and the incumbent and the teacher where asked), evaluate, release them."""
     from services.trainer.evaluate import Incumbent, evaluate_student, general_prompts
     from shared.engines.transformers_engine import TransformersEngine
-    from shared.rewards import NetworkPolicy, build_reward
+    from shared.rewards import build_reward
 
     scratch = Path(tempfile.mkdtemp(prefix="dsc-eval-"))
     engines = evaluation_engines(settings, base_path, adapter_dir, merged_dir, scratch, incumbent)
@@ -137,7 +137,7 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
         scorer = base if isinstance(base, TransformersEngine) else TransformersEngine(base_path, dtype=settings.dtype,
                                                                                      device=settings.trainer.device)
         engines.append(scorer)
-    network = NetworkPolicy.from_settings(settings)
+    network = settings.network_policy()
     try:
         return evaluate_student(
             task=task, reward=build_reward(task.reward, judge_engine=judge, network=network), base=base, student=student,

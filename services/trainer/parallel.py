@@ -25,7 +25,6 @@ what it would wrap anyway.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -38,10 +37,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from services.trainer.distill import Interrupted, StepCallback, TrainResult, run_training
+from services.trainer.ranks import Ranks
 from shared.errors import DscError, InvalidRequest
 
 if TYPE_CHECKING:
-    from services.trainer.distill import StepCallback, TrainResult
     from shared.distillation.config import DistillationConfig
     from shared.distillation.pairs import Example
 
@@ -53,78 +53,6 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
 class TrainingFailed(DscError):
     """A training rank died or raised something unexpected."""
-
-
-@dataclass
-class Ranks:
-    """This process's place among the training ranks; world 1 is plain single-process training."""
-
-    rank: int = 0
-    world: int = 1
-    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
-    backend: str | None = None
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def device_type(self) -> str:
-        return self.device.split(":")[0]
-
-    def shard(self, indices: Sequence[int]) -> list[int]:
-        return list(indices[self.rank::self.world])
-
-    def wrap(self, model):
-        if self.world == 1:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        # Buffers (rotary tables) are equal on every rank and never trained: no need to broadcast them each step.
-        device_ids = [int(self.device.split(":")[1])] if self.device_type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
-
-    def total(self, value: float) -> float:
-        """The sum of `value` over the ranks (every rank gets it)."""
-        if self.world == 1:
-            return value
-        import torch
-        import torch.distributed as dist
-
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return float(tensor.item())
-
-    def from_main(self, value: Any) -> Any:
-        """Rank 0's `value`, on every rank."""
-        if self.world == 1:
-            return value
-        import torch.distributed as dist
-
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, value: Any) -> list | None:
-        """Every rank's `value` in rank order on rank 0; None on the others."""
-        if self.world == 1:
-            return [value]
-        import torch.distributed as dist
-
-        out = [None] * self.world if self.main else None
-        dist.gather_object(value, out, dst=0)
-        return out
-
-
-def params_digest(model) -> str:
-    """sha256 of the trainable weights' bytes, in name order: equal on ranks that are in sync."""
-    import torch
-
-    digest = hashlib.sha256()
-    for name, param in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
-        digest.update(name.encode())
-        digest.update(param.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 # --- the ranks ------------------------------------------------------------------------------------
@@ -145,7 +73,6 @@ def _rank_main(conn, config_data: dict, base_path: str, examples: list, run_dir:
     import torch
     import torch.distributed as dist
 
-    from services.trainer.distill import Interrupted, run_training
     from shared.distillation.config import DistillationConfig
 
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
@@ -211,7 +138,6 @@ def launch(
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from services.trainer.distill import Interrupted
 
     ours, theirs = multiprocessing.get_context("spawn").Pipe()
     logs = tempfile.mkdtemp(prefix="dsc-ranks-")

@@ -5,7 +5,7 @@ from stored pairs to an evaluated, registered student.
     snapshot     the run's pairs, written once to its artifact directory (reproducible, resumable)
     preflight    the checks that need the student's model and tokenizer (preflight.py): a run that cannot
                  work fails here, before any weights load, with the reason as its error
-    train        distill.train on trainer.device, in trainer.processes data-parallel ranks (parallel.py):
+    train        training.train on trainer.device, in trainer.processes data-parallel ranks (parallel.py):
                  checkpoints every save_steps; progress {step, total, loss} after each step
     evaluate     base vs student vs the task's active student (K samples per prompt, bootstrap CIs) on the
                  evaluation prompts, on the reward and the second opinion; degeneration and collapse checks
@@ -35,7 +35,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.trainer.data import take_snapshot
-from services.trainer.distill import Interrupted, train, write_json
+from services.trainer.distill import Interrupted, write_json
+from services.trainer.training import train
 from services.trainer.evaluations import StudentWeights, incumbent_weights, run_evaluation
 from services.trainer.preflight import preflight
 from services.trainer.report import write_report

@@ -102,7 +102,8 @@ class DistillationConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Base weights' dtype while training (LoRA weights are float32 either way). auto: bfloat16 on a "
         "GPU that computes it, float32 on the CPU, where a bf16 backward pass measured 6-20x slower here.")
-    seed: int = Field(0, description="Seeds the held-out split, the data order, LoRA init and evaluation sampling.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the held-out split, the data order, LoRA init and evaluation sampling "
+                      "(the evaluation's bound, so a run never trains to the end and then fails on it).")
     save_steps: int = Field(
         10, ge=1,
         description="Checkpoint every this many steps (a killed run resumes from the last one).",

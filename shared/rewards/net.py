@@ -18,13 +18,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Union
+from typing import Iterable, Union
 from urllib.parse import urlsplit
 
 from shared.errors import InvalidRequest
-
-if TYPE_CHECKING:
-    from shared.settings import Settings
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -101,10 +98,6 @@ class NetworkPolicy:
             hosts=frozenset(entry for entry in entries if isinstance(entry, str)),
             networks=tuple(entry for entry in entries if not isinstance(entry, str)),
         )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> NetworkPolicy:
-        return cls.parse(allow_private=settings.reward_http.allow_private, allow=settings.reward_http.allow)
 
     def permits(self, host: str, address: IPAddress) -> bool:
         if self.allow_private or is_public(address):

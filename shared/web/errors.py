@@ -70,14 +70,20 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def encodable(text: str) -> str:
+    """`text` as UTF-8 can carry it: a lone surrogate a client sent (JSON's "\\udc80") is quoted back
+    as its escape instead of failing the error response itself."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_response(status: int, error_type: str, message: str, *, param: str | None = None, code: str | None = None,
                    headers: dict | None = None, openai: bool = False) -> JSONResponse:
     """The one error body: {"error": {"type", "message"}}, with "param" and "code" when the error
     has them. `openai`: OpenAI's shape, which always carries both (null when unknown), as its
     clients expect them."""
-    body: dict = {"type": error_type, "message": message}
+    body: dict = {"type": error_type, "message": encodable(message)}
     if param is not None or openai:
-        body["param"] = param
+        body["param"] = encodable(param) if param is not None else None
     if code is not None or openai:
         body["code"] = code
     return JSONResponse({"error": body}, status_code=status, headers=headers)

@@ -10,6 +10,7 @@ log it a second time and re-raise it to the server).
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 
@@ -41,6 +42,16 @@ def _route_template(scope: Scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
+# A client's request id is kept when it is 1-64 visible ASCII characters: safe to log and to echo
+# in a header. Anything else (a non-UTF-8 byte, a control character) gets a generated id instead.
+CLIENT_REQUEST_ID = re.compile(rb"[!-~]{1,64}")
+
+
+def request_id_of(headers: dict[bytes, bytes]) -> str:
+    given = headers.get(b"x-request-id", b"")
+    return given.decode("ascii") if CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
 class RequestContextMiddleware:
     """Adds X-Request-ID, enforces a body size limit, logs one line per request, counts metrics."""
 
@@ -54,7 +65,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode()[:64] or uuid.uuid4().hex
+        request_id = request_id_of(headers)
         with log_ids(request_id=request_id):  # every line logged for the request, the access line included
             await self._serve(scope, receive, send, headers, request_id)
 

@@ -48,6 +48,8 @@ BAD = [  # (change to a good body, status, words the message must contain)
     ({"eval_prompts": []}, 422, "eval_prompts"),
     ({"learn_rate": 0.1}, 422, "learn_rate"),
     ({"method": "qlora"}, 422, "method"),
+    ({"seed": 2**31}, 422, "seed"),  # refused at submission, not after training (the evaluation's bound)
+    ({"seed": -1}, 422, "seed"),
 ]
 
 

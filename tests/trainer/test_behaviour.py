@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.trainer.data import IGNORE_INDEX, collate, tokenize_example
-from services.trainer.distill import load_tokenizer, train
+from services.trainer.distill import load_tokenizer
+from services.trainer.training import train
 from shared.distillation.config import DistillationConfig
 from shared.distillation.pairs import Example
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from services.trainer.data import batch_indices
-from services.trainer.distill import Interrupted, latest_checkpoint, train
+from services.trainer.distill import Interrupted, latest_checkpoint
+from services.trainer.training import train
 from services.trainer.worker import TrainerWorker
 from shared.db.models import DistillationRun, Student
 from shared.distillation.config import DistillationConfig

@@ -9,7 +9,7 @@ def test_only_the_newest_checkpoints_stay(tmp_path: Path):
     import torch
 
     from services.trainer.distill import _save_checkpoint, latest_checkpoint
-    from services.trainer.parallel import Ranks
+    from services.trainer.ranks import Ranks
 
     model = torch.nn.Linear(2, 1)
     optimizer = torch.optim.AdamW(model.parameters())

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from shared.errors import NotFound
 from shared.web.errors import install_error_handlers
 from shared.web.middleware import HttpMetrics, RequestContextMiddleware
 
@@ -32,6 +33,10 @@ def make_app() -> FastAPI:
     @app.post("/echo")
     def echo(body: Body) -> dict:
         return {"length": len(body.text)}
+
+    @app.post("/lookup")
+    def lookup(body: Body) -> dict:
+        raise NotFound(f"no model {body.text}", param="model")
 
     @app.post("/raw")
     async def raw(request: Request) -> dict:
@@ -91,3 +96,30 @@ async def test_a_client_that_leaves_mid_request_is_no_error(app, caplog):
     assert not [record for record in caplog.records if record.exc_info], caplog.text
     (access,) = [record for record in caplog.records if record.name == "dsc.access"]
     assert access.fields["status"] == 499
+
+
+@pytest.mark.parametrize("given", [b"\xff\xfe-not-utf8", b"tab\there", b"x" * 65, b""])
+async def test_a_request_id_that_cannot_be_echoed_is_replaced_not_a_500(app, given):
+    """A non-UTF-8 byte, a control character or an over-long id gets a generated id; the request is served."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post("/echo", json={"text": "abc"}, headers=[(b"X-Request-ID", given)])
+    assert response.status_code == 200 and response.json() == {"length": 3}
+    echoed = response.headers["x-request-id"]
+    assert echoed.isascii() and len(echoed) == 32 and echoed.encode() != given
+
+
+async def test_a_well_formed_request_id_is_kept(app):
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post("/echo", json={"text": "abc"}, headers={"X-Request-ID": "trace-7/a:b"})
+    assert response.headers["x-request-id"] == "trace-7/a:b"
+
+
+async def test_an_error_that_quotes_a_lone_surrogate_is_still_a_json_4xx(app):
+    """JSON may carry a lone surrogate ("\\udc80"); quoting it back in an error must not turn the 404 into a 500."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post("/lookup", content=b'{"text": "a\\udc80b"}', headers={"Content-Type": "application/json"})
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["message"] == "no model a\\udc80b" and response.json()["error"]["param"] == "model"

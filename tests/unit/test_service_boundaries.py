@@ -63,3 +63,69 @@ def test_the_check_sees_every_form_of_import(tmp_path: Path):
     )
     assert forbidden_imports(tmp_path, ("services.trainer", "services.student")) == [("module.py", 1), ("module.py", 2),
                                                                                      ("module.py", 3), ("module.py", 5)]
+
+
+def import_graph(*packages: str) -> dict[str, set[str]]:
+    """Module → the modules of `packages` it imports, at any depth (lazy and type-only imports too).
+    `from pkg import sub` counts as importing pkg.sub where that is a module; a module's own parent
+    packages are left out (Python loads them first whatever the module says)."""
+    modules = {}
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            modules[name.removesuffix(".__init__")] = path
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = {known(name) for _, name in imported_modules(path)}
+        graph[module] = {t for t in targets if t and t != module and not module.startswith(t + ".")}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in graph.get(node, ()):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_module_cycle_in_shared_or_services():
+    """The import graph is a DAG, lazy imports included: the order of things can be read off it."""
+    graph = import_graph("shared", "services")
+    assert len(graph) > 100 and graph["services.trainer.training"] >= {"services.trainer.distill", "services.trainer.parallel"}
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_lazy_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]] and cycles({"a": {"b"}, "b": set()}) == []

@@ -124,6 +124,18 @@ def test_the_env_file_keeps_its_flat_names(monkeypatch, tmp_path):
     ({"student": {"max_pendng": 1}}, "student.max_pendng"),  # a misspelt field is an error, not ignored
     ({"reward_http": {"allow": "http://scorer/"}}, "reward_http.allow"),
     ({"dtype": "float8"}, "dtype"),
+    # counts, leases and polls that would make a service misbehave refuse to start instead
+    ({"jobs": {"max_failures": 0}}, "jobs.max_failures"),
+    ({"jobs": {"lease_seconds": 0}}, "jobs.lease_seconds"),
+    ({"jobs": {"max_attempts": -1}}, "jobs.max_attempts"),
+    ({"jobs": {"poll_seconds": 0}}, "jobs.poll_seconds"),
+    ({"jobs": {"workers": -1}}, "jobs.workers"),
+    ({"trainer": {"threads": 0}}, "trainer.threads"),
+    ({"trainer": {"poll_seconds": -1}}, "trainer.poll_seconds"),
+    ({"trainer": {"max_attempts": 0}}, "trainer.max_attempts"),
+    ({"student": {"max_pending": 0}}, "student.max_pending"),
+    ({"teacher": {"max_concurrent_sync": 0}}, "teacher.max_concurrent_sync"),
+    ({"distill": {"min_pairs": 0}}, "distill.min_pairs"),
 ])
 def test_bad_values_name_the_field_in_its_group(overrides, where):
     with pytest.raises(ValidationError) as error:

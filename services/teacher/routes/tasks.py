@@ -12,7 +12,7 @@ from services.teacher.deps import DbSession, State
 from services.teacher.limits import check_prompts
 from services.teacher.protocol import TaskList, TaskSummary
 from shared.errors import DscError, InvalidRequest
-from shared.rewards import NetworkPolicy, check_reward
+from shared.rewards import check_reward
 from shared.tasks import TaskSpec, create_task, get_task, list_tasks
 from shared.web.auth import AdminScope, ClientScope
 from shared.web.errors import error_responses
@@ -41,7 +41,7 @@ async def create(spec: TaskSpec, _scope: AdminScope, state: State) -> TaskSpec:
         raise InvalidRequest("builtin is set by the service (presets only); omit it", param="builtin")
     check_prompts(spec.prompts, state.settings, max_prompts=state.settings.teacher.max_job_prompts, count_setting="max_job_prompts")
     check_prompts(spec.eval_prompts, state.settings, max_prompts=state.settings.teacher.max_job_prompts, count_setting="max_job_prompts")
-    network = state.rewards.network if state.rewards is not None else NetworkPolicy.from_settings(state.settings)
+    network = state.rewards.network if state.rewards is not None else state.settings.network_policy()
     await run_in_threadpool(check_reward, spec.reward, network=network)  # resolves the scorer's host: off the event loop
     if state.rewards is not None:
         try:
