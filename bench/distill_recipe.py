@@ -35,7 +35,7 @@ def _save(path: Path, data) -> None:
 
 def build_pool(args, task, reward, settings, eval_prompts):
     """Chains over the training prompts and the teacher's answers to the eval set, cached."""
-    from services.trainer.evaluate import teacher_answers
+    from services.trainer.evaluation_figures import teacher_answers
     from shared.engines import create_engine
     from shared.engines.base import SamplingParams
     from shared.critique_revise import Sampler
@@ -97,7 +97,7 @@ def main() -> None:
     from shared.distillation.pairs import Example, plan_data
     from services.trainer.training import train
     from shared.model_store import merge_adapter
-    from services.trainer.evaluate import collapse_check, compare, gate, general_prompts, sample_answers, score
+    from services.trainer.evaluation_figures import collapse_check, compare, gate, general_prompts, sample_answers, score
     from shared.engines.base import SamplingParams
     from shared.engines.transformers_engine import TransformersEngine
     from shared.engines.vllm_engine import VLLMEngine

@@ -233,8 +233,8 @@ def evaluate(
     reward and the second opinion: K samples per prompt, 95% intervals."""
     import json
 
-    from services.trainer.evaluate import figures_table
-    from services.trainer.evaluations import incumbent_weights, run_evaluation
+    from services.trainer.evaluation_figures import figures_table
+    from services.trainer.evaluation_engines import incumbent_weights, run_evaluation
     from shared.distillation.config import EvaluationConfig
     from shared.model_store import resolve_model
     from shared.tasks import get_task

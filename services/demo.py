@@ -78,7 +78,7 @@ def _watch(title: str, poll: Callable[[], dict], done_of: Callable[[dict], tuple
 
 
 def run_demo(teacher_url: str, student_url: str, client_key: str, admin_token: str, config: DemoConfig) -> dict:
-    from services.trainer.evaluate import figures_table
+    from services.trainer.evaluation_figures import figures_table
 
     teacher = Client(teacher_url, admin_token)
     student = Client(student_url, client_key)

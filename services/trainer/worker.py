@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.trainer.data import take_snapshot
 from services.trainer.distill import Interrupted, write_json
 from services.trainer.training import train
-from services.trainer.evaluations import StudentWeights, incumbent_weights, run_evaluation
+from services.trainer.evaluation_engines import StudentWeights, incumbent_weights, run_evaluation
 from services.trainer.preflight import preflight
 from services.trainer.report import write_report
 from shared.db.models import DistillationRun, EvaluationRun, Student, utcnow

@@ -3,7 +3,7 @@ student the active one of its task, atomically.
 
 The promotion gate: a student's evaluation decides whether it may be promoted as it is (a
 significant gain over its base, no collapse or degeneration, no significant loss on the second
-opinion or against the task's active student; services/trainer/evaluate.py, gate), and promotion
+opinion or against the task's active student; services/trainer/evaluation_figures.py, gate), and promotion
 checks that the active student it was measured against is still the active one. One that may not
 is still registered and listed with the reason; promoting it takes an explicit force, whose reason
 is kept.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from services.trainer.evaluate import figures_table
+from services.trainer.evaluation_figures import figures_table
 from shared.db.models import ChainRecord, Job, Pair
 from shared.db.session import make_engine, session_factory
 

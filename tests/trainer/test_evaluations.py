@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from services.trainer.evaluate import collapse_check
+from services.trainer.evaluation_figures import collapse_check
 from services.trainer.worker import TrainerWorker
 from shared.db.models import Student
 
@@ -48,7 +48,7 @@ def test_on_demand_evaluation_of_a_student_identical_to_its_base(make_settings, 
 def test_collapse_check_flags_a_student_that_says_one_thing_to_everything(tf_engine):
     prompts = ["Explain how a bicycle pump works.", "List three uses of baking soda.", "What does a compass show?",
                "How do plants drink water?"]
-    from services.trainer.evaluate import sample_answers
+    from services.trainer.evaluation_figures import sample_answers
     from shared.engines.base import SamplingParams
 
     base = [group[0] for group in sample_answers(tf_engine, prompts, 1, SamplingParams(temperature=0, max_tokens=32))]

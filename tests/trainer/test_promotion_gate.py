@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 
 from adapters import train_phrase_adapter
-from services.trainer.evaluate import gate
-from services.trainer.evaluations import run_evaluation
+from services.trainer.evaluation_figures import gate
+from services.trainer.evaluation_engines import run_evaluation
 from services.trainer.worker import TrainerWorker
 from shared.db.models import Student, utcnow
 from shared.distillation.config import EvaluationConfig

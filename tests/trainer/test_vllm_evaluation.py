@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.trainer.evaluations import StudentWeights, run_evaluation
+from services.trainer.evaluation_engines import StudentWeights, run_evaluation
 from shared.distillation.config import EvaluationConfig
 from shared.tasks import preset_tasks
 

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from shared.distillation.config import DistillationConfig
 from shared.distillation.pairs import Example, plan_data, plan_split, select_examples
-from services.trainer.evaluate import gate
+from services.trainer.evaluation_figures import gate
 from shared.tasks import TaskSpec, normalise_prompt, preset_tasks
 
 

@@ -66,7 +66,7 @@ def test_builder_puts_the_sizes_into_vllm_engine_args(model_path: Path):
 @pytest.mark.vllm
 def test_every_engine_site_passes_the_settings(tmp_path: Path, model_store: Path, model_path: Path, recorded: list):
     from services.student.runtimes.vllm_runtime import VLLMRuntime, serves_merged
-    from services.trainer.evaluations import evaluation_engines
+    from services.trainer.evaluation_engines import evaluation_engines
     from shared.engines import create_engine
 
     settings = _settings(tmp_path, model_store)

@@ -2,7 +2,7 @@
 
 An evaluation compares a registered student with its base model on a task's evaluation prompts
 (EvaluationConfig). A trainer worker claims queued evaluations from the same lease queue as
-distillations and runs them (services/trainer/evaluations.py); the figures land on the evaluation
+distillations and runs them (services/trainer/evaluation_engines.py); the figures land on the evaluation
 run. The student's promotion gate follows an evaluation only where it is at least as strict as the
 run's own, and then the last submitted one (registry.record_evaluation); any other is a report.
 """

@@ -1,7 +1,7 @@
-"""Running an evaluation: the engines of base and student (and teacher where asked), the figures
-of evaluate.py, then every engine released. The trainer worker runs queued evaluations and each
+"""Running an evaluation: the engines of base, student and incumbent (and teacher where asked), the
+figures of evaluation_figures.py, then every engine released. The trainer worker runs queued evaluations and each
 distillation's own evaluation with it; `dsc eval` runs one directly. The queue side (submit, show,
-cancel) is shared/distillation/evaluations.py.
+cancel) is shared/distillation/evaluation_queue.py.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
                    adapter_dir: Path | None = None, merged_dir: Path | None = None, incumbent: StudentWeights | None = None,
                    prompts: list[str] | None = None, on_phase=None) -> dict[str, Any]:
     """Load base and student (and the incumbent and the teacher where asked), evaluate, release them."""
-    from services.trainer.evaluate import Incumbent, evaluate_student, general_prompts
+    from services.trainer.evaluation_figures import Incumbent, evaluate_student, general_prompts
     from shared.engines.transformers_engine import TransformersEngine
     from shared.rewards import build_reward
 
