@@ -6,6 +6,7 @@ scikit-learn) only when it is built.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any, Mapping
 
 from shared.errors import InvalidRequest
@@ -48,6 +49,18 @@ def check_reward(spec: RewardSpec | Mapping[str, Any], *, network: NetworkPolicy
             )
 
 
+# The rewards that need nothing but their spec: the module and class that score for each.
+LOCAL_REWARDS: dict[type, tuple[str, str]] = {
+    VaderSpec: ("shared.rewards.vader", "VaderReward"),
+    HFClassifierSpec: ("shared.rewards.hf_classifier", "HFClassifierReward"),
+    PIISpec: ("shared.rewards.pii", "PIIReward"),
+    ProfanitySpec: ("shared.rewards.profanity", "ProfanityReward"),
+    TextBlobSpec: ("shared.rewards.textblob_sentiment", "TextBlobReward"),
+    WordListSpec: ("shared.rewards.wordlist", "WordListReward"),
+    PresidioSpec: ("shared.rewards.presidio_pii", "PresidioReward"),
+}
+
+
 def build_reward(
     spec: RewardSpec | Mapping[str, Any], *, judge_engine: Engine | None = None, network: NetworkPolicy | None = None
 ) -> RewardModel:
@@ -56,34 +69,6 @@ def build_reward(
     spec = parse_reward_spec(spec)
     network = network or NetworkPolicy()
     check_reward(spec, network=network)
-    if isinstance(spec, VaderSpec):
-        from shared.rewards.vader import VaderReward
-
-        return VaderReward(spec)
-    if isinstance(spec, HFClassifierSpec):
-        from shared.rewards.hf_classifier import HFClassifierReward
-
-        return HFClassifierReward(spec)
-    if isinstance(spec, PIISpec):
-        from shared.rewards.pii import PIIReward
-
-        return PIIReward(spec)
-    if isinstance(spec, ProfanitySpec):
-        from shared.rewards.profanity import ProfanityReward
-
-        return ProfanityReward(spec)
-    if isinstance(spec, TextBlobSpec):
-        from shared.rewards.textblob_sentiment import TextBlobReward
-
-        return TextBlobReward(spec)
-    if isinstance(spec, WordListSpec):
-        from shared.rewards.wordlist import WordListReward
-
-        return WordListReward(spec)
-    if isinstance(spec, PresidioSpec):
-        from shared.rewards.presidio_pii import PresidioReward
-
-        return PresidioReward(spec)
     if isinstance(spec, LLMJudgeSpec):
         if judge_engine is None:
             raise InvalidRequest(
@@ -96,4 +81,7 @@ def build_reward(
         from shared.rewards.http import HTTPReward
 
         return HTTPReward(spec, network)
+    if type(spec) in LOCAL_REWARDS:  # imported only when built: each loads its own heavy library
+        module, name = LOCAL_REWARDS[type(spec)]
+        return getattr(importlib.import_module(module), name)(spec)
     raise InvalidRequest(f"no builder for reward type {spec.type!r}")  # unreachable while specs and builders agree

