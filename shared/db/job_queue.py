@@ -5,8 +5,11 @@ A job is cut into batches of `batch_size` prompts when it is created, in the sam
 setting never re-cuts a job in flight. Workers claim BATCHES, each with its own lease and fence:
 
     claim_batch    the first claimable batch (queued, or running with an expired lease) of an
-                   active job that is not cancel-requested, oldest job first, then by start: one
-                   job drains before the next starts. The job turns running on its first claim.
+                   active job that is not cancel-requested, round-robin across owners (the key
+                   whose jobs last had a batch started longest ago goes first, one never served
+                   before all), then oldest job first, then by start: one tenant's 50,000-prompt
+                   job does not starve another's; one owner's jobs drain in order. The job turns
+                   running on its first claim.
     commit_batch   ONE transaction: the batch's fence (status succeeded), its chains and pairs
                    (idempotent, store.py), then the job's done/accepted. The job-row update
                    serialises the commits of one job, so the commit that leaves no batch
@@ -31,7 +34,7 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from sqlalchemy import case, exists, func, insert, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from shared.db.models import Job, JobBatch, utcnow
 from shared.db.queue import ACTIVE, Lease, LeaseLost, cancel_row, claim, database_now, fence, fenced_update, handed_back
@@ -62,13 +65,27 @@ def add_job(session: Session, *, task_name: str, params: dict[str, Any], prompts
 
 def claim_batch(factory: sessionmaker[Session], owner: str, lease_seconds: float) -> JobBatch | None:
     """Lease the next batch to work on, or None when no active job has one free."""
+    served = last_served_by_owner()
     candidates = (
         select(JobBatch.id)
         .join(Job, Job.id == JobBatch.job_id)
+        .outerjoin(served, served.c.owner.is_not_distinct_from(Job.owner))  # jobs of no owner (admin) are one tenant
         .where(Job.status.in_(ACTIVE), Job.cancel_requested.is_(False))
-        .order_by(Job.created_at, Job.id, JobBatch.start)
+        .order_by(served.c.at.asc().nulls_first(), Job.created_at, Job.id, JobBatch.start)
     )
     return claim(factory, JobBatch, owner, lease_seconds, candidates=candidates, on_claim=_start_job)
+
+
+def last_served_by_owner():
+    """Per owner of an active job: when a batch of its active jobs last started (the fair-share order)."""
+    job = aliased(Job)
+    return (
+        select(job.owner.label("owner"), func.max(JobBatch.started_at).label("at"))
+        .join(job, job.id == JobBatch.job_id)
+        .where(job.status.in_(ACTIVE), JobBatch.started_at.is_not(None))
+        .group_by(job.owner)
+        .subquery("served")
+    )
 
 
 def _start_job(session: Session, batch: JobBatch) -> bool:

@@ -118,3 +118,21 @@ def test_readyz_tells_an_open_caller_no_internals(make_teacher):
             assert "engine_error" not in client.get("/readyz").json()  # a client key may not
     finally:
         state.engine, state.engine_error = engine, None
+
+
+def test_a_small_job_is_not_starved_by_another_keys_big_one(make_teacher, teacher_db_url, waiter):
+    """Fair share: one worker, key A's job of 20 batches queued first, key B's job of one batch after
+    it. Workers take owners in turn (the one served longest ago first), so B's job finishes while
+    A's has run a batch or two, not after all twenty of them."""
+    teacher = make_teacher(teacher_db_url, jobs={"workers": 1, "batch_size": 1, "poll_seconds": 0.1}, api_keys=[KEY_A, KEY_B])
+    quick = {"task": "sentiment", "max_tokens": 4, "acceptance": "always", "seed": 5, "chains": 1}
+    with teacher.client(KEY_A) as a, teacher.client(KEY_B) as b:
+        big = a.post("/v1/jobs", json={**quick, "prompts": [f"Review film number {i}." for i in range(20)]})
+        assert big.status_code == 202, big.text
+        waiter(lambda: a.get(f"/v1/jobs/{big.json()['id']}").json()["status"] == "running", 60, "A's job to start")
+        small = b.post("/v1/jobs", json={**quick, "prompts": ["Review a film about a lighthouse."]})
+        assert small.status_code == 202, small.text
+        waiter(lambda: b.get(f"/v1/jobs/{small.json()['id']}").json()["status"] == "succeeded", 120, "B's job to finish")
+        done = a.get(f"/v1/jobs/{big.json()['id']}").json()["progress"]["done"]
+        assert done <= 3, f"B waited for {done} of A's batches"
+        assert a.post(f"/v1/jobs/{big.json()['id']}/cancel").status_code in (200, 202)
