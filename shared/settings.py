@@ -152,6 +152,14 @@ class TeacherSettings(SettingsGroup):
     max_steps: int = Field(8, ge=1, description="Critique-revise steps per chain a request may ask for.")
     max_chains: int = Field(8, ge=1, description="Chains per prompt a request may ask for.")
     max_queued_jobs: int = Field(100, ge=1, description="Queued jobs before POST /v1/jobs answers 429.")
+    max_jobs_per_key: int = Field(
+        20, ge=1, description="Unfinished jobs (queued or running) one client key may have before its next POST /v1/jobs "
+        "answers 429; the admin token is not limited.",
+    )
+    max_prompts_per_key: int = Field(
+        100_000, ge=1, description="Prompts of one client key's unfinished jobs not yet sampled, new job included, "
+        "before POST /v1/jobs answers 429: one tenant cannot fill the queue for all.",
+    )
     max_concurrent_sync: int = Field(2, ge=1, description="Synchronous sampling calls in flight before 429.")
     sync_retry_after_seconds: int = Field(
         5, ge=1, description="Retry-After of the 429 for a synchronous call beyond max_concurrent_sync."

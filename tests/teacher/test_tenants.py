@@ -9,7 +9,7 @@ import hashlib
 import json
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from shared.db.models import Job, Task
 from shared.keys import hash_key, key_id
@@ -136,3 +136,23 @@ def test_a_small_job_is_not_starved_by_another_keys_big_one(make_teacher, teache
         done = a.get(f"/v1/jobs/{big.json()['id']}").json()["progress"]["done"]
         assert done <= 3, f"B waited for {done} of A's batches"
         assert a.post(f"/v1/jobs/{big.json()['id']}/cancel").status_code in (200, 202)
+
+
+def test_each_key_has_its_own_share_of_the_queue(make_teacher, teacher_db_url):
+    """Per-key limits on unfinished jobs and on prompts still to sample: past either, that key's next
+    job is a 429 with Retry-After and nothing is queued; other keys and the admin are unaffected."""
+    teacher = make_teacher(teacher_db_url, jobs={"workers": 0}, api_keys=[KEY_A, KEY_B],
+                           teacher={"max_jobs_per_key": 2, "max_prompts_per_key": 5})
+    job = {**ONE_PROMPT, "prompts": ["Review a film."]}
+    with teacher.client(KEY_A) as a, teacher.client(KEY_B) as b, teacher.client(teacher.admin_token) as admin:
+        assert [a.post("/v1/jobs", json=job).status_code for _ in range(2)] == [202, 202]
+        refused = a.post("/v1/jobs", json=job)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "30", refused.text
+        assert "2 unfinished jobs (max_jobs_per_key 2)" in refused.json()["error"]["message"]
+        five = b.post("/v1/jobs", json={**job, "prompts": [f"Review film {i}." for i in range(5)]})
+        assert five.status_code == 202, five.text  # A's share is not B's
+        more = b.post("/v1/jobs", json=job)
+        assert more.status_code == 429 and "max_prompts_per_key 5" in more.json()["error"]["message"], more.text
+        assert admin.post("/v1/jobs", json=job).status_code == 202  # the admin token has no share
+    with teacher.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 4  # the refused ones queued nothing

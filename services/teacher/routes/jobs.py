@@ -35,6 +35,22 @@ def _load(session, job_id: str, caller: Caller) -> Job:
     return job
 
 
+def check_key_share(session, settings, key_id: str, new_prompts: int) -> None:
+    """Overloaded (429) when one client key's unfinished jobs, or their prompts still to sample with
+    the new job's, reach its share (teacher.max_jobs_per_key, teacher.max_prompts_per_key)."""
+    jobs, waiting = session.execute(
+        select(func.count(), func.coalesce(func.sum(Job.total - Job.done), 0))
+        .where(Job.kind == "job", Job.owner == key_id, Job.status.in_(("queued", "running")))
+    ).one()
+    limits = settings.teacher
+    if jobs >= limits.max_jobs_per_key:
+        raise Overloaded(f"this key has {jobs} unfinished jobs (max_jobs_per_key {limits.max_jobs_per_key})",
+                         retry_after=limits.queue_full_retry_after_seconds)
+    if waiting + new_prompts > limits.max_prompts_per_key:
+        raise Overloaded(f"this key's unfinished jobs hold {waiting} prompts still to sample; {new_prompts} more would pass "
+                         f"max_prompts_per_key {limits.max_prompts_per_key}", retry_after=limits.queue_full_retry_after_seconds)
+
+
 @router.post("", status_code=202, response_model=JobCreated, responses=error_responses(404))
 def submit(request: JobRequest, caller: ClientCaller, state: State, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Queue a job (inline prompts, or the task's prompt set when `prompts` is omitted) and answer
@@ -51,6 +67,8 @@ def submit(request: JobRequest, caller: ClientCaller, state: State, idempotency_
                 f"the job queue is full: {queued} jobs queued (max_queued_jobs {settings.teacher.max_queued_jobs})",
                 retry_after=settings.teacher.queue_full_retry_after_seconds,
             )
+        if caller.key_id is not None:
+            check_key_share(session, settings, caller.key_id, len(plan.prompts))
         return add_job(session, task_name=plan.task.name, params=plan.job_params(), prompts=plan.prompts,
                        batch_size=settings.jobs.batch_size, owner=caller.key_id)
 
