@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
+from shared.json_schemas import check_json_schema
 from shared.request_fields import Count, Real, Seed, Text
 
 
@@ -77,6 +78,11 @@ class JsonSchema(BaseModel):
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     strict: bool | None = None
 
+    @field_validator("schema_")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_json_schema(value) if value is not None else None
+
 
 class ResponseFormat(BaseModel):
     type: Literal["text", "json_object", "json_schema"]
@@ -88,6 +94,11 @@ class FunctionDefinition(BaseModel):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _valid_parameters(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_json_schema(value) if value is not None else None
 
 
 class Tool(BaseModel):

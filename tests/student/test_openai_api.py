@@ -104,12 +104,23 @@ def test_errors_are_the_clients_own_types(registry_server, openai_client):
         (b'{"model": "student", ' + message + b', "max_tokens": true}', "max_tokens"),
         (b'{"model": "student", ' + message + b', "temperature": NaN}', "temperature"),
         (b'{"model": "student", ' + message + b', "seed": 18446744073709551616}', "seed"),  # beyond int64, as vLLM bounds it
+        # a JSON Schema no engine could build a grammar from: the client's error, named, not a 502
+        (b'{"model": "student", ' + message + b', "response_format": {"type": "json_schema", "json_schema": '
+         b'{"name": "x", "schema": {"type": "strng"}}}}', "response_format"),
+        (b'{"model": "student", ' + message + b', "response_format": {"type": "json_schema", "json_schema": '
+         b'{"name": "x", "schema": {"type": "string", "pattern": "(unclosed"}}}}', "response_format"),
+        (b'{"model": "student", ' + message + b', "tools": [{"type": "function", "function": {"name": "f", '
+         b'"parameters": {"$ref": "#/$defs/Missing"}}}]}', "tools"),
     ):
         r = httpx.post(f"{url}/v1/chat/completions", content=body, headers={**headers, "content-type": "application/json"})
         assert r.status_code == 400, (body, r.text)
         assert set(r.json()["error"]) >= {"message", "type", "param", "code"}
         if param:
             assert r.json()["error"]["param"] == param, (body, r.json())
+    # a lone surrogate in the model name is quoted back in the "not found" message, escaped: still a 404
+    r = httpx.post(f"{url}/v1/chat/completions", content=b'{"model": "\\udc80", ' + message + b'}',
+                   headers={**headers, "content-type": "application/json"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found" and "\\udc80" in r.json()["error"]["message"], r.text
     r = httpx.post(f"{url}/admin/reload", headers=headers)
     assert r.status_code == 403
 
