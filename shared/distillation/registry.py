@@ -20,11 +20,12 @@ task) makes a second active student impossible even if some other writer gets it
 
 from __future__ import annotations
 
+import zlib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import DistillationRun, EvaluationRun, Student, StudentReplica, utcnow
@@ -34,6 +35,11 @@ from shared.errors import Conflict, NotFound
 
 
 def next_version(session: Session, name: str) -> int:
+    """The student name's next version number (caller owns the transaction). On Postgres a lock per
+    name, held to the commit, makes two runs of one name finishing together take turns instead of
+    colliding on the unique (name, version) after all their training; SQLite serialises writers already."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(f"student-version:{name}".encode())})
     return (session.scalar(select(func.max(Student.version)).where(Student.name == name)) or 0) + 1
 
 
