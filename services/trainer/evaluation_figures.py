@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 from shared import stats
 from shared.engines.base import Engine, SamplingParams
 from shared.rewards.base import RewardModel
+from shared.text_stats import distinct_share, repeated_share, words
 
 log = logging.getLogger(__name__)
 
@@ -142,23 +143,6 @@ def second_opinion(systems: dict[str, SystemAnswers], *, seed: int = 0) -> dict[
 # --- degeneration check ---------------------------------------------------------------------------
 
 
-def _words(text: str) -> list[str]:
-    return text.casefold().split()
-
-
-def repeated_share(text: str, n: int = 3) -> float:
-    """Share of the answer's n-grams that repeat an earlier one (0 for an answer too short to have any)."""
-    words = _words(text)
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def distinct_share(texts: Sequence[str], n: int = 2) -> float:
-    """Distinct n-grams over all n-grams of all `texts`: low when every answer says the same."""
-    grams = [tuple(words[i:i + n]) for words in map(_words, texts) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
 def degeneration_check(base: list[list[str]], student: list[list[str]], *, seed: int = 0) -> dict[str, Any]:
     """Student against base on the task's own evaluation answers: repetition within answers (paired
     over prompts, with its interval), diversity across answers, length. A reward can rise while
@@ -167,9 +151,9 @@ def degeneration_check(base: list[list[str]], student: list[list[str]], *, seed:
                                [[repeated_share(t) for t in group] for group in base], seed=seed)
     flat_base, flat_student = [t for g in base for t in g], [t for g in student for t in g]
     distinct = {"base": distinct_share(flat_base), "student": distinct_share(flat_student)}
-    words = {"base": statistics.fmean(len(_words(t)) for t in flat_base), "student": statistics.fmean(len(_words(t)) for t in flat_student)}
+    lengths = {"base": statistics.fmean(len(words(t)) for t in flat_base), "student": statistics.fmean(len(words(t)) for t in flat_student)}
     distinct_ratio = distinct["student"] / distinct["base"] if distinct["base"] > 0 else 1.0
-    length_ratio = words["student"] / words["base"] if words["base"] > 0 else 1.0
+    length_ratio = lengths["student"] / lengths["base"] if lengths["base"] > 0 else 1.0
     reasons = []
     if repeats.low > REPEAT_MARGIN:
         reasons.append(f"repeats itself: repeated 3-grams {repeats} above the base's (limit +{REPEAT_MARGIN:.2f})")
@@ -181,7 +165,7 @@ def degeneration_check(base: list[list[str]], student: list[list[str]], *, seed:
         "repeated_3grams_minus_base": repeats.as_dict(),
         "distinct_2grams": {name: round(value, 4) for name, value in distinct.items()},
         "distinct_ratio": round(distinct_ratio, 3),
-        "words": {name: round(value, 1) for name, value in words.items()},
+        "words": {name: round(value, 1) for name, value in lengths.items()},
         "length_ratio": round(length_ratio, 3),
         "degenerate": bool(reasons),
         "reasons": reasons,

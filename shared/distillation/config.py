@@ -48,6 +48,11 @@ class DistillationConfig(BaseModel):
         description="Only pairs whose improved answer scored at least this (an absolute floor on reward_after); "
         "default: the task's train_min_reward, if it has one.",
     )
+    max_repetition: float | None = Field(
+        0.2, ge=0, le=1,
+        description="Drop training answers whose share of repeated 3-grams is above this (looping answers teach a "
+        "student to loop; the evaluation's degeneration check refuses such a student); null keeps them all.",
+    )
     best_per_prompt: bool = Field(
         True,
         description="Train on the best-scored accepted answer of each prompt only (of its chains), not on every accepted chain.",

@@ -27,6 +27,7 @@ from shared.db.models import ChainRecord, Pair
 from shared.distillation.config import DistillationConfig
 from shared.errors import InvalidRequest
 from shared.tasks import TaskSpec, normalise_prompt
+from shared.text_stats import repeated_share
 
 
 def pair_query(config: DistillationConfig) -> Select:
@@ -73,11 +74,12 @@ def split_prompts(examples: Sequence[Example], fraction: float, seed: int) -> tu
 
 
 def select_examples(examples: Sequence[Example], config: DistillationConfig, task_floor: float | None = None) -> list[Example]:
-    """The pairs worth training on: above the reward floor, each (prompt, response) once (a job
-    submitted twice, or two chains that converged, must not weigh an answer double) and, with
-    best_per_prompt, one per prompt."""
+    """The pairs worth training on: above the reward floor, not looping (max_repetition), each
+    (prompt, response) once (a job submitted twice, or two chains that converged, must not weigh an
+    answer double) and, with best_per_prompt, one per prompt (the best of those left)."""
     floor = config.min_reward if config.min_reward is not None else task_floor
-    above = [e for e in examples if floor is None or (e.reward_after is not None and e.reward_after >= floor)]
+    above = [e for e in examples if (floor is None or (e.reward_after is not None and e.reward_after >= floor))
+             and (config.max_repetition is None or repeated_share(e.response) <= config.max_repetition)]
     seen: set[tuple[str, str]] = set()
     kept = []
     for example in above:  # oldest first: the first copy stays
@@ -103,6 +105,8 @@ def require_training_pairs(kept: int, matching: int, eval_prompts: int, config: 
         return
     floor = config.min_reward if config.min_reward is not None else task.train_min_reward
     rules = [f"the reward floor {floor}" if floor is not None else "no reward floor"]
+    if config.max_repetition is not None:
+        rules.append(f"answers repeating more than {config.max_repetition:.0%} of their 3-grams")
     if config.best_per_prompt:
         rules.append("one best answer per prompt")
     if tokenised:

@@ -34,6 +34,7 @@ def test_dsc_up_runs_the_demo_flow_and_stops_cleanly(tmp_path, model_store, post
         "DSC_TEACHER_PORT": str(teacher_port),
         "DSC_STUDENT_PORT": str(student_port),
         "DSC_JOB_BATCH_SIZE": "8",
+        "DSC_DISTILL_MIN_PAIRS": "2",  # 8 prompts; a looping answer (max_repetition) may leave fewer than the default 8 pairs
     }
     up = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -23,7 +23,7 @@ def test_distillation_from_sampled_pairs_end_to_end(make_settings, tf_engine, se
         body = {"task": "sentiment", "jobs": [job_id], "eval_prompts": sentiment_samples.eval_prompts, "max_steps": 6,
                 "batch_size": 2, "max_seq_len": 96, "save_steps": 3, "learning_rate": 5e-4, "eval_max_tokens": 16,
                 "eval_samples": 2, "merge": True, "seed": 3,
-                "min_reward": -1.0, "best_per_prompt": False}  # every accepted pair trains: the fixture's are few
+                "min_reward": -1.0, "best_per_prompt": False, "max_repetition": None}  # every accepted pair trains: the fixture's are few
         created = admin.post("/admin/distillations", json=body)
         assert created.status_code == 202, created.text
         run_id = created.json()["id"]

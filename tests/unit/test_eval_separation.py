@@ -70,6 +70,17 @@ def test_selection_floor_and_best_per_prompt():
     assert len(select_examples(examples, DistillationConfig(task="x", best_per_prompt=False))) == 6
 
 
+def test_looping_answers_do_not_train_and_the_next_best_answer_does():
+    """An answer that repeats itself teaches looping: above max_repetition it is dropped before the
+    best answer of its prompt is picked, so the prompt keeps its best clean answer."""
+    looping = "I'm so sorry, I'm so sorry, I'm so sorry, I'm so sorry, I'm so sorry."
+    examples = [Example(1, "p", looping, 0.0, 0.9), Example(2, "p", "A warm and fair review of a quiet film.", 0.0, 0.6),
+                Example(3, "q", "Short and kind.", 0.0, 0.5)]
+    kept = select_examples(examples, DistillationConfig(task="x"))
+    assert [e.pair_id for e in kept] == [2, 3]
+    assert [e.pair_id for e in select_examples(examples, DistillationConfig(task="x", max_repetition=None))] == [1, 3]
+
+
 def test_each_prompt_and_answer_trains_once():
     """A job submitted twice stores the same pairs twice; a run reads each (prompt, response) once."""
     twice = [Example(i, f"prompt {i % 3}", f"answer {i % 3}", 0.0, 0.5 + i / 100) for i in range(6)]
