@@ -186,6 +186,7 @@ def _teacher_answers(teacher: Client, config: DemoConfig, prompts: list[str]) ->
 def _add_teacher(figures: dict, task: dict, prompts: list[str], answers: list[list[dict]], seed: int) -> None:
     """The teacher's chain beside base and student: its reward (as the teacher scored it) and its
     second opinion (scored here, by the task's second scorer), each with its interval."""
+    from services.trainer.evaluation_figures import score
     from shared import stats
     from shared.rewards import build_reward
 
@@ -196,13 +197,9 @@ def _add_teacher(figures: dict, task: dict, prompts: list[str], answers: list[li
     figures["teacher_minus_base"] = stats.difference(rewards, base, seed=seed).as_dict()
     figures["gain_share"] = stats.gain_share([[per_prompt[p]["student"]] for p in prompts], base, rewards, seed=seed).as_dict(null=None)
     if task.get("second_opinion") and "second_opinion" in figures:
-        scorer = build_reward(task["second_opinion"])
-        flat = scorer.score([p for p, group in zip(prompts, answers) for _ in group], [a["text"] for group in answers for a in group])
-        grouped, start = [], 0
-        for group in answers:
-            grouped.append(flat[start:start + len(group)])
-            start += len(group)
-        figures["second_opinion"]["systems"]["teacher"] = stats.mean(grouped, seed=seed).as_dict(null=None)
+        texts = [[answer["text"] for answer in group] for group in answers]
+        second = score(build_reward(task["second_opinion"]), prompts, texts).rewards
+        figures["second_opinion"]["systems"]["teacher"] = stats.mean(second, seed=seed).as_dict(null=None)
 
 
 def _wait_for_model(student: Client, new_student: dict, timeout: float = 300) -> dict:

@@ -112,7 +112,7 @@ def incumbent_of(session: Session, task_name: str, *, excluding: str | None = No
 
 def promotion_refusal(session: Session, student: Student) -> str | None:
     """Why `student` may not become its task's active student without force, or None: its gate
-    (evaluate.gate: a significant gain over the base, no collapse or degeneration, no significant
+    (evaluation_figures.gate: a significant gain over the base, no collapse or degeneration, no significant
     loss on the second opinion or against the incumbent), and that the incumbent it was measured
     against is still the active student. Lock the task first (lock_task) so the answer holds."""
     gate = promotion_gate(student)
