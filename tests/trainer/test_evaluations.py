@@ -59,7 +59,7 @@ def test_collapse_check_flags_a_student_that_says_one_thing_to_everything(tf_eng
     assert stuck["base_ppl_of_student_answers"] > stuck["base_ppl_of_base_answers"]
 
 
-def test_only_an_evaluation_as_strict_as_the_runs_own_sets_the_gate(make_settings, tf_engine, model_path, helpers):
+def test_only_an_evaluation_as_strict_as_the_runs_own_sets_the_gate(make_settings, tf_engine, model_path, helpers, db_url):
     """Training prompts are refused; another task, fewer answers a prompt or no collapse check leave
     the gate as it was (a report only); of two strict evaluations the last submitted sets it, even
     when the earlier one finishes after it."""
@@ -68,7 +68,7 @@ def test_only_an_evaluation_as_strict_as_the_runs_own_sets_the_gate(make_setting
     from shared.distillation.registry import record_evaluation
     from shared.distillation.runs import SNAPSHOT_FILE, run_dir
 
-    settings = make_settings()
+    settings = make_settings(db_url)  # SQLite and Postgres (the student's row is locked while its gate is written)
     trained_on = helpers.film_prompts[:3]
     held_out = helpers.film_prompts[3:9]
     own_gate = {"promotable": True, "reason": "significant gain in its own evaluation (4 answers a prompt)"}

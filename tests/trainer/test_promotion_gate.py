@@ -50,8 +50,8 @@ def test_a_student_that_games_the_reward_is_caught_by_the_second_opinion_and_the
 
 
 def test_a_challenger_worse_than_the_incumbent_is_refused_by_promotion_and_auto_promote_and_forced(
-        make_settings, tf_engine, model_path, vader_gamer, helpers):
-    settings = make_settings()
+        make_settings, tf_engine, model_path, vader_gamer, helpers, db_url):
+    settings = make_settings(db_url)  # SQLite and Postgres (promotion locks the task's rows there)
     with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:
         with teacher.sessions() as session, session.begin():
             session.add(Student(id="incumbent", name="sentiment-student", version=1, task_name="sentiment", base_model=str(model_path),
@@ -101,10 +101,10 @@ def test_a_challenger_worse_than_the_incumbent_is_refused_by_promotion_and_auto_
         assert _active(teacher.sessions) == ["incumbent"]
 
 
-def test_promotion_needs_the_incumbent_the_student_was_measured_against(make_settings, model_path, helpers):
+def test_promotion_needs_the_incumbent_the_student_was_measured_against(make_settings, model_path, helpers, db_url):
     """A gate measured against no active student (or another one) is stale once a student is active:
     promotion asks for a new evaluation, force overrides it."""
-    sessions = helpers.migrated(make_settings())
+    sessions = helpers.migrated(make_settings(db_url))
     passing = {"promotable": True, "reason": "significant gain", "incumbent": None}
     with sessions() as session, session.begin():
         session.add(Student(id="v1", name="s", version=1, task_name="sentiment", base_model=str(model_path), metrics={"gate": passing}))
