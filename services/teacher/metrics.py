@@ -83,22 +83,29 @@ class QueueCollector(Collector):
         states = GaugeMetricFamily("dsc_teacher_jobs", "Background jobs by state (whole queue, all replicas)", labels=["status"])
         depth = GaugeMetricFamily("dsc_teacher_queue_depth", "Background jobs waiting to be claimed")
         pending = GaugeMetricFamily("dsc_teacher_queue_pending_prompts", "Prompts of queued and running jobs not yet done")
+        # Per owner (a key's id: the first 16 hex digits of its digest; "none" for jobs of no key, e.g. dsc sample):
+        # what the fair share and the per-key limits (max_jobs_per_key, max_prompts_per_key) act on.
+        key_jobs = GaugeMetricFamily("dsc_teacher_key_jobs_unfinished", "Queued and running jobs, by owner key id", labels=["key_id"])
+        key_prompts = GaugeMetricFamily("dsc_teacher_key_pending_prompts", "Prompts of unfinished jobs not yet done, by owner key id",
+                                        labels=["key_id"])
         try:
             with self.sessions() as session:
                 counts = dict(session.execute(select(Job.status, func.count()).where(Job.kind == "job").group_by(Job.status)).all())
-                left = session.scalar(
-                    select(func.coalesce(func.sum(Job.total - Job.done), 0)).where(Job.kind == "job", Job.status.in_(ACTIVE))
-                )
+                per_key = session.execute(
+                    select(Job.owner, func.count(), func.coalesce(func.sum(Job.total - Job.done), 0))
+                    .where(Job.kind == "job", Job.status.in_(ACTIVE)).group_by(Job.owner)
+                ).all()
         except Exception:  # a scrape must not fail because the database blinked; readyz reports that
             log.warning("could not read the job queue for metrics", exc_info=True)
             return
         for status in JOB_STATES:
             states.add_metric([status], counts.get(status, 0))
         depth.add_metric([], counts.get("queued", 0))
-        pending.add_metric([], int(left or 0))
-        yield states
-        yield depth
-        yield pending
+        pending.add_metric([], sum(int(left or 0) for _, _, left in per_key))
+        for owner, jobs, left in per_key:
+            key_jobs.add_metric([owner or "none"], jobs)
+            key_prompts.add_metric([owner or "none"], int(left or 0))
+        yield from (states, depth, pending, key_jobs, key_prompts)
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []

@@ -154,5 +154,11 @@ def test_each_key_has_its_own_share_of_the_queue(make_teacher, teacher_db_url):
         more = b.post("/v1/jobs", json=job)
         assert more.status_code == 429 and "max_prompts_per_key 5" in more.json()["error"]["message"], more.text
         assert admin.post("/v1/jobs", json=job).status_code == 202  # the admin token has no share
+        metrics = a.get("/metrics").text  # each key's share, as the limits see it
+        a_id, b_id = key_id(hash_key(KEY_A)), key_id(hash_key(KEY_B))
+        for line in (f'dsc_teacher_key_jobs_unfinished{{key_id="{a_id}"}} 2.0', f'dsc_teacher_key_pending_prompts{{key_id="{b_id}"}} 5.0',
+                     f'dsc_teacher_key_jobs_unfinished{{key_id="{key_id(hash_key(teacher.admin_token))}"}} 1.0',
+                     "dsc_teacher_queue_pending_prompts 8.0"):
+            assert line in metrics, line
     with teacher.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 4  # the refused ones queued nothing
