@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Job
 from shared.critique_revise import Chain
-from shared.db.queue import ACTIVE
+from shared.db.job_queue import unfinished_by_owner
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +91,17 @@ class QueueCollector(Collector):
         try:
             with self.sessions() as session:
                 counts = dict(session.execute(select(Job.status, func.count()).where(Job.kind == "job").group_by(Job.status)).all())
-                per_key = session.execute(
-                    select(Job.owner, func.count(), func.coalesce(func.sum(Job.total - Job.done), 0))
-                    .where(Job.kind == "job", Job.status.in_(ACTIVE)).group_by(Job.owner)
-                ).all()
+                per_key = unfinished_by_owner(session)
         except Exception:  # a scrape must not fail because the database blinked; readyz reports that
             log.warning("could not read the job queue for metrics", exc_info=True)
             return
         for status in JOB_STATES:
             states.add_metric([status], counts.get(status, 0))
         depth.add_metric([], counts.get("queued", 0))
-        pending.add_metric([], sum(int(left or 0) for _, _, left in per_key))
-        for owner, jobs, left in per_key:
+        pending.add_metric([], sum(left for _, left in per_key.values()))
+        for owner, (jobs, left) in per_key.items():
             key_jobs.add_metric([owner or "none"], jobs)
-            key_prompts.add_metric([owner or "none"], int(left or 0))
+            key_prompts.add_metric([owner or "none"], left)
         yield from (states, depth, pending, key_jobs, key_prompts)
 
     def describe(self) -> Iterable[GaugeMetricFamily]:

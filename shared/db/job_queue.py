@@ -88,6 +88,16 @@ def last_served_by_owner():
     )
 
 
+def unfinished_by_owner(session: Session, owner: str | None = None) -> dict[str | None, tuple[int, int]]:
+    """Per owner (a key id; None for jobs of no key): its queued and running jobs and their prompts
+    not yet sampled. What the per-key limits act on and /metrics shows; `owner` narrows it to one."""
+    query = (select(Job.owner, func.count(), func.coalesce(func.sum(Job.total - Job.done), 0))
+             .where(Job.kind == "job", Job.status.in_(ACTIVE)).group_by(Job.owner))
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    return {key: (int(jobs), int(left)) for key, jobs, left in session.execute(query).all()}
+
+
 def _start_job(session: Session, batch: JobBatch) -> bool:
     """In the claim's transaction: the job runs (once), and its attempt is its most-claimed batch's.
     False, rolling the claim back, when the job ended or was cancelled after the claim looked."""

@@ -17,7 +17,7 @@ from services.teacher.limits import check_plan
 from services.teacher.protocol import JobCreated, JobList, JobRequest, JobStatus, JobView
 from shared.db.models import Job
 from shared.db.idempotency import create_once, fingerprint, scoped_key
-from shared.db.job_queue import add_job, cancel_job
+from shared.db.job_queue import add_job, cancel_job, unfinished_by_owner
 from shared.errors import NotFound, Overloaded
 from shared.sampling_run import plan_sample
 from shared.web.auth import Caller, ClientCaller
@@ -38,10 +38,7 @@ def _load(session, job_id: str, caller: Caller) -> Job:
 def check_key_share(session, settings, key_id: str, new_prompts: int) -> None:
     """Overloaded (429) when one client key's unfinished jobs, or their prompts still to sample with
     the new job's, reach its share (teacher.max_jobs_per_key, teacher.max_prompts_per_key)."""
-    jobs, waiting = session.execute(
-        select(func.count(), func.coalesce(func.sum(Job.total - Job.done), 0))
-        .where(Job.kind == "job", Job.owner == key_id, Job.status.in_(("queued", "running")))
-    ).one()
+    jobs, waiting = unfinished_by_owner(session, key_id).get(key_id, (0, 0))
     limits = settings.teacher
     if jobs >= limits.max_jobs_per_key:
         raise Overloaded(f"this key has {jobs} unfinished jobs (max_jobs_per_key {limits.max_jobs_per_key})",
