@@ -83,11 +83,8 @@ def lock_task(session: Session, task_name: str) -> None:
 
 
 def activate(session: Session, student: Student) -> Student:
-    """Make `student` the one active student of its task (caller owns the transaction)."""
-    lock_task(session, student.task_name)
-    # What was read before the lock may be stale: a promotion that held it meanwhile may have
-    # deactivated this student, and trusting the old `active` would leave the task none.
-    session.refresh(student)
+    """Make `student` the one active student of its task. The caller owns the transaction and holds
+    the task's lock (lock_task), having read `student` after taking it."""
     session.execute(
         update(Student).where(Student.task_name == student.task_name, Student.id != student.id, Student.active.is_(True))
         .values(active=False).execution_options(synchronize_session=False)
@@ -142,6 +139,8 @@ def promote(sessions: sessionmaker[Session], student_id: str, *, force: bool = F
         if student is None:
             raise NotFound(f"no student {student_id!r}", param="id")
         lock_task(session, student.task_name)
+        # What was read before the lock may be stale: a promotion that held it meanwhile may have
+        # deactivated this student, and trusting the old `active` would leave the task none.
         session.refresh(student)
         if student.active:
             return student
