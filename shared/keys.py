@@ -13,6 +13,10 @@ import re
 DIGEST_PREFIX = "sha256:"
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_ID_CHARS = 16  # of the digest's hex: names a key in the database and the logs (64 bits, no key material)
+# How jobs of no key (dsc sample, a teacher without keys) are named where an
+# owner is shown or chosen: /metrics labels, job views, a distillation's `owners`.
+NO_OWNER = "none"
+OWNER_PATTERN = rf"^([0-9a-f]{{{KEY_ID_CHARS}}}|{NO_OWNER})$"
 
 
 def hash_key(token: str) -> str:
@@ -30,3 +34,8 @@ def configured_digest(value: str) -> str:
 def key_id(digest: str) -> str:
     """A short, stable name of a key (the start of its digest): what jobs store as their owner."""
     return digest.removeprefix(DIGEST_PREFIX)[:KEY_ID_CHARS]
+
+
+def owner_name(owner: str | None) -> str:
+    """A job's owner as shown: its key id, or NO_OWNER."""
+    return owner or NO_OWNER

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db.models import Job
 from shared.critique_revise import Chain
 from shared.db.job_queue import unfinished_by_owner
+from shared.keys import owner_name
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,8 @@ class QueueCollector(Collector):
         depth.add_metric([], counts.get("queued", 0))
         pending.add_metric([], sum(left for _, left in per_key.values()))
         for owner, (jobs, left) in per_key.items():
-            key_jobs.add_metric([owner or "none"], jobs)
-            key_prompts.add_metric([owner or "none"], left)
+            key_jobs.add_metric([owner_name(owner)], jobs)
+            key_prompts.add_metric([owner_name(owner)], left)
         yield from (states, depth, pending, key_jobs, key_prompts)
 
     def describe(self) -> Iterable[GaugeMetricFamily]:

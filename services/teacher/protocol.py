@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.models import Job, Pair
+from shared.keys import owner_name
 from shared.sampling_protocol import SampleRequest
 from shared.tasks import TaskSpec
 
@@ -72,6 +73,8 @@ class Progress(BaseModel):
 class JobView(BaseModel):
     id: str
     kind: str = Field(description="job (queued through POST /v1/jobs), sync (POST /v1/critique-revise) or cli.")
+    owner: str = Field(description="Key id of the key that created it (the first 16 hex digits of the key's SHA-256), or "
+                       "'none' (dsc sample, a teacher without keys): what a distillation's `owners` names.")
     task: str
     status: JobStatus
     progress: Progress
@@ -87,7 +90,7 @@ class JobView(BaseModel):
     @classmethod
     def of(cls, job: Job) -> "JobView":
         return cls(
-            id=job.id, kind=job.kind, task=job.task_name, status=job.status,
+            id=job.id, kind=job.kind, owner=owner_name(job.owner), task=job.task_name, status=job.status,
             progress=Progress(done=job.done, total=job.total, accepted=job.accepted),
             params=job.params or {}, cancel_requested=job.cancel_requested, attempt=job.attempt,
             failures=job.failures, error=job.error, created_at=job.created_at, started_at=job.started_at,

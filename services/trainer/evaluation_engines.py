@@ -130,7 +130,10 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
     if "llm-judge" in (task.reward.get("type"), (task.second_opinion or {}).get("type")) or config.teacher:
         from shared.engines import create_engine
 
-        judge = create_engine(settings, settings.teacher_model, engine="transformers", device=settings.trainer.device)
+        # The teacher where the services have it: a remote one (DSC_ENGINE=openai) is asked over HTTP,
+        # never loaded here; a local one on transformers, beside the evaluation's own engines.
+        judge = create_engine(settings, settings.teacher_model, engine="openai" if settings.engine == "openai" else "transformers",
+                              device=settings.trainer.device)
         engines.append(judge)
     scorer = None
     if config.collapse_check:  # perplexity needs the model's logits: transformers, whatever generates

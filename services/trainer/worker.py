@@ -287,12 +287,32 @@ class TrainerWorker:
             progress.update(phase=phase)
             self._report(lease, progress=progress)
 
-        return run_evaluation(self.settings, config.evaluation(), task, base_path=base_path, adapter_dir=result.adapter_dir,
-                              merged_dir=result.merged_dir, incumbent=self._incumbent(task.name), prompts=prompts, on_phase=on_phase)
+        try:
+            return run_evaluation(self.settings, config.evaluation(), task, base_path=base_path, adapter_dir=result.adapter_dir,
+                                  merged_dir=result.merged_dir, incumbent=self._incumbent(task.name), prompts=prompts, on_phase=on_phase)
+        except (Interrupted, LeaseLost):
+            raise
+        except Exception as error:
+            if is_outage(error):
+                raise
+            # The training is done and saved: a failed evaluation (an engine without memory, a reward
+            # that would not load) must not throw it away. The student is registered without figures,
+            # not promotable, and POST /admin/evaluations can measure it later.
+            message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+            log.warning("evaluation of the trained student failed: %s", message, exc_info=not isinstance(error, DscError))
+            return failed_evaluation(message, config.eval_samples)
 
     def _incumbent(self, task_name: str, excluding: str | None = None) -> StudentWeights | None:
         with self.sessions() as session:
             return incumbent_weights(session, task_name, self.settings.resolved_model_store, excluding=excluding)
+
+
+def failed_evaluation(message: str, samples: int) -> dict:
+    """The figures of an evaluation that could not run: its error, the K a later evaluation must
+    match to set the gate (registry.gate_refusal), and a gate that refuses until one does."""
+    return {"error": message, "samples": samples, "per_prompt": [], "examples": [],
+            "gate": {"promotable": False, "reason": f"its evaluation failed ({message}); evaluate it again "
+                     "(POST /admin/evaluations or dsc eval) before promoting it"}}
 
 
 def student_metrics(evaluation: dict, train: dict) -> dict:

@@ -11,13 +11,14 @@ learning rate 1e-3, three epochs, batch 4, sequences of at most 256 tokens. On a
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shared.critique_revise import Acceptance
 from shared.engines.base import SamplingParams
 from shared.errors import InvalidRequest
+from shared.keys import OWNER_PATTERN
 from shared.request_fields import NonBlank
 from shared.tasks import TASK_NAME_PATTERN, TaskSpec
 
@@ -37,6 +38,12 @@ class DistillationConfig(BaseModel):
     jobs: list[str] | None = Field(
         None, min_length=1, max_length=1000,
         description="Only pairs of these sampling jobs (default: every job of the task).",
+    )
+    owners: list[Annotated[str, StringConstraints(pattern=OWNER_PATTERN)]] | None = Field(
+        None, min_length=1, max_length=1000,
+        description="Only pairs of jobs these keys created: key ids as jobs show them in `owner` (the first 16 hex digits "
+        "of the key's SHA-256), 'none' for jobs of no key (dsc sample, a teacher without keys). Default: pairs of EVERY key "
+        "that sampled the task, so each tenant's prompts shape the student all tenants are served.",
     )
     min_reward_gain: float | None = Field(
         None,

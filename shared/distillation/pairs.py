@@ -1,6 +1,6 @@
 """Which accepted pairs a distillation run trains on, and which prompts it is evaluated on.
 
-Pairs are selected by the run's filter (task, jobs, minimum reward gain, acceptance rule), up to
+Pairs are selected by the run's filter (task, jobs, owners, minimum reward gain, acceptance rule), up to
 the newest pair id the run was submitted with. The submission counts them here (cheaply: no
 tokenizer); the trainer selects them again, from the same query, into the run's frozen snapshot
 (services/trainer/data.py).
@@ -21,11 +21,12 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, false, or_, select
 
-from shared.db.models import ChainRecord, Pair
+from shared.db.models import ChainRecord, Job, Pair
 from shared.distillation.config import DistillationConfig
 from shared.errors import InvalidRequest
+from shared.keys import NO_OWNER
 from shared.tasks import TaskSpec, normalise_prompt
 from shared.text_stats import repeated_share
 
@@ -37,6 +38,10 @@ def pair_query(config: DistillationConfig) -> Select:
     query = select(Pair).where(Pair.task_name == config.task, Pair.excluded.is_(False))
     if config.jobs:
         query = query.where(Pair.job_id.in_(config.jobs))
+    if config.owners:
+        keys = [owner for owner in config.owners if owner != NO_OWNER]
+        owned = Job.owner.in_(keys) if keys else false()
+        query = query.join(Job, Job.id == Pair.job_id).where(or_(owned, Job.owner.is_(None)) if NO_OWNER in config.owners else owned)
     if config.pair_id_max is not None:
         query = query.where(Pair.id <= config.pair_id_max)
     if config.min_reward_gain is not None:

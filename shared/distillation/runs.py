@@ -72,6 +72,7 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
         pair_query(config).with_only_columns(Pair.id, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after)
     ).all()
     where = f"task {task.name!r}" + (f", jobs {config.jobs}" if config.jobs else "") + (
+        f", owners {config.owners}" if config.owners else "") + (
         f", min_reward_gain {config.min_reward_gain}" if config.min_reward_gain is not None else "") + (
         f", acceptance {config.acceptance!r}" if config.acceptance else "")
     if len(rows) < settings.distill.min_pairs:

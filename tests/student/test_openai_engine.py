@@ -35,3 +35,33 @@ def test_openai_engine_turns_remote_errors_into_engine_errors(registry_server):
             engine.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_tokens=4))
     finally:
         engine.close()
+
+
+def _completions(url: str, admin_token: str) -> float:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {admin_token}"}).text
+    return sum(sample.value for family in text_string_to_metric_families(text) if family.name == "dsc_student_completions"
+               for sample in family.samples if sample.name.endswith("_total"))
+
+
+def test_an_evaluation_asks_a_remote_teacher_over_http(registry_server, keys, student_helpers, tmp_path, model_store, model_path):
+    """With DSC_ENGINE=openai the teacher of an evaluation (eval_teacher, an llm-judge reward) is the
+    remote server, never a model loaded on the trainer: here the teacher's name, `base`, is one only
+    the remote server (our student service) knows, so a local load would fail."""
+    from services.trainer.evaluation_engines import run_evaluation
+    from shared.distillation.config import EvaluationConfig
+    from shared.tasks import preset_tasks
+
+    url, _app = registry_server
+    settings = student_helpers["student_settings"](tmp_path, model_store, engine="openai", teacher_model="base",
+                                                   openai={"base_url": f"{url}/v1", "api_key": keys["client"]})
+    before = _completions(url, keys["admin"])
+    config = EvaluationConfig(eval_prompts=["Describe a quiet harbour.", "Describe a busy market."], samples=2, max_tokens=8,
+                              teacher=True, collapse_check=False, examples=0)
+    figures = run_evaluation(settings, config, preset_tasks()["sentiment"], base_path=model_path, merged_dir=model_path)
+    assert set(figures["systems"]) == {"base", "student", "teacher"}, figures["systems"]
+    assert all("teacher" in row for row in figures["per_prompt"]) and len(figures["per_prompt"]) == 2
+    # the chain's three generations (answer, critique, revision) per answer went over HTTP
+    assert _completions(url, keys["admin"]) - before >= 3 * 2 * 2

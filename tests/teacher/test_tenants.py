@@ -9,9 +9,9 @@ import hashlib
 import json
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from shared.db.models import Job, Task
+from shared.db.models import DistillationRun, Job, Task
 from shared.keys import hash_key, key_id
 
 KEY_A, KEY_B = "tenant-a-key", "tenant-b-key"
@@ -162,3 +162,43 @@ def test_each_key_has_its_own_share_of_the_queue(make_teacher, teacher_db_url):
             assert line in metrics, line
     with teacher.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 4  # the refused ones queued nothing
+
+
+def test_a_distillation_trains_on_the_owners_it_names(make_teacher, teacher_db_url):
+    """`owners` scopes a run's data to some tenants' pairs (key ids as jobs show them, 'none' for
+    jobs of no key); without it a run takes every key's pairs, as the API docs say."""
+    teacher = make_teacher(teacher_db_url, jobs={"workers": 0}, api_keys=[KEY_A, KEY_B], distill={"min_pairs": 1})
+    with teacher.client(KEY_A) as a, teacher.client(KEY_B) as b, teacher.client(teacher.admin_token) as admin:
+        jobs = {"a": [_sample(a, "Describe a rainy Monday at the office."), _sample(a, "Describe a broken umbrella.")],
+                "b": [_sample(b, "Describe a cold cup of coffee.")], "admin": [_sample(admin, "Describe a missed bus.")]}
+        views = {job["id"]: job["owner"] for job in admin.get("/v1/jobs").json()["data"]}
+        id_a, id_b, id_admin = (key_id(hash_key(key)) for key in (KEY_A, KEY_B, teacher.admin_token))
+        assert views == {**{j: id_a for j in jobs["a"]}, **{j: id_b for j in jobs["b"]}, jobs["admin"][0]: id_admin}
+        assert {job["owner"] for job in b.get("/v1/jobs").json()["data"]} == {id_b}
+
+        pairs_of = {owner: sum(1 for pair in admin.get("/v1/pairs").json()["data"] if pair["job_id"] in ids)
+                    for owner, ids in jobs.items()}
+        assert all(count >= 1 for count in pairs_of.values()), pairs_of  # acceptance "always": each changed answer pairs
+        keep_all = {"task": "sentiment", "best_per_prompt": False, "min_reward": -10, "max_repetition": None, "max_steps": 1}
+
+        def selected(**scope) -> int:
+            response = admin.post("/admin/distillations", json={**keep_all, **scope})
+            assert response.status_code == 202, response.text
+            return response.json()["progress"]["pairs"]
+
+        assert selected(owners=[id_a]) == pairs_of["a"]
+        assert selected(owners=[id_b, id_admin]) == pairs_of["b"] + pairs_of["admin"]
+        assert selected() == sum(pairs_of.values())  # the default: every tenant's pairs
+        assert selected(owners=[id_a], jobs=[jobs["a"][0], jobs["b"][0]]) < pairs_of["a"] + pairs_of["b"]
+
+        with teacher.sessions() as session, session.begin():  # as a job from before owners were recorded, or of dsc sample
+            session.execute(update(Job).where(Job.id == jobs["admin"][0]).values(owner=None))
+        assert admin.get(f"/v1/jobs/{jobs['admin'][0]}").json()["owner"] == "none"
+        assert selected(owners=["none"]) == pairs_of["admin"]
+
+        nobody = admin.post("/admin/distillations", json={**keep_all, "owners": ["0123456789abcdef"]})
+        assert nobody.status_code == 400 and "owners ['0123456789abcdef']" in nobody.json()["error"]["message"], nobody.text
+        malformed = admin.post("/admin/distillations", json={**keep_all, "owners": [KEY_A]})  # a key, not a key id
+        assert malformed.status_code == 422 and "owners" in malformed.json()["error"]["message"], malformed.text
+        with teacher.sessions() as session:  # refused submissions left nothing behind
+            assert session.scalar(select(func.count()).select_from(DistillationRun)) == 5

@@ -119,3 +119,36 @@ def test_only_an_evaluation_as_strict_as_the_runs_own_sets_the_gate(make_setting
         again = student()["metrics"]
         assert again["gate_from"]["evaluation_id"] == second
         assert again["latest_evaluation"]["id"] == first and "submitted later" in again["latest_evaluation"]["not_gating_because"]
+
+
+def test_a_failed_evaluation_keeps_the_trained_student_registered_and_re_evaluable(make_settings, tf_engine, helpers):
+    """Training succeeded, its evaluation could not run (the trainer's machine lacks the teacher's
+    model that eval_teacher needs): the run succeeds, the student is registered but not promotable,
+    and an evaluation on a trainer that has the model sets its gate."""
+    settings = make_settings(distill={"min_pairs": 4})
+    with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:
+        helpers.store_fixed_pairs(teacher.sessions, helpers.film_prompts[:6], "A warm, lovely film.")
+        created = admin.post("/admin/distillations", json={
+            "task": "sentiment", "max_steps": 1, "batch_size": 2, "max_seq_len": 64, "eval_teacher": True,
+            "max_eval_prompts": 2, "eval_samples": 2, "eval_max_tokens": 8, "collapse_check": False})
+        assert created.status_code == 202, created.text
+        without_teacher = settings.model_copy(update={"teacher_model": "/nonexistent/teacher-model"})
+        assert TrainerWorker(without_teacher, teacher.sessions).run_once()
+
+        run = admin.get(f"/admin/distillations/{created.json()['id']}").json()
+        assert run["status"] == "succeeded" and run["error"] is None, run
+        assert "/nonexistent/teacher-model" in run["metrics"]["eval"]["error"] and run["metrics"]["train"]["steps"] == 1
+        student = next(s for s in admin.get("/admin/students").json()["data"] if s["id"] == run["student_id"])
+        assert student["promotable"] is False and student["gate"].startswith("its evaluation failed"), student["gate"]
+        refused = admin.post(f"/admin/students/{student['id']}/promote")
+        assert refused.status_code == 409 and "evaluate it again" in refused.json()["error"]["message"], refused.text
+
+        again = admin.post("/admin/evaluations", json={"student_id": student["id"], "samples": 2, "max_tokens": 8, "max_eval_prompts": 2})
+        assert again.status_code == 202, again.text
+        assert TrainerWorker(settings, teacher.sessions).run_once()
+        evaluation = admin.get(f"/admin/evaluations/{again.json()['id']}").json()
+        assert evaluation["status"] == "succeeded", evaluation["error"]
+        student = next(s for s in admin.get("/admin/students").json()["data"] if s["id"] == run["student_id"])
+        assert student["metrics"]["gate_from"]["evaluation_id"] == evaluation["id"]
+        assert student["metrics"]["latest_evaluation"]["gating"] is True
+        assert student["gate"] == evaluation["metrics"]["gate"]["reason"] and "failed" not in student["gate"]

@@ -23,7 +23,7 @@ router = APIRouter()
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
-RUN_FORM = ["task", "jobs", "name", "method", "max_steps", "epochs", "batch_size", "learning_rate", "lora_r", "lora_alpha",
+RUN_FORM = ["task", "jobs", "owners", "name", "method", "max_steps", "epochs", "batch_size", "learning_rate", "lora_r", "lora_alpha",
             "max_seq_len", "min_reward_gain", "min_reward", "max_repetition", "best_per_prompt", "acceptance", "held_out_fraction",
             "max_eval_prompts", "eval_samples", "eval_max_tokens", "eval_teacher", "collapse_check", "auto_promote", "merge"]
 
@@ -53,7 +53,7 @@ TRAIL = LossTrail()
 
 
 def _fields():
-    return describe(DistillationConfig, RUN_FORM, words=("jobs",))
+    return describe(DistillationConfig, RUN_FORM, words=("jobs", "owners"))
 
 
 def _list_page(request: Request, user, session, *, status: str | None, form: dict, error: str | None, code: int = 200) -> HTMLResponse:
@@ -92,7 +92,7 @@ def _run_context(session, run_id: str) -> dict:
     evaluation = (run["metrics"] or {}).get("eval")
     points = train.get("loss_curve") or TRAIL.see(run["id"], run["progress"] or {})
     return {"run": run, "final": run["status"] in FINAL, "loss_chart": charts.loss_curve(points), "evaluation": evaluation,
-            "eval_chart": charts.intervals(evaluation["systems"]) if evaluation else None}
+            "eval_chart": charts.intervals(evaluation["systems"]) if evaluation and "systems" in evaluation else None}
 
 
 @router.get("/distillations/{run_id}", response_class=HTMLResponse)

@@ -28,7 +28,11 @@ router = APIRouter(prefix="/admin/distillations", tags=["distillations"], route_
 @router.post("", status_code=202, responses=error_responses(404))
 def create(config: DistillationConfig, _scope: AdminScope, state: State, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Validate and queue a run; 202 with its id. A trainer worker picks it up. A retry with the
-    request's Idempotency-Key answers with the run the first request queued."""
+    request's Idempotency-Key answers with the run the first request queued.
+
+    **Data scope: by default a run trains on the pairs of every key that sampled the task**, so
+    each tenant's prompts shape the student that all of them are served. Name `owners` (key ids,
+    as jobs show them) or `jobs` to train on some tenants' pairs only."""
     run, replayed = runs.submit(state.sessions, state.settings, config, idempotency_key=idempotency_key)
     body = {"id": run.id, "status": run.status, "progress": run.progress}
     headers = {"Location": f"/admin/distillations/{run.id}"} | ({"Idempotent-Replayed": "true"} if replayed else {})
