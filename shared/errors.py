@@ -55,6 +55,11 @@ class PayloadTooLarge(DscError):
     error_type = "payload_too_large_error"
 
 
+class HeadersTooLarge(DscError):
+    status_code = 431
+    error_type = "headers_too_large_error"
+
+
 class Overloaded(DscError):
     """The queue or engine is full; the caller should retry after `retry_after` seconds."""
 

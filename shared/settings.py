@@ -358,6 +358,11 @@ class Settings(BaseSettings):
     # --- every service ---
     host: str = Field("127.0.0.1", description="The interface the services bind (a non-loopback bind needs API keys or --insecure).")
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body a service accepts.")
+    max_header_count: int = Field(100, ge=8, le=10_000, description="Most header fields a request may carry (431 beyond).")
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024 * 1024,
+        description="Largest total size of a request's header names and values (431 beyond)."
+    )
     log_format: LogFormat = Field(
         "json", description="Log lines on stderr: json (one object per line, with the request, job, distillation or "
         "evaluation id in scope) or text (for a person at a terminal)."
@@ -447,6 +452,11 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'dsc.db'}"
+
+    def request_limits(self) -> dict[str, int]:
+        """What shared.web.middleware refuses before a route sees a request (413, 431)."""
+        return {"max_body_bytes": self.max_body_bytes, "max_header_count": self.max_header_count,
+                "max_header_bytes": self.max_header_bytes}
 
     def network_policy(self) -> NetworkPolicy:
         """Where an http reward may connect, from `reward_http`."""

@@ -110,7 +110,7 @@ def create_app(
     app.state.registry = registry
     app.state.rate_limiter = KeyRateLimiter.from_settings(settings)  # per key; None: DSC_RATE_LIMIT unset
     install_error_handlers(app, openai=True)  # OpenAI's error bodies and status codes
-    app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "student"), max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "student"), **settings.request_limits())
     app.include_router(router)
     document_errors_as_json(app)
     return app

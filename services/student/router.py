@@ -10,6 +10,7 @@ from typing import Annotated, AsyncIterator, Awaitable, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.requests import ClientDisconnect
 from pydantic import BaseModel
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -166,7 +167,7 @@ async def _unless_disconnected(work: Awaitable[T], request: Request) -> T:
             await task
         except BaseException:
             pass
-        raise asyncio.CancelledError("client disconnected")
+        raise ClientDisconnect()  # the middleware counts it as 499: the client left, nothing failed
     return task.result()
 
 

@@ -119,6 +119,17 @@ class Completion:
                 task.cancel()
 
 
+LOGGED_NAMES, LOGGED_NAME_CHARS = 20, 64  # a client's field names are its text: bounded in the log
+
+
+def loggable_names(names: list[str]) -> str:
+    """Client-chosen field names as one bounded log value: at most LOGGED_NAMES, each cut to
+    LOGGED_NAME_CHARS, and how many were left out."""
+    shown = [repr(name if len(name) <= LOGGED_NAME_CHARS else name[:LOGGED_NAME_CHARS] + "…") for name in names[:LOGGED_NAMES]]
+    more = f" (+{len(names) - LOGGED_NAMES} more)" if len(names) > LOGGED_NAMES else ""
+    return "[" + ", ".join(shown) + "]" + more
+
+
 def _object_schema(parameters: dict[str, Any] | None) -> dict[str, Any]:
     return parameters or {"type": "object", "properties": {}}
 
@@ -140,7 +151,7 @@ def sampling_plan(request: ChatCompletionRequest, supports: frozenset[str], kind
             raise refuse(name, f"{name} is not supported by the student")
     ignored = sorted(set(request.model_extra or {}) - set(UNSUPPORTED_FIELDS))
     if ignored:
-        log.warning("The following fields were present in the request but ignored: %s", ignored)
+        log.warning("The following fields were present in the request but ignored: %s", loggable_names(ignored))
     if request.modalities and request.modalities != ["text"]:
         raise refuse("modalities", "the student answers in text only: modalities must be [\"text\"]")
     if request.stream_options is not None and not request.stream:

@@ -116,7 +116,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.state.rate_limiter = KeyRateLimiter.from_settings(settings)  # per key; None: DSC_RATE_LIMIT unset
-    app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "teacher"), max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "teacher"), **settings.request_limits())
     for module in (health, tasks, sampling, jobs, pairs, distillations, evaluations, students):
         app.include_router(module.router)
     document_errors_as_json(app)

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import PayloadTooLarge
+from shared.errors import HeadersTooLarge, PayloadTooLarge
 from shared.logs import log_ids
 from shared.web.errors import error_response
 
@@ -53,12 +53,14 @@ def request_id_of(headers: dict[bytes, bytes]) -> str:
 
 
 class RequestContextMiddleware:
-    """Adds X-Request-ID, enforces a body size limit, logs one line per request, counts metrics."""
+    """Adds X-Request-ID, enforces header and body size limits, logs one line per request, counts metrics."""
 
-    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, max_body_bytes: int, max_header_count: int,
+                 max_header_bytes: int) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.max_header_count, self.max_header_bytes = max_header_count, max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,6 +74,11 @@ class RequestContextMiddleware:
     async def _serve(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes], request_id: str) -> None:
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
+
+        if (refusal := self._headers_refusal(scope.get("headers") or [])) is not None:
+            await self._send_error(scope, receive, send, request_id, 431, HeadersTooLarge.error_type, refusal)
+            self._observe(scope, 431, started)
+            return
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -113,6 +120,16 @@ class RequestContextMiddleware:
                                        "internal error; see the service log (request id in X-Request-ID)")
         finally:
             self._observe(scope, status["code"], started)
+
+    def _headers_refusal(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        """Why the request's headers are refused, or None: the server has parsed them already, but
+        nothing past this point (auth, routing, logging) sees a header section this large."""
+        if len(headers) > self.max_header_count:
+            return f"{len(headers)} header fields exceed the limit of {self.max_header_count} (max_header_count)"
+        size = sum(len(name) + len(value) for name, value in headers)
+        if size > self.max_header_bytes:
+            return f"{size} bytes of header fields exceed the limit of {self.max_header_bytes} (max_header_bytes)"
+        return None
 
     def _too_large_message(self) -> str:
         return f"request body exceeds the limit of {self.max_body_bytes} bytes (max_body_bytes)"

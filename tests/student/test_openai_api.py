@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 
@@ -209,6 +210,33 @@ def test_client_gone_before_the_first_byte_frees_its_slot(registry_server):
     answer = httpx.post(f"{url}/v1/chat/completions", json={"model": "student", "messages": HELLO, "max_tokens": 2},
                         headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=60)
     assert answer.status_code == 200
+
+
+def _chat_statuses(app) -> dict[str, float]:
+    return {sample.labels["status"]: sample.value for metric in app.state.registry.collect() if metric.name == "dsc_http_requests"
+            for sample in metric.samples if sample.name.endswith("_total") and sample.labels["route"] == "/v1/chat/completions"}
+
+
+def test_a_client_gone_from_a_non_streaming_call_is_no_server_error(registry_server, caplog):
+    """The client hangs up while its (non-streaming) answer is generated: the generation is
+    cancelled, the request counts as 499 (client closed), not 500, and no traceback is logged."""
+    url, app = registry_server
+    host, port = url.removeprefix("http://").split(":")
+    payload = json.dumps({"model": "student", "messages": HELLO, "max_tokens": 64, "temperature": 0.9}).encode()
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {CLIENT_KEY}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
+    before = _chat_statuses(app)
+    caplog.set_level(logging.INFO)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(request)
+        time.sleep(0.5)  # generating now
+    deadline = time.monotonic() + 60
+    while _chat_statuses(app).get("499", 0) == before.get("499", 0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = _chat_statuses(app)
+    assert after.get("499", 0) == before.get("499", 0) + 1 and after.get("500", 0) == before.get("500", 0), (before, after)
+    assert not [record for record in caplog.records if record.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+    assert app.state.chat.pending == 0
 
 
 def test_health_ready_metrics(registry_server, openai_client):

@@ -85,6 +85,28 @@ def test_tool_choice_none_and_harmless_fields_answer(openai_client, caplog):
     assert "top_k" in caplog.text  # an unknown field is logged as ignored, the way vLLM does
 
 
+def test_unknown_field_names_are_logged_bounded(registry_server, caplog):
+    """A client's field names are its own text: a 1 MB name, or thousands of names, must not land
+    whole in the log."""
+    url, _ = registry_server
+    huge = {"x" * 1_000_000: 1} | {f"extra_{i}": i for i in range(500)}
+    with caplog.at_level(logging.WARNING, logger="services.student.serving_chat"):
+        r = httpx.post(f"{url}/v1/chat/completions", json={"model": "base", "messages": HELLO, "max_tokens": 2, **huge},
+                       headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=60)
+    assert r.status_code == 200, r.text
+    (line,) = [record.getMessage() for record in caplog.records if "ignored" in record.getMessage()]
+    assert len(line) < 2000 and "(+481 more)" in line and "'extra_0'" in line, line[:300]
+
+
+def test_too_many_headers_are_431_in_the_error_shape(registry_server):
+    url, _ = registry_server
+    headers = [("Authorization", f"Bearer {CLIENT_KEY}")] + [(f"x-filler-{i}", "1") for i in range(150)]
+    for path in ("/healthz", "/v1/models"):
+        r = httpx.get(f"{url}{path}", headers=headers)
+        assert r.status_code == 431 and r.json()["error"]["type"] == "headers_too_large_error", r.text
+        assert "max_header_count" in r.json()["error"]["message"]
+
+
 def test_openai_client_reads_the_refusal(openai_client):
     with pytest.raises(openai.BadRequestError) as refused:
         openai_client.chat.completions.create(model="base", messages=HELLO, max_tokens=2, response_format={"type": "json_object"})

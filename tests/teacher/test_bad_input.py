@@ -164,3 +164,21 @@ def test_not_ready_is_503_with_retry_after(make_teacher):
             assert ready.status_code == 503 and ready.headers["Retry-After"] and ready.json()["checks"] == {"engine": False, "database": True}
     finally:
         state.engine = engine
+
+
+def test_too_many_or_too_large_headers_are_431(make_teacher):
+    """Header limits (max_header_count, max_header_bytes) on every route, /healthz included, in
+    the JSON error shape, counted in /metrics; a request within them is served."""
+    teacher = make_teacher(jobs={"workers": 0})
+    many = [(f"x-filler-{i}", "1") for i in range(150)]
+    large = [("x-filler", "y" * 1_000_000)]
+    with teacher.client(teacher.admin_token) as client:
+        for path in ("/healthz", "/v1/tasks"):
+            for headers, limit in ((many, "max_header_count"), (large, "max_header_bytes")):
+                response = client.get(path, headers=headers)
+                assert response.status_code == 431, (path, limit, response.text[:200])
+                assert response.json()["error"]["type"] == "headers_too_large_error" and limit in response.json()["error"]["message"]
+                assert response.headers["x-request-id"]
+        assert client.get("/v1/tasks", headers=[(f"x-filler-{i}", "1") for i in range(50)]).status_code == 200
+        metrics = client.get("/metrics").text
+    assert 'status="431"' in metrics

@@ -24,7 +24,7 @@ class Body(BaseModel):
 def make_app() -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(CollectorRegistry(), "test"), max_body_bytes=1024)
+    app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(CollectorRegistry(), "test"), max_body_bytes=1024, max_header_count=100, max_header_bytes=64 * 1024)
 
     @app.get("/bug")
     def bug() -> dict:
