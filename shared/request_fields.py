@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
@@ -21,6 +21,8 @@ def _valid_unicode(value: str) -> str:
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 """A request string: any Unicode text, but no lone surrogate."""
 
+# One rule for numbers in every request body: a number is a JSON number. `true` is not 1 and
+# "0.5" is not 0.5 (pydantic's lax mode would take both), whatever the field.
 def whole_number(value: object) -> object:
     # JSON Schema's integer: 3 and 3.0 alike (a client may send either), never true or "3".
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -32,15 +34,38 @@ def whole_number(value: object) -> object:
     return value
 
 
+def real_number(value: object) -> object:
+    # JSON Schema's number: 1 and 1.0 alike, never true or "0.5".
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a number")
+    return value
+
+
 # Bounds of a request seed: the integers JSON carries exactly everywhere (I-JSON, RFC 7493: many
 # clients and validators read JSON numbers as doubles, and a seed near vLLM's 64-bit bound would
 # arrive as another number, or one vLLM refuses).
 SEED_MIN, SEED_MAX = -(2**53 - 1), 2**53 - 1
 ROW_ID_MAX = 2**63 - 1  # a database row id (a 64-bit signed integer): larger ones cannot exist
+# Bounds go before the validator inside Annotated: pydantic then states them in the JSON Schema
+# (minimum, maximum); bounds added around an Annotated type with a validator, or on an optional
+# one, come out as non-standard keys ("ge").
+Whole = Annotated[int, BeforeValidator(whole_number)]
+"""A whole number; `true` is not 1, and "3" is not 3 (3.0 is). Bound it with Field(ge=...) only
+where the field is not optional."""
 Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX), BeforeValidator(whole_number)]
 Count = Annotated[int, Field(ge=1), BeforeValidator(whole_number)]
-"""A positive whole number; `true` is not 1, and "3" is not 3 (3.0 is)."""
+"""A positive whole number."""
+NonNegative = Annotated[int, Field(ge=0), BeforeValidator(whole_number)]
 NonBlank = Annotated[str, Field(min_length=1, pattern=r"\S"), AfterValidator(_valid_unicode)]
 """Text with something besides white space in it."""
-Real = Annotated[float, Field(allow_inf_nan=False)]
-"""A finite number: JSON's non-standard Infinity and NaN are refused."""
+Real = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(real_number)]
+"""A finite number: JSON's non-standard Infinity and NaN are refused, as are true and "0.5"."""
+
+
+def bounded_real(**bounds: float) -> Any:
+    """A Real with bounds (ge, gt, le, lt) that the JSON Schema states, optional or not."""
+    return Annotated[float, Field(allow_inf_nan=False, **bounds), BeforeValidator(real_number)]
+
+
+Share = bounded_real(ge=0, le=1)
+"""A number from 0 to 1."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.critique_revise import Acceptance, Chain
-from shared.request_fields import Count, Real, Seed, Text
+from shared.request_fields import Count, Real, Seed, Text, bounded_real
+
+Positive = bounded_real(gt=0)
 
 
 class SampleRequest(BaseModel):
@@ -22,7 +24,7 @@ class SampleRequest(BaseModel):
     steps: Count | None = None
     chains: Count = 1
     acceptance: Acceptance | None = None
-    beta: Real | None = Field(None, gt=0)
+    beta: Positive | None = None
     temperature: Real = Field(0.7, ge=0, le=2)
     top_p: Real = Field(1.0, gt=0, le=1)
     max_tokens: Count = 128

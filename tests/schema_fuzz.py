@@ -42,3 +42,21 @@ def assert_clean(figures: dict, what: str) -> None:
           f"exit {figures['rc']}, {figures['seconds']} s")
     assert figures["rc"] == 0, f"schemathesis found failures on {what}:\n{figures['output'][-20000:]}"
     assert figures.get("operations"), figures["output"][-4000:]
+
+
+NON_STANDARD = frozenset({"ge", "gt", "le", "lt", "allow_inf_nan", "strict"})
+
+
+def non_standard_keywords(node: object, path: str = "") -> list[str]:
+    """Where an OpenAPI schema carries pydantic's bound names instead of JSON Schema's (a bound a
+    client's validator cannot see): paths, empty when there are none. Property names are skipped."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in NON_STANDARD and not path.endswith("/properties"):
+                found.append(f"{path}/{key}")
+            found += non_standard_keywords(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += non_standard_keywords(value, f"{path}/{index}")
+    return found

@@ -26,7 +26,7 @@ from shared.settings import Settings
 from shared.web.ratelimit import KeyRateLimiter
 from shared.web.errors import install_error_handlers
 from shared.web.process import exit_after
-from shared.web.routing import document_errors_as_json
+from shared.web.routing import document_errors_as_json, document_limits
 from shared.web.middleware import HttpMetrics, RequestContextMiddleware
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,10 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "student"), **settings.request_limits())
     app.include_router(router)
     document_errors_as_json(app)
+    student = settings.student
+    document_limits(app, {"ChatCompletionRequest": {"max_tokens": {"maximum": student.max_tokens},
+                                                    "max_completion_tokens": {"maximum": student.max_tokens},
+                                                    "n": {"maximum": student.max_n}}})
     return app
 
 

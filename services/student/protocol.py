@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from shared.json_schemas import check_json_schema
-from shared.request_fields import Count, Real, Seed, Text
+from shared.request_fields import Count, Seed, Text, bounded_real
 
 
 def completion_id() -> str:
@@ -115,8 +115,10 @@ class NamedToolChoice(BaseModel):
     function: FunctionName
 
 
-LogitBias = Annotated[float, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
+LogitBias = bounded_real(ge=-100.0, le=100.0)
+Temperature = bounded_real(ge=0.0, le=2.0)
+TopP = bounded_real(gt=0.0, le=1.0)
+Penalty = bounded_real(ge=-2.0, le=2.0)
 
 # OpenAI fields the student cannot honour on any runtime: refused with a 400 naming them, never
 # ignored, because each changes what the client gets back.
@@ -128,8 +130,8 @@ class ChatCompletionRequest(BaseModel):
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: Real | None = Field(None, ge=0.0, le=2.0)
-    top_p: Real | None = Field(None, gt=0.0, le=1.0)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     max_tokens: Count | None = None
     max_completion_tokens: Count | None = None
     n: Count = 1

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from services.teacher import worker
 from services.teacher.console import create_console
 from services.teacher.metrics import QueueCollector, TeacherMetrics
+from services.teacher.limits import schema_limits
 from services.teacher.routes import distillations, evaluations, health, jobs, pairs, sampling, students, tasks
 from services.teacher.state import TeacherState, watch_engine
 from shared import __version__
@@ -38,7 +39,7 @@ from shared.web.ratelimit import KeyRateLimiter
 from shared.web.errors import install_error_handlers
 from shared.web.process import exit_after
 from shared.web.middleware import HttpMetrics, RequestContextMiddleware
-from shared.web.routing import document_errors_as_json
+from shared.web.routing import document_errors_as_json, document_limits
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     for module in (health, tasks, sampling, jobs, pairs, distillations, evaluations, students):
         app.include_router(module.router)
     document_errors_as_json(app)
+    document_limits(app, schema_limits(settings))
     app.mount("/console", create_console(app))
     return app
 

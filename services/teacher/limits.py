@@ -11,6 +11,7 @@ from typing import Sequence
 from shared.errors import InvalidRequest
 from shared.sampling_run import SamplePlan
 from shared.settings import Settings
+from shared.web.routing import SchemaLimits
 
 
 class LimitExceeded(InvalidRequest):
@@ -43,3 +44,22 @@ def check_plan(plan: SamplePlan, settings: Settings, *, max_prompts: int, count_
         raise _exceeds("steps", plan.steps, settings.teacher.max_steps, "max_steps", "steps")
     if plan.chains > settings.teacher.max_chains:
         raise _exceeds("chains", plan.chains, settings.teacher.max_chains, "max_chains", "chains")
+
+
+def schema_limits(settings: Settings) -> SchemaLimits:
+    """The limits above as the OpenAPI schema states them (shared.web.routing.document_limits)."""
+    teacher = settings.teacher
+
+    def sampling(max_prompts: int) -> dict[str, dict[str, int]]:
+        return {"prompts": {"maxItems": max_prompts, "items.maxLength": teacher.max_prompt_chars},
+                "max_tokens": {"maximum": teacher.max_tokens_limit}, "steps": {"maximum": teacher.max_steps},
+                "chains": {"maximum": teacher.max_chains}}
+
+    task_prompts = {"maxItems": teacher.max_job_prompts, "items.maxLength": teacher.max_prompt_chars}
+    return {
+        "SampleRequest": sampling(teacher.max_sync_prompts),
+        "JobRequest": sampling(teacher.max_job_prompts),
+        "TaskSpec": {"prompts": task_prompts, "eval_prompts": task_prompts, "steps": {"maximum": teacher.max_steps}},
+        "DistillationConfig": {"max_steps": {"maximum": settings.distill.max_steps},
+                               "lora_r": {"maximum": settings.student.max_lora_rank}},
+    }

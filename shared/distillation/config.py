@@ -19,7 +19,7 @@ from shared.critique_revise import Acceptance
 from shared.engines.base import SamplingParams
 from shared.errors import InvalidRequest
 from shared.keys import OWNER_PATTERN
-from shared.request_fields import NonBlank
+from shared.request_fields import Count, NonBlank, NonNegative, Real, Share, Whole
 from shared.tasks import TASK_NAME_PATTERN, TaskSpec
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -45,18 +45,18 @@ class DistillationConfig(BaseModel):
         "of the key's SHA-256), 'none' for jobs of no key (dsc sample, a teacher without keys). Default: pairs of EVERY key "
         "that sampled the task, so each tenant's prompts shape the student all tenants are served.",
     )
-    min_reward_gain: float | None = Field(
+    min_reward_gain: Real | None = Field(
         None,
         description="Only pairs whose reward rose by at least this much (reward_after - reward_before).",
     )
     acceptance: Acceptance | None = Field(None, description="Only pairs of chains sampled with this acceptance rule.")
-    min_reward: float | None = Field(
+    min_reward: Real | None = Field(
         None,
         description="Only pairs whose improved answer scored at least this (an absolute floor on reward_after); "
         "default: the task's train_min_reward, if it has one.",
     )
-    max_repetition: float | None = Field(
-        0.2, ge=0, le=1,
+    max_repetition: Share | None = Field(
+        0.2,
         description="Drop training answers whose share of repeated 3-grams is above this (looping answers teach a "
         "student to loop; the evaluation's degeneration check refuses such a student); null keeps them all.",
     )
@@ -64,9 +64,9 @@ class DistillationConfig(BaseModel):
         True,
         description="Train on the best-scored accepted answer of each prompt only (of its chains), not on every accepted chain.",
     )
-    max_pairs: int | None = Field(None, ge=1, description="Use at most this many pairs (the oldest first).")
-    pair_id_max: int | None = Field(
-        None, ge=0,
+    max_pairs: Count | None = Field(None, description="Use at most this many pairs (the oldest first).")
+    pair_id_max: NonNegative | None = Field(
+        None,
         description="Only pairs stored up to this id; the service sets it at submission, so pairs added later never change the run.",
     )
 
@@ -85,38 +85,38 @@ class DistillationConfig(BaseModel):
         "lora",
         description="LoRA adapter (default) or full fine-tune of every weight.",
     )
-    lora_r: int = Field(16, ge=1, le=256, description="LoRA rank.")
-    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_r: Whole = Field(16, ge=1, le=256, description="LoRA rank.")
+    lora_alpha: Real = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: Real = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     lora_target_modules: list[NonBlank] = Field(
         list(DEFAULT_LORA_TARGETS), min_length=1,
         description="Module names LoRA adapts (must exist in the base model).",
     )
-    learning_rate: float = Field(
+    learning_rate: Real = Field(
         1e-3, gt=0, le=1e-1,
         description="Peak learning rate (AdamW), reached after warmup, then linear decay to 0.",
     )
-    warmup_ratio: float = Field(
+    warmup_ratio: Real = Field(
         0.05, ge=0, le=0.5,
         description="Share of the steps spent warming the learning rate up.",
     )
-    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
-    epochs: float = Field(
+    weight_decay: Real = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
+    epochs: Real = Field(
         3.0, gt=0, le=100,
         description="Passes over the training pairs (ignored when max_steps is set).",
     )
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run; overrides epochs.")
-    batch_size: int = Field(4, ge=1, le=256, description="Pairs per optimizer step.")
-    max_seq_len: int = Field(
+    max_steps: Count | None = Field(None, description="Optimizer steps to run; overrides epochs.")
+    batch_size: Whole = Field(4, ge=1, le=256, description="Pairs per optimizer step.")
+    max_seq_len: Whole = Field(
         256, ge=16, le=32768,
         description="Longest prompt+answer in tokens; longer answers are cut, pairs whose prompt alone does not fit are skipped.",
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Base weights' dtype while training (LoRA weights are float32 either way). auto: bfloat16 on a "
         "GPU that computes it, float32 on the CPU, where a bf16 backward pass measured 6-20x slower here.")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the held-out split, the data order, LoRA init and evaluation sampling "
+    seed: Whole = Field(0, ge=0, le=2**31 - 1, description="Seeds the held-out split, the data order, LoRA init and evaluation sampling "
                       "(the evaluation's bound, so a run never trains to the end and then fails on it).")
-    save_steps: int = Field(
+    save_steps: Whole = Field(
         10, ge=1,
         description="Checkpoint every this many steps (a killed run resumes from the last one).",
     )
@@ -126,15 +126,15 @@ class DistillationConfig(BaseModel):
         None, min_length=1, max_length=1000,
         description="Evaluate on these prompts (default: the task's evaluation set; pairs of them never train).",
     )
-    held_out_fraction: float = Field(
+    held_out_fraction: Real = Field(
         0.1, ge=0, le=0.5,
         description="Only for a task without an evaluation set and no eval_prompts: share of distinct pair prompts "
         "kept out of training to evaluate on.",
     )
-    max_eval_prompts: int = Field(48, ge=1, le=1000, description="Evaluate on at most this many prompts.")
-    eval_samples: int = Field(4, ge=1, le=32, description="Answers per prompt and system (K); the intervals need K > 1 to be honest.")
-    eval_max_tokens: int = Field(96, ge=1, le=1024, description="Answer length for every system alike.")
-    eval_temperature: float = Field(
+    max_eval_prompts: Whole = Field(48, ge=1, le=1000, description="Evaluate on at most this many prompts.")
+    eval_samples: Whole = Field(4, ge=1, le=32, description="Answers per prompt and system (K); the intervals need K > 1 to be honest.")
+    eval_max_tokens: Whole = Field(96, ge=1, le=1024, description="Answer length for every system alike.")
+    eval_temperature: Real = Field(
         0.7, ge=0, le=2,
         description="Sampling temperature for every system alike (0: greedy).",
     )
@@ -144,7 +144,7 @@ class DistillationConfig(BaseModel):
         "slow on a CPU), to report the share of the teacher's gain the student kept.",
     )
     collapse_check: bool = Field(True, description="Check the student's answers to general instructions (perplexity, length).")
-    eval_examples: int = Field(4, ge=0, le=100, description="Before/after examples kept in the metrics.")
+    eval_examples: Whole = Field(4, ge=0, le=100, description="Before/after examples kept in the metrics.")
     auto_promote: bool = Field(
         False,
         description="Promote the new student when its promotion gate passes (a significant gain over the base; no collapse "
@@ -195,14 +195,14 @@ class EvaluationConfig(BaseModel):
     task: str | None = Field(None, pattern=TASK_NAME_PATTERN, description="Task whose reward scores (default: the student's).")
     eval_prompts: list[NonBlank] | None = Field(
         None, min_length=1, max_length=1000, description="Prompts to evaluate on (default: the task's evaluation set).")
-    max_eval_prompts: int = Field(48, ge=1, le=1000, description="Evaluate on at most this many prompts.")
-    samples: int = Field(4, ge=1, le=32, description="Answers per prompt and system (K).")
-    max_tokens: int = Field(96, ge=1, le=1024, description="Answer length for every system alike.")
-    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature for every system alike.")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the sampling and the bootstrap.")
+    max_eval_prompts: Whole = Field(48, ge=1, le=1000, description="Evaluate on at most this many prompts.")
+    samples: Whole = Field(4, ge=1, le=32, description="Answers per prompt and system (K).")
+    max_tokens: Whole = Field(96, ge=1, le=1024, description="Answer length for every system alike.")
+    temperature: Real = Field(0.7, ge=0, le=2, description="Sampling temperature for every system alike.")
+    seed: Whole = Field(0, ge=0, le=2**31 - 1, description="Seeds the sampling and the bootstrap.")
     teacher: bool = Field(False, description="Also run the teacher's critique→revise chain (three generations per answer).")
     collapse_check: bool = Field(True, description="Base-model perplexity of the student's answers to general instructions.")
-    examples: int = Field(4, ge=0, le=100, description="Answers kept in the figures, side by side.")
+    examples: Whole = Field(4, ge=0, le=100, description="Answers kept in the figures, side by side.")
 
     @model_validator(mode="after")
     def _check(self) -> "EvaluationConfig":

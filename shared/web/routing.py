@@ -116,3 +116,33 @@ def document_errors_as_json(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi
+
+
+SchemaLimits = dict[str, dict[str, dict[str, int]]]
+"""schema name -> property -> JSON Schema keyword -> value; `items.<keyword>` bounds each item."""
+
+
+def document_limits(app: FastAPI, limits: SchemaLimits) -> None:
+    """Write the service's configured limits into its OpenAPI schema (maximum, maxItems, each
+    item's maxLength), so a request valid under the schema is never refused for a documented
+    limit the client could not see. Where the model has a tighter bound of its own, it stays."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema["components"]["schemas"]
+        for model, fields in limits.items():
+            for field, keywords in fields.items():
+                prop = components[model]["properties"][field]
+                for alternative in prop.get("anyOf", [prop]):
+                    if alternative.get("type") == "null":
+                        continue
+                    for keyword, value in keywords.items():
+                        target = alternative["items"] if keyword.startswith("items.") else alternative
+                        keyword = keyword.removeprefix("items.")
+                        target[keyword] = min(value, target.get(keyword, value))
+        return schema
+
+    app.openapi = openapi

@@ -65,6 +65,9 @@ def test_logit_bias_and_penalties_change_the_answer(openai_client, student_runti
     ({"presence_penalty": 2.5}, "presence_penalty"),
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"modalities": ["text", "audio"]}, "modalities"),
+    ({"temperature": "0.5"}, "temperature"),  # a number is a JSON number, as on the teacher
+    ({"presence_penalty": True}, "presence_penalty"),
+    ({"n": "2"}, "n"),
 ])
 def test_what_is_not_honoured_is_refused_by_name(registry_server, fields, param):
     url, _ = registry_server

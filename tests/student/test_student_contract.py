@@ -22,6 +22,19 @@ def test_the_schema_documents_bearer_auth_and_400_not_422(registry_server):
     assert "security" not in schema["paths"]["/healthz"]["get"]
 
 
+def test_configured_limits_are_in_the_schema(registry_server):
+    """max_tokens, max_completion_tokens and n carry this service's limits (64 and 4 here) as JSON
+    Schema bounds; no bound is left in pydantic's own words."""
+    from schema_fuzz import non_standard_keywords
+
+    url, _app = registry_server
+    schema = httpx.get(f"{url}/openapi.json").json()
+    assert non_standard_keywords(schema) == []
+    fields = schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    assert fields["max_tokens"]["anyOf"][0]["maximum"] == 64 and fields["max_completion_tokens"]["anyOf"][0]["maximum"] == 64
+    assert fields["n"]["maximum"] == 4 and fields["temperature"]["anyOf"][0]["maximum"] == 2
+
+
 def test_an_anonymous_request_with_malformed_json_is_a_401(registry_server, keys):
     url, _app = registry_server
     response = httpx.post(f"{url}/v1/chat/completions", content=b"{not json", headers=JSON)

@@ -37,6 +37,26 @@ def test_the_bearer_scheme_and_every_error_are_documented(teacher):
                     assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, status)
 
 
+def test_configured_limits_are_in_the_schema(teacher):
+    """A request valid under the schema is never refused for a documented limit: the configured
+    ones (this teacher's: 4 sync prompts, 200 job prompts, 500 characters, 64 tokens, 2 steps, 2
+    chains) are stated as JSON Schema bounds, and no bound is left in pydantic's own words."""
+    from schema_fuzz import non_standard_keywords
+
+    with teacher.client(None) as client:
+        schema = client.get("/openapi.json").json()
+    assert non_standard_keywords(schema) == []
+    models = schema["components"]["schemas"]
+    for model, prompts in (("SampleRequest", 4), ("JobRequest", 200)):
+        fields = models[model]["properties"]
+        listed = fields["prompts"]["anyOf"][0]
+        assert listed["maxItems"] == prompts and listed["items"]["maxLength"] == 500, (model, listed)
+        assert fields["max_tokens"]["maximum"] == 64 and fields["chains"]["maximum"] == 2
+        assert fields["steps"]["anyOf"][0]["maximum"] == 2 and fields["temperature"]["maximum"] == 2
+    assert models["TaskSpec"]["properties"]["prompts"]["items"]["maxLength"] == 500
+    assert models["DistillationConfig"]["properties"]["max_steps"]["anyOf"][0]["maximum"] == teacher.settings.distill.max_steps
+
+
 def test_metrics_are_documented_and_served_as_text(teacher):
     with teacher.client(None) as client:
         schema = client.get("/openapi.json").json()
