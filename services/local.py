@@ -8,7 +8,6 @@ without a chance to stop it (SIGKILL, a crash: Linux's parent-death signal).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import signal
@@ -25,6 +24,7 @@ from rich.table import Table
 
 from shared.db.session import redacted_url
 from shared.keys import hash_key
+from shared.parent_death import end_with_parent
 from shared.settings import Settings
 
 console = Console(stderr=True)
@@ -43,7 +43,7 @@ class Child:
         with open(self.log_path, "ab") as log:
             # Own process group: Ctrl-C in the terminal reaches us only, and we stop the children in order.
             self.process = subprocess.Popen([sys.executable, "-m", "services.cli", *self.args], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True, preexec_fn=_die_with_parent)
+                                            start_new_session=True, preexec_fn=end_with_parent)  # SIGTERM when the supervisor dies
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -85,17 +85,6 @@ class Child:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: have the kernel send SIGTERM when the supervisor dies."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the signal handlers still stop the children
-        pass
 
 
 class StopRequested(KeyboardInterrupt):

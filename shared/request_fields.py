@@ -56,7 +56,11 @@ Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX), BeforeValidator(whole_num
 Count = Annotated[int, Field(ge=1), BeforeValidator(whole_number)]
 """A positive whole number."""
 NonNegative = Annotated[int, Field(ge=0), BeforeValidator(whole_number)]
-NonBlank = Annotated[str, Field(min_length=1, pattern=r"\S"), AfterValidator(_valid_unicode)]
+# "Something besides white space", spelled out: `\S` differs between the regex engines that read
+# the pattern (pydantic's Rust engine counts U+0085 as space, JSON Schema's ECMAScript does not,
+# and the other way round for U+FEFF), so a client's validator and the service would disagree.
+NOT_SPACE = r"[^\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+NonBlank = Annotated[str, Field(min_length=1, pattern=NOT_SPACE), AfterValidator(_valid_unicode)]
 """Text with something besides white space in it."""
 Real = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(real_number)]
 """A finite number: JSON's non-standard Infinity and NaN are refused, as are true and "0.5"."""

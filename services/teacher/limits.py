@@ -55,11 +55,10 @@ def schema_limits(settings: Settings) -> SchemaLimits:
                 "max_tokens": {"maximum": teacher.max_tokens_limit}, "steps": {"maximum": teacher.max_steps},
                 "chains": {"maximum": teacher.max_chains}}
 
-    task_prompts = {"maxItems": teacher.max_job_prompts, "items.maxLength": teacher.max_prompt_chars}
+    # Not TaskSpec: it is also the answer of GET /v1/tasks, where a preset's prompt set may be longer.
     return {
         "SampleRequest": sampling(teacher.max_sync_prompts),
         "JobRequest": sampling(teacher.max_job_prompts),
-        "TaskSpec": {"prompts": task_prompts, "eval_prompts": task_prompts, "steps": {"maximum": teacher.max_steps}},
         "DistillationConfig": {"max_steps": {"maximum": settings.distill.max_steps},
                                "lora_r": {"maximum": settings.student.max_lora_rank}},
     }

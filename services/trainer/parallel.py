@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import uuid
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from services.trainer.distill import Interrupted, StepCallback, TrainResult, run_training
 from services.trainer.ranks import Ranks
 from shared.errors import DscError, InvalidRequest
+from shared.parent_death import end_with_parent
 
 if TYPE_CHECKING:
     from shared.distillation.config import DistillationConfig
@@ -67,9 +69,12 @@ class RankOutcome:
 
 
 def _rank_main(conn, config_data: dict, base_path: str, examples: list, run_dir: str, device: str, threads: int,
-               keep_checkpoints: int) -> RankOutcome:
+               keep_checkpoints: int, parent_pid: int) -> RankOutcome:
     """One training rank (started by the elastic launcher, which sets RANK, WORLD_SIZE, LOCAL_RANK
     and the rendezvous address). Rank 0 relays progress through `conn`."""
+    # A trainer killed outright cannot stop its ranks: the kernel does, at once, rather than each
+    # rank finishing its step (or hanging in a collective) with nobody to report to.
+    end_with_parent(signal.SIGKILL, parent_pid=parent_pid)
     import torch
     import torch.distributed as dist
 
@@ -147,7 +152,7 @@ def launch(
         logs_specs=DefaultLogsSpecs(log_dir=logs),
     )
     args = (theirs, config.model_dump(mode="json"), str(base_path), list(examples), str(run_dir), device,
-            cpu_threads_per_rank(processes, threads), keep_checkpoints)
+            cpu_threads_per_rank(processes, threads), keep_checkpoints, os.getpid())
     outcome: dict[str, Any] = {}
 
     def run() -> None:

@@ -3,6 +3,7 @@ the reason; neither touches the active student. Cancellation stops a run between
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
 from sqlalchemy import select, update
 
 from services.trainer.worker import TrainerWorker
@@ -79,6 +81,41 @@ def test_killed_trainer_resumes_from_its_checkpoint(make_settings, postgres_url,
     _untouched(sessions)  # a finished run registers a student; only promotion activates one
     with sessions() as session:
         assert session.scalar(select(Student.version).where(Student.run_id == run.id)) == 2
+
+
+def test_a_killed_trainer_leaves_no_training_rank_behind(make_settings, postgres_url, model_path, helpers, tmp_path):
+    """SIGKILL a trainer while two data-parallel ranks train: nobody can tell them to stop, so each
+    rank must end by itself; the next attempt resumes the run from its checkpoint."""
+    settings = make_settings(postgres_url, trainer={"lease_seconds": 3})
+    sessions = _seed(helpers, settings, model_path)
+    run, _ = submit(sessions, settings, DistillationConfig(**TINY, max_steps=8, save_steps=2, eval_prompts=helpers.film_prompts[-1:]))
+    env = {**os.environ, "DSC_DATABASE_URL": postgres_url, "DSC_MODEL_STORE": str(settings.resolved_model_store),
+           "DSC_DATA_DIR": str(settings.data_dir), "DSC_TRAINER_LEASE_SECONDS": "3", "DSC_TRAINER_POLL_SECONDS": "0.2",
+           "DSC_STUDENT_BASE_MODEL": str(model_path), "DSC_LOG_LEVEL": "INFO"}
+    log = (tmp_path / "trainer.log").open("w")
+    trainer = subprocess.Popen([sys.executable, "-m", "services.cli", "trainer", "work", "--threads", "1", "--processes", "2"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    ranks: list[psutil.Process] = []
+    try:
+        checkpoints = Path(run.artifact_dir) / "checkpoints"
+        helpers.wait_for(lambda: trainer.poll() is None and any(checkpoints.glob("step-0000[0-9][0-9]")) and
+                         _run(sessions, run.id).progress.get("step", 0) >= 3, 300, "a checkpoint and step 3")
+        ranks = [child for child in psutil.Process(trainer.pid).children(recursive=True) if "multiprocessing" in " ".join(child.cmdline())]
+        assert len(ranks) >= 2, [child.cmdline() for child in psutil.Process(trainer.pid).children(recursive=True)]
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait(30)
+        _gone, alive = psutil.wait_procs(ranks, timeout=5)  # ended by the kernel, not at their next step
+        assert not alive, f"training ranks outlived their trainer: {[p.pid for p in alive]}"
+    finally:
+        for process in [trainer, *ranks]:
+            with contextlib.suppress(Exception):
+                process.kill()
+        log.close()
+    helpers.wait_for(lambda: _run(sessions, run.id).lease_expires_at < utcnow(), 20, "the dead worker's lease to expire")
+    assert TrainerWorker(settings, sessions).run_once()
+    done = _run(sessions, run.id)
+    assert done.status == "succeeded" and done.attempt == 2, done.error
+    assert done.metrics["train"]["resumed_from_step"] is not None
 
 
 def test_run_whose_workers_keep_dying_fails_with_the_reason(make_settings, model_path, helpers):
