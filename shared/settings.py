@@ -386,6 +386,22 @@ class Settings(BaseSettings):
         "'10/second;600/minute'); counted per process; 429 with Retry-After beyond it. Unset: no per-key limit.",
     )
 
+    auth_failure_limit: str | None = Field(
+        "30/minute",
+        description="Failed authentications (a bad or missing bearer token, a wrong console login) each client address "
+        "may make, in the `limits` notation; beyond it that address gets 429 with Retry-After until the window "
+        "passes, even with a good token. Counted per process. Unset: not throttled.",
+    )
+    trusted_proxies: CommaList = Field(
+        default_factory=list,
+        description="Addresses or networks (comma-separated: '10.0.0.5', '10.0.0.0/8') of reverse proxies in front of "
+        "the services. Only a request from one of them is believed about its client (X-Forwarded-For) and its "
+        "public host (X-Forwarded-Host or Forwarded: host=), for throttling and the console's same-origin check.",
+    )
+    console_session_hours: float = Field(
+        8.0, gt=0, le=24 * 30, description="How long a console login lasts; the server forgets it then, or at logout."
+    )
+
     # --- the groups ---
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
@@ -436,7 +452,7 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return (value.strip().upper() or None) if isinstance(value, str) else value  # info, INFO; empty: the default
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "auth_failure_limit")
     @classmethod
     def _check_rate(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -448,6 +464,18 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError(f"{value!r} is not a rate such as '120/minute' or '10/second;600/minute'") from None
         return value.strip()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network such as 10.0.0.0/8") from None
+        return value
 
     @property
     def resolved_database_url(self) -> str:

@@ -26,7 +26,8 @@ def live_server(app, *, name: str = "server", ready_timeout: float = 120.0, stop
                 port: int | None = None) -> Iterator[str]:
     """Yields the base URL once /readyz answers 200; stops the server (running its lifespan shutdown) after."""
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                           proxy_headers=False))  # as the services run (shared/web/proxies.py)
     thread = threading.Thread(target=server.run, name=f"{name}-{port}", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -93,3 +94,11 @@ def stop_process(process: subprocess.Popen, grace: float = 60.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def console_cookie(url: str, token: str) -> str:
+    """Log in to a teacher's console as a browser does: the session cookie's value (httpx keeps
+    Secure cookies off plain HTTP, so it is read from Set-Cookie)."""
+    response = httpx.post(f"{url}/console/login", data={"token": token}, headers={"Origin": url}, follow_redirects=False, timeout=60)
+    assert response.status_code == 303, response.text
+    return response.headers["set-cookie"].split(";", 1)[0].removeprefix("dsc_console=")

@@ -23,7 +23,8 @@ from shared.db.session import make_engine, read_session_factory, session_factory
 from shared.errors import MissingDependency
 from shared.logs import UVICORN_LOGGING, configure_logging
 from shared.settings import Settings
-from shared.web.ratelimit import KeyRateLimiter
+from shared.web.proxies import UVICORN_PROXY_HEADERS_OFF
+from shared.web.ratelimit import FailureThrottle, KeyRateLimiter
 from shared.web.errors import install_error_handlers
 from shared.web.process import exit_after
 from shared.web.routing import document_errors_as_json, document_limits
@@ -109,6 +110,7 @@ def create_app(
     app.state.settings = settings
     app.state.registry = registry
     app.state.rate_limiter = KeyRateLimiter.from_settings(settings)  # per key; None: DSC_RATE_LIMIT unset
+    app.state.auth_throttle = FailureThrottle.from_settings(settings)  # per address; None: DSC_AUTH_FAILURE_LIMIT unset
     install_error_handlers(app, openai=True)  # OpenAI's error bodies and status codes
     app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "student"), **settings.request_limits())
     app.include_router(router)
@@ -136,7 +138,8 @@ def serve(settings: Settings, *, host: str, port: int, model: str | None = None)
         server.should_exit = True  # requests in flight on the dead engine end at once (503)
 
     app.state.exit_process = exit_process
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=30, **UVICORN_LOGGING))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=30, **UVICORN_LOGGING,
+                                           **UVICORN_PROXY_HEADERS_OFF))
     server.run()
     if exit_code:
         log.error("student stopped because its engine died; exit status %d", exit_code)

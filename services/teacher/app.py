@@ -35,7 +35,8 @@ from shared.engines.base import Engine
 from shared.logs import UVICORN_LOGGING, configure_logging, no_log_ids
 from shared.sampling_run import RewardPool
 from shared.settings import Settings
-from shared.web.ratelimit import KeyRateLimiter
+from shared.web.proxies import UVICORN_PROXY_HEADERS_OFF
+from shared.web.ratelimit import FailureThrottle, KeyRateLimiter
 from shared.web.errors import install_error_handlers
 from shared.web.process import exit_after
 from shared.web.middleware import HttpMetrics, RequestContextMiddleware
@@ -117,6 +118,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.state.rate_limiter = KeyRateLimiter.from_settings(settings)  # per key; None: DSC_RATE_LIMIT unset
+    app.state.auth_throttle = FailureThrottle.from_settings(settings)  # per address; None: DSC_AUTH_FAILURE_LIMIT unset
     app.add_middleware(RequestContextMiddleware, metrics=HttpMetrics(registry, "teacher"), **settings.request_limits())
     for module in (health, tasks, sampling, jobs, pairs, distillations, evaluations, students):
         app.include_router(module.router)
@@ -156,7 +158,8 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
                     state.begin_shutdown()
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, **UVICORN_LOGGING)
+    config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, **UVICORN_LOGGING,
+                            **UVICORN_PROXY_HEADERS_OFF)
     server = Server(config)
     server.run()
     if exit_code:

@@ -280,3 +280,16 @@ class StudentReplica(Base):
     seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)  # by the database's clock (queue.database_now)
     loaded: Mapped[list[Any]] = mapped_column(default=list)  # student ids served now
     not_loaded: Mapped[dict[str, Any]] = mapped_column(default=dict)  # student id → why its load failed
+
+
+class ConsoleSession(Base):
+    """A login to the web console (services/teacher/console/sessions.py). The cookie holds a random
+    secret; the database keeps only its SHA-256 (`id`) and the admin token sealed with a key derived
+    from the secret, so neither a copy of the database nor of a cookie from before logout opens it."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex SHA-256 of the cookie's secret
+    sealed_token: Mapped[str] = mapped_column(Text)  # Fernet token of the admin token, keyed by the secret
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

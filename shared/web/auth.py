@@ -18,6 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from shared.errors import Forbidden, Overloaded, Unauthorized
 from shared.keys import hash_key, key_id
 from shared.settings import Settings
+from shared.web.proxies import client_address
+from shared.web.ratelimit import FailureThrottle
 
 
 class Scope(str, Enum):
@@ -105,16 +107,28 @@ def _authenticate(request: Request) -> Caller:
     settings: Settings = request.app.state.settings
     if not auth_enabled(settings):
         return Caller(Scope.ADMIN, None)
+    throttle = getattr(request.app.state, "auth_throttle", None)
+    address = refuse_throttled(request, throttle)
     token = _bearer(request)
-    if token is None:
-        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <key>'")
-    caller = identify(settings, token)
+    caller = identify(settings, token) if token is not None else None
     if caller is None:
-        raise Unauthorized("invalid bearer token")
+        if throttle is not None:
+            throttle.failed(address)
+        raise Unauthorized("invalid bearer token" if token else "missing bearer token: send 'Authorization: Bearer <key>'")
     limiter = getattr(request.app.state, "rate_limiter", None)
     if limiter is not None and (retry_after := limiter.admit(caller.key_id)) is not None:
         raise Overloaded(f"rate limit of this key exceeded ({limiter.rate}, DSC_RATE_LIMIT); retry after {retry_after} s", retry_after=retry_after)
     return caller
+
+
+def refuse_throttled(request: Request, throttle: FailureThrottle | None) -> str:
+    """The client's address; 429 with Retry-After while it is over its failed-authentication limit
+    (guessing tokens is slow however many a second the service could check)."""
+    address = client_address(request)
+    if throttle is not None and (retry_after := throttle.blocked(address)) is not None:
+        raise Overloaded(f"too many failed authentications from this address ({throttle.rate}, DSC_AUTH_FAILURE_LIMIT); "
+                         f"retry after {retry_after} s", retry_after=retry_after)
+    return address
 
 
 def is_admin_request(request: Request) -> bool:

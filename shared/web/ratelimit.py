@@ -1,4 +1,4 @@
-"""Per-key request rates (`limits`, moving window, in this process's memory).
+"""Per-key request rates and per-address failed logins (`limits`, moving window, in this process's memory).
 
 One limiter per service process: with N replicas behind a balancer a key may make N times the rate.
 """
@@ -30,10 +30,33 @@ class KeyRateLimiter:
 
     def admit(self, key: str) -> int | None:
         # Test every window first, so a request refused by one window is not counted in the others.
-        full = [item for item in self._items if not self._limiter.test(item, key)]
+        full = self._full(key)
         if not full:
             if all(self._limiter.hit(item, key) for item in self._items):
                 return None
-            full = [item for item in self._items if not self._limiter.test(item, key)] or self._items  # lost a race
+            full = self._full(key) or self._items  # lost a race
+        return self._retry_after(key, full)
+
+    def _full(self, key: str) -> list[RateLimitItem]:
+        return [item for item in self._items if not self._limiter.test(item, key)]
+
+    def _retry_after(self, key: str, full: list[RateLimitItem]) -> int:
         reset = max(self._limiter.get_window_stats(item, key).reset_time for item in full)
         return max(1, math.ceil(reset - time.time()))
+
+
+class FailureThrottle(KeyRateLimiter):
+    """Failed authentications per client address (DSC_AUTH_FAILURE_LIMIT): `blocked(address)` is the
+    seconds until the address may try again (None: it may now); `failed(address)` counts one."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FailureThrottle | None:
+        return cls(settings.auth_failure_limit) if settings.auth_failure_limit else None
+
+    def blocked(self, address: str) -> int | None:
+        full = self._full(address)
+        return self._retry_after(address, full) if full else None
+
+    def failed(self, address: str) -> None:
+        for item in self._items:
+            self._limiter.hit(item, address)

@@ -11,8 +11,8 @@ from typing import Any, Iterator
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
-from live_server import teacher_server  # tests/ is on sys.path (pytest prepends the root conftest's directory)
-from settings_support import settings_with
+from live_server import console_cookie, teacher_server  # tests/ is on sys.path (pytest prepends the root conftest's directory)
+from settings_support import TEST_AUTH_FAILURES, settings_with
 from shared.db.models import Job, utcnow
 from shared.db.session import transaction
 from shared.db.store import record_chains
@@ -27,7 +27,7 @@ XSS = "<script>document.title='pwned'</script>Review the film <b>Heat</b>."
 def console_settings(tmp_path: Path, model_path: Path, database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         data_dir=tmp_path / "data", model_store=tmp_path / "store", database_url=database_url, engine="transformers",
-        teacher_model=str(model_path), student_base_model=str(model_path), api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN,
+        teacher_model=str(model_path), student_base_model=str(model_path), api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN, auth_failure_limit=TEST_AUTH_FAILURES,
         jobs={"workers": 0, "poll_seconds": 0.1}, distill={"min_pairs": 2}, teacher={"max_tokens_limit": 64},
     )
     return settings_with(values, overrides)
@@ -40,9 +40,10 @@ class Teacher:
     sessions: sessionmaker[Session]
 
     def console(self, token: str | None = ADMIN_TOKEN, **kwargs: Any) -> httpx.Client:
-        """A client of the console: the login cookie sent by hand (httpx keeps Secure cookies off plain HTTP),
-        and this origin on every post, as a browser sends it."""
-        headers = {"Origin": self.url, **({"Cookie": f"dsc_console={token}"} if token else {})}
+        """A client of the console, logged in with `token` (None: not logged in): its session cookie
+        sent by hand (httpx keeps Secure cookies off plain HTTP), and this origin on every post, as a
+        browser sends it."""
+        headers = {"Origin": self.url, **({"Cookie": f"dsc_console={console_cookie(self.url, token)}"} if token else {})}
         return httpx.Client(base_url=self.url, headers=headers, timeout=120, **kwargs)
 
     def api(self, token: str = ADMIN_TOKEN) -> httpx.Client:

@@ -178,3 +178,42 @@ def _drive(browser, teacher, student_url: str, shots) -> None:
     assert page.url == f"{console}/login"
     page.goto(f"{console}/students")
     assert page.url == f"{console}/login"
+
+
+@pytest.mark.timeout(300)
+def test_a_browser_session_ends_at_logout_and_at_expiry(tmp_path, model_path, tf_engine):
+    """The cookie a browser held before logging out (a copy an attacker kept) opens nothing; nor
+    does one past the session's lifetime, even when the browser would still send it."""
+    settings = console_settings(tmp_path, model_path, f"sqlite:///{tmp_path / 'dsc.db'}", console_session_hours=3 / 3600)
+    with running_teacher(settings, tf_engine) as teacher, playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = browser.new_context()
+            page = context.new_page()
+            console = f"{teacher.url}/console"
+
+            def log_in() -> dict:
+                page.goto(f"{console}/login")
+                page.fill("#token", ADMIN_TOKEN)
+                page.click("button[type=submit]")
+                assert page.url == f"{console}/jobs"
+                return next(c for c in context.cookies() if c["name"] == "dsc_console")
+
+            def replay(cookie: dict) -> str:
+                """Put the old cookie back, with no expiry of its own, and open a page."""
+                context.clear_cookies()
+                context.add_cookies([{key: cookie[key] for key in ("name", "value", "domain", "path", "secure", "httpOnly", "sameSite")}])
+                page.goto(f"{console}/students")
+                return page.url
+
+            before_logout = log_in()
+            page.click("text=Log out")
+            assert page.url == f"{console}/login"
+            assert replay(before_logout) == f"{console}/login"  # revoked on the server at logout
+
+            session = log_in()
+            assert replay(session) == f"{console}/students"  # the same cookie, still live
+            page.wait_for_timeout(3500)
+            assert replay(session) == f"{console}/login"  # past its lifetime
+        finally:
+            browser.close()

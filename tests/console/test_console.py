@@ -47,7 +47,8 @@ def test_console_pages_login_and_review(db_url, tmp_path, model_path, tf_engine)
             accepted = anonymous.post("/console/login", data={"token": ADMIN_TOKEN})
             assert accepted.status_code == 303 and accepted.headers["location"] == "/console/jobs"
             cookie = accepted.headers["set-cookie"]
-            assert cookie.startswith(f"dsc_console={ADMIN_TOKEN};")
+            secret = cookie.split(";", 1)[0].removeprefix("dsc_console=")
+            assert len(secret) >= 40 and ADMIN_TOKEN not in cookie  # a session's random secret, never the token
             assert all(part in cookie for part in ("HttpOnly", "Secure", "SameSite=strict", "Path=/console"))
             # a login posted from another site is refused before the token is even read
             assert anonymous.post("/console/login", data={"token": ADMIN_TOKEN}, headers={"Origin": "http://evil.example"}).status_code == 403
@@ -179,9 +180,11 @@ def test_console_pages_login_and_review(db_url, tmp_path, model_path, tf_engine)
             silent = console.post("/console/playground", data={"prompt": "Hello?", "model": "student"}, headers=HTML)
             assert silent.status_code == 200 and silent.text.count("the student service did not answer") == 2
 
-            # --- logging out clears the cookie
+            # --- logging out clears the cookie and ends the session on the server: the same cookie opens nothing
             out = console.post("/console/logout", follow_redirects=False)
             assert out.status_code == 303 and 'dsc_console=""' in out.headers["set-cookie"] and "Max-Age=0" in out.headers["set-cookie"]
+            replayed = console.get("/console/jobs", headers=HTML, follow_redirects=False)
+            assert replayed.status_code == 303 and replayed.headers["location"] == "/console/login"
 
 
 def test_without_tokens_the_console_is_as_open_as_the_api(tmp_path, model_path, tf_engine):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from live_server import live_server  # tests/ is on sys.path (pytest prepends the root conftest's directory)
-from settings_support import settings_with
+from settings_support import TEST_AUTH_FAILURES, settings_with
 from shared.db.models import Student
 from shared.db.session import make_engine, session_factory, transaction, upgrade
 from shared.settings import Settings
@@ -35,7 +35,7 @@ def student_settings(tmp_path: Path, model_store: Path, **overrides) -> Settings
     values = dict(
         data_dir=tmp_path / "data", model_store=model_store, engine="transformers",
         database_url=f"sqlite:///{tmp_path / 'registry.db'}",
-        api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN,
+        api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN, auth_failure_limit=TEST_AUTH_FAILURES,
         student={"poll_seconds": 0.5, "max_prompt_tokens": 256, "max_tokens": 64, "max_n": 4},
     )
     return settings_with(values, overrides)

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from live_server import free_port, live_server, wait_for  # tests/ is on sys.path (pytest prepends the root conftest's directory)
-from settings_support import settings_with
+from settings_support import TEST_AUTH_FAILURES, settings_with
 from shared.db.models import ChainRecord, ChainStep, Job, Pair, Task
 from shared.db.session import make_engine, session_factory
 from shared.settings import Settings
@@ -41,7 +41,7 @@ def one_torch_thread() -> Iterator[None]:
 def teacher_settings(data_dir: Path, model_store: Path, database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         data_dir=data_dir, model_store=model_store, database_url=database_url, engine="transformers",
-        api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN,
+        api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN, auth_failure_limit=TEST_AUTH_FAILURES,
         max_body_bytes=64 * 1024,
         jobs={"workers": 1, "batch_size": 2, "poll_seconds": 0.1, "lease_seconds": 30, "max_failures": 2},
         teacher={"max_sync_prompts": 4, "max_job_prompts": 200, "max_tokens_limit": 64, "max_steps": 2, "max_chains": 2,

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from live_server import teacher_server, wait_for  # tests/ is on sys.path (pytest prepends the root conftest's directory)
-from settings_support import settings_with
+from settings_support import TEST_AUTH_FAILURES, settings_with
 from shared.db.models import Job, utcnow
 from shared.db.session import make_engine, session_factory, transaction, upgrade
 from shared.db.store import record_chains
@@ -50,7 +50,7 @@ def trainer_settings(tmp_path: Path, model_path: Path, database_url: str | None 
     values: dict[str, Any] = dict(
         data_dir=tmp_path / "data", model_store=tmp_path / "store", database_url=database_url, engine="transformers",
         teacher_model=str(model_path), student_base_model=str(model_path),
-        api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN, jobs={"workers": 0},
+        api_keys=[CLIENT_KEY], admin_token=ADMIN_TOKEN, auth_failure_limit=TEST_AUTH_FAILURES, jobs={"workers": 0},
         trainer={"lease_seconds": 30, "poll_seconds": 0.2, "max_attempts": 3}, distill={"min_pairs": 2},
     )
     settings = settings_with(values, overrides)

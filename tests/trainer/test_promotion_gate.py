@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 
 from adapters import train_phrase_adapter
+from live_server import console_cookie
 from services.trainer.evaluation_figures import gate
 from services.trainer.evaluation_engines import run_evaluation
 from services.trainer.worker import TrainerWorker
@@ -81,7 +82,8 @@ def test_a_challenger_worse_than_the_incumbent_is_refused_by_promotion_and_auto_
         promotion = forced.json()["promotion"]
         assert promotion["forced"] is True and promotion["reason"] == "rolling back a reward hack" and promotion["by"] == "admin"
         assert "significantly worse than sentiment-student-v1" in promotion["overrode"]
-        console = admin.get("/console/students", headers={"Accept": "text/html", "Cookie": f"dsc_console={helpers.admin_token}"})
+        console = admin.get("/console/students", headers={"Accept": "text/html",
+                                                          "Cookie": f"dsc_console={console_cookie(teacher.url, helpers.admin_token)}"})
         assert console.status_code == 200 and "vs sentiment-student-v1" in console.text and "rolling back a reward hack" in console.text
 
         # auto_promote: the gamer active again, a new student distilled to say one flat sentence loses to it

@@ -15,13 +15,14 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from sqlalchemy.orm import Session
 
+from services.teacher.console.sessions import session_token
 from services.teacher.state import TeacherState
 from shared.errors import Forbidden, InvalidRequest
 from shared.web.auth import Caller, Scope, auth_enabled, identify
+from shared.web.proxies import public_host
 
 PREFIX = "/console"
-COOKIE = "dsc_console"
-SESSION_S = 8 * 3600  # the cookie's lifetime: a working day, then log in again
+COOKIE = "dsc_console"  # the session's secret (console/sessions.py), never the token
 
 
 class LoginRequired(Exception):
@@ -43,24 +44,29 @@ def db_session(state: Annotated[TeacherState, Depends(teacher_state)]) -> Iterat
         yield session
 
 
-def console_user(request: Request) -> ConsoleUser:
-    """The admin behind the console cookie. With no tokens configured the API is open (and bound to
-    loopback), and so is the console."""
+def console_user(request: Request, state: Annotated[TeacherState, Depends(teacher_state)]) -> ConsoleUser:
+    """The admin behind the console cookie's session. With no tokens configured the API is open
+    (and bound to loopback), and so is the console."""
     settings = request.app.state.settings
     if not auth_enabled(settings):
         return ConsoleUser(Caller(Scope.ADMIN, None), None)
-    token = request.cookies.get(COOKIE)
+    secret = request.cookies.get(COOKIE)
+    token = None
+    if secret:
+        with state.readers() as session:
+            token = session_token(session, secret)
     caller = identify(settings, token) if token else None
-    if caller is None or caller.scope is not Scope.ADMIN:
+    if caller is None or caller.scope is not Scope.ADMIN:  # no session, or the admin token changed since the login
         raise LoginRequired()
     return ConsoleUser(caller, token)
 
 
 def same_origin(request: Request) -> None:
     """Form posts only from the console's own pages. The cookie is SameSite=Strict already; the
-    Origin header (else the Referer) must name this host as well."""
+    Origin header (else the Referer) must name the host the browser addressed as well (behind a
+    trusted proxy that rewrites Host, the one it forwards: shared/web/proxies.py)."""
     source = request.headers.get("origin") or request.headers.get("referer")
-    host = request.headers.get("host")
+    host = public_host(request)
     if not source or not host or urlsplit(source).netloc != host:
         raise Forbidden("cross-site form post refused: the console accepts posts from its own pages only")
 
@@ -106,9 +112,9 @@ _environment.globals.update(prefix=PREFIX)
 templates = Jinja2Templates(env=_environment)
 
 
-def render(request: Request, name: str, *, code: int = 200, **context: Any) -> HTMLResponse:
+def render(request: Request, name: str, *, code: int = 200, headers: dict[str, str] | None = None, **context: Any) -> HTMLResponse:
     context.setdefault("auth_on", auth_enabled(request.app.state.settings))
-    return templates.TemplateResponse(request, name, context, status_code=code)
+    return templates.TemplateResponse(request, name, context, status_code=code, headers=headers)
 
 
 def redirect(path: str) -> RedirectResponse:
