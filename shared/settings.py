@@ -122,7 +122,7 @@ class OpenAISettings(SettingsGroup):
 
     base_url: str | None = Field(None, description="Base URL of the remote server, e.g. http://vllm-pool/v1.")
     api_key: str = Field("EMPTY", description="Bearer token sent to the remote server.")
-    concurrency: int = Field(16, description="Requests in flight to the remote server at once.")
+    concurrency: int = Field(16, ge=1, le=4096, description="Requests in flight to the remote server at once.")
     timeout: float = Field(
         120.0, gt=0, description="Seconds a request to the remote server may spend connecting, sending or waiting for "
         "its reply (httpx's connect, write, read and pool timeouts)."
@@ -140,7 +140,7 @@ class TeacherSettings(SettingsGroup):
 
     env_prefix: ClassVar[str] = "DSC_"  # the limits' variables have no service in their names (DSC_MAX_SYNC_PROMPTS)
 
-    port: int = Field(8000, description="The teacher's port.", json_schema_extra=_env("DSC_TEACHER_PORT"))
+    port: int = Field(8000, ge=1, le=65535, description="The teacher's port.", json_schema_extra=_env("DSC_TEACHER_PORT"))
     threads: int | None = Field(
         None, ge=1, json_schema_extra=_env("DSC_TEACHER_THREADS"),
         description="torch CPU threads of the teacher process (its transformers engine); default: torch's choice (all cores).",
@@ -203,7 +203,7 @@ class StudentSettings(SettingsGroup):
 
     env_prefix: ClassVar[str] = "DSC_STUDENT_"
 
-    port: int = Field(8001, description="The student service's port.")
+    port: int = Field(8001, ge=1, le=65535, description="The student service's port.")
     url: str | None = Field(
         None, description="Where the teacher's console reaches the student service (its playground); "
         "default http://127.0.0.1:<port>.")
@@ -218,7 +218,7 @@ class StudentSettings(SettingsGroup):
     max_batch: int = Field(16, ge=1, description="Most sequences one batched generate takes (transformers path).")
     batch_window_ms: float = Field(15.0, ge=0, description="How long the micro-batcher waits to gather a batch.")
     poll_seconds: float = Field(3.0, gt=0, description="How often the student checks the registry for promotions.")
-    max_loras: int = Field(4, description="Adapters served at once over one base model (vLLM max_loras, >= 2).")
+    max_loras: int = Field(4, ge=0, le=256, description="Adapters served at once over one base model (vLLM max_loras, >= 2; 0: no adapters).")
     max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank the student engine accepts.")
     serve_students_as: Literal["auto", "adapter", "merged"] = Field(
         "auto", description="How a LoRA student is served: adapter (multi-LoRA over the base model's engine), merged "
@@ -340,7 +340,7 @@ class Settings(BaseSettings):
         "capability 8.0+, a CPU with AVX-512 BF16 / AMX), float16 on an older GPU, else float32 (shared.device)."
     )
     max_model_len: int = Field(
-        2048,
+        2048, ge=64, le=1 << 20,
         # Aliases bypass env_prefix, so both names are spelled out; DSC_VLLM_MAX_MODEL_LEN is the old name.
         validation_alias=AliasChoices("DSC_MAX_MODEL_LEN", "DSC_VLLM_MAX_MODEL_LEN"),
         description="Context length (prompt plus completion tokens) of every vLLM engine and of the student's transformers runtime.",
@@ -357,7 +357,7 @@ class Settings(BaseSettings):
 
     # --- every service ---
     host: str = Field("127.0.0.1", description="The interface the services bind (a non-loopback bind needs API keys or --insecure).")
-    max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body a service accepts.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1024**3, description="Largest request body a service accepts.")
     max_header_count: int = Field(100, ge=8, le=10_000, description="Most header fields a request may carry (431 beyond).")
     max_header_bytes: int = Field(
         64 * 1024, ge=1024, le=16 * 1024 * 1024,

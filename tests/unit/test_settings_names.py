@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.engines.vllm_engine import engine_settings
-from shared.settings import Settings, environment_names, setting_groups
+from shared.settings import Settings, _at_least_one, environment_names, setting_groups
 
 
 @pytest.mark.parametrize("variable", ["DSC_MAX_MODEL_LEN", "DSC_VLLM_MAX_MODEL_LEN", "dsc_vllm_max_model_len"])
@@ -172,3 +172,28 @@ def test_cli_flags_reach_the_groups(monkeypatch):
     assert (seen["trainer"].trainer.processes, seen["trainer"].trainer.threads, seen["trainer"].trainer.device) == (2, 1, "cpu")
     result = runner.invoke(app, ["trainer", "work", "--processes", "0"])
     assert result.exit_code == 2 and "trainer.processes" in result.output and "must be at least 1" in result.output
+
+
+def test_every_numeric_setting_has_a_lower_bound():
+    """A 0 or negative count, port or duration must stop the service at start with the setting's
+    name (test_bad_values_name_the_field_in_its_group), not make it misbehave later."""
+    import annotated_types
+    from pydantic import BaseModel
+
+    unbounded = []
+
+    def scan(model: type[BaseModel], prefix: str = "") -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                scan(annotation, f"{prefix}{name}.")
+                continue
+            numeric = annotation in (int, float, int | None, float | None)
+            # ParallelSize: its own check, with a message that says what 1 means
+            bounded = any(isinstance(item, (annotated_types.Ge, annotated_types.Gt, annotated_types.Interval)) or
+                          getattr(item, "func", None) is _at_least_one for item in field.metadata)
+            if numeric and not bounded:
+                unbounded.append(prefix + name)
+
+    scan(Settings)
+    assert unbounded == [], unbounded
