@@ -388,7 +388,7 @@ class Settings(BaseSettings):
 
     auth_failure_limit: str | None = Field(
         "30/minute",
-        description="Failed authentications (a bad or missing bearer token, a wrong console login) each client address "
+        description="Failed authentications (a wrong bearer token, a wrong console login) each client address "
         "may make, in the `limits` notation; beyond it that address gets 429 with Retry-After until the window "
         "passes, even with a good token. Counted per process. Unset: not throttled.",
     )

@@ -107,14 +107,16 @@ def _authenticate(request: Request) -> Caller:
     settings: Settings = request.app.state.settings
     if not auth_enabled(settings):
         return Caller(Scope.ADMIN, None)
+    token = _bearer(request)
+    if token is None:  # guesses nothing: a 401 however often, never throttled
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <key>'")
     throttle = getattr(request.app.state, "auth_throttle", None)
     address = refuse_throttled(request, throttle)
-    token = _bearer(request)
-    caller = identify(settings, token) if token is not None else None
+    caller = identify(settings, token)
     if caller is None:
         if throttle is not None:
             throttle.failed(address)
-        raise Unauthorized("invalid bearer token" if token else "missing bearer token: send 'Authorization: Bearer <key>'")
+        raise Unauthorized("invalid bearer token")
     limiter = getattr(request.app.state, "rate_limiter", None)
     if limiter is not None and (retry_after := limiter.admit(caller.key_id)) is not None:
         raise Overloaded(f"rate limit of this key exceeded ({limiter.rate}, DSC_RATE_LIMIT); retry after {retry_after} s", retry_after=retry_after)
