@@ -246,7 +246,7 @@ def main() -> None:
     from rich.table import Table
 
     from services.student.runtimes.vllm_runtime import _supported_rank, serves_merged
-    from shared.engines.vllm_engine import engine_options, engine_settings
+    from shared.engines.vllm_options import engine_options, engine_settings
     from shared.model_store import merge_adapter, resolve_model
     from shared.settings import BUNDLED_MODEL, Settings
 

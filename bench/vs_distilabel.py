@@ -8,7 +8,7 @@ Step with dSC's reward → only the accepted rows), alternating the two, --repea
 side's median counts.
 
 Same engine: both talk to ONE `vllm serve` this bench starts, with the engine arguments dSC gives
-its own vLLM engines (shared/engines/vllm_engine.py::engine_options: dtype, max-model-len, KV
+its own vLLM engines (shared/engines/vllm_options.py::engine_options: dtype, max-model-len, KV
 cache bytes, prefix caching, whole prefills on CPU, OpenMP threads on every core): distilabel
 through its `OpenAILLM`, dSC through its remote engine (shared/engines/openai_engine.py).
 distilabel's in-process `vLLM` class cannot run on this vLLM (0.32: it passes per-request
@@ -57,7 +57,7 @@ def free_port() -> int:
 def serve_argv(model_path: Path, served_name: str, port: int, *, eager: bool) -> list[str]:
     """`vllm serve` with the engine arguments of dSC's own vLLM engines (engine_options also sets
     the environment vLLM-CPU reads: OpenMP threads bound to every core, spawn)."""
-    from shared.engines.vllm_engine import engine_options, engine_settings
+    from shared.engines.vllm_options import engine_options, engine_settings
     from shared.settings import Settings
 
     options = engine_options(str(model_path), **engine_settings(Settings(), enforce_eager=eager))

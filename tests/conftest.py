@@ -48,7 +48,8 @@ def tf_engine(model_path: Path):
 
 @pytest.fixture(scope="session")
 def vllm_engine(model_path: Path):
-    from shared.engines.vllm_engine import VLLMEngine, vllm_available
+    from shared.engines.vllm_engine import VLLMEngine
+    from shared.engines.vllm_options import vllm_available
 
     if not vllm_available():
         pytest.skip("vLLM does not import on this machine")

@@ -84,3 +84,28 @@ def vllm_env(**overrides: str) -> dict[str, str]:
 
 def since(started: float) -> float:
     return time.monotonic() - started
+
+
+def kill_core_and_wait_exit(process: subprocess.Popen, log_path: Path, service: str, wait_s: float) -> tuple[int, float, list[psutil.Process]]:
+    """SIGKILL the engine core of a running service and wait for the service to exit: (its exit
+    status, seconds from the kill to the exit, the engine's processes as they were before)."""
+    import pytest
+
+    engine = vllm_processes(process.pid)
+    kill_engine_core(process.pid)
+    killed_at = time.monotonic()
+    try:
+        code = process.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the {service} still runs {wait_s:.0f} s after its engine died\n{log_path.read_text()[-3000:]}")
+    return code, since(killed_at), engine
+
+
+def check_exit_for_engine_death(service: str, code: int, exited_in: float, left: list, log_text: str, within_s: float) -> None:
+    """The service ended as DSC_ON_ENGINE_DEATH=exit promises: status 75, soon, no vLLM process left."""
+    from shared.engines.base import ENGINE_DEAD_EXIT_CODE
+
+    print(f"\nthe {service} exited {exited_in:.1f} s after its engine core was killed, status {code}")
+    assert code == ENGINE_DEAD_EXIT_CODE, f"exit {code}\n{log_text[-3000:]}"
+    assert exited_in < within_s
+    assert not left, f"vLLM processes outlived the {service}: {left}"

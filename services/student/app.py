@@ -44,7 +44,7 @@ def default_runtime_factory(settings: Settings, on_batch=None) -> RuntimeFactory
 
     def build(path: Path) -> Runtime:
         if settings.engine in ("auto", "vllm"):
-            from shared.engines.vllm_engine import vllm_available
+            from shared.engines.vllm_options import vllm_available
 
             if vllm_available():
                 from services.student.runtimes.vllm_runtime import VLLMRuntime

@@ -15,7 +15,7 @@ from typing import Callable
 
 from services.student.metrics import StudentMetrics
 from services.student.serving_models import ServedModels
-from shared.engines.base import ENGINE_DEAD_EXIT_CODE, engine_dead_reason
+from shared.engines.base import ENGINE_DEAD_EXIT_CODE, STAYING_UP, death_response, engine_dead_reason
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,26 +60,17 @@ class EngineHealth:
             return
         self.dead = reason
         settings = self.settings
-        restart = settings.on_engine_death == "restart"
-        if restart and self.models.owns_runtimes and self.restarts < settings.engine_max_restarts:
-            self.death_action = "loading the models afresh"
-        elif self.exit_process is not None:
-            self.death_action = "exiting"
-        else:
-            self.death_action = "staying up, not ready (embedded: no process to end)"
+        response = death_response(settings.on_engine_death, rebuildable=self.models.owns_runtimes, restarts=self.restarts,
+                                  max_restarts=settings.engine_max_restarts, can_exit=self.exit_process is not None,
+                                  restart_action="loading the models afresh")
+        self.death_action = response.action
         self.metrics.engine_deaths.inc()
-        if self.death_action == "loading the models afresh":
+        if response.restart:
             log.error("the student engine died: %s; loading the models afresh (restart %d of at most %d)",
                       reason, self.restarts + 1, settings.engine_max_restarts)
             self.models.spawn(self._restart())
             return
-        if restart and not self.models.owns_runtimes:
-            why = "its runtime was handed in, not built here, so it cannot be rebuilt"
-        elif restart:
-            why = f"it was restarted {self.restarts} times already (engine_max_restarts)"
-        else:
-            why = "DSC_ON_ENGINE_DEATH=exit"
-        log.error("the student engine died: %s; %s: %s", reason, why, self.death_action)
+        log.error("the student engine died: %s; %s: %s", reason, response.why, response.action)
         self._exit(ENGINE_DEAD_EXIT_CODE)
 
     def _exit(self, code: int) -> None:
@@ -94,7 +85,7 @@ class EngineHealth:
             # load_afresh recorded why in load_error
             log.error("the student could not load its models again after the engine died (%s)", models.load_error)
             self.death_action = f"the models could not be loaded again ({models.load_error}); " + (
-                "exiting" if self.exit_process else "staying up, not ready")
+                "exiting" if self.exit_process else STAYING_UP)
             self._exit(ENGINE_DEAD_EXIT_CODE)
             return
         self.restarts += 1

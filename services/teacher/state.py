@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.teacher.metrics import TeacherMetrics
 from shared.db.session import read_session_factory
-from shared.engines.base import ENGINE_DEAD_EXIT_CODE, Engine, engine_dead_reason
+from shared.engines.base import ENGINE_DEAD_EXIT_CODE, Engine, STAYING_UP, death_response, engine_dead_reason
 from shared.sampling_run import RewardPool
 from shared.settings import Settings
 
@@ -108,27 +108,18 @@ class TeacherState:
             if self.engine_dead is not None or self.stopping.is_set():
                 return
             self.engine_dead = reason
-            restart = self.settings.on_engine_death == "restart"
-            rebuildable = self.owns_engine and self.build_engine is not None
-            if restart and rebuildable and self.engine_restarts < self.settings.engine_max_restarts:
-                self.engine_death_action = "restarting the engine"
-            elif self.exit_process is not None:
-                self.engine_death_action = "exiting"
-            else:
-                self.engine_death_action = "staying up, not ready (embedded: no process to end)"
+            response = death_response(
+                self.settings.on_engine_death, rebuildable=self.owns_engine and self.build_engine is not None,
+                restarts=self.engine_restarts, max_restarts=self.settings.engine_max_restarts,
+                can_exit=self.exit_process is not None, restart_action="restarting the engine")
+            self.engine_death_action = response.action
         self.metrics.engine_deaths.inc()
-        if self.engine_death_action == "restarting the engine":
+        if response.restart:
             log.error("the teacher engine died: %s; building a new one (restart %d of at most %d)",
                       reason, self.engine_restarts + 1, self.settings.engine_max_restarts)
             threading.Thread(target=self._restart_engine, name="engine-restart", daemon=True).start()
             return
-        if restart and not rebuildable:
-            why = "it was handed in, not built here, so it cannot be rebuilt"
-        elif restart:
-            why = f"it was restarted {self.engine_restarts} times already (engine_max_restarts)"
-        else:
-            why = "DSC_ON_ENGINE_DEATH=exit"
-        log.error("the teacher engine died: %s; %s: %s", reason, why, self.engine_death_action)
+        log.error("the teacher engine died: %s; %s: %s", reason, response.why, response.action)
         self.request_exit(ENGINE_DEAD_EXIT_CODE)
 
     def request_exit(self, code: int) -> None:
@@ -146,7 +137,7 @@ class TeacherState:
         except Exception as exc:
             log.exception("building a new teacher engine failed")
             self.engine_error = f"the engine died ({self.engine_dead}) and could not be rebuilt: {exc}"
-            self.engine_death_action = f"it could not be rebuilt ({exc}); " + ("exiting" if self.exit_process else "staying up, not ready")
+            self.engine_death_action = f"it could not be rebuilt ({exc}); " + ("exiting" if self.exit_process else STAYING_UP)
             self.request_exit(ENGINE_DEAD_EXIT_CODE)
             return
         if self.stopping.is_set():  # shut down while the engine was rebuilt

@@ -36,7 +36,7 @@ from services.teacher.state import TeacherState
 from shared.db.job_queue import claim_batch, commit_batch, fail_job, hand_back, job_standing, record_failure, settle_cancelled
 from shared.db.models import Job, JobBatch
 from shared.db.queue import ACTIVE, Heartbeat, Lease, get_row, worker_owner
-from shared.db.outages import OutageLog, is_outage
+from shared.db.outages import OutageLog, work_loop
 from shared.db.session import is_sqlite, transaction
 from shared.engines.base import dead_reason_of
 from shared.errors import DscError
@@ -77,21 +77,8 @@ class JobWorker:
 
     def _loop(self) -> None:
         state = self.state
-        while not state.stopping.is_set():
-            if state.engine is None or state.check_engine() is not None:  # still loading, or dead
-                state.stopping.wait(state.settings.jobs.poll_seconds)
-                continue
-            try:
-                claimed = self.run_once()
-                self.outage.recovered()
-            except Exception as error:  # never let one bad batch kill the worker
-                if is_outage(error):
-                    state.stopping.wait(self.outage.failed(error))
-                    continue
-                log.exception("job worker %s: unexpected error", self.name)
-                claimed = False
-            if not claimed:
-                state.stopping.wait(state.settings.jobs.poll_seconds)
+        work_loop(self.run_once, stopping=state.stopping, poll_seconds=state.settings.jobs.poll_seconds, outage=self.outage,
+                  paused=lambda: state.engine is None or state.check_engine() is not None)  # still loading, or dead
 
     # --- one batch ---------------------------------------------------------------------------
 

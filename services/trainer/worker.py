@@ -41,7 +41,7 @@ from services.trainer.evaluation_engines import StudentWeights, incumbent_weight
 from services.trainer.preflight import preflight
 from services.trainer.report import write_report
 from shared.db.models import DistillationRun, EvaluationRun, Student, utcnow
-from shared.db.outages import OutageLog, first_line, is_outage
+from shared.db.outages import OutageLog, first_line, is_outage, work_loop
 from shared.db.queue import Heartbeat, Lease, LeaseLost, claim, fenced_update, finish, release, worker_owner
 from shared.device import check_processes, resolve_device
 from shared.distillation.config import DistillationConfig, EvaluationConfig
@@ -81,20 +81,7 @@ class TrainerWorker:
             self._thread.join(timeout)
 
     def loop(self, *, once: bool = False) -> None:
-        while not self.stopping.is_set():
-            try:
-                claimed = self.run_once()
-                self.outage.recovered()
-            except Exception as error:  # never let one bad run kill the worker
-                if is_outage(error):
-                    self.stopping.wait(self.outage.failed(error))
-                    continue
-                log.exception("trainer worker: unexpected error")
-                claimed = False
-            if once and not claimed:
-                return
-            if not claimed:
-                self.stopping.wait(self.settings.trainer.poll_seconds)
+        work_loop(self.run_once, stopping=self.stopping, poll_seconds=self.settings.trainer.poll_seconds, outage=self.outage, once=once)
 
     # --- one run -------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ still away then, the worker's lease runs out and the next claim resumes the run 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Callable, TypeVar
 
@@ -68,3 +69,29 @@ class OutageLog:
             return default
         self.recovered()
         return result
+
+
+def work_loop(run_once: Callable[[], bool], *, stopping: threading.Event, poll_seconds: float, outage: OutageLog,
+              paused: Callable[[], bool] = lambda: False, once: bool = False) -> None:
+    """The poll loop of every worker (the teacher's job workers, the trainer): `run_once` claims and
+    processes at most one piece of work and says whether it found any. Sleeps `poll_seconds` when
+    there was none, or while `paused()` (the teacher's engine loading or dead); waits out database
+    outages; logs any other error and goes on, so one bad piece of work never kills the worker.
+    With `once`, returns when the queue is empty."""
+    while not stopping.is_set():
+        if paused():
+            stopping.wait(poll_seconds)
+            continue
+        try:
+            claimed = run_once()
+            outage.recovered()
+        except Exception as error:
+            if is_outage(error):
+                stopping.wait(outage.failed(error))
+                continue
+            outage.log.exception("%s: unexpected error", outage.who)
+            claimed = False
+        if once and not claimed:
+            return
+        if not claimed:
+            stopping.wait(poll_seconds)

@@ -34,10 +34,11 @@ def create_engine(settings: Settings, model: str, *, engine: str | None = None, 
         )
 
     path = resolve_model(model, settings.resolved_model_store)
-    from shared.engines.vllm_engine import vllm_available
+    from shared.engines.vllm_options import vllm_available
 
     if name in ("auto", "vllm") and vllm_available():
-        from shared.engines.vllm_engine import VLLMEngine, engine_settings
+        from shared.engines.vllm_engine import VLLMEngine
+        from shared.engines.vllm_options import engine_settings
 
         try:
             return VLLMEngine(path, **engine_settings(settings), **vllm_options)

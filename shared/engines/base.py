@@ -98,6 +98,36 @@ class EngineDead(NotReady):
 ENGINE_DEAD_EXIT_CODE = 75
 
 
+STAYING_UP = "staying up, not ready (embedded: no process to end)"
+
+
+@dataclass(frozen=True)
+class DeathResponse:
+    """What a service does once its engine died (DSC_ON_ENGINE_DEATH), for /readyz and the log."""
+
+    restart: bool  # build the engine (the student: its models) afresh in this process
+    action: str  # what /readyz says it is doing
+    why: str | None = None  # why it does not restart, for the log
+
+
+def death_response(on_death: str, *, rebuildable: bool, restarts: int, max_restarts: int, can_exit: bool,
+                   restart_action: str) -> DeathResponse:
+    """The one engine-death policy of the teacher and the student: restart in place while allowed
+    (restart mode, an engine this process built, fewer than max_restarts so far), else exit with
+    ENGINE_DEAD_EXIT_CODE for the orchestrator, or, embedded in a test with no process to end,
+    stay up and not ready."""
+    restart = on_death == "restart"
+    if restart and rebuildable and restarts < max_restarts:
+        return DeathResponse(True, restart_action)
+    if restart and not rebuildable:
+        why = "its engine was handed in, not built here, so it cannot be rebuilt"
+    elif restart:
+        why = f"it was restarted {restarts} times already (engine_max_restarts)"
+    else:
+        why = "DSC_ON_ENGINE_DEATH=exit"
+    return DeathResponse(False, "exiting" if can_exit else STAYING_UP, why)
+
+
 def engine_dead_reason(engine: object) -> str | None:
     """Why `engine` (an Engine, a student runtime) can no longer generate, or None while it can."""
     if engine is None:

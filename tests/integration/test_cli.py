@@ -61,7 +61,7 @@ def test_sample_json_is_all_of_stdout_and_the_engine_logs_on_stderr(tmp_path, mo
     """`dsc sample --json | jq` works: every log line (vLLM's own too, from its engine process as
     well) goes to stderr, as JSON; stdout is the one JSON document."""
     if engine == "vllm":
-        from shared.engines.vllm_engine import vllm_available
+        from shared.engines.vllm_options import vllm_available
 
         if not vllm_available():
             pytest.skip("vLLM does not import on this machine")

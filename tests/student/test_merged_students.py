@@ -24,7 +24,7 @@ def merged_server(tmp_path_factory, model_path, student_helpers):
     at most two merged engines, each engine with a small KV cache."""
     from services.student.app import create_app
     from shared.db.session import upgrade
-    from shared.engines.vllm_engine import vllm_available
+    from shared.engines.vllm_options import vllm_available
 
     if not vllm_available():
         pytest.skip("vLLM does not import on this machine")

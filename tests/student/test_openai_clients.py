@@ -40,7 +40,7 @@ class Answer(BaseModel):
 @pytest.fixture(scope="module")
 def student(tmp_path_factory, model_store, model_path, keys, student_helpers):
     """One student on vLLM for the whole module: (base URL, client key, runtime)."""
-    from shared.engines.vllm_engine import vllm_available
+    from shared.engines.vllm_options import vllm_available
 
     if not vllm_available():
         pytest.skip("vLLM does not import on this machine")

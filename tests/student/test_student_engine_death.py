@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from engine_kill import all_gone, kill_engine_core, since, start_service, stop_service, vllm_env, vllm_processes, wait_service_ready
+from engine_kill import (all_gone, check_exit_for_engine_death, kill_core_and_wait_exit, kill_engine_core, start_service,
+                         stop_service, vllm_env, vllm_processes, wait_service_ready)
 from live_server import free_port, wait_for
-from shared.engines.base import ENGINE_DEAD_EXIT_CODE
 from shared.settings import BUNDLED_MODEL
 
 pytestmark = pytest.mark.vllm
@@ -36,7 +35,7 @@ LONG = {"model": "base", "max_tokens": 400, "temperature": 0.8, "seed": 1,
 
 @pytest.fixture(autouse=True)
 def needs_vllm():
-    from shared.engines.vllm_engine import vllm_available
+    from shared.engines.vllm_options import vllm_available
 
     if not vllm_available():
         pytest.skip("vLLM does not import on this machine")
@@ -81,24 +80,14 @@ def test_killed_engine_core_answers_503_and_the_student_exits(tmp_path: Path, mo
         wait_for(lambda: len(streamed["events"]) > 3, 60, "the streamed completion to be under way", 0.05)
         assert not plain, f"the completion ended before the kill; make it longer: {plain}"
 
-        engine_processes = vllm_processes(process.pid)
-        kill_engine_core(process.pid)
-        killed_at = time.monotonic()
-        try:
-            code = process.wait(EXIT_WITHIN_S + 30)
-        except Exception:
-            pytest.fail(f"the student still runs {EXIT_WITHIN_S + 30} s after its engine died\n{log_path.read_text()[-3000:]}")
-        exited_in = since(killed_at)
+        code, exited_in, engine_processes = kill_core_and_wait_exit(process, log_path, "student", EXIT_WITHIN_S + 30)
         for caller in callers:
             caller.join(30)
         left = all_gone(engine_processes, timeout=15)
     finally:
         stop_service(process)
     log_text = log_path.read_text()
-    print(f"\nthe student exited {exited_in:.1f} s after its engine core was killed, status {code}")
-    assert code == ENGINE_DEAD_EXIT_CODE, f"exit {code}\n{log_text[-3000:]}"
-    assert exited_in < EXIT_WITHIN_S
-    assert not left, f"vLLM processes outlived the student: {left}"
+    check_exit_for_engine_death("student", code, exited_in, left, log_text, EXIT_WITHIN_S)
 
     assert plain.get("status") == 503, f"{plain}\n{log_text[-3000:]}"
     error = plain["body"]["error"]

@@ -15,7 +15,7 @@ PROMPT = [{"role": "user", "content": "Say hello."}]
 
 @pytest.fixture(scope="module")
 def vllm_runtime(model_path):
-    from shared.engines.vllm_engine import vllm_available
+    from shared.engines.vllm_options import vllm_available
 
     if not vllm_available():
         pytest.skip("vLLM does not import on this machine")

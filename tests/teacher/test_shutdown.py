@@ -31,7 +31,7 @@ LONG = {"task": "sentiment", "acceptance": "always", "steps": 1, "temperature": 
 @pytest.mark.parametrize("engine", ["transformers", pytest.param("vllm", marks=pytest.mark.vllm)])
 def test_sigterm_stops_the_teacher_in_bounded_time_with_work_in_flight(engine, tmp_path: Path, model_store: Path, unused_port):
     if engine == "vllm":
-        from shared.engines.vllm_engine import vllm_available
+        from shared.engines.vllm_options import vllm_available
 
         if not vllm_available():
             pytest.skip("vLLM does not import on this machine")

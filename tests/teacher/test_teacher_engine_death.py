@@ -21,11 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine_kill import all_gone, kill_engine_core, since, start_service, stop_service, vllm_env, vllm_processes, wait_service_ready
+from engine_kill import (all_gone, check_exit_for_engine_death, kill_core_and_wait_exit, kill_engine_core, start_service,
+                         stop_service, vllm_env, vllm_processes, wait_service_ready)
 from live_server import wait_for
 from shared.db.models import ChainRecord, Job, JobBatch
 from shared.db.session import make_engine, session_factory
-from shared.engines.base import ENGINE_DEAD_EXIT_CODE
 
 pytestmark = pytest.mark.vllm
 
@@ -37,7 +37,7 @@ KILLED = "EngineCore was killed by signal 9 (SIGKILL)"  # how the reason names a
 
 @pytest.fixture(autouse=True)
 def needs_vllm():
-    from shared.engines.vllm_engine import vllm_available
+    from shared.engines.vllm_options import vllm_available
 
     if not vllm_available():
         pytest.skip("vLLM does not import on this machine")
@@ -92,23 +92,13 @@ def test_killed_engine_core_hands_the_job_back_and_the_teacher_exits(tmp_path: P
         time.sleep(2.0)  # the call is waiting on the engine now
         assert not call, f"the synchronous call ended before the kill; make it longer: {call}"
 
-        engine_processes = vllm_processes(process.pid)
-        kill_engine_core(process.pid)
-        killed_at = time.monotonic()
-        try:
-            code = process.wait(EXIT_WITHIN_S + 30)
-        except Exception:
-            pytest.fail(f"the teacher still runs {EXIT_WITHIN_S + 30} s after its engine died\n{log_path.read_text()[-3000:]}")
-        exited_in = since(killed_at)
+        code, exited_in, engine_processes = kill_core_and_wait_exit(process, log_path, "teacher", EXIT_WITHIN_S + 30)
         caller.join(30)
         left = all_gone(engine_processes, timeout=15)
     finally:
         stop_service(process)
     log_text = log_path.read_text()
-    print(f"\nthe teacher exited {exited_in:.1f} s after its engine core was killed, status {code}")
-    assert code == ENGINE_DEAD_EXIT_CODE, f"exit {code}\n{log_text[-3000:]}"
-    assert exited_in < EXIT_WITHIN_S
-    assert not left, f"vLLM processes outlived the teacher: {left}"
+    check_exit_for_engine_death("teacher", code, exited_in, left, log_text, EXIT_WITHIN_S)
     assert KILLED in log_text, log_text[-3000:]
 
     # The synchronous call: 503 (retry later), saying the engine died and why.

@@ -43,17 +43,22 @@ def _untouched(sessions) -> None:
         assert active == ["active-one"]
 
 
+def _trainer_process(settings, postgres_url: str, model_path: Path, log, *args: str) -> subprocess.Popen:
+    """`dsc trainer work` in a process of its own (one torch thread, a 3 s lease), logging to `log`."""
+    env = {**os.environ, "DSC_DATABASE_URL": postgres_url, "DSC_MODEL_STORE": str(settings.resolved_model_store),
+           "DSC_DATA_DIR": str(settings.data_dir), "DSC_TRAINER_LEASE_SECONDS": "3", "DSC_TRAINER_POLL_SECONDS": "0.2",
+           "DSC_STUDENT_BASE_MODEL": str(model_path), "DSC_LOG_LEVEL": "INFO"}
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "trainer", "work", "--threads", "1", *args], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
 def test_killed_trainer_resumes_from_its_checkpoint(make_settings, postgres_url, model_path, helpers, tmp_path):
     settings = make_settings(postgres_url, trainer={"lease_seconds": 3})
     sessions = _seed(helpers, settings, model_path)
     run, _ = submit(sessions, settings, DistillationConfig(**TINY, max_steps=8, save_steps=2, eval_prompts=helpers.film_prompts[-1:]))
 
-    env = {**os.environ, "DSC_DATABASE_URL": postgres_url, "DSC_MODEL_STORE": str(settings.resolved_model_store),
-           "DSC_DATA_DIR": str(settings.data_dir), "DSC_TRAINER_LEASE_SECONDS": "3", "DSC_TRAINER_POLL_SECONDS": "0.2",
-           "DSC_STUDENT_BASE_MODEL": str(model_path), "DSC_LOG_LEVEL": "INFO"}
     log = (tmp_path / "trainer.log").open("w")
-    trainer = subprocess.Popen([sys.executable, "-m", "services.cli", "trainer", "work", "--threads", "1"], env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
+    trainer = _trainer_process(settings, postgres_url, model_path, log)
     try:
         checkpoints = Path(run.artifact_dir) / "checkpoints"
         helpers.wait_for(lambda: trainer.poll() is None and any(checkpoints.glob("step-0000[0-9][0-9]")) and
@@ -89,12 +94,8 @@ def test_a_killed_trainer_leaves_no_training_rank_behind(make_settings, postgres
     settings = make_settings(postgres_url, trainer={"lease_seconds": 3})
     sessions = _seed(helpers, settings, model_path)
     run, _ = submit(sessions, settings, DistillationConfig(**TINY, max_steps=8, save_steps=2, eval_prompts=helpers.film_prompts[-1:]))
-    env = {**os.environ, "DSC_DATABASE_URL": postgres_url, "DSC_MODEL_STORE": str(settings.resolved_model_store),
-           "DSC_DATA_DIR": str(settings.data_dir), "DSC_TRAINER_LEASE_SECONDS": "3", "DSC_TRAINER_POLL_SECONDS": "0.2",
-           "DSC_STUDENT_BASE_MODEL": str(model_path), "DSC_LOG_LEVEL": "INFO"}
     log = (tmp_path / "trainer.log").open("w")
-    trainer = subprocess.Popen([sys.executable, "-m", "services.cli", "trainer", "work", "--threads", "1", "--processes", "2"],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    trainer = _trainer_process(settings, postgres_url, model_path, log, "--processes", "2")
     ranks: list[psutil.Process] = []
     try:
         checkpoints = Path(run.artifact_dir) / "checkpoints"

