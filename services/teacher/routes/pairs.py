@@ -1,4 +1,5 @@
-"""Accepted pairs: filtered, cursor-paginated listing, a streamed JSONL export (TRL's format), and
+"""Accepted pairs: filtered, cursor-paginated listing, a streamed JSONL export (TRL's SFT format, or
+preference pairs from the stored chains for DPO), and
 review: an admin excludes a pair from training with a reason, or undoes it.
 
 A client key sees the pairs of its own jobs only; admins see every pair. An excluded pair stays,
@@ -11,13 +12,14 @@ from typing import Annotated, Iterator, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
-from sqlalchemy import Select, select
+from sqlalchemy import Select, or_, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.teacher.deps import DbSession, State
 from services.teacher.protocol import Exclusion, PairPage, PairView, chat_record
-from shared.db.models import Job, Pair, utcnow
-from shared.errors import NotFound
+from shared.db.models import ChainRecord, Job, Pair, utcnow
+from shared.distillation.preferences import ChainAnswers, by_prompt, preference_records
+from shared.errors import InvalidRequest, NotFound
 from shared.request_fields import ROW_ID_MAX
 from shared.web.auth import AdminScope, Caller, ClientCaller
 from shared.web.errors import error_responses
@@ -91,24 +93,83 @@ def _export_lines(sessions: sessionmaker[Session], caller: Caller, task: str | N
         last_id = rows[-1].id
 
 
+def _chain_groups(sessions: sessionmaker[Session], caller: Caller, task: str | None, job: str | None,
+                  page_size: int) -> Iterator[list[ChainAnswers]]:
+    """The visible chains, one (job, prompt) group at a time, in keyset pages of about `page_size`
+    chains (a page never splits a group). Chains whose accepted pair was excluded in review are
+    left out: an excluded answer is not to be preferred either."""
+    columns = (select(ChainRecord.id, ChainRecord.job_id, ChainRecord.prompt_index, ChainRecord.task_name, ChainRecord.prompt,
+                      ChainRecord.initial_text, ChainRecord.initial_reward, ChainRecord.final_text, ChainRecord.final_reward)
+               .outerjoin(Pair, Pair.chain_id == ChainRecord.id).where(or_(Pair.id.is_(None), Pair.excluded.is_(False))))
+    if not caller.sees_all:
+        columns = columns.join(Job, Job.id == ChainRecord.job_id).where(Job.owner == caller.key_id)
+    if task is not None:
+        columns = columns.where(ChainRecord.task_name == task)
+    if job is not None:
+        columns = columns.where(ChainRecord.job_id == job)
+    order = (ChainRecord.job_id, ChainRecord.prompt_index, ChainRecord.chain_index)
+    after: tuple[str, int] | None = None
+    while True:
+        query = columns if after is None else columns.where(tuple_(ChainRecord.job_id, ChainRecord.prompt_index) > after)
+        with sessions() as session:
+            chains = [ChainAnswers(*row) for row in session.execute(query.order_by(*order).limit(page_size)).all()]
+        if not chains:
+            return
+        groups = list(by_prompt(chains))
+        if len(chains) == page_size and len(groups) > 1:
+            groups.pop()  # may be cut short by the limit: the next page starts with it
+        elif len(chains) == page_size:  # one group fills the page: read the whole of it
+            first = chains[0]
+            with sessions() as session:
+                whole = columns.where(ChainRecord.job_id == first.job_id, ChainRecord.prompt_index == first.prompt_index)
+                groups = [[ChainAnswers(*row) for row in session.execute(whole.order_by(*order)).all()]]
+        yield from groups
+        after = (groups[-1][0].job_id, groups[-1][0].prompt_index)
+
+
+def _preference_lines(groups: Iterator[list[ChainAnswers]], min_margin: float | None) -> Iterator[bytes]:
+    for group in groups:
+        records = preference_records(group, min_margin)
+        if records:
+            yield b"".join(json.dumps(record, ensure_ascii=False).encode() + b"\n" for record in records)
+
+
 @router.get("/v1/pairs/export", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}})
 def export(
     caller: ClientCaller,
     state: State,
-    format: Literal["jsonl"] = Query("jsonl", description="Only jsonl: one chat-format record per line."),
+    format: Literal["jsonl", "preference"] = Query(
+        "jsonl", description="jsonl: one chat-format record per accepted pair (SFT); preference: one preference pair per "
+        "line, built from the stored chains (DPO)."),
     task: str | None = TaskFilter,
     job: str | None = JobFilter,
     min_gain: float | None = GainFilter,
     excluded: bool | None = ExcludedFilter,
+    min_margin: float | None = Query(None, description="format=preference: only pairs whose reward margin (chosen − rejected) "
+                                     "is at least this."),
 ) -> StreamingResponse:
-    """Every matching pair as `{"messages": [user, assistant], "task", "reward_before",
-    "reward_after", "excluded", "excluded_reason"}` per line: the conversational format TRL's SFT
-    trainer reads. Excluded pairs are in it, flagged, unless excluded=false."""
-    return StreamingResponse(
-        _export_lines(state.sessions, caller, task, job, min_gain, excluded, state.settings.teacher.export_page_size),
-        media_type="application/x-ndjson",
-        headers={"Content-Disposition": 'attachment; filename="pairs.jsonl"'},
-    )
+    """`format=jsonl`: every matching pair as `{"messages": [user, assistant], "task",
+    "reward_before", "reward_after", "excluded", "excluded_reason"}` per line, the conversational
+    format TRL's SFT trainer reads; excluded pairs are in it, flagged, unless excluded=false.
+
+    `format=preference`: TRL's conversational preference format, `{"prompt": [user], "chosen":
+    [assistant], "rejected": [assistant], "chosen_reward", "rejected_reward", "margin", "source",
+    "task", "job_id", "chain_ids"}` per line, from the stored chains: each chain's draft against its
+    final answer (`source: revision`) and the best against the worst final answer of a prompt's
+    chains (`chains`), ordered by the task's reward; ties are left out, and so are chains whose
+    pair was excluded in review (shared/distillation/preferences.py)."""
+    page_size = state.settings.teacher.export_page_size
+    if format == "preference":
+        if min_gain is not None or excluded is not None:
+            raise InvalidRequest("min_gain and excluded filter accepted pairs (format=jsonl); format=preference takes "
+                                 "min_margin, and never holds excluded pairs", param="min_gain" if min_gain is not None else "excluded")
+        lines = _preference_lines(_chain_groups(state.sessions, caller, task, job, page_size), min_margin)
+    else:
+        if min_margin is not None:
+            raise InvalidRequest("min_margin applies to format=preference; format=jsonl takes min_gain", param="min_margin")
+        lines = _export_lines(state.sessions, caller, task, job, min_gain, excluded, page_size)
+    return StreamingResponse(lines, media_type="application/x-ndjson",
+                             headers={"Content-Disposition": f'attachment; filename="{"preferences" if format == "preference" else "pairs"}.jsonl"'})
 
 
 def set_exclusion(sessions: sessionmaker[Session], pair_id: int, reason: str | None) -> Pair:
