@@ -109,3 +109,16 @@ def check_exit_for_engine_death(service: str, code: int, exited_in: float, left:
     assert code == ENGINE_DEAD_EXIT_CODE, f"exit {code}\n{log_text[-3000:]}"
     assert exited_in < within_s
     assert not left, f"vLLM processes outlived the {service}: {left}"
+
+
+def wait_engine_dead_readiness(url: str, admin_token: str, timeout: float = 30):
+    """/readyz once it turns 503 after an engine death, as the admin sees it (with the error)."""
+    import httpx
+
+    from live_server import wait_for
+
+    def not_ready():
+        response = httpx.get(f"{url}/readyz", timeout=10, headers={"Authorization": f"Bearer {admin_token}"})
+        return response if response.status_code == 503 else None
+
+    return wait_for(not_ready, timeout, "/readyz to turn 503")

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from engine_kill import (all_gone, check_exit_for_engine_death, kill_core_and_wait_exit, kill_engine_core, start_service,
-                         stop_service, vllm_env, vllm_processes, wait_service_ready)
+                         stop_service, vllm_env, vllm_processes, wait_engine_dead_readiness, wait_service_ready)
 from live_server import free_port, wait_for
 from shared.settings import BUNDLED_MODEL
 
@@ -109,12 +109,7 @@ def test_restart_mode_loads_the_model_afresh(tmp_path: Path, model_store: Path):
         wait_service_ready(process, url, log_path)
         old = vllm_processes(process.pid)
         killed = kill_engine_core(process.pid)
-
-        def not_ready():
-            response = httpx.get(f"{url}/readyz", timeout=10, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-            return response if response.status_code == 503 else None
-
-        readyz = wait_for(not_ready, 30, "/readyz to turn 503")
+        readyz = wait_engine_dead_readiness(url, ADMIN_TOKEN)
         assert readyz.headers.get("retry-after") and KILLED in readyz.json()["error"], readyz.json()  # the admin sees why
         assert "loading the models afresh" in readyz.json()["error"] and readyz.json()["reason"] == "engine_dead", readyz.json()
         anonymous = httpx.get(f"{url}/readyz", timeout=10).json()

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from engine_kill import (all_gone, check_exit_for_engine_death, kill_core_and_wait_exit, kill_engine_core, start_service,
-                         stop_service, vllm_env, vllm_processes, wait_service_ready)
+                         stop_service, vllm_env, vllm_processes, wait_engine_dead_readiness, wait_service_ready)
 from live_server import wait_for
 from shared.db.models import ChainRecord, Job, JobBatch
 from shared.db.session import make_engine, session_factory
@@ -128,12 +128,7 @@ def test_restart_mode_rebuilds_the_engine_and_the_jobs_finish(tmp_path: Path, mo
         wait_for(lambda: _job(url, first)["status"] == "running", 120, "the job to be claimed", 0.1)
         old = vllm_processes(process.pid)
         killed = kill_engine_core(process.pid)
-
-        def not_ready():
-            response = httpx.get(f"{url}/readyz", timeout=10, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-            return response if response.status_code == 503 else None
-
-        readyz = wait_for(not_ready, 30, "/readyz to turn 503")
+        readyz = wait_engine_dead_readiness(url, ADMIN_TOKEN)
         body = readyz.json()
         assert readyz.headers.get("retry-after") and body["checks"]["engine"] is False and body["reason"] == "engine_dead", body
         assert KILLED in body["engine_error"] and "restarting the engine" in body["engine_error"], body  # the admin sees why
