@@ -290,8 +290,13 @@ class TrainerWorker:
             return failed_evaluation(message, config.eval_samples)
 
     def _incumbent(self, task_name: str, excluding: str | None = None) -> StudentWeights | None:
-        with self.sessions() as session:
-            return incumbent_weights(session, task_name, self.settings.resolved_model_store, excluding=excluding)
+        """The task's active student, waiting out a database outage: a run that trained through one
+        must not lose its attempt to the read that starts its evaluation."""
+        def read() -> StudentWeights | None:
+            with self.sessions() as session:
+                return incumbent_weights(session, task_name, self.settings.resolved_model_store, excluding=excluding)
+
+        return self.outage.waiting(read, self.stopping)
 
 
 def failed_evaluation(message: str, samples: int) -> dict:

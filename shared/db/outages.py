@@ -58,6 +58,20 @@ class OutageLog:
             self.log.warning("%s: the database answers again after %.0f s (%d failed tries)", self.who, time.monotonic() - self.since, self.failures)
         self.failures = 0
 
+    def waiting(self, call: Callable[[], T], stopping: threading.Event) -> T:
+        """`call()`, tried again (with the backoff of `failed`) while the database is away: for a
+        read the work cannot go on without, e.g. the active student an evaluation compares with."""
+        while True:
+            try:
+                result = call()
+            except Exception as error:
+                if not is_outage(error) or stopping.is_set():
+                    raise
+                stopping.wait(self.failed(error))
+                continue
+            self.recovered()
+            return result
+
     def advisory(self, call: Callable[[], T], default: T) -> T:
         """`call()`, or `default` when the database is away (logged as part of the outage)."""
         try:
