@@ -9,7 +9,7 @@ chain's own verdict, which under `always` acceptance may keep a worse revision):
 - `chains`: the best final answer of the prompt's chains against the worst, where the prompt has
   more than one chain and they differ.
 
-A tie (equal rewards) prefers nothing and is left out, as is a pair below the caller's `min_margin`.
+A tie (equal rewards) prefers nothing and is left out, as is a pair below the caller's minimum margin (the export's `min_gain`).
 """
 
 from __future__ import annotations

@@ -74,16 +74,14 @@ def test_preference_pairs_come_from_the_stored_chains(make_teacher, teacher_db_u
 
         margins = sorted(record["margin"] for record in records)
         middle = margins[len(margins) // 2]
-        assert all(record["margin"] >= middle for record in _export(client, min_margin=middle))
-        assert len(_export(client, min_margin=middle)) == sum(1 for margin in margins if margin >= middle)
+        assert all(record["margin"] >= middle for record in _export(client, min_gain=middle))
+        assert len(_export(client, min_gain=middle)) == sum(1 for margin in margins if margin >= middle)
 
         chain = next(c for c in chains if c.id in pairs)  # excluded in review: its chain prefers nothing any more
         assert admin.put(f"/admin/pairs/{pairs[chain.id]}/exclusion", json={"reason": "off topic"}).status_code == 200
         assert {(r["source"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in _export(client)} == _expected(chains, {chain.id})
         assert all(chain.id not in record["chain_ids"] for record in _export(client))
 
-        for params, name in (({"min_gain": 0.1}, "min_gain"), ({"excluded": "false"}, "excluded")):
-            refused = client.get("/v1/pairs/export", params={"format": "preference", **params})
-            assert refused.status_code == 400 and refused.json()["error"]["param"] == name, refused.text
-        refused = client.get("/v1/pairs/export", params={"min_margin": 0.1})
-        assert refused.status_code == 400 and refused.json()["error"]["param"] == "min_margin"
+        only_excluded = _export(client, excluded="true")  # the review's exclusions, on their own
+        assert only_excluded and all(record["chain_ids"] == [chain.id] for record in only_excluded if record["source"] == "revision")
+        assert _export(client, excluded="false") == _export(client)

@@ -19,7 +19,7 @@ from services.teacher.deps import DbSession, State
 from services.teacher.protocol import Exclusion, PairPage, PairView, chat_record
 from shared.db.models import ChainRecord, Job, Pair, utcnow
 from shared.distillation.preferences import ChainAnswers, by_prompt, preference_records
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import NotFound
 from shared.request_fields import ROW_ID_MAX
 from shared.web.auth import AdminScope, Caller, ClientCaller
 from shared.web.errors import error_responses
@@ -93,14 +93,18 @@ def _export_lines(sessions: sessionmaker[Session], caller: Caller, task: str | N
         last_id = rows[-1].id
 
 
-def _chain_groups(sessions: sessionmaker[Session], caller: Caller, task: str | None, job: str | None,
+def _chain_groups(sessions: sessionmaker[Session], caller: Caller, task: str | None, job: str | None, excluded: bool | None,
                   page_size: int) -> Iterator[list[ChainAnswers]]:
     """The visible chains, one (job, prompt) group at a time, in keyset pages of about `page_size`
     chains (a page never splits a group). Chains whose accepted pair was excluded in review are
-    left out: an excluded answer is not to be preferred either."""
-    columns = (select(ChainRecord.id, ChainRecord.job_id, ChainRecord.prompt_index, ChainRecord.task_name, ChainRecord.prompt,
-                      ChainRecord.initial_text, ChainRecord.initial_reward, ChainRecord.final_text, ChainRecord.final_reward)
-               .outerjoin(Pair, Pair.chain_id == ChainRecord.id).where(or_(Pair.id.is_(None), Pair.excluded.is_(False))))
+    left out unless `excluded` is true (then only they are in): an excluded answer is not to be
+    preferred either."""
+    columns = select(ChainRecord.id, ChainRecord.job_id, ChainRecord.prompt_index, ChainRecord.task_name, ChainRecord.prompt,
+                     ChainRecord.initial_text, ChainRecord.initial_reward, ChainRecord.final_text, ChainRecord.final_reward)
+    if excluded:
+        columns = columns.join(Pair, Pair.chain_id == ChainRecord.id).where(Pair.excluded.is_(True))
+    else:
+        columns = columns.outerjoin(Pair, Pair.chain_id == ChainRecord.id).where(or_(Pair.id.is_(None), Pair.excluded.is_(False)))
     if not caller.sees_all:
         columns = columns.join(Job, Job.id == ChainRecord.job_id).where(Job.owner == caller.key_id)
     if task is not None:
@@ -143,10 +147,10 @@ def export(
         "line, built from the stored chains (DPO)."),
     task: str | None = TaskFilter,
     job: str | None = JobFilter,
-    min_gain: float | None = GainFilter,
-    excluded: bool | None = ExcludedFilter,
-    min_margin: float | None = Query(None, description="format=preference: only pairs whose reward margin (chosen − rejected) "
-                                     "is at least this."),
+    min_gain: float | None = Query(None, description="Only pairs whose reward gain is at least this: after − before (jsonl), "
+                                   "the margin chosen − rejected (preference)."),
+    excluded: bool | None = Query(None, description="true: only pairs excluded in review; false: only those not excluded "
+                                  "(what trains). Unset: jsonl has both, flagged; preference leaves excluded ones out."),
 ) -> StreamingResponse:
     """`format=jsonl`: every matching pair as `{"messages": [user, assistant], "task",
     "reward_before", "reward_after", "excluded", "excluded_reason"}` per line, the conversational
@@ -157,16 +161,11 @@ def export(
     "task", "job_id", "chain_ids"}` per line, from the stored chains: each chain's draft against its
     final answer (`source: revision`) and the best against the worst final answer of a prompt's
     chains (`chains`), ordered by the task's reward; ties are left out, and so are chains whose
-    pair was excluded in review (shared/distillation/preferences.py)."""
+    pair was excluded in review unless excluded=true (shared/distillation/preferences.py)."""
     page_size = state.settings.teacher.export_page_size
     if format == "preference":
-        if min_gain is not None or excluded is not None:
-            raise InvalidRequest("min_gain and excluded filter accepted pairs (format=jsonl); format=preference takes "
-                                 "min_margin, and never holds excluded pairs", param="min_gain" if min_gain is not None else "excluded")
-        lines = _preference_lines(_chain_groups(state.sessions, caller, task, job, page_size), min_margin)
+        lines = _preference_lines(_chain_groups(state.sessions, caller, task, job, excluded, page_size), min_gain)
     else:
-        if min_margin is not None:
-            raise InvalidRequest("min_margin applies to format=preference; format=jsonl takes min_gain", param="min_margin")
         lines = _export_lines(state.sessions, caller, task, job, min_gain, excluded, page_size)
     return StreamingResponse(lines, media_type="application/x-ndjson",
                              headers={"Content-Disposition": f'attachment; filename="{"preferences" if format == "preference" else "pairs"}.jsonl"'})
