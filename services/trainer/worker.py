@@ -117,7 +117,7 @@ class TrainerWorker:
                     log.warning("%s %s: the database went away before the run could be committed (%s); it will be resumed",
                                 kind, run.id, first_line(error))
                     raise
-                message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+                message = failure_message(error)
                 log.warning("%s %s failed: %s", kind, run.id, message, exc_info=not isinstance(error, DscError))
                 finish(self.sessions, model, run.id, self.owner, lease.attempt, "failed",
                        error=message, progress={**self._progress(model, run.id), "phase": "failed"})
@@ -285,7 +285,7 @@ class TrainerWorker:
             # The training is done and saved: a failed evaluation (an engine without memory, a reward
             # that would not load) must not throw it away. The student is registered without figures,
             # not promotable, and POST /admin/evaluations can measure it later.
-            message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+            message = failure_message(error)
             log.warning("evaluation of the trained student failed: %s", message, exc_info=not isinstance(error, DscError))
             return failed_evaluation(message, config.eval_samples)
 
@@ -297,6 +297,11 @@ class TrainerWorker:
                 return incumbent_weights(session, task_name, self.settings.resolved_model_store, excluding=excluding)
 
         return self.outage.waiting(read, self.stopping)
+
+
+def failure_message(error: BaseException) -> str:
+    """What a run or an evaluation failed of, as stored and shown: a DscError's own message, else the exception."""
+    return getattr(error, "message", None) or f"{type(error).__name__}: {error}"
 
 
 def failed_evaluation(message: str, samples: int) -> dict:
