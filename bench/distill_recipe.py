@@ -4,14 +4,18 @@ base on prompts it never saw.
 One run samples a pool of critique→revise chains over the task's training prompts (vLLM), has the
 teacher chain answer the task's evaluation set (K chains per prompt), and has the base model answer
 it (K samples); all three are cached in the work directory. Then every recipe trains a student
-from the same pool with the trainer's own code (selection, LoRA/full SFT) and is evaluated with the
-trainer's own evaluation (K samples per prompt, bootstrap CIs, collapse check).
+from the same pool with the trainer's own code (selection, LoRA/full SFT, and for a preference
+objective DPO on the pool's preference pairs, selected as a run selects them) and is evaluated with
+the trainer's own evaluation (K samples per prompt, bootstrap CIs, collapse check). With `--seeds`
+every recipe trains once per training seed (data order, LoRA init, dropout), on the same pool and
+the same evaluation draws, so the spread across seeds is the training's own.
 
-    .venv/bin/python bench/distill_recipe.py --task sentiment --work /tmp/recipes \\
-        --recipe 'default={}' --recipe 'all-pairs={"best_per_prompt": false}'
+    .venv/bin/python bench/distill_recipe.py --task sentiment --work /tmp/recipes --seeds 0,1,2 \\
+        --recipe 'sft={}' --recipe 'dpo={"objective": "dpo"}' --recipe 'sft-dpo={"objective": "sft_dpo"}'
 
-The table prints student − base with its 95% CI and the share of the teacher's gain; the last line
-is one JSON object with every recipe's figures.
+The table prints student − base with its 95% CI and the share of the teacher's gain per seed, then
+per recipe the mean over seeds with a 95% t-interval across them; the last line is one JSON object
+with every figure.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training (default: torch's)")
     parser.add_argument("--pool-only", action="store_true", help="sample the pool and the teacher's eval answers, then stop")
     parser.add_argument("--recipe", action="append", default=[], help="NAME=JSON of DistillationConfig fields")
+    parser.add_argument("--seeds", default="0", help="training seeds, comma-separated: each recipe trains once per seed")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -94,7 +99,8 @@ def main() -> None:
     from rich.table import Table
 
     from shared.distillation.config import DistillationConfig
-    from shared.distillation.pairs import Example, plan_data
+    from shared.distillation.pairs import Example, barred_prompts, plan_data
+    from shared.distillation.preferences import training_preferences
     from services.trainer.training import train
     from shared.model_store import merge_adapter
     from services.trainer.evaluation_figures import collapse_check, compare, gate, general_prompts, sample_answers, score
@@ -122,6 +128,7 @@ def main() -> None:
     accepted = [c for c in pool["chains"] if c["accepted"] and c["chain"] < args.use_chains and c["prompt"] in prompts_used]
     console.print(f"pool: {len(pool['chains'])} chains, {len(accepted)} accepted ({pool['seconds']} s)")
     examples = [Example(i, c["prompt"], c["final"], c["initial_reward"], c["final_reward"]) for i, c in enumerate(accepted)]
+    chains = pool_chains(pool, task, prompts_used, args.use_chains)
 
     if args.threads:
         import torch
@@ -140,43 +147,91 @@ def main() -> None:
     systems = {"base": score(reward, eval_prompts, base_data["answers"]), "teacher": score(reward, eval_prompts, teacher)}
 
     rows = []
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     for spec in args.recipe or ["default={}"]:
         name, _, body = spec.partition("=")
-        config = DistillationConfig(task=args.task, **json.loads(body or "{}"))
-        train_examples, _ = plan_data(examples, config, task)
-        run_dir = args.work / "runs" / name
-        started = time.monotonic()
-        result = train(config, base_path, train_examples, run_dir)
-        train_seconds = time.monotonic() - started
-        started = time.monotonic()
-        student = VLLMEngine(result.merged_dir or merge_adapter(base_path, result.adapter_dir, run_dir / "merged"), enforce_eager=True)
-        student_answers = sample_answers(student, eval_prompts, args.samples, params)
-        figures = compare(eval_prompts, {**systems, "student": score(reward, eval_prompts, student_answers)}, seed=args.seed)
-        student_general = [g[0] for g in sample_answers(student, general, 1, params)]
-        figures["collapse"] = collapse_check(scorer, general, base_data["general"], student_general)
-        figures["gate"] = gate(figures)
-        eval_seconds = time.monotonic() - started
-        student.close()
-        row = {"recipe": name, "config": json.loads(body or "{}"), "pairs": len(train_examples), "steps": result.steps,
-               "train_seconds": round(train_seconds), "eval_seconds": round(eval_seconds), "final_loss10": round(sum(v for _, v in result.losses[-10:]) / min(10, len(result.losses)), 3),
-               **{k: figures[k] for k in ("systems", "student_minus_base", "win_rate", "gain_share", "collapse", "gate")}}
-        rows.append(row)
-        _save(args.work / f"result-{name}.json", {**row, "per_prompt": figures["per_prompt"], "examples": figures["examples"]})
-        console.print(f"{name}: student {figures['systems']['student']['value']:.3f}, "
-                      f"student−base {figures['student_minus_base']}, share {figures['gain_share']}")
+        for seed in seeds:
+            config = DistillationConfig(task=args.task, **{**json.loads(body or "{}"), "seed": seed})
+            train_examples, _ = plan_data(examples, config, task)
+            preferences = training_preferences(chains, config, barred_prompts(config, task.eval_prompts)) if config.prefers else []
+            run_dir = args.work / "runs" / f"{name}-seed{seed}"
+            started = time.monotonic()
+            result = train(config, base_path, train_examples, run_dir, preferences=preferences)
+            train_seconds = time.monotonic() - started
+            started = time.monotonic()
+            student = VLLMEngine(result.merged_dir or merge_adapter(base_path, result.adapter_dir, run_dir / "merged"), enforce_eager=True)
+            student_answers = sample_answers(student, eval_prompts, args.samples, params)
+            figures = compare(eval_prompts, {**systems, "student": score(reward, eval_prompts, student_answers)}, seed=args.seed)
+            student_general = [g[0] for g in sample_answers(student, general, 1, params)]
+            figures["collapse"] = collapse_check(scorer, general, base_data["general"], student_general)
+            figures["gate"] = gate(figures)
+            eval_seconds = time.monotonic() - started
+            student.close()
+            row = {"recipe": name, "seed": seed, "config": json.loads(body or "{}"), "pairs": len(train_examples),
+                   "preferences": len(preferences), "steps": result.steps, "train_seconds": round(train_seconds),
+                   "eval_seconds": round(eval_seconds), "preference": result.preference,
+                   "final_loss10": round(sum(v for _, v in result.losses[-10:]) / min(10, len(result.losses)), 3),
+                   **{k: figures[k] for k in ("systems", "student_minus_base", "win_rate", "gain_share", "collapse", "gate")}}
+            rows.append(row)
+            _save(args.work / f"result-{name}-seed{seed}.json", {**row, "per_prompt": figures["per_prompt"], "examples": figures["examples"]})
+            console.print(f"{name} seed {seed}: student {figures['systems']['student']['value']:.3f}, "
+                          f"student−base {figures['student_minus_base']}, share {figures['gain_share']}")
 
     table = Table(title=f"{args.task}: {len(eval_prompts)} eval prompts × {args.samples} samples")
-    for column in ("recipe", "pairs", "steps", "train s", "base", "teacher", "student", "student − base [95% CI]", "share of teacher gain", "ppl ratio"):
+    for column in ("recipe", "seed", "pairs", "prefs", "steps", "train s", "base", "teacher", "student", "student − base [95% CI]",
+                   "share of teacher gain", "ppl ratio"):
         table.add_column(column, justify="right")
     for row in rows:
         s, d, g = row["systems"], row["student_minus_base"], row["gain_share"]
-        table.add_row(row["recipe"], str(row["pairs"]), str(row["steps"]), str(row["train_seconds"]),
+        table.add_row(row["recipe"], str(row["seed"]), str(row["pairs"]), str(row["preferences"]), str(row["steps"]), str(row["train_seconds"]),
                       f"{s['base']['value']:.3f}", f"{s['teacher']['value']:.3f}", f"{s['student']['value']:.3f}",
                       f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]", _share(g),
                       f"{row['collapse']['ppl_ratio']:.2f}")
     console.print(table)
+    summary = across_seeds(rows)
+    if len(seeds) > 1:
+        table = Table(title=f"{args.task}: over {len(seeds)} training seeds (95% t-interval across seeds)")
+        for column in ("recipe", "student (mean)", "student − base (mean) [95% CI]", "sd across seeds", "teacher chain", "student ≥ chain"):
+            table.add_column(column, justify="right")
+        for item in summary:
+            table.add_row(item["recipe"], f"{item['student']:.3f}", f"{item['mean']:+.3f} [{item['low']:+.3f}, {item['high']:+.3f}]",
+                          f"{item['sd']:.3f}", f"{item['teacher']:.3f}", "yes" if item["student"] >= item["teacher"] else "no")
+        console.print(table)
     print(json.dumps({"bench": "distill_recipe", "task": args.task, "pool_chains": len(pool["chains"]), "accepted": len(accepted),
+                      "seeds": seeds, "summary": summary,
                       "rows": [{k: v for k, v in row.items() if k != "collapse"} | {"ppl_ratio": row["collapse"]["ppl_ratio"]} for row in rows]}))
+
+
+def pool_chains(pool: dict, task, prompts_used: set[str], use_chains: int):
+    """The pool's chains as a run reads them from the database (grouped by prompt, in prompt order)."""
+    from shared.distillation.preferences import ChainAnswers
+
+    order = {prompt: index for index, prompt in enumerate(task.prompts)}
+    kept = sorted((c for c in pool["chains"] if c["chain"] < use_chains and c["prompt"] in prompts_used),
+                  key=lambda c: (order.get(c["prompt"], len(order)), c["chain"]))
+    return [ChainAnswers(i, "pool", order.get(c["prompt"], len(order)), task.name, c["prompt"], c["initial"], c["initial_reward"],
+                         c["final"], c["final_reward"]) for i, c in enumerate(kept)]
+
+
+def across_seeds(rows: list[dict]) -> list[dict]:
+    """Per recipe: mean student score and student − base over the seeds, the standard deviation
+    across seeds, and a 95% t-interval of the mean (the training's own spread; each seed's bootstrap
+    interval covers the evaluation's)."""
+    from statistics import mean, stdev
+
+    from scipy.stats import t
+
+    out = []
+    for name in dict.fromkeys(row["recipe"] for row in rows):
+        mine = [row for row in rows if row["recipe"] == name]
+        gains = [row["student_minus_base"]["value"] for row in mine]
+        sd = stdev(gains) if len(gains) > 1 else 0.0
+        half = t.ppf(0.975, len(gains) - 1) * sd / len(gains) ** 0.5 if len(gains) > 1 else 0.0
+        out.append({"recipe": name, "seeds": len(mine), "mean": round(mean(gains), 4), "low": round(mean(gains) - half, 4),
+                    "high": round(mean(gains) + half, 4), "sd": round(sd, 4),
+                    "student": round(mean(row["systems"]["student"]["value"] for row in mine), 4),
+                    "teacher": mine[0]["systems"]["teacher"]["value"]})
+    return out
 
 
 if __name__ == "__main__":

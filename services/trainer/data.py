@@ -1,7 +1,8 @@
 """The training data of a run: the frozen snapshot of its pairs, and the token batches.
 
 Which pairs and which evaluation prompts is decided in shared/distillation/pairs.py. The selection
-is written once to the run's artifact directory (`snapshot.jsonl`, `split.json`). Every later
+is written once to the run's artifact directory (`snapshot.jsonl`, for a preference objective
+`preferences.jsonl` (shared/distillation/preferences.py), and `split.json`). Every later
 attempt of the run (a resume after a kill) reads the snapshot, never the database again, so pairs
 added meanwhile cannot change what a run trains on, and the run can be repeated from its files.
 
@@ -17,7 +18,7 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +26,8 @@ from sqlalchemy.orm import Session
 
 from shared.distillation.config import DistillationConfig, steps_per_epoch
 from shared.distillation.pairs import Example, pair_query, plan_data, plan_split
-from shared.distillation.runs import SNAPSHOT_FILE
+from shared.distillation.preferences import Preference, run_preferences
+from shared.distillation.runs import PREFERENCES_FILE, SNAPSHOT_FILE
 from shared.tasks import TaskSpec
 
 IGNORE_INDEX = -100
@@ -33,12 +35,13 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The frozen data of a run: training examples and the prompts it is evaluated on."""
+    """The frozen data of a run: training examples, preference pairs and the prompts it is evaluated on."""
 
     train: list[Example]
     eval_prompts: list[str]
-    digest: str  # sha256 of the snapshot file: the identity of the training data
+    digest: str  # sha256 of the snapshot files: the identity of the training data
     matching: int  # pairs that matched the run's filter, before the split and the selection
+    preferences: list[Preference] = field(default_factory=list)  # a preference objective's pairs
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -47,8 +50,13 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _lines(rows: Sequence[Example] | Sequence[Preference]) -> str:
+    return "".join(json.dumps(row.to_json(), ensure_ascii=False) + "\n" for row in rows)
+
+
 def take_snapshot(session: Session, config: DistillationConfig, task: TaskSpec, run_dir: Path) -> Snapshot:
-    """Write the run's data once; later attempts read it back unchanged."""
+    """Write the run's data once; later attempts read it back unchanged. split.json is written
+    last: where it is, the snapshot is whole."""
     data_file, split_file = run_dir / SNAPSHOT_FILE, run_dir / "split.json"
     if data_file.is_file() and split_file.is_file():
         return load_snapshot(run_dir)
@@ -57,9 +65,13 @@ def take_snapshot(session: Session, config: DistillationConfig, task: TaskSpec, 
         for row in session.scalars(pair_query(config))
     ]
     train, eval_prompts = plan_data(examples, config, task)
-    text = "".join(json.dumps(example.to_json(), ensure_ascii=False) + "\n" for example in train)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(data_file, text)
+    answers = _lines(train)
+    preferences = _lines(run_preferences(session, config, task, examples)) if config.prefers else ""
+    if config.prefers:
+        _atomic_write(run_dir / PREFERENCES_FILE, preferences)
+    _atomic_write(data_file, answers)
+    text = answers + preferences
     split = {"eval_prompts": eval_prompts, "held_out_pair_ids": sorted({e.pair_id for e in examples} - {e.pair_id for e in plan_split(examples, config, task.eval_prompts)[0]}),
              "sha256": hashlib.sha256(text.encode()).hexdigest(), "pairs_selected": len(examples)}
     _atomic_write(split_file, json.dumps(split, indent=1, ensure_ascii=False))
@@ -70,8 +82,13 @@ def load_snapshot(run_dir: Path) -> Snapshot:
     text = (run_dir / SNAPSHOT_FILE).read_text(encoding="utf-8")
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     train = [Example(**json.loads(line)) for line in text.splitlines() if line.strip()]
+    preferences: list[Preference] = []
+    if (run_dir / PREFERENCES_FILE).is_file():
+        more = (run_dir / PREFERENCES_FILE).read_text(encoding="utf-8")
+        preferences = [Preference.from_json(json.loads(line)) for line in more.splitlines() if line.strip()]
+        text += more
     return Snapshot(train=train, eval_prompts=split["eval_prompts"], digest=hashlib.sha256(text.encode()).hexdigest(),
-                    matching=split["pairs_selected"])
+                    matching=split["pairs_selected"], preferences=preferences)
 
 
 # --- tokenisation ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning of the student on accepted pairs (docs/architecture.md §1.3, §8), with checkpoints.
+"""The training loop: supervised fine-tuning of the student on accepted pairs (docs/architecture.md
+§1.3, §8) and, for a preference objective, DPO on the chains' preference pairs (dpo.py), with checkpoints.
 
 Minimising the cross-entropy of the teacher's accepted answers y given prompts c,
 
@@ -12,7 +13,9 @@ around it): LoRA on the attention projections by default, AdamW, linear warmup t
 `save_steps` steps a checkpoint (trainable weights, optimizer, scheduler, RNG, loss history) is
 written atomically under `checkpoints/step-NNNNNN`; a run that starts and finds one resumes from
 the newest, and because the batch order is a pure function of (seed, step), the resumed run sees
-exactly the batches the killed one would have.
+exactly the batches the killed one would have. With `objective: sft_dpo` the preference phase
+follows the supervised one in the same loop (step numbers, schedule and checkpoints run on), so a
+run killed in either phase resumes the same way.
 
 Device and dtype (shared.device): CUDA when torch sees a GPU, else the CPU (or as forced);
 `dtype: auto` trains the base weights in bfloat16 on a GPU that computes it and in float32
@@ -36,9 +39,11 @@ from typing import Callable, Sequence
 
 from services.trainer.artifact_writes import staged
 from services.trainer.data import IGNORE_INDEX, Tokenized, batch_indices, collate, tokenize_all
+from services.trainer.dpo import dpo_loss, pair_logps, preference_figures, reference_logps, tokenize_preferences
 from services.trainer.ranks import Ranks, params_digest
 from shared.distillation.config import DistillationConfig
 from shared.distillation.pairs import Example
+from shared.distillation.preferences import Preference
 from shared.device import training_dtype
 from shared.errors import InvalidRequest
 
@@ -73,6 +78,7 @@ class TrainResult:
     adapter_dir: Path | None = None
     merged_dir: Path | None = None
     data_parallel: dict | None = None  # what each rank did (parallel.summary); None for one process
+    preference: dict | None = None  # the preference phase: steps, β, and how the student ranks its pairs (dpo.preference_figures)
 
 
 def load_tokenizer(base_path: Path):
@@ -205,24 +211,31 @@ def run_training(
     on_step: StepCallback | None,
     ranks: Ranks,
     keep_checkpoints: int,
+    preferences: Sequence[Preference] = (),
 ) -> TrainResult:
-    """The training loop of one rank (of `ranks.world`; world 1: the whole run in this process).
-    Only rank 0 calls `on_step` and writes checkpoints and artifacts."""
+    """The training loop of one rank (of `ranks.world`; world 1: the whole run in this process):
+    the supervised phase on `examples`, then the preference phase on `preferences`, as the run's
+    objective has them. Only rank 0 calls `on_step` and writes checkpoints and artifacts."""
     import torch
     from transformers import get_scheduler
 
     started = time.monotonic()
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(base_path)
-    items, skipped = tokenize_all(tokenizer, examples, config.max_seq_len)
-    if not items:
+    items, skipped = tokenize_all(tokenizer, examples, config.max_seq_len) if config.fine_tunes else ([], 0)
+    if config.fine_tunes and not items:
         raise InvalidRequest(f"no training pair fits max_seq_len={config.max_seq_len} tokens with its prompt")
-    total = config.total_steps(len(items))
+    pairs, skipped_pairs = tokenize_preferences(tokenizer, preferences, config.max_seq_len) if config.prefers else ([], 0)
+    if config.prefers and not pairs:
+        raise InvalidRequest(f"no preference pair fits max_seq_len={config.max_seq_len} tokens with its prompt")
+    sft_steps, dpo_steps = config.phase_steps(len(items), len(pairs))
+    total = sft_steps + dpo_steps
 
     dtype = training_dtype(config.dtype, ranks.device_type)
     model = build_model(config, base_path, dtype).to(ranks.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, config)
+    # One schedule over the whole run; with sft_dpo the preference phase starts where the supervised one ended.
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
 
     step, losses, resumed_from = 0, [], None
@@ -235,16 +248,27 @@ def run_training(
 
     trained = ranks.wrap(model)
     trained.train()
-    seen = [0] * len(items)  # how often this rank trained on each example (this attempt)
+    seen = [0] * (len(items) + len(pairs))  # how often this rank trained on each example, then each preference pair (this attempt)
+    reference = None
     while step < total:
-        everyone = batch_indices(len(items), config.batch_size, step, config.seed)
+        supervised = step < sft_steps
+        size = len(items) if supervised else len(pairs)
+        everyone = batch_indices(size, config.batch_size, step if supervised else step - sft_steps, config.seed)
         mine = ranks.shard(everyone)
         # A rank left without pairs (a batch smaller than the ranks) still joins the gradient average, with weight 0.
         weight = 1.0 if mine else 0.0
-        batch = collate([items[i] for i in (mine or everyone[:1])], tokenizer.pad_token_id)
-        batch = {name: tensor.to(ranks.device) for name, tensor in batch.items()}
-        # Summed over this rank's answer tokens, divided by the whole batch's: the ranks' shares add up to the batch mean.
-        loss = trained(**batch, num_items_in_batch=answer_tokens([items[i] for i in everyone])).loss * weight
+        chosen = mine or everyone[:1]
+        if supervised:
+            batch = collate([items[i] for i in chosen], tokenizer.pad_token_id)
+            batch = {name: tensor.to(ranks.device) for name, tensor in batch.items()}
+            # Summed over this rank's answer tokens, divided by the whole batch's: the ranks' shares add up to the batch mean.
+            loss = trained(**batch, num_items_in_batch=answer_tokens([items[i] for i in everyone])).loss * weight
+        else:
+            if reference is None:
+                reference = reference_logps(model, pairs, tokenizer.pad_token_id, ranks.device, run_dir, write=ranks.main)
+            policy = pair_logps(trained, [pairs[i] for i in chosen], tokenizer.pad_token_id, ranks.device)
+            # Summed over this rank's pairs, divided by the whole batch's count: the ranks' shares add up to the batch mean.
+            loss = dpo_loss(policy, reference[chosen], config.dpo_beta).sum() / len(everyone) * weight
         (loss * ranks.world).backward()  # DDP averages over the ranks: x world makes it the sum
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -252,7 +276,7 @@ def run_training(
         optimizer.zero_grad(set_to_none=True)
         step += 1
         for index in mine:
-            seen[index] += 1
+            seen[index if supervised else len(items) + index] += 1
         value = ranks.total(float(loss.detach()))
         if not math.isfinite(value):
             raise InvalidRequest(f"training diverged at step {step} (loss {value}); lower learning_rate")
@@ -267,6 +291,11 @@ def run_training(
     model.eval()
     result = TrainResult(step, losses, len(items), skipped, resumed_from, time.monotonic() - started, device=ranks.device_type,
                          dtype=dtype, processes=ranks.world, seen=seen, params_sha256=params_digest(model))
+    if pairs and ranks.main:
+        if reference is None:  # resumed after the last step: the file holds it
+            reference = reference_logps(model, pairs, tokenizer.pad_token_id, ranks.device, run_dir, write=True)
+        result.preference = {"steps": dpo_steps, "beta": config.dpo_beta, "skipped_too_long": skipped_pairs,
+                             **preference_figures(model, pairs, reference, tokenizer.pad_token_id, ranks.device, config.dpo_beta)}
     if ranks.main:
         result.adapter_dir, result.merged_dir = save_artifacts(config, model, tokenizer, run_dir)
     return result

@@ -46,6 +46,7 @@ from shared.parent_death import end_with_parent
 if TYPE_CHECKING:
     from shared.distillation.config import DistillationConfig
     from shared.distillation.pairs import Example
+    from shared.distillation.preferences import Preference
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class RankOutcome:
     error: tuple[str, str] | None = None  # (InvalidRequest | DscError, message): the run's own failure
 
 
-def _rank_main(conn, config_data: dict, base_path: str, examples: list, run_dir: str, device: str, threads: int,
+def _rank_main(conn, config_data: dict, base_path: str, examples: list, preferences: list, run_dir: str, device: str, threads: int,
                keep_checkpoints: int, parent_pid: int) -> RankOutcome:
     """One training rank (started by the elastic launcher, which sets RANK, WORLD_SIZE, LOCAL_RANK
     and the rendezvous address). Rank 0 relays progress through `conn`."""
@@ -96,7 +97,8 @@ def _rank_main(conn, config_data: dict, base_path: str, examples: list, run_dir:
 
     try:
         result = run_training(DistillationConfig.model_validate(config_data), Path(base_path), examples, Path(run_dir),
-                              on_step=relay if rank == 0 else None, ranks=ranks, keep_checkpoints=keep_checkpoints)
+                              on_step=relay if rank == 0 else None, ranks=ranks, keep_checkpoints=keep_checkpoints,
+                              preferences=preferences)
         return RankOutcome(rank, result=result)
     except Interrupted as stop:
         return RankOutcome(rank, interrupted=(stop.reason, stop.step))
@@ -136,6 +138,7 @@ def launch(
     device: str,
     threads: int | None = None,
     keep_checkpoints: int,
+    preferences: Sequence["Preference"] = (),
 ) -> "TrainResult":
     """Train with `processes` ranks on this machine; rank 0's result, with what each rank did
     under `data_parallel`. Raises what a single process would (Interrupted, InvalidRequest)."""
@@ -151,7 +154,7 @@ def launch(
         rdzv_endpoint="127.0.0.1:0", max_restarts=0, start_method="spawn", monitor_interval=0.2,
         logs_specs=DefaultLogsSpecs(log_dir=logs),
     )
-    args = (theirs, config.model_dump(mode="json"), str(base_path), list(examples), str(run_dir), device,
+    args = (theirs, config.model_dump(mode="json"), str(base_path), list(examples), list(preferences), str(run_dir), device,
             cpu_threads_per_rank(processes, threads), keep_checkpoints, os.getpid())
     outcome: dict[str, Any] = {}
 

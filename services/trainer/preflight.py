@@ -6,12 +6,11 @@ teacher never loads either. A run that fails one fails at once, with the reason 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
-
-from services.trainer.data import tokenize_all
+from services.trainer.data import Snapshot, tokenize_all
 from services.trainer.distill import load_tokenizer
+from services.trainer.dpo import tokenize_preferences
 from shared.distillation.config import DistillationConfig
-from shared.distillation.pairs import Example, require_training_pairs
+from shared.distillation.pairs import require_training_pairs
 from shared.errors import InvalidRequest
 from shared.tasks import TaskSpec
 
@@ -38,10 +37,17 @@ def check_model(config: DistillationConfig, base_path: Path) -> None:
         )
 
 
-def preflight(config: DistillationConfig, task: TaskSpec, base_path: Path, train: Sequence[Example], *, matching: int,
-              eval_prompts: int, min_pairs: int) -> None:
-    """The model fits the config, and at least `min_pairs` of the run's `train` examples (of
-    `matching` pairs) fit max_seq_len in the student's own chat template."""
+def preflight(config: DistillationConfig, task: TaskSpec, base_path: Path, snapshot: Snapshot, *, min_pairs: int) -> None:
+    """The model fits the config, and at least `min_pairs` of the run's training examples (or
+    preference pairs, for a preference objective) fit max_seq_len in the student's own chat template."""
     check_model(config, base_path)
-    items, _skipped = tokenize_all(load_tokenizer(base_path), train, config.max_seq_len)
-    require_training_pairs(len(items), matching, eval_prompts, config, task, min_pairs, tokenised=True)
+    tokenizer = load_tokenizer(base_path)
+    if config.fine_tunes:
+        items, _skipped = tokenize_all(tokenizer, snapshot.train, config.max_seq_len)
+        require_training_pairs(len(items), snapshot.matching, len(snapshot.eval_prompts), config, task, min_pairs, tokenised=True)
+    if config.prefers:
+        pairs, skipped = tokenize_preferences(tokenizer, snapshot.preferences, config.max_seq_len)
+        if len(pairs) < min_pairs:
+            raise InvalidRequest(f"too few preference pairs: {len(pairs)} of {len(snapshot.preferences)} fit max_seq_len="
+                                 f"{config.max_seq_len} ({skipped} do not); at least {min_pairs} are needed (distill_min_pairs)",
+                                 param="max_seq_len")

@@ -14,6 +14,7 @@ from services.trainer.ranks import Ranks
 from shared.device import check_processes, release_freed_memory, resolve_device
 from shared.distillation.config import DistillationConfig
 from shared.distillation.pairs import Example
+from shared.distillation.preferences import Preference
 
 
 def train(
@@ -27,9 +28,11 @@ def train(
     processes: int = 1,
     threads: int | None = None,
     keep_checkpoints: int = 2,
+    preferences: Sequence[Preference] = (),
 ) -> TrainResult:
     """Train (or resume training) the student on `device` (auto|cpu|cuda) with `processes`
-    data-parallel ranks; write the final adapter (and merged weights). The newest
+    data-parallel ranks, on `examples` (the supervised phase) and `preferences` (the preference
+    phase), as the run's objective has them; write the final adapter (and merged weights). The newest
     `keep_checkpoints` checkpoints stay on disk (settings.trainer.keep_checkpoints).
 
     Raises Interrupted when `on_step` asks to stop (after writing a checkpoint)."""
@@ -37,9 +40,9 @@ def train(
     check_processes(processes, resolved)
     if processes > 1:
         return launch(config, base_path, examples, run_dir, on_step=on_step, processes=processes, device=resolved, threads=threads,
-                      keep_checkpoints=keep_checkpoints)
+                      keep_checkpoints=keep_checkpoints, preferences=preferences)
     try:
         return run_training(config, base_path, examples, run_dir, on_step=on_step, ranks=Ranks(device=resolved),
-                            keep_checkpoints=keep_checkpoints)
+                            keep_checkpoints=keep_checkpoints, preferences=preferences)
     finally:
         release_freed_memory(resolved)  # before the evaluation engines start

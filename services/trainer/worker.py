@@ -200,10 +200,10 @@ class TrainerWorker:
             task = get_task(session, config.task)
             snapshot = take_snapshot(session, config, task, directory)
         base_path = resolve_model(config.base_model, settings.resolved_model_store)
-        preflight(config, task, base_path, snapshot.train, matching=snapshot.matching, eval_prompts=len(snapshot.eval_prompts),
-                  min_pairs=settings.distill.min_pairs)
+        preflight(config, task, base_path, snapshot, min_pairs=settings.distill.min_pairs)
         progress = dict(run.progress or {})
-        progress.update(phase="training", pairs=len(snapshot.train), eval_prompts=len(snapshot.eval_prompts), data_sha256=snapshot.digest,
+        progress.update(phase="training", pairs=len(snapshot.train), preferences=len(snapshot.preferences),
+                        eval_prompts=len(snapshot.eval_prompts), data_sha256=snapshot.digest,
                         device=resolve_device(settings.trainer.device), processes=settings.trainer.processes)
         self._update(lease, progress=progress, artifact_dir=str(directory))
 
@@ -219,7 +219,7 @@ class TrainerWorker:
 
         result = train(config, base_path, snapshot.train, directory, on_step=on_step, device=settings.trainer.device,
                        processes=settings.trainer.processes, threads=settings.trainer.threads,
-                       keep_checkpoints=settings.trainer.keep_checkpoints)
+                       keep_checkpoints=settings.trainer.keep_checkpoints, preferences=snapshot.preferences)
         if result.resumed_from is not None:
             progress["resumed_from_step"] = result.resumed_from
         progress.update(phase="evaluating")
@@ -238,6 +238,7 @@ class TrainerWorker:
                 "resumed_from_step": result.resumed_from, "seconds_this_attempt": round(result.seconds, 1),
                 "data_sha256": snapshot.digest, "loss_curve": curve,
                 "device": result.device, "dtype": result.dtype, "processes": result.processes,
+                "objective": config.objective, "preference": result.preference,
             },
             "eval": evaluation,
             "reward": public_reward(task.reward),  # shown by the admin API and stored with the student: no secrets

@@ -19,7 +19,7 @@ from shared.critique_revise import Acceptance
 from shared.engines.base import SamplingParams
 from shared.errors import InvalidRequest
 from shared.keys import OWNER_PATTERN
-from shared.request_fields import Count, NonBlank, NonNegative, Real, Share, Whole
+from shared.request_fields import Count, NonBlank, NonNegative, Real, Share, Whole, bounded_real
 from shared.tasks import TASK_NAME_PATTERN, TaskSpec
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -69,6 +69,14 @@ class DistillationConfig(BaseModel):
         None,
         description="Only pairs stored up to this id; the service sets it at submission, so pairs added later never change the run.",
     )
+    min_margin: bounded_real(ge=0) | None = Field(
+        None,
+        description="Preference objectives only: only preference pairs whose reward margin (chosen − rejected) is at least this.",
+    )
+    chain_id_max: NonNegative | None = Field(
+        None,
+        description="Preference objectives only: only chains stored up to this id; the service sets it at submission.",
+    )
 
     # --- which student ---
     base_model: str | None = Field(
@@ -84,6 +92,17 @@ class DistillationConfig(BaseModel):
     method: Literal["lora", "full"] = Field(
         "lora",
         description="LoRA adapter (default) or full fine-tune of every weight.",
+    )
+    objective: Literal["sft", "dpo", "sft_dpo"] = Field(
+        "sft",
+        description="sft: fine-tune on the best accepted answers (default). dpo: direct preference optimisation on the "
+        "chains' preference pairs (each draft against its revision, a prompt's best chain against its worst; as "
+        "GET /v1/pairs/export?format=preference gives them), against the model it starts from. sft_dpo: sft, then dpo "
+        "against the fine-tuned model. epochs / max_steps apply to each phase.",
+    )
+    dpo_beta: Real = Field(
+        0.1, gt=0, le=10,
+        description="DPO's β: how far the student may move from its reference (smaller: further).",
     )
     lora_r: Whole = Field(16, ge=1, le=256, description="LoRA rank.")
     lora_alpha: Real = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
@@ -166,11 +185,27 @@ class DistillationConfig(BaseModel):
     def student_name(self) -> str:
         return self.name or f"{self.task}-student"
 
-    def total_steps(self, n_examples: int) -> int:
-        """Optimizer steps of a run over `n_examples` training examples."""
-        if self.max_steps is not None:
-            return self.max_steps
-        return max(1, math.ceil(self.epochs * steps_per_epoch(n_examples, self.batch_size)))
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether the run has a supervised phase (on the accepted answers)."""
+        return self.objective in ("sft", "sft_dpo")
+
+    @property
+    def prefers(self) -> bool:
+        """Whether the run has a preference phase (on the chains' preference pairs)."""
+        return self.objective in ("dpo", "sft_dpo")
+
+    def phase_steps(self, n_examples: int, n_preferences: int = 0) -> tuple[int, int]:
+        """Optimizer steps of the supervised phase over `n_examples` answers and of the preference
+        phase over `n_preferences` pairs (0 for a phase the objective does not have)."""
+        def steps(n: int) -> int:
+            return self.max_steps if self.max_steps is not None else max(1, math.ceil(self.epochs * steps_per_epoch(n, self.batch_size)))
+
+        return (steps(n_examples) if self.fine_tunes else 0), (steps(n_preferences) if self.prefers else 0)
+
+    def total_steps(self, n_examples: int, n_preferences: int = 0) -> int:
+        """Optimizer steps of a whole run."""
+        return sum(self.phase_steps(n_examples, n_preferences))
 
     def evaluation(self) -> "EvaluationConfig":
         """The evaluation this run ends with (the same one POST /admin/evaluations runs on demand)."""

@@ -31,17 +31,22 @@ from shared.tasks import TaskSpec, normalise_prompt
 from shared.text_stats import repeated_share
 
 
+def of_jobs(query: Select, job_id: Any, config: DistillationConfig) -> Select:
+    """Rows (pairs or chains, whose job is the column `job_id`) of the run's jobs and owners."""
+    if config.jobs:
+        query = query.where(job_id.in_(config.jobs))
+    if config.owners:
+        keys = [owner for owner in config.owners if owner != NO_OWNER]
+        owned = Job.owner.in_(keys) if keys else false()
+        query = query.join(Job, Job.id == job_id).where(or_(owned, Job.owner.is_(None)) if NO_OWNER in config.owners else owned)
+    return query
+
+
 def pair_query(config: DistillationConfig) -> Select:
     """The pairs a run trains on, oldest first (a stable order, so a snapshot is reproducible).
     Pairs excluded in review never train; an exclusion made after a run took its snapshot does
     not change that run."""
-    query = select(Pair).where(Pair.task_name == config.task, Pair.excluded.is_(False))
-    if config.jobs:
-        query = query.where(Pair.job_id.in_(config.jobs))
-    if config.owners:
-        keys = [owner for owner in config.owners if owner != NO_OWNER]
-        owned = Job.owner.in_(keys) if keys else false()
-        query = query.join(Job, Job.id == Pair.job_id).where(or_(owned, Job.owner.is_(None)) if NO_OWNER in config.owners else owned)
+    query = of_jobs(select(Pair).where(Pair.task_name == config.task, Pair.excluded.is_(False)), Pair.job_id, config)
     if config.pair_id_max is not None:
         query = query.where(Pair.id <= config.pair_id_max)
     if config.min_reward_gain is not None:
@@ -123,10 +128,15 @@ def require_training_pairs(kept: int, matching: int, eval_prompts: int, config: 
     )
 
 
+def barred_prompts(config: DistillationConfig, task_eval_prompts: Sequence[str] = ()) -> set[str]:
+    """The evaluation prompts (of the task and of the run), normalised: no pair of them ever trains."""
+    return {normalise_prompt(p) for p in [*task_eval_prompts, *(config.eval_prompts or [])]}
+
+
 def plan_split(examples: Sequence[Example], config: DistillationConfig,
                task_eval_prompts: Sequence[str] = ()) -> tuple[list[Example], list[str]]:
     """(training examples, evaluation prompts). Pairs of any evaluation prompt are dropped from training."""
-    barred = {normalise_prompt(p) for p in [*task_eval_prompts, *(config.eval_prompts or [])]}
+    barred = barred_prompts(config, task_eval_prompts)
     allowed = [e for e in examples if normalise_prompt(e.prompt) not in barred]
     if config.eval_prompts is not None:
         return allowed, list(dict.fromkeys(config.eval_prompts))

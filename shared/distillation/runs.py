@@ -6,8 +6,8 @@ Submission checks what can be checked without the student's model, so a bad requ
 the selection, and something is left to evaluate on. What needs the model itself (LoRA targets,
 max_seq_len against its positions and against the tokenised pairs) is checked by the trainer before
 it loads any weights (services/trainer/preflight.py): such a run fails at once, with the reason as
-its error. The run stores its config with the base model and the newest pair id filled in, so what
-it trains on is fixed at submission.
+its error. The run stores its config with the base model and the newest pair and chain ids filled
+in, so what it trains on is fixed at submission.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.models import DistillationRun, Pair, Student
+from shared.db.models import ChainRecord, DistillationRun, Pair, Student
 from shared.db.queue import cancel_and_read, get_row, newest_rows
 from shared.db.idempotency import create_once, earlier, fingerprint, scoped_key
 from shared.distillation.config import DistillationConfig
 from shared.distillation.pairs import Example, pair_query, plan_data, require_training_pairs
+from shared.distillation.preferences import run_preferences
 from shared.errors import InvalidRequest, Overloaded
 from shared.model_store import check_reference
 from shared.settings import Settings
@@ -32,6 +33,7 @@ from shared.tasks import get_task
 
 
 SNAPSHOT_FILE = "snapshot.jsonl"  # in a run's directory: one training example (Example.to_json) a line, written once
+PREFERENCES_FILE = "preferences.jsonl"  # beside it, for a preference objective: one Preference.to_json a line
 
 
 def run_dir(settings: Settings, run_id: str) -> Path:
@@ -41,10 +43,12 @@ def run_dir(settings: Settings, run_id: str) -> Path:
 
 def training_prompts(settings: Settings, run_id: str) -> set[str]:
     """The prompts a run trained on, from its frozen snapshot (none before it took one)."""
-    path = run_dir(settings, run_id) / SNAPSHOT_FILE
-    if not path.is_file():
-        return set()
-    return {json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    prompts: set[str] = set()
+    for name in (SNAPSHOT_FILE, PREFERENCES_FILE):
+        path = run_dir(settings, run_id) / name
+        if path.is_file():
+            prompts |= {json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return prompts
 
 
 def plan_run(session: Session, settings: Settings, config: DistillationConfig) -> tuple[DistillationConfig, dict[str, Any]]:
@@ -66,8 +70,8 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
     except InvalidRequest as error:
         raise InvalidRequest(f"base_model: {error.message}", param="base_model") from None
 
-    pair_id_max = session.scalar(select(func.max(Pair.id))) or 0
-    config = config.model_copy(update={"pair_id_max": config.pair_id_max if config.pair_id_max is not None else pair_id_max})
+    newest = {"pair_id_max": session.scalar(select(func.max(Pair.id))) or 0, "chain_id_max": session.scalar(select(func.max(ChainRecord.id))) or 0}
+    config = config.model_copy(update={name: value for name, value in newest.items() if getattr(config, name) is None})
     rows = session.execute(
         pair_query(config).with_only_columns(Pair.id, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after)
     ).all()
@@ -75,7 +79,7 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
         f", owners {config.owners}" if config.owners else "") + (
         f", min_reward_gain {config.min_reward_gain}" if config.min_reward_gain is not None else "") + (
         f", acceptance {config.acceptance!r}" if config.acceptance else "")
-    if len(rows) < settings.distill.min_pairs:
+    if config.fine_tunes and len(rows) < settings.distill.min_pairs:
         raise InvalidRequest(
             f"too few pairs: {len(rows)} accepted pairs match ({where}); a distillation needs at least {settings.distill.min_pairs} "
             "(distill_min_pairs). Sample more with POST /v1/jobs.",
@@ -85,10 +89,19 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
     train, eval_prompts = plan_data(examples, config, task)
     if not eval_prompts:
         raise InvalidRequest("no held-out prompt left to evaluate on; raise held_out_fraction or give eval_prompts", param="held_out_fraction")
-    require_training_pairs(len(train), len(rows), len(eval_prompts), config, task, settings.distill.min_pairs)
+    preferences = 0
+    if config.fine_tunes:
+        require_training_pairs(len(train), len(rows), len(eval_prompts), config, task, settings.distill.min_pairs)
+    if config.prefers:
+        preferences = len(run_preferences(session, config, task, examples))
+        if preferences < settings.distill.min_pairs:
+            raise InvalidRequest(
+                f"too few preference pairs: {preferences} of the chains of {where} (without evaluation prompts, ties, "
+                f"pairs below min_margin and looping chosen answers); objective {config.objective!r} needs at least "
+                f"{settings.distill.min_pairs} (distill_min_pairs)", param="objective")
     # `total` counts every selected pair; the trainer corrects it once it knows how many fit max_seq_len.
-    progress = {"phase": "queued", "step": 0, "total": config.total_steps(len(train)), "loss": None,
-                "pairs": len(train), "eval_prompts": len(eval_prompts)}
+    progress = {"phase": "queued", "step": 0, "total": config.total_steps(len(train), preferences), "loss": None,
+                "pairs": len(train), "preferences": preferences, "eval_prompts": len(eval_prompts)}
     return config, progress
 
 

@@ -12,13 +12,13 @@ from typing import Annotated, Iterator, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
-from sqlalchemy import Select, or_, select, tuple_
+from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.teacher.deps import DbSession, State
 from services.teacher.protocol import Exclusion, PairPage, PairView, chat_record
 from shared.db.models import ChainRecord, Job, Pair, utcnow
-from shared.distillation.preferences import ChainAnswers, by_prompt, preference_records
+from shared.distillation.preferences import CHAIN_ORDER, ChainAnswers, by_prompt, chain_columns, preference_records
 from shared.errors import NotFound
 from shared.request_fields import ROW_ID_MAX
 from shared.web.auth import AdminScope, Caller, ClientCaller
@@ -96,22 +96,15 @@ def _export_lines(sessions: sessionmaker[Session], caller: Caller, task: str | N
 def _chain_groups(sessions: sessionmaker[Session], caller: Caller, task: str | None, job: str | None, excluded: bool | None,
                   page_size: int) -> Iterator[list[ChainAnswers]]:
     """The visible chains, one (job, prompt) group at a time, in keyset pages of about `page_size`
-    chains (a page never splits a group). Chains whose accepted pair was excluded in review are
-    left out unless `excluded` is true (then only they are in): an excluded answer is not to be
-    preferred either."""
-    columns = select(ChainRecord.id, ChainRecord.job_id, ChainRecord.prompt_index, ChainRecord.task_name, ChainRecord.prompt,
-                     ChainRecord.initial_text, ChainRecord.initial_reward, ChainRecord.final_text, ChainRecord.final_reward)
-    if excluded:
-        columns = columns.join(Pair, Pair.chain_id == ChainRecord.id).where(Pair.excluded.is_(True))
-    else:
-        columns = columns.outerjoin(Pair, Pair.chain_id == ChainRecord.id).where(or_(Pair.id.is_(None), Pair.excluded.is_(False)))
+    chains (a page never splits a group), excluded ones as `chain_columns` says."""
+    columns = chain_columns(excluded)
     if not caller.sees_all:
         columns = columns.join(Job, Job.id == ChainRecord.job_id).where(Job.owner == caller.key_id)
     if task is not None:
         columns = columns.where(ChainRecord.task_name == task)
     if job is not None:
         columns = columns.where(ChainRecord.job_id == job)
-    order = (ChainRecord.job_id, ChainRecord.prompt_index, ChainRecord.chain_index)
+    order = CHAIN_ORDER
     after: tuple[str, int] | None = None
     while True:
         query = columns if after is None else columns.where(tuple_(ChainRecord.job_id, ChainRecord.prompt_index) > after)
