@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--pool-only", action="store_true", help="sample the pool and the teacher's eval answers, then stop")
     parser.add_argument("--recipe", action="append", default=[], help="NAME=JSON of DistillationConfig fields")
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated: each recipe trains once per seed")
+    parser.add_argument("--reuse", action="store_true", help="evaluate a recipe's student already trained in the work "
+                        "directory (its merged weights and result file) instead of training it again")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -116,6 +118,7 @@ def main() -> None:
     settings = Settings(vllm={"enforce_eager": True})
     task = preset_tasks()[args.task]
     reward = build_reward(task.reward)
+    second = build_reward(task.second_opinion) if task.second_opinion else None  # the evaluation's own second opinion
     base_path = resolve_model(settings.student_base_model, settings.resolved_model_store)
     eval_prompts = list(task.eval_prompts)[: args.eval_prompts]
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
@@ -144,7 +147,7 @@ def main() -> None:
         base_general = [g[0] for g in sample_answers(engine, general, 1, params)]
         base_data = {"answers": base_answers, "general": base_general, "seconds": round(time.monotonic() - started, 1)}
         _save(base_file, base_data)
-    systems = {"base": score(reward, eval_prompts, base_data["answers"]), "teacher": score(reward, eval_prompts, teacher)}
+    systems = {"base": score(reward, eval_prompts, base_data["answers"], second), "teacher": score(reward, eval_prompts, teacher, second)}
 
     rows = []
     seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -155,23 +158,28 @@ def main() -> None:
             train_examples, _ = plan_data(examples, config, task)
             preferences = training_preferences(chains, config, barred_prompts(config, task.eval_prompts)) if config.prefers else []
             run_dir = args.work / "runs" / f"{name}-seed{seed}"
+            earlier = _load(args.work / f"result-{name}-seed{seed}.json") if args.reuse and (run_dir / "merged").is_dir() else None
+            if earlier is None:
+                started = time.monotonic()
+                result = train(config, base_path, train_examples, run_dir, preferences=preferences)
+                trained = {"steps": result.steps, "train_seconds": round(time.monotonic() - started), "preference": result.preference,
+                           "final_loss10": round(sum(v for _, v in result.losses[-10:]) / min(10, len(result.losses)), 3)}
+                merged = result.merged_dir or merge_adapter(base_path, result.adapter_dir, run_dir / "merged")
+            else:
+                trained, merged = {key: earlier[key] for key in ("steps", "train_seconds", "preference", "final_loss10")}, run_dir / "merged"
             started = time.monotonic()
-            result = train(config, base_path, train_examples, run_dir, preferences=preferences)
-            train_seconds = time.monotonic() - started
-            started = time.monotonic()
-            student = VLLMEngine(result.merged_dir or merge_adapter(base_path, result.adapter_dir, run_dir / "merged"), enforce_eager=True)
+            student = VLLMEngine(merged, enforce_eager=True)
             student_answers = sample_answers(student, eval_prompts, args.samples, params)
-            figures = compare(eval_prompts, {**systems, "student": score(reward, eval_prompts, student_answers)}, seed=args.seed)
+            figures = compare(eval_prompts, {**systems, "student": score(reward, eval_prompts, student_answers, second)}, seed=args.seed)
             student_general = [g[0] for g in sample_answers(student, general, 1, params)]
             figures["collapse"] = collapse_check(scorer, general, base_data["general"], student_general)
             figures["gate"] = gate(figures)
             eval_seconds = time.monotonic() - started
             student.close()
             row = {"recipe": name, "seed": seed, "config": json.loads(body or "{}"), "pairs": len(train_examples),
-                   "preferences": len(preferences), "steps": result.steps, "train_seconds": round(train_seconds),
-                   "eval_seconds": round(eval_seconds), "preference": result.preference,
-                   "final_loss10": round(sum(v for _, v in result.losses[-10:]) / min(10, len(result.losses)), 3),
-                   **{k: figures[k] for k in ("systems", "student_minus_base", "win_rate", "gain_share", "collapse", "gate")}}
+                   "preferences": len(preferences), **trained, "eval_seconds": round(eval_seconds),
+                   **{k: figures.get(k) for k in ("systems", "student_minus_base", "win_rate", "gain_share", "collapse", "gate",
+                                                  "second_opinion", "degeneration")}}
             rows.append(row)
             _save(args.work / f"result-{name}-seed{seed}.json", {**row, "per_prompt": figures["per_prompt"], "examples": figures["examples"]})
             console.print(f"{name} seed {seed}: student {figures['systems']['student']['value']:.3f}, "
@@ -179,23 +187,28 @@ def main() -> None:
 
     table = Table(title=f"{args.task}: {len(eval_prompts)} eval prompts × {args.samples} samples")
     for column in ("recipe", "seed", "pairs", "prefs", "steps", "train s", "base", "teacher", "student", "student − base [95% CI]",
-                   "share of teacher gain", "ppl ratio"):
+                   "share of teacher gain", "second opinion: student − base", "ppl ratio", "gate"):
         table.add_column(column, justify="right")
     for row in rows:
         s, d, g = row["systems"], row["student_minus_base"], row["gain_share"]
+        o = (row["second_opinion"] or {}).get("student_minus_base")
         table.add_row(row["recipe"], str(row["seed"]), str(row["pairs"]), str(row["preferences"]), str(row["steps"]), str(row["train_seconds"]),
                       f"{s['base']['value']:.3f}", f"{s['teacher']['value']:.3f}", f"{s['student']['value']:.3f}",
                       f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]", _share(g),
-                      f"{row['collapse']['ppl_ratio']:.2f}")
+                      f"{o['value']:+.3f} [{o['low']:+.3f}, {o['high']:+.3f}]" if o else "—",
+                      f"{row['collapse']['ppl_ratio']:.2f}", "promotable" if row["gate"]["promotable"] else row["gate"]["reason"])
     console.print(table)
     summary = across_seeds(rows)
     if len(seeds) > 1:
         table = Table(title=f"{args.task}: over {len(seeds)} training seeds (95% t-interval across seeds)")
-        for column in ("recipe", "student (mean)", "student − base (mean) [95% CI]", "sd across seeds", "teacher chain", "student ≥ chain"):
+        for column in ("recipe", "student (mean)", "student − base (mean) [95% CI]", "sd across seeds", "teacher chain", "student ≥ chain",
+                       "second opinion gain (mean)", "seeds promotable"):
             table.add_column(column, justify="right")
         for item in summary:
+            second_gain = item["second_opinion_gain"]
             table.add_row(item["recipe"], f"{item['student']:.3f}", f"{item['mean']:+.3f} [{item['low']:+.3f}, {item['high']:+.3f}]",
-                          f"{item['sd']:.3f}", f"{item['teacher']:.3f}", "yes" if item["student"] >= item["teacher"] else "no")
+                          f"{item['sd']:.3f}", f"{item['teacher']:.3f}", "yes" if item["student"] >= item["teacher"] else "no",
+                          "—" if second_gain is None else f"{second_gain:+.3f}", f"{item['promotable']}/{item['seeds']}")
         console.print(table)
     print(json.dumps({"bench": "distill_recipe", "task": args.task, "pool_chains": len(pool["chains"]), "accepted": len(accepted),
                       "seeds": seeds, "summary": summary,
@@ -230,7 +243,10 @@ def across_seeds(rows: list[dict]) -> list[dict]:
         out.append({"recipe": name, "seeds": len(mine), "mean": round(mean(gains), 4), "low": round(mean(gains) - half, 4),
                     "high": round(mean(gains) + half, 4), "sd": round(sd, 4),
                     "student": round(mean(row["systems"]["student"]["value"] for row in mine), 4),
-                    "teacher": mine[0]["systems"]["teacher"]["value"]})
+                    "teacher": mine[0]["systems"]["teacher"]["value"],
+                    "second_opinion_gain": round(mean(row["second_opinion"]["student_minus_base"]["value"] for row in mine), 4)
+                    if all(row["second_opinion"] for row in mine) else None,
+                    "promotable": sum(bool(row["gate"]["promotable"]) for row in mine)})
     return out
 
 
