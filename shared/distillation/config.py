@@ -98,7 +98,8 @@ class DistillationConfig(BaseModel):
         description="sft: fine-tune on the best accepted answers (default). dpo: direct preference optimisation on the "
         "chains' preference pairs (each draft against its revision, a prompt's best chain against its worst; as "
         "GET /v1/pairs/export?format=preference gives them), against the model it starts from. sft_dpo: sft, then dpo "
-        "against the fine-tuned model. epochs / max_steps apply to each phase.",
+        "against the fine-tuned model. epochs / max_steps apply to each phase. A preference objective's student is not "
+        "auto-promoted: on the sentiment task DPO over-optimised the reward while the gate passed (docs/distillation.md).",
     )
     dpo_beta: Real = Field(
         0.1, gt=0, le=10,

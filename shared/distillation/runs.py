@@ -62,6 +62,10 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
             f"lora_r {config.lora_r} exceeds the rank the student service serves ({settings.student.max_lora_rank}, student_max_lora_rank)",
             param="lora_r",
         )
+    if config.prefers and config.auto_promote:
+        # Measured (docs/distillation.md): DPO on these pairs over-optimised the reward while the gate still passed.
+        raise InvalidRequest(f"objective {config.objective!r} is not auto-promoted: read the student's answers, then promote "
+                             "it with POST /admin/students/{id}/promote", param="auto_promote")
     if config.eval_prompts is None and not task.eval_prompts and config.held_out_fraction == 0:
         raise InvalidRequest(f"nothing to evaluate on: task {task.name!r} has no evaluation set; give eval_prompts or a "
                              "held_out_fraction above 0", param="held_out_fraction")

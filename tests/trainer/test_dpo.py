@@ -5,7 +5,8 @@ the teacher stores them, through the trainer's own loop and its worker.
   (the reference log-probs come back from the run's file, not from weights that moved since);
 - a `dpo` run through the admin API and the trainer worker learns to prefer its chosen answers,
   never trains on an evaluation prompt, and registers a student with its preference figures;
-- a submission without enough preference pairs is refused, nothing queued.
+- a submission without enough preference pairs, or asking to auto-promote a preference objective's
+  student, is refused, nothing queued.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def test_a_dpo_distillation_learns_its_preferences_and_registers_a_student(make_
     with teacher(settings) as t, t.admin() as admin:
         too_strict = admin.post("/admin/distillations", json={**TINY, "objective": "dpo", "min_margin": 0.95, "eval_prompts": [eval_prompt]})
         assert too_strict.status_code == 400 and "too few preference pairs: 0" in too_strict.json()["error"]["message"]
+        unread = admin.post("/admin/distillations", json={**TINY, "objective": "sft_dpo", "auto_promote": True, "eval_prompts": [eval_prompt]})
+        assert unread.status_code == 400 and "is not auto-promoted" in unread.json()["error"]["message"]
         answer = admin.post("/admin/distillations", json={**TINY, "objective": "dpo", "max_steps": 12, "dpo_beta": 0.5, "eval_prompts": [eval_prompt],
                                                           "eval_samples": 1, "eval_max_tokens": 6, "collapse_check": False})
         assert answer.status_code == 202, answer.text
@@ -121,7 +124,7 @@ def test_a_dpo_distillation_learns_its_preferences_and_registers_a_student(make_
         assert answer.json()["progress"]["preferences"] == 8 and answer.json()["progress"]["total"] == 12
 
     with sessions() as session:
-        assert session.scalar(select(func.count()).select_from(DistillationRun)) == 1  # the refused one queued nothing
+        assert session.scalar(select(func.count()).select_from(DistillationRun)) == 1  # the refused ones queued nothing
     assert TrainerWorker(settings, sessions).run_once()
     with sessions() as session:
         run = session.get(DistillationRun, run_id)
