@@ -49,8 +49,15 @@ def engine_processes(app=None) -> list[psutil.Process]:
     """vLLM engine-core processes under this test process (one per engine); with `app`, only those
     its student service started."""
     before = getattr(app.state, "engines_before", set()) if app is not None else set()
-    return [p for p in psutil.Process().children(recursive=True) if p.pid not in before and (
-        p.name().startswith("VLLM::EngineCore") or " ".join(p.cmdline()).startswith("VLLM::EngineCore"))]
+    return [p for p in psutil.Process().children(recursive=True) if p.pid not in before and _live_engine(p)]
+
+
+def _live_engine(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE and (
+            process.name().startswith("VLLM::EngineCore") or " ".join(process.cmdline()).startswith("VLLM::EngineCore"))
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):  # gone, or exited and not yet reaped: no engine any more
+        return False
 
 
 def test_the_base_engine_has_no_lora_and_a_merged_student_hot_swaps_under_load(merged_server, trained_adapter, model_path, keys, student_helpers):
