@@ -6,7 +6,7 @@ one prompt, ordered by the task's reward.
 
 with log π(y | x) summed over the answer tokens (the prompt masked and the chat template rendered
 as for SFT, services/trainer/data.py). This is TRL's DPO trainer's default (`loss_type="sigmoid"`,
-β = 0.1, summed completion log-probs); tests/trainer/test_dpo.py checks the loss against TRL's.
+β = 0.1, summed completion log-probs); tests/trainer/test_dpo_trl.py checks the loss against TRL's.
 
 The reference is the model the phase starts from: the base model for `dpo` (a LoRA adapter starts
 as the identity), the fine-tuned model for `sft_dpo`. Its log-probs are computed once, at the start
@@ -82,11 +82,16 @@ def all_pair_logps(model, items: Sequence[PreferenceItem], pad_id: int, device):
     return values
 
 
+def implicit_margins(policy, reference, beta: float):
+    """Per pair: β · (policy margin − reference margin), each margin chosen − rejected; `policy` and `reference` are (n, 2)."""
+    return beta * ((policy[:, 0] - policy[:, 1]) - (reference[:, 0] - reference[:, 1]))
+
+
 def dpo_loss(policy, reference, beta: float):
-    """Per pair: − log σ(β · (policy margin − reference margin)); `policy` and `reference` are (n, 2)."""
+    """Per pair: − log σ(implicit margin)."""
     import torch.nn.functional as F
 
-    return -F.logsigmoid(beta * ((policy[:, 0] - policy[:, 1]) - (reference[:, 0] - reference[:, 1])))
+    return -F.logsigmoid(implicit_margins(policy, reference, beta))
 
 
 def reference_logps(model, items: Sequence[PreferenceItem], pad_id: int, device, run_dir: Path, *, write: bool):
@@ -114,6 +119,6 @@ def preference_figures(model, items: Sequence[PreferenceItem], reference, pad_id
     whose chosen answer it now favours more than the reference did (DPO's reward accuracy), and the
     mean implicit reward margin β · (policy margin − reference margin)."""
     policy = all_pair_logps(model, items, pad_id, device)
-    margins = beta * ((policy[:, 0] - policy[:, 1]) - (reference[:, 0] - reference[:, 1]))
+    margins = implicit_margins(policy, reference, beta)
     return {"pairs": len(items), "accuracy": round(float((margins > 0).float().mean()), 4),
             "mean_margin": round(float(margins.mean()), 4), "mean_loss": round(float(dpo_loss(policy, reference, beta).mean()), 4)}
