@@ -104,6 +104,7 @@ def sample(
     seed: Optional[int] = typer.Option(None),
     engine: Optional[str] = typer.Option(None, help="auto | vllm | transformers | openai."),
     model: Optional[str] = typer.Option(None, help="Teacher model (default DSC_TEACHER_MODEL)."),
+    student: Optional[str] = typer.Option(None, help="Sample from this registered student instead (a later round of distillation)."),
     store: bool = typer.Option(True, help="Store chains and pairs in the database."),
     as_json: bool = typer.Option(False, "--json", help="Print the chains as JSON on stdout."),
 ) -> None:
@@ -111,13 +112,13 @@ def sample(
     from shared.db.session import make_engine, session_factory, upgrade
     from shared.engines import create_engine
     from shared.sampling_protocol import ChainResult, SampleRequest, SampleResponse
-    from shared.sampling_run import RewardPool, plan_sample, run_plan, store_finished_run
+    from shared.sampling_run import RewardPool, check_student_engine, plan_sample, run_plan, store_finished_run, student_model_dir
 
     settings = load_settings(engine=engine, teacher_model=model)
     try:
         request = SampleRequest(
             task=task, prompts=prompt or None, limit=prompts, steps=steps, chains=chains, acceptance=acceptance,
-            beta=beta, temperature=temperature, max_tokens=max_tokens, seed=seed, store=store,
+            beta=beta, temperature=temperature, max_tokens=max_tokens, seed=seed, store=store, student=student,
         )
     except ValidationError as error:
         fail(DscError(validation_message(error)))
@@ -126,11 +127,14 @@ def sample(
         factory = session_factory(make_engine(settings.resolved_database_url))
         with factory() as session:
             plan = plan_sample(session, request)
+            check_student_engine(plan, settings)
+            sampler_model = settings.teacher_model if plan.student is None else str(
+                student_model_dir(session, plan.student, settings.resolved_model_store))
         with console.status("loading reward model …"):
             rewards = RewardPool(network=settings.network_policy())
             rewards.get(plan.task.reward)  # fail on a missing reward before the slow engine start
-        with console.status(f"starting engine ({settings.engine}) with {settings.teacher_model} …"):
-            llm = create_engine(settings, settings.teacher_model)
+        with console.status(f"starting engine ({settings.engine}) with {sampler_model} …"):
+            llm = create_engine(settings, sampler_model)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as bar:
             phases = bar.add_task("sampling", total=1 + 2 * plan.steps)
             chains_out = run_plan(plan, llm, rewards, schedule=settings.teacher.sampler_schedule,
@@ -210,9 +214,39 @@ def demo(
         fail(DscError(str(error)))
 
 
+@app.command("distil")
+def distil(
+    task: str = typer.Option(..., help="Task whose training prompts every round samples."),
+    rounds: int = typer.Option(1, min=1, help="Rounds of sample → distil → evaluate → promote; each later round samples from the last student."),
+    teacher_url: str = typer.Option("http://127.0.0.1:8000", help="The running teacher (dsc up, compose)."),
+    admin_token: Optional[str] = typer.Option(None, envvar="DSC_DEMO_ADMIN_TOKEN", help="Plain admin token of the teacher."),
+    prompts: Optional[int] = typer.Option(None, min=1, help="Use the first N training prompts of the task (default: all)."),
+    chains: int = typer.Option(2, min=1, help="Chains per prompt in each round's job."),
+    max_tokens: int = typer.Option(96, min=1, help="Tokens per answer in each round's job."),
+    max_steps: Optional[int] = typer.Option(None, help="Training steps of each distillation (default: the trainer's epochs)."),
+    student: Optional[str] = typer.Option(None, help="A registered student round 1 samples from (default: the teacher's model)."),
+    seed: int = typer.Option(0),
+    force_promotion: bool = typer.Option(False, help="Promote a round's student even when its gate refuses it (otherwise the rounds end there)."),
+) -> None:
+    """Distil in rounds through the running teacher: each round samples a job (from the previous round's
+    student after the first), distils it, and promotes the student its gate allows."""
+    from services.rounds import DemoError, RoundsConfig, run_rounds
+
+    config = RoundsConfig(task=task, rounds=rounds, prompts=prompts, chains=chains, max_tokens=max_tokens, seed=seed,
+                          student=student, distillation={"max_steps": max_steps} if max_steps else {}, force_promotion=force_promotion)
+    try:
+        summaries = run_rounds(teacher_url, _needed(admin_token, "--admin-token"), config)
+    except DemoError as error:
+        fail(DscError(str(error)))
+    for summary in summaries:
+        console.print(f"round {summary['round']}: {summary['model']} ({summary['student_id']}), parent "
+                      f"{summary['parent_id'] or 'the teacher'}, job {summary['job_id']}, "
+                      f"{'promoted' if summary['promoted'] else 'not promoted'}")
+
+
 def _needed(token: Optional[str], option: str) -> str:
     if not token:
-        fail(DscError(f"the demo needs a plain token to call the services: pass {option}"))
+        fail(DscError(f"a plain token is needed to call the services: pass {option}"))
     return token
 
 

@@ -30,6 +30,11 @@ class SampleRequest(BaseModel):
     max_tokens: Count = 128
     seed: Seed | None = None
     store: bool = Field(True, strict=True)
+    student: str | None = Field(
+        None, min_length=1, max_length=32,
+        description="Id of a registered student of this task to write the drafts, critiques and revisions instead of the "
+        "teacher's model: the next round of distillation starts from it (docs/distillation.md, Rounds). Rewards (an "
+        "llm-judge too) stay the teacher's.")
 
 
 class Scored(BaseModel):

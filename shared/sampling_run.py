@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.models import Job, utcnow
+from shared.db.models import Job, Student, utcnow
 from shared.db.session import transaction
 from shared.db.store import Recorded, record_chains
 from shared.engines.base import Engine, SamplingParams
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, NotFound
 from shared.rewards import NetworkPolicy, RewardModel, build_reward
+from shared.settings import Settings
 from shared.critique_revise import Acceptance, Chain, ProgressCallback, Sampler, Schedule, validate_run
 from shared.sampling_protocol import SampleRequest
 from shared.tasks import TaskSpec, get_task
@@ -35,6 +37,7 @@ class SamplePlan:
     acceptance: Acceptance
     beta: float
     params: SamplingParams
+    student: str | None = None  # a registered student's id: it samples instead of the teacher's model (a later round)
 
     def job_params(self) -> dict[str, Any]:
         return {
@@ -46,6 +49,7 @@ class SamplePlan:
             "top_p": self.params.top_p,
             "max_tokens": self.params.max_tokens,
             "seed": self.params.seed,
+            "student": self.student,
         }
 
 
@@ -65,9 +69,29 @@ def plan_sample(session: Session, request: SampleRequest) -> SamplePlan:
         acceptance=request.acceptance or task.acceptance,
         beta=request.beta or task.beta,
         params=SamplingParams(temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens, seed=request.seed),
+        student=request.student,
     )
+    if plan.student is not None:
+        check_sampling_student(session, plan.student, task.name)
     validate_run(plan.prompts, steps=plan.steps, chains=plan.chains, acceptance=plan.acceptance, beta=plan.beta)
     return plan
+
+
+def check_student_engine(plan: SamplePlan, settings: Settings) -> None:
+    """A plan naming a student needs an engine that runs local weights: a remote (openai) one cannot."""
+    if plan.student is not None and settings.engine == "openai":
+        raise InvalidRequest("the teacher's engine is a remote server (engine=openai): it cannot run a registered "
+                             "student's weights", param="student")
+
+
+def student_model_dir(session: Session, student_id: str, store: Path) -> Path:
+    """Plain weights of the registered student a plan samples from (merged into `store` once where needed)."""
+    from shared.distillation.registry import weights_of
+
+    student = session.get(Student, student_id)
+    if student is None:
+        raise NotFound(f"no student {student_id!r}", param="student")
+    return weights_of(student, store).merged(store)
 
 
 def plan_from_job(job: Job, task: TaskSpec) -> SamplePlan:
@@ -82,7 +106,22 @@ def plan_from_job(job: Job, task: TaskSpec) -> SamplePlan:
         params=SamplingParams(
             temperature=params["temperature"], top_p=params["top_p"], max_tokens=params["max_tokens"], seed=params["seed"]
         ),
+        student=params.get("student"),  # absent in jobs from before rounds
     )
+
+
+def check_sampling_student(session: Session, student_id: str, task_name: str) -> Student:
+    """The registered student a request samples from: it exists (404), belongs to the request's task
+    and has weights to serve (400)."""
+    student = session.get(Student, student_id)
+    if student is None:
+        raise NotFound(f"no student {student_id!r}", param="student")
+    if student.task_name != task_name:
+        raise InvalidRequest(f"student {student_id!r} was distilled for task {student.task_name!r}, not {task_name!r}: a round "
+                             "samples the task its student learned", param="student")
+    if not (student.adapter_path or student.merged_path):
+        raise InvalidRequest(f"student {student_id!r} has neither an adapter nor merged weights", param="student")
+    return student
 
 
 class RewardPool:

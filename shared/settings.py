@@ -167,6 +167,10 @@ class TeacherSettings(SettingsGroup):
     queue_full_retry_after_seconds: int = Field(
         30, ge=1, description="Retry-After of the 429 for a job beyond max_queued_jobs."
     )
+    student_engines: int = Field(
+        1, ge=1, description="Registered students the teacher samples from at once for later rounds (a job's `student`), "
+        "each an engine of its own from merged weights; an idle one is closed to make room.",
+    )
     sampler_schedule: Literal["chains", "phases"] = Field(
         "chains", description="How the sampler feeds a vLLM or remote engine: chains (each chain's next turn is sent the "
         "moment its last one is done) or phases (every chain waits for the slowest sequence of each phase; one engine "

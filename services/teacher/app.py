@@ -105,6 +105,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             worker.stop_workers(workers)
             registry.unregister(queue_collector)
             state.close_engine()
+            state.student_engines.close()
             db_engine.dispose()
 
     app = FastAPI(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from shared.errors import InvalidRequest
-from shared.sampling_run import SamplePlan
+from shared.sampling_run import SamplePlan, check_student_engine
 from shared.settings import Settings
 from shared.web.routing import SchemaLimits
 
@@ -44,6 +44,7 @@ def check_plan(plan: SamplePlan, settings: Settings, *, max_prompts: int, count_
         raise _exceeds("steps", plan.steps, settings.teacher.max_steps, "max_steps", "steps")
     if plan.chains > settings.teacher.max_chains:
         raise _exceeds("chains", plan.chains, settings.teacher.max_chains, "max_chains", "chains")
+    check_student_engine(plan, settings)
 
 
 def schema_limits(settings: Settings) -> SchemaLimits:

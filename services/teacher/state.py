@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.teacher.metrics import TeacherMetrics
+from services.teacher.student_engines import StudentEngines
 from shared.db.session import read_session_factory
 from shared.engines.base import ENGINE_DEAD_EXIT_CODE, Engine, STAYING_UP, death_response, engine_dead_reason
 from shared.sampling_run import RewardPool
@@ -57,6 +59,8 @@ class TeacherState:
     build_engine: Callable[[], Engine] | None = None
     # Sessions of requests that only read: on SQLite they do not take the write lock.
     readers: sessionmaker[Session] | None = None
+    # Engines of registered students that later rounds sample from (services/teacher/student_engines.py).
+    student_engines: StudentEngines | None = None
     _health_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -64,6 +68,17 @@ class TeacherState:
             self.readers = read_session_factory(self.db_engine)
         if self.sync_slots is None:
             self.sync_slots = threading.BoundedSemaphore(max(1, self.settings.teacher.max_concurrent_sync))
+        if self.student_engines is None:
+            self.student_engines = StudentEngines(self.settings, self.readers, stopping=self.stopping)
+
+    @contextmanager
+    def sampling_engine(self, student_id: str | None) -> Iterator[Engine]:
+        """The engine a plan samples with: the teacher's own, or the engine of the registered student it names."""
+        if student_id is None:
+            yield self.engine
+            return
+        with self.student_engines.use(student_id) as engine:
+            yield engine
 
     def begin_shutdown(self) -> None:
         """The first step of shutdown, as soon as it is asked for (SIGTERM), before the server
@@ -77,6 +92,7 @@ class TeacherState:
         log.info("teacher shutting down: handing job batches back, ending the work in flight")
         if self.owns_engine and self.engine is not None:
             threading.Thread(target=self.close_engine, name="engine-close", daemon=True).start()
+        threading.Thread(target=self.student_engines.close, name="student-engines-close", daemon=True).start()
 
     def close_engine(self) -> None:
         """Close an owned engine (idempotent; a second call waits for the first)."""

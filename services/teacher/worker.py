@@ -121,8 +121,8 @@ class JobWorker:
                 self._settle(batch.job_id)
                 return
             try:
-                with state.metrics.batch_seconds.time():
-                    chains = run_plan(plan, state.engine, state.rewards, prompts=plan.prompts[batch.start:batch.end],
+                with state.metrics.batch_seconds.time(), state.sampling_engine(plan.student) as engine:
+                    chains = run_plan(plan, engine, state.rewards, prompts=plan.prompts[batch.start:batch.end],
                                       seed_offset=batch.start, progress=self._check_stop, schedule=settings.teacher.sampler_schedule)
                 recorded = commit_batch(sessions, lease, batch, task_name=plan.task.name, acceptance=plan.acceptance, chains=chains)
             except _Stopping:
@@ -131,6 +131,11 @@ class JobWorker:
             except Exception as error:
                 if state.stopping.is_set():  # the engine was closed under the batch: not the batch's fault
                     log.info("job %s: %s stopped by shutdown (%s); handing it back", batch.job_id, where, error)
+                    hand_back(sessions, lease, batch)
+                    return
+                if plan.student is not None and (dead := state.student_engines.dead_reason(plan.student)) is not None:
+                    log.warning("job %s: the engine of student %s died under %s (%s); handing it back", batch.job_id,
+                                plan.student, where, dead)  # the next claim builds it afresh
                     hand_back(sessions, lease, batch)
                     return
                 if (dead := dead_reason_of(error) or state.check_engine()) is not None:  # nor is a dead engine

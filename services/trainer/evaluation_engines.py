@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 from shared.distillation.config import EvaluationConfig
 from shared.device import release_freed_memory
 from shared.errors import InvalidRequest
-from shared.model_store import merge_adapter, merged_model
+from shared.distillation.registry import StudentWeights, weights_of
+from shared.model_store import merge_adapter
 from shared.settings import Settings
 from shared.tasks import TaskSpec
 
@@ -43,28 +44,12 @@ class StartedOnUse:
             self._engine = None
 
 
-@dataclass(frozen=True)
-class StudentWeights:
-    """Where a registered student's weights are: its base and its adapter, or merged weights."""
-
-    id: str
-    model: str
-    base_path: Path
-    adapter_dir: Path | None = None
-    merged_dir: Path | None = None
-
-
 def incumbent_weights(session: Session, task_name: str, store: Path, *, excluding: str | None = None) -> StudentWeights | None:
     """The task's active student now (not `excluding`): the incumbent an evaluated student must not be worse than."""
     from shared.distillation.registry import incumbent_of
-    from shared.model_store import resolve_model
 
     active = incumbent_of(session, task_name, excluding=excluding)
-    if active is None:
-        return None
-    return StudentWeights(active.id, f"{active.name}-v{active.version}", resolve_model(active.base_model, store),
-                          Path(active.adapter_path) if active.adapter_path else None,
-                          Path(active.merged_path) if active.merged_path else None)
+    return None if active is None else weights_of(active, store)
 
 
 def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | None, merged_dir: Path | None,
@@ -97,8 +82,7 @@ def evaluation_engines(settings: Settings, base_path: Path, adapter_dir: Path | 
             student_path = lambda: merged_dir or merge_adapter(base_path, adapter_dir, scratch / "merged", device=settings.trainer.device)  # noqa: E731
             engines = [base, StartedOnUse(lambda: start(student_path()))]
             if incumbent is not None:
-                engines.append(StartedOnUse(lambda: start(incumbent.merged_dir or merged_model(
-                    incumbent.base_path, incumbent.adapter_dir, settings.resolved_model_store, incumbent.id))))
+                engines.append(StartedOnUse(lambda: start(incumbent.merged(settings.resolved_model_store))))
             return engines
     from shared.engines.transformers_engine import TransformersEngine
 

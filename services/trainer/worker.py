@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.trainer.data import take_snapshot
 from services.trainer.distill import Interrupted, write_json
 from services.trainer.training import train
-from services.trainer.evaluation_engines import StudentWeights, incumbent_weights, run_evaluation
+from services.trainer.evaluation_engines import incumbent_weights, run_evaluation
 from services.trainer.preflight import preflight
 from services.trainer.report import write_report
 from shared.db.models import DistillationRun, EvaluationRun, Student, utcnow
@@ -45,7 +45,7 @@ from shared.db.outages import OutageLog, first_line, is_outage, work_loop
 from shared.db.queue import Heartbeat, Lease, LeaseLost, claim, fenced_update, finish, release, worker_owner
 from shared.device import check_processes, resolve_device
 from shared.distillation.config import DistillationConfig, EvaluationConfig
-from shared.distillation.registry import auto_promote, record_evaluation, register_student
+from shared.distillation.registry import StudentWeights, auto_promote, record_evaluation, register_student
 from shared.distillation.runs import run_dir
 from shared.errors import DscError, InvalidRequest
 from shared.logs import configure_logging, log_ids

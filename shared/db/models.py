@@ -232,6 +232,9 @@ class DistillationRun(RunColumns, IdempotentCreation, Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     artifact_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Where its training pairs came from, fixed at submission (shared/distillation/lineage.py): round,
+    # parent student, pairs per job and per sampling student. NULL for runs from before rounds.
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
 
 
 class EvaluationRun(RunColumns, Base):
@@ -264,6 +267,10 @@ class Student(Base):
     merged_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     run_id: Mapped[str | None] = mapped_column(ForeignKey("distillation_runs.id", ondelete="SET NULL"), nullable=True)
+    # Distillation rounds: 1 for a student of pairs the teacher's model sampled; n + 1 for one whose
+    # pairs a round-n student sampled (its parent).
+    round: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("students.id", ondelete="SET NULL"), nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -21,6 +21,7 @@ task) makes a second active student impossible even if some other writer gets it
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,35 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db.models import DistillationRun, EvaluationRun, Student, StudentReplica, utcnow
 from shared.db.queue import database_now
 from shared.db.session import transaction
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.model_store import merged_model, resolve_model
+
+
+@dataclass(frozen=True)
+class StudentWeights:
+    """Where a registered student's weights are: its base and its adapter, or merged weights."""
+
+    id: str
+    model: str
+    base_path: Path
+    adapter_dir: Path | None = None
+    merged_dir: Path | None = None
+
+    def merged(self, store: Path) -> Path:
+        """Plain model weights of the student: its own merged ones, else base + adapter merged once
+        into the model store (merged/<id>, where every service that serves it finds them)."""
+        if self.merged_dir is not None:
+            return self.merged_dir
+        if self.adapter_dir is None:
+            raise InvalidRequest(f"student {self.id!r} has neither an adapter nor merged weights")
+        return merged_model(self.base_path, self.adapter_dir, store, self.id)
+
+
+def weights_of(student: Student, store: Path) -> StudentWeights:
+    """Where `student`'s weights are (its base model resolved in `store`)."""
+    return StudentWeights(student.id, f"{student.name}-v{student.version}", resolve_model(student.base_model, store),
+                          Path(student.adapter_path) if student.adapter_path else None,
+                          Path(student.merged_path) if student.merged_path else None)
 
 
 def next_version(session: Session, name: str) -> int:
@@ -66,6 +95,8 @@ def register_student(
         merged_path=str(merged_dir) if merged_dir else None,
         metrics=metrics,
         run_id=run.id,
+        round=(run.lineage or {}).get("round", 1),
+        parent_id=(run.lineage or {}).get("parent_id"),
         active=False,
     )
     session.add(student)
@@ -266,10 +297,13 @@ def serving_state(session: Session, student_ids: list[str]) -> dict[str, dict[st
 def student_views(session: Session, students: list[Student]) -> list[dict[str, Any]]:
     """Registry entries with their serving state."""
     serving = serving_state(session, [student.id for student in students])
-    return [{**student_view(student), "serving": serving[student.id]} for student in students]
+    run_ids = [student.run_id for student in students if student.run_id]
+    lineage = dict(session.execute(select(DistillationRun.id, DistillationRun.lineage).where(DistillationRun.id.in_(run_ids))).all()) if run_ids else {}
+    return [{**student_view(student, lineage.get(student.run_id)), "serving": serving[student.id]} for student in students]
 
 
-def student_view(student: Student) -> dict[str, Any]:
+def student_view(student: Student, lineage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`lineage`: its run's (shared/distillation/lineage.py): the jobs and samplers of its pairs."""
     return {
         "id": student.id,
         "name": student.name,
@@ -285,6 +319,9 @@ def student_view(student: Student) -> dict[str, Any]:
         "comparisons": gating_figures(student),
         "promotion": (student.metrics or {}).get("promotion"),
         "run_id": student.run_id,
+        "round": student.round,
+        "parent_id": student.parent_id,
+        "lineage": {"jobs": lineage["jobs"], "pairs": lineage["pairs"], "sampled_by": lineage["sampled_by"]} if lineage else None,
         "active": student.active,
         "created_at": student.created_at,
         "promoted_at": student.promoted_at,

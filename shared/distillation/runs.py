@@ -24,6 +24,7 @@ from shared.db.models import ChainRecord, DistillationRun, Pair, Student
 from shared.db.queue import cancel_and_read, get_row, newest_rows
 from shared.db.idempotency import create_once, earlier, fingerprint, scoped_key
 from shared.distillation.config import DistillationConfig
+from shared.distillation.lineage import run_lineage
 from shared.distillation.pairs import Example, pair_query, plan_data, require_training_pairs
 from shared.distillation.preferences import run_preferences
 from shared.errors import InvalidRequest, Overloaded
@@ -51,8 +52,8 @@ def training_prompts(settings: Settings, run_id: str) -> set[str]:
     return prompts
 
 
-def plan_run(session: Session, settings: Settings, config: DistillationConfig) -> tuple[DistillationConfig, dict[str, Any]]:
-    """Validate a submission; return the config to store and the initial progress."""
+def plan_run(session: Session, settings: Settings, config: DistillationConfig) -> tuple[DistillationConfig, dict[str, Any], dict[str, Any]]:
+    """Validate a submission; return the config to store, the initial progress and the run's lineage."""
     task = get_task(session, config.task)  # 404 for an unknown task
     config = config.model_copy(update={"base_model": config.base_model or settings.student_base_model})
     if config.max_steps is not None and config.max_steps > settings.distill.max_steps:
@@ -77,7 +78,7 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
     newest = {"pair_id_max": session.scalar(select(func.max(Pair.id))) or 0, "chain_id_max": session.scalar(select(func.max(ChainRecord.id))) or 0}
     config = config.model_copy(update={name: value for name, value in newest.items() if getattr(config, name) is None})
     rows = session.execute(
-        pair_query(config).with_only_columns(Pair.id, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after)
+        pair_query(config).with_only_columns(Pair.id, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after, Pair.job_id)
     ).all()
     where = f"task {task.name!r}" + (f", jobs {config.jobs}" if config.jobs else "") + (
         f", owners {config.owners}" if config.owners else "") + (
@@ -106,7 +107,7 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
     # `total` counts every selected pair; the trainer corrects it once it knows how many fit max_seq_len.
     progress = {"phase": "queued", "step": 0, "total": config.total_steps(len(train), preferences), "loss": None,
                 "pairs": len(train), "preferences": preferences, "eval_prompts": len(eval_prompts)}
-    return config, progress
+    return config, progress, run_lineage(session, (row.job_id for row in rows))
 
 
 def submit(sessions: sessionmaker[Session], settings: Settings, config: DistillationConfig, *,
@@ -121,10 +122,11 @@ def submit(sessions: sessionmaker[Session], settings: Settings, config: Distilla
         if queued >= settings.distill.max_queued:
             raise Overloaded(f"{queued} distillation runs are queued already (distill_max_queued); retry later",
                              retry_after=settings.distill.queue_full_retry_after_seconds)
-        stored, progress = plan_run(session, settings, config)
+        stored, progress, lineage = plan_run(session, settings, config)
 
     def queue(session: Session) -> DistillationRun:
-        run = DistillationRun(task_name=stored.task, status="queued", config=stored.model_dump(mode="json"), progress=progress, metrics={})
+        run = DistillationRun(task_name=stored.task, status="queued", config=stored.model_dump(mode="json"), progress=progress, metrics={},
+                              lineage=lineage)
         session.add(run)
         session.flush()
         run.artifact_dir = str(run_dir(settings, run.id))
@@ -171,6 +173,7 @@ def run_view(run: DistillationRun, student_id: str | None = None) -> dict[str, A
         "metrics": run.metrics,
         "error": run.error,
         "config": run.config,
+        "lineage": run.lineage,
         "attempt": run.attempt,
         "artifact_dir": run.artifact_dir,
         "report_url": f"/admin/distillations/{run.id}/report.png" if report and report.is_file() else None,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.trainer.evaluation_engines import StudentWeights, run_evaluation
+from services.trainer.evaluation_engines import run_evaluation
+from shared.distillation.registry import StudentWeights
 from shared.distillation.config import EvaluationConfig
 from shared.tasks import preset_tasks
 

@@ -39,7 +39,7 @@ def _registry(session) -> tuple[list[dict], dict[str, dict]]:
 @router.get("/students", response_class=HTMLResponse)
 def student_list(request: Request, _user: Admin, session: Db) -> HTMLResponse:
     students, tasks = _registry(session)
-    return render(request, "students.html", students=students, tasks=tasks)
+    return render(request, "students.html", students=students, tasks=tasks, models={s["id"]: s["model"] for s in students})
 
 
 def _confirm_page(request: Request, session, student_id: str, *, error: str | None = None, code: int = 200) -> HTMLResponse:

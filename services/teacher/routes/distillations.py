@@ -34,7 +34,7 @@ def create(config: DistillationConfig, _scope: AdminScope, state: State, idempot
     each tenant's prompts shape the student that all of them are served. Name `owners` (key ids,
     as jobs show them) or `jobs` to train on some tenants' pairs only."""
     run, replayed = runs.submit(state.sessions, state.settings, config, idempotency_key=idempotency_key)
-    body = {"id": run.id, "status": run.status, "progress": run.progress}
+    body = {"id": run.id, "status": run.status, "progress": run.progress, "lineage": run.lineage}
     headers = {"Location": f"/admin/distillations/{run.id}"} | ({"Idempotent-Replayed": "true"} if replayed else {})
     return JSONResponse(body, status_code=202, headers=headers)
 

@@ -48,8 +48,11 @@ def critique_revise(request: SampleRequest, caller: ClientCaller, state: ReadySt
     started = time.perf_counter()
     try:
         with state.metrics.sync_in_flight.track_inprogress():
-            chains = run_plan(plan, state.engine, state.rewards, progress=check_stopping, schedule=settings.teacher.sampler_schedule)
+            with state.sampling_engine(plan.student) as engine:
+                chains = run_plan(plan, engine, state.rewards, progress=check_stopping, schedule=settings.teacher.sampler_schedule)
     except Exception as error:
+        if plan.student is not None and (reason := state.student_engines.dead_reason(plan.student)) is not None:
+            raise EngineDead(f"the engine of student {plan.student} died ({reason}); it starts afresh on the next call") from error
         if (reason := dead_reason_of(error) or state.check_engine()) is not None:
             state.engine_died(reason)
             raise EngineDead(reason) from error
