@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.engines.base import EngineClosed, engine_dead_reason
 from shared.engines import Engine, create_engine
+from shared.errors import DscError, EngineError
 from shared.sampling_run import student_model_dir
 from shared.settings import Settings
 
@@ -110,9 +111,17 @@ class StudentEngines:
 
     def _build(self, student_id: str) -> Engine:
         with self._sessions() as session:
-            weights = student_model_dir(session, student_id, self._settings.resolved_model_store)
+            try:
+                weights = student_model_dir(session, student_id, self._settings.resolved_model_store)
+            except (OSError, ValueError) as error:  # weights gone or unreadable: say which student, not a 500
+                raise EngineError(f"the weights of student {student_id} could not be prepared: {error}") from error
         log.info("starting an engine for student %s (%s) to sample from", student_id, weights)
-        return create_engine(self._settings, str(weights))
+        try:
+            return create_engine(self._settings, str(weights))
+        except DscError:
+            raise
+        except Exception as error:
+            raise EngineError(f"an engine for student {student_id} could not start: {type(error).__name__}: {error}") from error
 
     def _release(self, student_id: str) -> None:
         with self._changed:

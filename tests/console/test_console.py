@@ -163,10 +163,13 @@ def test_console_pages_login_and_review(db_url, tmp_path, model_path, tf_engine)
                     Student(id="student-a", name="sentiment-student", version=1, task_name="sentiment", base_model="m", metrics={},
                             active=False, promoted_at=now - timedelta(hours=1)),
                     Student(id="student-b", name="sentiment-student", version=2, task_name="sentiment", base_model="m", metrics={},
-                            active=True, promoted_at=now),
+                            active=True, promoted_at=now, round=2, parent_id="student-a"),
                 ])
             students_page = console.get("/console/students", headers=HTML).text
             assert 'href="/console/students/student-a/promote">sentiment-student-v1</a>' in students_page
+            # the lineage: student-b's pairs were sampled by student-a (round 2), student-a's by the teacher
+            assert 'round 2<br><small>sampled by <a href="#student-student-a">sentiment-student-v1</a>' in students_page
+            assert 'round 1<br><small class="muted">sampled by the teacher' in students_page
             confirm = console.get("/console/students/student-a/promote", headers=HTML).text
             assert "Roll back to sentiment-student-v1?" in confirm and "sentiment-student-v2" in confirm and 'name="force"' in confirm
             refused = console.post("/console/students/student-a/promote", headers=HTML)

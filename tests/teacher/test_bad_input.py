@@ -193,3 +193,28 @@ def test_too_many_or_too_large_headers_are_431(make_teacher):
         assert client.get("/v1/tasks", headers=[(f"x-filler-{i}", "1") for i in range(50)]).status_code == 200
         metrics = client.get("/metrics").text
     assert 'status="431"' in metrics
+
+
+def test_a_student_that_cannot_sample_gets_a_clear_error_and_writes_nothing(make_teacher, model_path, tmp_path):
+    """A later round names a registered student (docs/distillation.md, Rounds): one without weights
+    is refused before anything runs; one whose adapter has gone from disk fails the call with a 502
+    that names it (never a 500), and no job, chain or pair is stored."""
+    from shared.db.models import Student
+
+    teacher = make_teacher(jobs={"workers": 0})
+    with teacher.sessions() as session, session.begin():
+        session.add_all([
+            Student(id="no-weights", name="s", version=1, task_name="sentiment", base_model=str(model_path), metrics={}),
+            Student(id="adapter-gone", name="s", version=2, task_name="sentiment", base_model=str(model_path), metrics={},
+                    adapter_path=str(tmp_path / "deleted-adapter")),
+        ])
+    before = teacher.counts()
+    with teacher.client() as client:
+        empty = client.post("/v1/critique-revise", json={**BODY, "student": "no-weights"})
+        assert empty.status_code == 400 and "neither an adapter nor merged weights" in empty.json()["error"]["message"]
+        gone = client.post("/v1/critique-revise", json={**BODY, "student": "adapter-gone"})
+        assert gone.status_code == 502, gone.text
+        assert gone.json()["error"]["type"] == "engine_error"
+        assert "the weights of student adapter-gone could not be prepared" in gone.json()["error"]["message"]
+    assert teacher.counts() == before
+    assert not (teacher.settings.resolved_model_store / "merged" / "adapter-gone").exists()  # nothing half-merged left
