@@ -51,7 +51,10 @@ class Client:
         self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=600)
 
     def call(self, method: str, path: str, **kwargs) -> Any:
-        response = self.http.request(method, path, **kwargs)
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as error:  # not running, wrong URL, connection cut
+            raise DemoError(f"{method} {self.http.base_url.join(path)}: {type(error).__name__}: {error}") from error
         if response.status_code >= 400:
             try:
                 message = response.json()["error"]["message"]

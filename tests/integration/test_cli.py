@@ -86,6 +86,7 @@ def test_sample_json_is_all_of_stdout_and_the_engine_logs_on_stderr(tmp_path, mo
         (["--task", "sentiment", "--steps", "0"], "steps"),
         (["--task", "sentiment", "--engine", "tpu"], "unknown engine 'tpu'"),
         (["--task", "sentiment", "--acceptance", "greedy"], "acceptance"),
+        (["--task", "sentiment", "--student", "nobody"], "no student 'nobody'"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_stores_nothing(tmp_path, model_store, args, message):
@@ -114,3 +115,17 @@ def test_eval_json_and_table_for_an_adapter(tmp_path, model_store, model_path, t
     assert "student − base" in rendered and "collapsed" in rendered and "distilled student" in rendered
     missing = _run(["eval", "--task", "privacy"], tmp_path, model_store, db_url)
     assert missing.returncode == 2 and "no active student" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "a plain token is needed to call the services: pass --admin-token"),
+        (["--admin-token", "t", "--teacher-url", "http://127.0.0.1:9"], "GET http://127.0.0.1:9/v1/tasks/sentiment: ConnectError"),
+    ],
+)
+def test_distil_rounds_without_a_token_or_a_teacher_is_a_clear_error(tmp_path, model_store, args, message):
+    result = _run(["distil", "--task", "sentiment", "--rounds", "2", *args], tmp_path, model_store, f"sqlite:///{tmp_path / 'dsc.db'}",
+                  DSC_DEMO_ADMIN_TOKEN="")
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
