@@ -49,7 +49,7 @@ class SamplePlan:
             "top_p": self.params.top_p,
             "max_tokens": self.params.max_tokens,
             "seed": self.params.seed,
-            "student": self.student,
+            **({"student": self.student} if self.student is not None else {}),
         }
 
 
@@ -88,10 +88,7 @@ def student_model_dir(session: Session, student_id: str, store: Path) -> Path:
     """Plain weights of the registered student a plan samples from (merged into `store` once where needed)."""
     from shared.distillation.registry import weights_of
 
-    student = session.get(Student, student_id)
-    if student is None:
-        raise NotFound(f"no student {student_id!r}", param="student")
-    return weights_of(student, store).merged(store)
+    return weights_of(_student(session, student_id), store).merged(store)
 
 
 def plan_from_job(job: Job, task: TaskSpec) -> SamplePlan:
@@ -113,14 +110,19 @@ def plan_from_job(job: Job, task: TaskSpec) -> SamplePlan:
 def check_sampling_student(session: Session, student_id: str, task_name: str) -> Student:
     """The registered student a request samples from: it exists (404), belongs to the request's task
     and has weights to serve (400)."""
-    student = session.get(Student, student_id)
-    if student is None:
-        raise NotFound(f"no student {student_id!r}", param="student")
+    student = _student(session, student_id)
     if student.task_name != task_name:
         raise InvalidRequest(f"student {student_id!r} was distilled for task {student.task_name!r}, not {task_name!r}: a round "
                              "samples the task its student learned", param="student")
     if not (student.adapter_path or student.merged_path):
         raise InvalidRequest(f"student {student_id!r} has neither an adapter nor merged weights", param="student")
+    return student
+
+
+def _student(session: Session, student_id: str) -> Student:
+    student = session.get(Student, student_id)
+    if student is None:
+        raise NotFound(f"no student {student_id!r}", param="student")
     return student
 
 

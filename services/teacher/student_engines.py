@@ -17,7 +17,7 @@ import logging
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -58,6 +58,7 @@ class StudentEngines:
         return reason
 
     def held(self) -> list[str]:
+        """Ids of the students whose engines are held now, least recently used first."""
         with self._changed:
             return list(self._engines)
 
@@ -90,23 +91,25 @@ class StudentEngines:
             raise
         with self._changed:
             self._building.discard(student_id)
-            self._engines[student_id] = engine
-            self._users[student_id] = self._users.get(student_id, 0) + 1
             self._changed.notify_all()
-        return engine
+            if not self._stopping.is_set():
+                self._engines[student_id] = engine
+                self._users[student_id] = self._users.get(student_id, 0) + 1
+                return engine
+        _close(engine)  # built while the teacher stopped: close() has run already
+        raise EngineClosed()
 
     def _make_room(self, student_id: str) -> bool:
         """Under the lock: close idle engines (a dead one of this student too) until one more fits; False: all busy."""
         stale = self._engines.pop(student_id, None)  # present here only when dead
-        closing: list[Callable[[], None]] = [] if stale is None else [lambda engine=stale: _close(engine)]
+        closing: list[Engine] = [] if stale is None else [stale]
         for held_id in list(self._engines):
             if len(self._engines) + len(self._building) < self._limit:
                 break
             if not self._users.get(held_id):
-                engine = self._engines.pop(held_id)
-                closing.append(lambda engine=engine: _close(engine))
-        for close in closing:  # bounded (EngineClosed for none: they are idle)
-            close()
+                closing.append(self._engines.pop(held_id))
+        for engine in closing:  # idle ones: nothing in flight to end
+            _close(engine)
         return len(self._engines) + len(self._building) < self._limit
 
     def _build(self, student_id: str) -> Engine:

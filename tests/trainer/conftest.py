@@ -71,6 +71,7 @@ class Teacher:
     url: str
     settings: Settings
     sessions: sessionmaker[Session]
+    app: Any = None
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=120)
@@ -79,8 +80,8 @@ class Teacher:
 @contextmanager
 def running_teacher(settings: Settings, engine) -> Iterator[Teacher]:
     """The teacher app (create_app with the shared engine) under uvicorn on a free loopback port."""
-    with teacher_server(settings, engine) as (url, _app, sessions):
-        yield Teacher(url=url, settings=settings, sessions=sessions)
+    with teacher_server(settings, engine) as (url, app, sessions):
+        yield Teacher(url=url, settings=settings, sessions=sessions, app=app)
 
 
 @pytest.fixture()

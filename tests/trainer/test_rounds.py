@@ -102,3 +102,5 @@ def test_a_round_two_job_samples_from_the_round_one_student_and_the_lineage_is_s
         students = _students(admin)
         assert students[third["student_id"]]["active"] and students[third["student_id"]]["round"] == 3
         assert admin.get(f"/v1/jobs/{third['job_id']}").json()["params"]["student"] == child["id"]
+        # teacher.student_engines is 1: the round-1 student's idle engine was closed to make room for the round-2 one
+        assert t.app.state.teacher.student_engines.held() == [child["id"]]
