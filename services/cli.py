@@ -230,7 +230,8 @@ def distil(
 ) -> None:
     """Distil in rounds through the running teacher: each round samples a job (from the previous round's
     student after the first), distils it, and promotes the student its gate allows."""
-    from services.rounds import DemoError, RoundsConfig, run_rounds
+    from services.demo import DemoError
+    from services.rounds import RoundsConfig, run_rounds
 
     config = RoundsConfig(task=task, rounds=rounds, prompts=prompts, chains=chains, max_tokens=max_tokens, seed=seed,
                           student=student, distillation={"max_steps": max_steps} if max_steps else {}, force_promotion=force_promotion)

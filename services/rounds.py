@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.demo import Client, DemoError, _training_progress, _watch, console
+from services.demo import Client, _training_progress, _watch, console
 
 
 @dataclass
@@ -62,5 +62,3 @@ def run_rounds(teacher_url: str, admin_token: str, config: RoundsConfig) -> list
         sampler = student["id"]
     return done
 
-
-__all__ = ["RoundsConfig", "run_rounds", "DemoError"]

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from shared.distillation.config import EvaluationConfig
 from shared.device import release_freed_memory
 from shared.errors import InvalidRequest
-from shared.distillation.registry import StudentWeights, weights_of
+from shared.distillation.registry import StudentWeights, incumbent_of, weights_of
 from shared.model_store import merge_adapter
 from shared.settings import Settings
 from shared.tasks import TaskSpec
@@ -45,8 +45,6 @@ class StartedOnUse:
 
 def incumbent_weights(session: Session, task_name: str, store: Path, *, excluding: str | None = None) -> StudentWeights | None:
     """The task's active student now (not `excluding`): the incumbent an evaluated student must not be worse than."""
-    from shared.distillation.registry import incumbent_of
-
     active = incumbent_of(session, task_name, excluding=excluding)
     return None if active is None else weights_of(active, store)
 
