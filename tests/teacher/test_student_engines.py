@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from adapters import PHRASE
-from conftest import teacher_settings
 from services.teacher.student_engines import StudentEngines
 from shared.db.models import Student
 from shared.db.session import make_engine, session_factory, upgrade
 from shared.engines.base import EngineClosed, SamplingParams
+from shared.settings import Settings
 
 ASK = [[{"role": "user", "content": "Say hello."}]]
 GREEDY = SamplingParams(temperature=0, max_tokens=8)
@@ -32,7 +32,7 @@ def test_concurrent_callers_share_one_student_engine_and_the_bound_holds(tmp_pat
     with sessions() as session, session.begin():
         session.add_all([Student(id=sid, name=sid, version=1, task_name="sentiment", base_model=str(model_path),
                                  adapter_path=str(trained_adapter), metrics={}) for sid in (first, second)])
-    settings = teacher_settings(tmp_path / "data", model_store, url)
+    settings = Settings(data_dir=tmp_path / "data", model_store=model_store, database_url=url, engine="transformers")
     assert settings.teacher.student_engines == 1
     engines = StudentEngines(settings, sessions, stopping=threading.Event())
     try:
