@@ -217,19 +217,26 @@ def _chat_statuses(app) -> dict[str, float]:
             for sample in metric.samples if sample.name.endswith("_total") and sample.labels["route"] == "/v1/chat/completions"}
 
 
-def test_a_client_gone_from_a_non_streaming_call_is_no_server_error(registry_server, caplog):
+def test_a_client_gone_from_a_non_streaming_call_is_no_server_error(registry_server, student_runtime, caplog):
     """The client hangs up while its (non-streaming) answer is generated: the generation is
     cancelled, the request counts as 499 (client closed), not 500, and no traceback is logged."""
     url, app = registry_server
     host, port = url.removeprefix("http://").split(":")
-    payload = json.dumps({"model": "student", "messages": HELLO, "max_tokens": 64, "temperature": 0.9}).encode()
+    # Special tokens banned, so the answer runs to its full 64 tokens (~0.4 s here) and the client
+    # hangs up as soon as it is admitted: a fixed 0.5 s wait once saw the answer finish first.
+    no_end = {str(token): -100 for token in student_runtime.tokenizer.all_special_ids}
+    payload = json.dumps({"model": "student", "messages": HELLO, "max_tokens": 64, "temperature": 0.9,
+                          "logit_bias": no_end}).encode()
     request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {CLIENT_KEY}\r\n"
                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
     before = _chat_statuses(app)
     caplog.set_level(logging.INFO)
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(request)
-        time.sleep(0.5)  # generating now
+        deadline = time.monotonic() + 30
+        while app.state.chat.pending == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert app.state.chat.pending == 1, "the request was never admitted"
     deadline = time.monotonic() + 60
     while _chat_statuses(app).get("499", 0) == before.get("499", 0) and time.monotonic() < deadline:
         time.sleep(0.1)
