@@ -40,8 +40,10 @@ from shared.text_stats import distinct_share, repeated_share, words
 log = logging.getLogger(__name__)
 
 # A student whose general answers the base model finds this much less likely, or that answers in
-# less than this share of the base's words, is flagged as collapsed.
-COLLAPSE_PPL_RATIO = 2.0
+# less than this share of the base's words, is flagged as collapsed. Measured (docs/distillation.md):
+# SFT students of every task 0.81-1.16; reward-hacking preference students 1.73 and 2.06, which the
+# earlier limit of 2 let through in part.
+COLLAPSE_PPL_RATIO = 1.5
 COLLAPSE_LENGTH_RATIO = 0.5
 # Degeneration on the task's own answers: the student repeats itself when the share of repeated
 # 3-grams in its answers is above the base's by more than this, with 95% confidence ...
@@ -202,6 +204,10 @@ def answer_perplexity(scorer, prompts: Sequence[str], answers: Sequence[str], ma
     return out
 
 
+def is_collapsed(ppl_ratio: float, length_ratio: float) -> bool:
+    return ppl_ratio > COLLAPSE_PPL_RATIO or length_ratio < COLLAPSE_LENGTH_RATIO
+
+
 def collapse_check(scorer, prompts: Sequence[str], base_answers: Sequence[str], student_answers: Sequence[str]) -> dict[str, Any]:
     """Base-model perplexity and length of base vs student answers to general instructions."""
     base_ppl = statistics.median(answer_perplexity(scorer, prompts, base_answers))
@@ -217,7 +223,7 @@ def collapse_check(scorer, prompts: Sequence[str], base_answers: Sequence[str], 
         "ppl_ratio": round(ppl_ratio, 3),
         "words": {"base": round(base_words, 1), "student": round(student_words, 1)},
         "length_ratio": round(length_ratio, 3),
-        "collapsed": ppl_ratio > COLLAPSE_PPL_RATIO or length_ratio < COLLAPSE_LENGTH_RATIO,
+        "collapsed": is_collapsed(ppl_ratio, length_ratio),
         "examples": [{"prompt": p, "base": b, "student": s} for p, b, s in list(zip(prompts, base_answers, student_answers))[:3]],
     }
 

@@ -15,7 +15,7 @@ import pytest
 
 from adapters import train_phrase_adapter
 from live_server import console_cookie
-from services.trainer.evaluation_figures import gate
+from services.trainer.evaluation_figures import gate, is_collapsed
 from services.trainer.evaluation_engines import run_evaluation
 from services.trainer.worker import TrainerWorker
 from shared.db.models import Student, utcnow
@@ -136,6 +136,15 @@ def test_the_gate_holds_every_rule_on_its_own():
     ):
         verdict = gate({**passing, **change})
         assert verdict["promotable"] is False and reason in verdict["reason"], (change, verdict)
+
+
+def test_the_collapse_limit_separates_the_measured_students():
+    """The perplexity ratios measured in docs/distillation.md: every SFT student (0.81-1.16, any
+    task) is healthy; the reward-hacking DPO (1.73) and SFT→DPO (2.06) students are collapsed; and
+    answers under half the base's length are collapsed whatever their perplexity."""
+    assert not any(is_collapsed(ratio, 1.0) for ratio in (0.81, 0.82, 0.86, 0.97, 0.99, 1.05, 1.16))
+    assert all(is_collapsed(ratio, 1.0) for ratio in (1.73, 2.06))
+    assert is_collapsed(1.0, 0.4) and not is_collapsed(1.0, 0.6)
 
 
 def _active(sessions) -> list[str]:
