@@ -40,8 +40,8 @@ from shared.text_stats import distinct_share, repeated_share, words
 log = logging.getLogger(__name__)
 
 # A student whose general answers the base model finds this much less likely, or that answers in
-# less than this share of the base's words, is flagged as collapsed. Measured (docs/distillation.md):
-# SFT students of every task 0.81-1.16; reward-hacking preference students 1.73 and 2.06, which the
+# less than this share of the base's words, is flagged as collapsed. Measured (README's demo,
+# docs/distillation.md): SFT students of every task 0.76-1.16; reward-hacking preference students 1.73 and 2.06, which the
 # earlier limit of 2 let through in part.
 COLLAPSE_PPL_RATIO = 1.5
 COLLAPSE_LENGTH_RATIO = 0.5

@@ -139,10 +139,10 @@ def test_the_gate_holds_every_rule_on_its_own():
 
 
 def test_the_collapse_limit_separates_the_measured_students():
-    """The perplexity ratios measured in docs/distillation.md: every SFT student (0.81-1.16, any
+    """The perplexity ratios measured in README's demo and docs/distillation.md: every SFT student (0.76-1.16, any
     task) is healthy; the reward-hacking DPO (1.73) and SFT→DPO (2.06) students are collapsed; and
     answers under half the base's length are collapsed whatever their perplexity."""
-    assert not any(is_collapsed(ratio, 1.0) for ratio in (0.81, 0.82, 0.86, 0.97, 0.99, 1.05, 1.16))
+    assert not any(is_collapsed(ratio, 1.0) for ratio in (0.76, 0.81, 0.82, 0.86, 0.89, 0.93, 0.97, 0.99, 1.05, 1.16))
     assert all(is_collapsed(ratio, 1.0) for ratio in (1.73, 2.06))
     assert is_collapsed(1.0, 0.4) and not is_collapsed(1.0, 0.6)
 
