@@ -30,6 +30,19 @@ def _bind_all_cores() -> None:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(core) for core in cores)
 
 
+def _worker_in_engine_core(world_size: int) -> None:
+    """On CPU, one engine = the engine core and its model worker in ONE process. vLLM-CPU otherwise
+    forces its multiprocess executor, which runs the model in a worker process of its own beside the
+    engine core; with VLLM_ENABLE_V1_MULTIPROCESSING=0 a one-worker engine keeps vLLM's default
+    in-process executor. AsyncLLM still puts the engine core in a freshly spawned process (so the
+    OpenMP set-up the executor's comment worries about holds there), and this process stays free of
+    the model. Measured (docs/architecture.md §10): 0.5 GiB less per engine, faster start and decoding."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() and world_size == 1:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
 CPU_KV_CACHE_TOKENS = 16384  # the KV cache of an engine on CPU when settings name no size (settings.vllm.kv_cache_tokens)
 
 
@@ -113,6 +126,7 @@ def engine_options(
     if cpu_threads_bind:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind
     _bind_all_cores()
+    _worker_in_engine_core(int(tensor_parallel_size) * int(pipeline_parallel_size))
     options: dict = dict(
         model=model, dtype=dtype or preferred_dtype(), gpu_memory_utilization=gpu_memory_utilization,
         enforce_eager=enforce_eager, max_model_len=max_model_len, enable_prefix_caching=True, seed=0,
