@@ -43,6 +43,17 @@ def _worker_in_engine_core(world_size: int) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
+def _loadable_compile_cache() -> None:
+    """On CPU, vLLM's ahead-of-time compile cache (its default with torch >= 2.10) is written but
+    never loads with torch 2.13 ("'function' object has no attribute 'finalize_loading'"), so every
+    compiled engine compiled again; its older inductor cache loads: a second start of the same
+    model took 30 s instead of 65-70 (docs/architecture.md §10)."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+
+
 CPU_KV_CACHE_TOKENS = 16384  # the KV cache of an engine on CPU when settings name no size (settings.vllm.kv_cache_tokens)
 
 
@@ -127,6 +138,7 @@ def engine_options(
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind
     _bind_all_cores()
     _worker_in_engine_core(int(tensor_parallel_size) * int(pipeline_parallel_size))
+    _loadable_compile_cache()
     options: dict = dict(
         model=model, dtype=dtype or preferred_dtype(), gpu_memory_utilization=gpu_memory_utilization,
         enforce_eager=enforce_eager, max_model_len=max_model_len, enable_prefix_caching=True, seed=0,

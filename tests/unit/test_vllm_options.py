@@ -1,6 +1,8 @@
-"""The arguments every vLLM engine of dSC starts with: the KV cache sizing."""
+"""The arguments every vLLM engine of dSC starts with: the KV cache sizing, its processes, its compile cache."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -36,3 +38,22 @@ def test_settings_refuse_a_kv_cache_of_zero():
 
     with pytest.raises(ValidationError, match="vllm.kv_cache_gib"):
         Settings(vllm={"kv_cache_gib": 0})
+
+
+def test_on_cpu_engines_run_in_one_process_with_a_compile_cache_that_loads(monkeypatch):
+    """On vLLM's CPU platform the options put the model worker in the engine core process and turn
+    to the compile cache that loads (docs/architecture.md §10); a value the environment names wins."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("CPU platform only")
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
+    engine_options("model-dir", kv_cache_gib=0.5, **COMMON)
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert os.environ["VLLM_USE_AOT_COMPILE"] == "1"
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE")
+    engine_options("model-dir", kv_cache_gib=0.5, tensor_parallel_size=2, **COMMON)
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ  # two workers: vLLM's own executor
+    assert os.environ["VLLM_USE_AOT_COMPILE"] == "0"
