@@ -50,9 +50,15 @@ class Client:
     def __init__(self, base_url: str, token: str) -> None:
         self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=600)
 
-    def call(self, method: str, path: str, **kwargs) -> Any:
+    def call(self, method: str, path: str, *, busy_retries: int = 0, **kwargs) -> Any:
+        """`busy_retries`: how many 429s (the service busy, e.g. its synchronous slots taken) to wait out."""
         try:
             response = self.http.request(method, path, **kwargs)
+            for _ in range(busy_retries):
+                if response.status_code != 429:
+                    break
+                time.sleep(float(response.headers.get("retry-after", 5)))
+                response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as error:  # not running, wrong URL, connection cut
             raise DemoError(f"{method} {self.http.base_url.join(path)}: {type(error).__name__}: {error}") from error
         if response.status_code >= 400:
@@ -168,21 +174,26 @@ COMPARISONS = """\
 
 
 def _teacher_answers(teacher: Client, config: DemoConfig, prompts: list[str]) -> list[list[dict]]:
-    """K chains per prompt through the teacher's synchronous API, in chunks its limits allow; not
-    stored. Each prompt's final answers, as {"text", "reward"}."""
+    """K chains per prompt through the teacher's synchronous API, not stored: calls of 8 prompts, two
+    in flight (the teacher's default synchronous slots), so its engine starts one call's chains while
+    the other's last ones finish (a call beyond the teacher's slots waits out its 429). Each prompt's
+    final answers, as {"text", "reward"}."""
+    chunk, in_flight = 8, 2
+    starts = range(0, len(prompts), chunk)
+
+    def ask(start: int) -> list[dict]:
+        return teacher.call("POST", "/v1/critique-revise", busy_retries=60, json={
+            "task": config.task, "prompts": prompts[start:start + chunk], "chains": config.samples,
+            "acceptance": config.acceptance, "max_tokens": config.max_tokens, "seed": config.seed + start, "store": False})["results"]
+
     answers: dict[int, list[dict]] = {}
-    chunk = 8
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as bar:
+                  TimeElapsedColumn(), console=console) as bar, ThreadPoolExecutor(max_workers=in_flight) as pool:
         handle = bar.add_task("teacher chains", total=len(prompts))
-        for start in range(0, len(prompts), chunk):
-            part = prompts[start:start + chunk]
-            results = teacher.call("POST", "/v1/critique-revise", json={
-                "task": config.task, "prompts": part, "chains": config.samples, "acceptance": config.acceptance,
-                "max_tokens": config.max_tokens, "seed": config.seed + start, "store": False})["results"]
+        for start, results in zip(starts, pool.map(ask, starts)):
             for result in results:
                 answers.setdefault(start + result["prompt_index"], []).append(result["final"])
-            bar.update(handle, advance=len(part))
+            bar.update(handle, advance=len(prompts[start:start + chunk]))
     return [answers[i] for i in range(len(prompts))]
 
 

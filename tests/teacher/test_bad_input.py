@@ -162,6 +162,23 @@ def test_saturated_engine_answers_429_not_a_hang(make_teacher):
     assert "dsc_teacher_sync_rejected_total 1.0" in metrics
 
 
+def test_the_demo_waits_out_a_busy_teacher_instead_of_failing(make_teacher):
+    """dsc demo keeps two synchronous calls in flight for its teacher chains; against a teacher with one
+    slot the second gets 429 and is sent again after Retry-After, and every prompt gets its chains."""
+    from services.demo import Client, DemoConfig, _teacher_answers
+
+    teacher = make_teacher(jobs={"workers": 0}, teacher={"max_concurrent_sync": 1, "sync_retry_after_seconds": 1, "max_sync_prompts": 8})
+    prompts = [f"Tell me about a quiet afternoon number {i}." for i in range(16)]  # two calls of 8
+    answers = _teacher_answers(Client(teacher.url, teacher.admin_token), DemoConfig(samples=2, max_tokens=8, acceptance="always"), prompts)
+    assert len(answers) == 16 and all(len(chains) == 2 for chains in answers)
+    assert all(isinstance(chain["text"], str) and isinstance(chain["reward"], float) for chains in answers for chain in chains)
+    with teacher.client() as client:
+        rejected = float(next(line.split()[-1] for line in client.get("/metrics").text.splitlines()
+                              if line.startswith("dsc_teacher_sync_rejected_total ")))
+    assert rejected >= 1  # the second call was turned away at least once, and still answered
+    assert teacher.counts()["jobs"] == 0 and teacher.counts()["chains"] == 0  # store=False: nothing written
+
+
 def test_not_ready_is_503_with_retry_after(make_teacher):
     teacher = make_teacher(jobs={"workers": 0})
     state = teacher.state
