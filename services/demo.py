@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shared.engines.openai_engine import parse_retry_after
+
 console = Console()
 
 
@@ -57,7 +59,7 @@ class Client:
             for _ in range(busy_retries):
                 if response.status_code != 429:
                     break
-                time.sleep(float(response.headers.get("retry-after", 5)))
+                time.sleep(parse_retry_after(response.headers) or 5)
                 response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as error:  # not running, wrong URL, connection cut
             raise DemoError(f"{method} {self.http.base_url.join(path)}: {type(error).__name__}: {error}") from error
