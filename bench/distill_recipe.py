@@ -8,10 +8,16 @@ from the same pool with the trainer's own code (selection, LoRA/full SFT, and fo
 objective DPO on the pool's preference pairs, selected as a run selects them) and is evaluated with
 the trainer's own evaluation (K samples per prompt, bootstrap CIs, collapse check). With `--seeds`
 every recipe trains once per training seed (data order, LoRA init, dropout), on the same pool and
-the same evaluation draws, so the spread across seeds is the training's own.
+the same evaluation draws, so the spread across seeds is the training's own. With `--round-of R`
+every recipe is a second round instead: per seed, the student that recipe R trained with that
+seed samples a new pool (drafts, critiques and revisions, scored by the same reward), the recipe
+trains a student from the base on it, and the evaluation compares it with the round-1 student on
+the same draws (the gate's incumbent check) as well as with the base.
 
     .venv/bin/python bench/distill_recipe.py --task sentiment --work /tmp/recipes --seeds 0,1,2 \\
         --recipe 'sft={}' --recipe 'dpo={"objective": "dpo"}' --recipe 'sft-dpo={"objective": "sft_dpo"}'
+    .venv/bin/python bench/distill_recipe.py --task sentiment --work /tmp/recipes --seeds 0,1,2 \\
+        --round-of sft --recipe 'round2={}'
 
 The table prints student − base with its 95% CI and the share of the teacher's gain per seed, then
 per recipe the mean over seeds with a 95% t-interval across them; the last line is one JSON object
@@ -24,6 +30,7 @@ import argparse
 import json
 import os
 import time
+from functools import cache
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,7 +49,6 @@ def build_pool(args, task, reward, settings, eval_prompts):
     from services.trainer.evaluation_figures import teacher_answers
     from shared.engines import create_engine
     from shared.engines.base import SamplingParams
-    from shared.critique_revise import Sampler
 
     pool_file, teacher_file = args.work / "pool.json", args.work / "teacher_eval.json"
     pool, teacher = _load(pool_file), _load(teacher_file)
@@ -51,14 +57,7 @@ def build_pool(args, task, reward, settings, eval_prompts):
     engine = create_engine(settings, settings.teacher_model, engine="vllm")
     try:
         if pool is None:
-            started = time.monotonic()
-            params = SamplingParams(temperature=0.7, max_tokens=args.pool_max_tokens, seed=args.seed)
-            sampler = Sampler(engine, reward, critique_request=task.critique_request, revision_request=task.revision_request)
-            chains = sampler.run(task.prompts[: args.prompts], steps=args.steps, chains=args.chains, acceptance=task.acceptance,
-                                 beta=task.beta, params=params)
-            pool = {"seconds": round(time.monotonic() - started, 1), "chains": [
-                {"prompt": c.prompt, "chain": c.chain_index, "initial": c.initial_text, "initial_reward": c.initial_reward,
-                 "final": c.final_text, "final_reward": c.final_reward, "accepted": c.accepted} for c in chains]}
+            pool = sample_pool(args, task, reward, engine)
             _save(pool_file, pool)
         if teacher is None:
             eval_params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
@@ -67,6 +66,75 @@ def build_pool(args, task, reward, settings, eval_prompts):
         return pool, teacher
     finally:
         engine.close()
+
+
+def sample_pool(args, task, reward, engine) -> dict:
+    """Critique→revise chains over the first `--prompts` training prompts, proposed by `engine`'s model."""
+    from shared.critique_revise import Sampler
+    from shared.engines.base import SamplingParams
+
+    started = time.monotonic()
+    params = SamplingParams(temperature=0.7, max_tokens=args.pool_max_tokens, seed=args.seed)
+    sampler = Sampler(engine, reward, critique_request=task.critique_request, revision_request=task.revision_request)
+    chains = sampler.run(task.prompts[: args.prompts], steps=args.steps, chains=args.chains, acceptance=task.acceptance,
+                         beta=task.beta, params=params)
+    return {"seconds": round(time.monotonic() - started, 1), "chains": [
+        {"prompt": c.prompt, "chain": c.chain_index, "initial": c.initial_text, "initial_reward": c.initial_reward,
+         "final": c.final_text, "final_reward": c.final_reward, "accepted": c.accepted} for c in chains]}
+
+
+def round_pool(args, task, reward, parent: str, seed: int) -> tuple[dict, Path]:
+    """A round-2 pool: the same chains, proposed, critiqued and revised by the round-1 student that
+    recipe `parent` trained with `seed` (its merged weights, as the teacher runs a student), cached."""
+    from shared.engines.vllm_engine import VLLMEngine
+
+    merged, pool_file = args.work / "runs" / f"{parent}-seed{seed}" / "merged", args.work / f"pool-{parent}-seed{seed}.json"
+    if not merged.is_dir():
+        raise SystemExit(f"--round-of {parent}: no round-1 student at {merged}; train recipe {parent!r} with seed {seed} first")
+    pool = _load(pool_file)
+    if pool is None:
+        engine = VLLMEngine(merged, enforce_eager=True)
+        try:
+            pool = sample_pool(args, task, reward, engine)
+        finally:
+            engine.close()
+        _save(pool_file, pool)
+    return pool, merged
+
+
+def pool_examples(pool: dict, task, args):
+    """The pool's accepted chains as SFT examples and all its chains as a run reads them (preference pairs)."""
+    from shared.distillation.pairs import Example
+
+    prompts_used = set(task.prompts[: args.use_prompts])
+    accepted = [c for c in pool["chains"] if c["accepted"] and c["chain"] < args.use_chains and c["prompt"] in prompts_used]
+    examples = [Example(i, c["prompt"], c["final"], c["initial_reward"], c["final_reward"]) for i, c in enumerate(accepted)]
+    return accepted, examples, pool_chains(pool, task, prompts_used, args.use_chains)
+
+
+@cache
+def _tokenizer(model_path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
+
+
+def is_truncated(text: str, model_path: Path, limit: int) -> bool:
+    """True when `text` used the whole token limit it was sampled with, i.e. it was cut off."""
+    return len(_tokenizer(model_path)(text, add_special_tokens=False)["input_ids"]) >= limit
+
+
+def pool_figures(pool: dict) -> dict:
+    """What the proposing model's chains look like: mean draft and final reward, best final per prompt."""
+    from statistics import mean
+
+    best: dict[str, float] = {}
+    for c in pool["chains"]:
+        best[c["prompt"]] = max(best.get(c["prompt"], float("-inf")), c["final_reward"])
+    return {"chains": len(pool["chains"]), "accepted": sum(c["accepted"] for c in pool["chains"]),
+            "draft": round(mean(c["initial_reward"] for c in pool["chains"]), 4),
+            "final": round(mean(c["final_reward"] for c in pool["chains"]), 4), "best": round(mean(best.values()), 4),
+            "seconds": pool["seconds"]}
 
 
 def _share(g: dict) -> str:
@@ -92,6 +160,9 @@ def main() -> None:
     parser.add_argument("--pool-only", action="store_true", help="sample the pool and the teacher's eval answers, then stop")
     parser.add_argument("--recipe", action="append", default=[], help="NAME=JSON of DistillationConfig fields")
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated: each recipe trains once per seed")
+    parser.add_argument("--round-of", default=None, metavar="RECIPE",
+                        help="round 2: train every recipe on chains sampled by the student that RECIPE trained with the "
+                             "same seed in this work directory (a pool per seed, cached), and compare with that student")
     parser.add_argument("--reuse", action="store_true", help="evaluate a recipe's student already trained in the work "
                         "directory (its merged weights and result file) instead of training it again")
     args = parser.parse_args()
@@ -101,7 +172,7 @@ def main() -> None:
     from rich.table import Table
 
     from shared.distillation.config import DistillationConfig
-    from shared.distillation.pairs import Example, barred_prompts, plan_data
+    from shared.distillation.pairs import barred_prompts, plan_data
     from shared.distillation.preferences import training_preferences
     from services.trainer.training import train
     from shared.model_store import merge_adapter
@@ -127,11 +198,8 @@ def main() -> None:
     pool, teacher = build_pool(args, task, reward, settings, eval_prompts)
     if args.pool_only:
         return
-    prompts_used = set(task.prompts[: args.use_prompts])
-    accepted = [c for c in pool["chains"] if c["accepted"] and c["chain"] < args.use_chains and c["prompt"] in prompts_used]
-    console.print(f"pool: {len(pool['chains'])} chains, {len(accepted)} accepted ({pool['seconds']} s)")
-    examples = [Example(i, c["prompt"], c["final"], c["initial_reward"], c["final_reward"]) for i, c in enumerate(accepted)]
-    chains = pool_chains(pool, task, prompts_used, args.use_chains)
+    accepted, examples, chains = pool_examples(pool, task, args)
+    console.print(f"pool: {pool_figures(pool)}")
 
     if args.threads:
         import torch
@@ -153,9 +221,23 @@ def main() -> None:
     seeds = [int(seed) for seed in args.seeds.split(",")]
     for spec in args.recipe or ["default={}"]:
         name, _, body = spec.partition("=")
+        fields = json.loads(body or "{}")
+        # A bench-only lever, not a run's setting: "truncated": "drop" trains only on answers that
+        # ended before the pool's token limit (the pool keeps no finish reason, so a final answer of
+        # --pool-max-tokens tokens counts as cut off).
+        drop_truncated = fields.pop("truncated", "keep") == "drop"
         for seed in seeds:
-            config = DistillationConfig(task=args.task, **{**json.loads(body or "{}"), "seed": seed})
-            train_examples, _ = plan_data(examples, config, task)
+            parent = None
+            if args.round_of:
+                round_data, parent_dir = round_pool(args, task, reward, args.round_of, seed)
+                accepted, examples, chains = pool_examples(round_data, task, args)
+                parent = _load(args.work / f"result-{args.round_of}-seed{seed}.json")
+                if parent is None or "answers" not in parent:
+                    raise SystemExit(f"--round-of {args.round_of}: its seed-{seed} result has no answers; evaluate it again")
+                console.print(f"round 2 pool from {parent_dir}: {pool_figures(round_data)}")
+            config = DistillationConfig(task=args.task, **{**fields, "seed": seed})
+            kept = [e for e in examples if not (drop_truncated and is_truncated(e.response, base_path, args.pool_max_tokens))]
+            train_examples, _ = plan_data(kept, config, task)
             preferences = training_preferences(chains, config, barred_prompts(config, task.eval_prompts)) if config.prefers else []
             run_dir = args.work / "runs" / f"{name}-seed{seed}"
             earlier = _load(args.work / f"result-{name}-seed{seed}.json") if args.reuse and (run_dir / "merged").is_dir() else None
@@ -170,7 +252,9 @@ def main() -> None:
             started = time.monotonic()
             student = VLLMEngine(merged, enforce_eager=True)
             student_answers = sample_answers(student, eval_prompts, args.samples, params)
-            figures = compare(eval_prompts, {**systems, "student": score(reward, eval_prompts, student_answers, second)}, seed=args.seed)
+            incumbent = {"incumbent": score(reward, eval_prompts, parent["answers"], second)} if parent else {}
+            figures = compare(eval_prompts, {**systems, **incumbent, "student": score(reward, eval_prompts, student_answers, second)},
+                              seed=args.seed)
             student_general = [g[0] for g in sample_answers(student, general, 1, params)]
             figures["collapse"] = collapse_check(scorer, general, base_data["general"], student_general)
             figures["gate"] = gate(figures)
@@ -178,12 +262,15 @@ def main() -> None:
             student.close()
             row = {"recipe": name, "seed": seed, "config": json.loads(body or "{}"), "pairs": len(train_examples),
                    "preferences": len(preferences), **trained, "eval_seconds": round(eval_seconds),
-                   **{k: figures.get(k) for k in ("systems", "student_minus_base", "win_rate", "gain_share", "collapse", "gate",
-                                                  "second_opinion", "degeneration")}}
+                   **({"round_of": args.round_of, "pool": pool_figures(round_data)} if parent else {}),
+                   **{k: figures.get(k) for k in ("systems", "student_minus_base", "student_minus_incumbent", "win_rate",
+                                                  "gain_share", "collapse", "gate", "second_opinion", "degeneration")}}
             rows.append(row)
-            _save(args.work / f"result-{name}-seed{seed}.json", {**row, "per_prompt": figures["per_prompt"], "examples": figures["examples"]})
+            _save(args.work / f"result-{name}-seed{seed}.json", {**row, "per_prompt": figures["per_prompt"], "examples": figures["examples"],
+                                                                 "answers": student_answers})
             console.print(f"{name} seed {seed}: student {figures['systems']['student']['value']:.3f}, "
-                          f"student−base {figures['student_minus_base']}, share {figures['gain_share']}")
+                          f"student−base {figures['student_minus_base']}, share {figures['gain_share']}"
+                          + (f", student−round 1 {figures['student_minus_incumbent']}" if parent else ""))
 
     table = Table(title=f"{args.task}: {len(eval_prompts)} eval prompts × {args.samples} samples")
     for column in ("recipe", "seed", "pairs", "prefs", "steps", "train s", "base", "teacher", "student", "student − base [95% CI]",
@@ -202,13 +289,15 @@ def main() -> None:
     if len(seeds) > 1:
         table = Table(title=f"{args.task}: over {len(seeds)} training seeds (95% t-interval across seeds)")
         for column in ("recipe", "student (mean)", "student − base (mean) [95% CI]", "sd across seeds", "teacher chain", "student ≥ chain",
-                       "second opinion gain (mean)", "seeds promotable"):
+                       "second opinion gain (mean)", "student − round 1 (mean) [95% CI]", "seeds promotable"):
             table.add_column(column, justify="right")
         for item in summary:
-            second_gain = item["second_opinion_gain"]
+            second_gain, versus = item["second_opinion_gain"], item["minus_round_1"]
             table.add_row(item["recipe"], f"{item['student']:.3f}", f"{item['mean']:+.3f} [{item['low']:+.3f}, {item['high']:+.3f}]",
                           f"{item['sd']:.3f}", f"{item['teacher']:.3f}", "yes" if item["student"] >= item["teacher"] else "no",
-                          "—" if second_gain is None else f"{second_gain:+.3f}", f"{item['promotable']}/{item['seeds']}")
+                          "—" if second_gain is None else f"{second_gain:+.3f}",
+                          "—" if versus is None else f"{versus['mean']:+.3f} [{versus['low']:+.3f}, {versus['high']:+.3f}]",
+                          f"{item['promotable']}/{item['seeds']}")
         console.print(table)
     print(json.dumps({"bench": "distill_recipe", "task": args.task, "pool_chains": len(pool["chains"]), "accepted": len(accepted),
                       "seeds": seeds, "summary": summary,
@@ -234,14 +323,18 @@ def across_seeds(rows: list[dict]) -> list[dict]:
 
     from scipy.stats import t
 
+    def interval(values: list[float]) -> dict:
+        sd = stdev(values) if len(values) > 1 else 0.0
+        half = t.ppf(0.975, len(values) - 1) * sd / len(values) ** 0.5 if len(values) > 1 else 0.0
+        return {"mean": round(mean(values), 4), "low": round(mean(values) - half, 4), "high": round(mean(values) + half, 4),
+                "sd": round(sd, 4)}
+
     out = []
     for name in dict.fromkeys(row["recipe"] for row in rows):
         mine = [row for row in rows if row["recipe"] == name]
-        gains = [row["student_minus_base"]["value"] for row in mine]
-        sd = stdev(gains) if len(gains) > 1 else 0.0
-        half = t.ppf(0.975, len(gains) - 1) * sd / len(gains) ** 0.5 if len(gains) > 1 else 0.0
-        out.append({"recipe": name, "seeds": len(mine), "mean": round(mean(gains), 4), "low": round(mean(gains) - half, 4),
-                    "high": round(mean(gains) + half, 4), "sd": round(sd, 4),
+        versus_parent = [row.get("student_minus_incumbent") for row in mine]
+        out.append({"recipe": name, "seeds": len(mine), **interval([row["student_minus_base"]["value"] for row in mine]),
+                    "minus_round_1": interval([v["value"] for v in versus_parent]) if all(versus_parent) else None,
                     "student": round(mean(row["systems"]["student"]["value"] for row in mine), 4),
                     "teacher": mine[0]["systems"]["teacher"]["value"],
                     "second_opinion_gain": round(mean(row["second_opinion"]["student_minus_base"]["value"] for row in mine), 4)
