@@ -80,7 +80,8 @@ def sample_pool(args, task, reward, engine) -> dict:
                          beta=task.beta, params=params)
     return {"seconds": round(time.monotonic() - started, 1), "chains": [
         {"prompt": c.prompt, "chain": c.chain_index, "initial": c.initial_text, "initial_reward": c.initial_reward,
-         "final": c.final_text, "final_reward": c.final_reward, "accepted": c.accepted} for c in chains]}
+         "final": c.final_text, "final_reward": c.final_reward, "accepted": c.accepted, "final_truncated": c.final_truncated}
+        for c in chains]}
 
 
 def round_pool(args, task, reward, parent: str, seed: int) -> tuple[dict, Path]:
@@ -102,13 +103,14 @@ def round_pool(args, task, reward, parent: str, seed: int) -> tuple[dict, Path]:
     return pool, merged
 
 
-def pool_examples(pool: dict, task, args):
+def pool_examples(pool: dict, task, args, model_path: Path):
     """The pool's accepted chains as SFT examples and all its chains as a run reads them (preference pairs)."""
     from shared.distillation.pairs import Example
 
     prompts_used = set(task.prompts[: args.use_prompts])
     accepted = [c for c in pool["chains"] if c["accepted"] and c["chain"] < args.use_chains and c["prompt"] in prompts_used]
-    examples = [Example(i, c["prompt"], c["final"], c["initial_reward"], c["final_reward"]) for i, c in enumerate(accepted)]
+    examples = [Example(i, c["prompt"], c["final"], c["initial_reward"], c["final_reward"], final_truncated(c, model_path, args))
+                for i, c in enumerate(accepted)]
     return accepted, examples, pool_chains(pool, task, prompts_used, args.use_chains)
 
 
@@ -119,9 +121,12 @@ def _tokenizer(model_path: Path):
     return AutoTokenizer.from_pretrained(model_path)
 
 
-def is_truncated(text: str, model_path: Path, limit: int) -> bool:
-    """True when `text` used the whole token limit it was sampled with, i.e. it was cut off."""
-    return len(_tokenizer(model_path)(text, add_special_tokens=False)["input_ids"]) >= limit
+def final_truncated(chain: dict, model_path: Path, args) -> bool:
+    """Whether the chain's final answer was cut off at the pool's token limit. Pools sampled before
+    the sampler recorded it count an answer of --pool-max-tokens tokens as cut off."""
+    if "final_truncated" in chain:
+        return chain["final_truncated"]
+    return len(_tokenizer(model_path)(chain["final"], add_special_tokens=False)["input_ids"]) >= args.pool_max_tokens
 
 
 def pool_figures(pool: dict) -> dict:
@@ -198,7 +203,7 @@ def main() -> None:
     pool, teacher = build_pool(args, task, reward, settings, eval_prompts)
     if args.pool_only:
         return
-    accepted, examples, chains = pool_examples(pool, task, args)
+    accepted, examples, chains = pool_examples(pool, task, args, base_path)
     console.print(f"pool: {pool_figures(pool)}")
 
     if args.threads:
@@ -221,23 +226,17 @@ def main() -> None:
     seeds = [int(seed) for seed in args.seeds.split(",")]
     for spec in args.recipe or ["default={}"]:
         name, _, body = spec.partition("=")
-        fields = json.loads(body or "{}")
-        # A bench-only lever, not a run's setting: "truncated": "drop" trains only on answers that
-        # ended before the pool's token limit (the pool keeps no finish reason, so a final answer of
-        # --pool-max-tokens tokens counts as cut off).
-        drop_truncated = fields.pop("truncated", "keep") == "drop"
         for seed in seeds:
             parent = None
             if args.round_of:
                 round_data, parent_dir = round_pool(args, task, reward, args.round_of, seed)
-                accepted, examples, chains = pool_examples(round_data, task, args)
+                accepted, examples, chains = pool_examples(round_data, task, args, base_path)
                 parent = _load(args.work / f"result-{args.round_of}-seed{seed}.json")
                 if parent is None or "answers" not in parent:
                     raise SystemExit(f"--round-of {args.round_of}: its seed-{seed} result has no answers; evaluate it again")
                 console.print(f"round 2 pool from {parent_dir}: {pool_figures(round_data)}")
-            config = DistillationConfig(task=args.task, **{**fields, "seed": seed})
-            kept = [e for e in examples if not (drop_truncated and is_truncated(e.response, base_path, args.pool_max_tokens))]
-            train_examples, _ = plan_data(kept, config, task)
+            config = DistillationConfig(task=args.task, **{**json.loads(body or "{}"), "seed": seed})
+            train_examples, _ = plan_data(examples, config, task)
             preferences = training_preferences(chains, config, barred_prompts(config, task.eval_prompts)) if config.prefers else []
             run_dir = args.work / "runs" / f"{name}-seed{seed}"
             earlier = _load(args.work / f"result-{name}-seed{seed}.json") if args.reuse and (run_dir / "merged").is_dir() else None

@@ -40,6 +40,7 @@ class Step:
     revision: str
     reward: float
     accepted: bool
+    truncated: bool = False  # the revision stopped at max_tokens, not at its end
 
 
 @dataclass
@@ -53,12 +54,17 @@ class Chain:
     final_text: str = ""
     final_reward: float = 0.0
     tokens: int = 0
+    # Cut off at max_tokens rather than ended by the model: a student trained on such an answer
+    # learns to stop mid-sentence (see docs/distillation.md, truncated answers).
+    initial_truncated: bool = False
+    final_truncated: bool = False
 
     @classmethod
     def start(cls, prompt_index: int, chain_index: int, prompt: str, answer: Generation, reward: float) -> "Chain":
         """A chain at its initial answer x_0."""
+        truncated = answer.finish_reason == "length"
         return cls(prompt_index, chain_index, prompt, answer.text, reward, final_text=answer.text, final_reward=reward,
-                   tokens=answer.completion_tokens)
+                   tokens=answer.completion_tokens, initial_truncated=truncated, final_truncated=truncated)
 
     @property
     def accepted(self) -> bool:
@@ -195,10 +201,11 @@ class _Rule:
         """Append one critique→revise step to `chain` and move it if the revision is accepted."""
         rng = self._rngs.setdefault(position, random.Random(None if self.seed is None else f"{self.seed}/{position}"))
         moved = bool(revision.text) and accept(self.acceptance, chain.final_reward, reward, self.beta, rng)
-        chain.steps.append(Step(critique.text, revision.text, reward, moved))
+        truncated = revision.finish_reason == "length"
+        chain.steps.append(Step(critique.text, revision.text, reward, moved, truncated))
         chain.tokens += critique.completion_tokens + revision.completion_tokens
         if moved:
-            chain.final_text, chain.final_reward = revision.text, reward
+            chain.final_text, chain.final_reward, chain.final_truncated = revision.text, reward, truncated
 
 
 class _Pipeline:

@@ -40,6 +40,7 @@ class SampleRequest(BaseModel):
 class Scored(BaseModel):
     text: str
     reward: float
+    truncated: bool = False  # cut off at max_tokens
 
 
 class StepResult(BaseModel):
@@ -47,6 +48,7 @@ class StepResult(BaseModel):
     revision: str
     reward: float
     accepted: bool
+    truncated: bool = False  # the revision was cut off at max_tokens
 
 
 class ChainResult(BaseModel):
@@ -64,9 +66,10 @@ class ChainResult(BaseModel):
             prompt=chain.prompt,
             prompt_index=chain.prompt_index,
             chain_index=chain.chain_index,
-            initial=Scored(text=chain.initial_text, reward=chain.initial_reward),
-            steps=[StepResult(critique=s.critique, revision=s.revision, reward=s.reward, accepted=s.accepted) for s in chain.steps],
-            final=Scored(text=chain.final_text, reward=chain.final_reward),
+            initial=Scored(text=chain.initial_text, reward=chain.initial_reward, truncated=chain.initial_truncated),
+            steps=[StepResult(critique=s.critique, revision=s.revision, reward=s.reward, accepted=s.accepted, truncated=s.truncated)
+                   for s in chain.steps],
+            final=Scored(text=chain.final_text, reward=chain.final_reward, truncated=chain.final_truncated),
             accepted=chain.accepted,
         )
 

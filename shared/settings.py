@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # the policy is built on demand; net imports no settings
     from shared.rewards.net import NetworkPolicy
 
 EngineName = Literal["auto", "vllm", "transformers", "openai"]
+TruncatedAnswers = Literal["drop", "keep"]  # what a distillation does with answers cut off at max_tokens
 ENGINE_NAMES: tuple[str, ...] = get_args(EngineName)
 BUNDLED_MODEL = "smollm2-135m-instruct"
 
@@ -279,6 +280,9 @@ class DistillSettings(SettingsGroup):
     max_steps: int = Field(100_000, ge=1, description="Most optimizer steps one run may ask for.")
     max_queued: int = Field(20, ge=1, description="Queued runs (distillations, evaluations each) before 429.")
     queue_full_retry_after_seconds: int = Field(30, ge=1, description="Retry-After of the 429 beyond max_queued.")
+    truncated_answers: TruncatedAnswers = Field(
+        "drop", description="What a run that does not say does with answers cut off at the job's max_tokens: drop "
+        "them (they teach a student to stop mid-sentence and to repeat itself, docs/distillation.md) or keep them.")
 
 
 class RewardHttpSettings(SettingsGroup):

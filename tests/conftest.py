@@ -12,6 +12,10 @@ from sqlalchemy import create_engine as sa_create_engine, text
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite samples 4-24 token answers to stay fast on two cores, so nearly every one is cut off at
+# max_tokens; a deployment's default (drop them) would leave its runs nothing to train on. The
+# default itself is tested in tests/trainer/test_admin_api.py and tests/unit/test_eval_separation.py.
+os.environ.setdefault("DSC_DISTILL_TRUNCATED_ANSWERS", "keep")
 
 from shared.db.session import make_engine, session_factory, upgrade  # noqa: E402
 from shared.settings import BUNDLED_MODEL, Settings  # noqa: E402

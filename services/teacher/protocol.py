@@ -116,6 +116,8 @@ class PairView(BaseModel):
     reward_before: float
     reward_after: float
     reward_gain: float
+    truncated: bool | None = Field(description="The response was cut off at the job's max_tokens (null: stored before "
+                                   "this was recorded). The trainer leaves such answers out by default.")
     excluded: bool = Field(description="Excluded in review (the console): kept and exported, never trained on.")
     excluded_reason: str | None
     excluded_at: datetime | None
@@ -126,7 +128,7 @@ class PairView(BaseModel):
         return cls(
             id=pair.id, job_id=pair.job_id, task=pair.task_name, prompt_index=pair.prompt_index,
             chain_index=pair.chain_index, prompt=pair.prompt, response=pair.response,
-            reward_before=pair.reward_before, reward_after=pair.reward_after, reward_gain=pair.reward_gain,
+            reward_before=pair.reward_before, reward_after=pair.reward_after, reward_gain=pair.reward_gain, truncated=pair.truncated,
             excluded=pair.excluded, excluded_reason=pair.excluded_reason, excluded_at=pair.excluded_at,
             created_at=pair.created_at,
         )
@@ -155,6 +157,7 @@ def chat_record(pair: Any) -> dict[str, Any]:
         "task": pair.task_name,
         "reward_before": pair.reward_before,
         "reward_after": pair.reward_after,
+        "truncated": pair.truncated,
         "excluded": pair.excluded,
         "excluded_reason": pair.excluded_reason,
     }

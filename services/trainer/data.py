@@ -61,7 +61,7 @@ def take_snapshot(session: Session, config: DistillationConfig, task: TaskSpec, 
     if data_file.is_file() and split_file.is_file():
         return load_snapshot(run_dir)
     examples = [
-        Example(row.id, row.prompt, row.response, row.reward_before, row.reward_after)
+        Example(row.id, row.prompt, row.response, row.reward_before, row.reward_after, row.truncated)
         for row in session.scalars(pair_query(config))
     ]
     train, eval_prompts = plan_data(examples, config, task)

@@ -172,6 +172,9 @@ class ChainRecord(Base):
     accepted: Mapped[bool] = mapped_column(Boolean)
     acceptance: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Cut off at the job's max_tokens; None for chains stored before this was recorded.
+    initial_truncated: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    final_truncated: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
     steps: Mapped[list["ChainStep"]] = relationship(order_by="ChainStep.step_index", cascade="all, delete-orphan")
 
@@ -187,6 +190,7 @@ class ChainStep(Base):
     revision: Mapped[str] = mapped_column(Text)
     reward: Mapped[float] = mapped_column(Float)
     accepted: Mapped[bool] = mapped_column(Boolean)
+    truncated: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class Pair(Base):
@@ -207,6 +211,8 @@ class Pair(Base):
     reward_after: Mapped[float] = mapped_column(Float)
     reward_gain: Mapped[float] = mapped_column(Float, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The response was cut off at the job's max_tokens (None: stored before this was recorded).
+    truncated: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     # Review (the console): an excluded pair stays stored, listed and exported with its flag and
     # reason, and never trains (services/trainer/data.py pair_query). Undoing clears all three.
     excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

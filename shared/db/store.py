@@ -45,7 +45,8 @@ def record_chains(session: Session, *, job_id: str, task_name: str, acceptance: 
     chain_rows = [
         {"job_id": job_id, "prompt_index": prompt_index, "chain_index": chain_index, "task_name": task_name, "prompt": trace.prompt,
          "initial_text": trace.initial_text, "initial_reward": trace.initial_reward, "final_text": trace.final_text,
-         "final_reward": trace.final_reward, "accepted": trace.accepted, "acceptance": acceptance}
+         "final_reward": trace.final_reward, "accepted": trace.accepted, "acceptance": acceptance,
+         "initial_truncated": trace.initial_truncated, "final_truncated": trace.final_truncated}
         for (prompt_index, chain_index), trace in by_key.items()
     ]
     returning = (ChainRecord.id, ChainRecord.prompt_index, ChainRecord.chain_index)
@@ -54,7 +55,8 @@ def record_chains(session: Session, *, job_id: str, task_name: str, acceptance: 
         return Recorded(0, 0)
     new = [(chain_id, prompt_index, chain_index, by_key[(prompt_index, chain_index)]) for chain_id, prompt_index, chain_index in stored]
     step_rows = [
-        {"chain_id": chain_id, "step_index": t, "critique": s.critique, "revision": s.revision, "reward": s.reward, "accepted": s.accepted}
+        {"chain_id": chain_id, "step_index": t, "critique": s.critique, "revision": s.revision, "reward": s.reward, "accepted": s.accepted,
+         "truncated": s.truncated}
         for chain_id, _, _, trace in new for t, s in enumerate(trace.steps)
     ]
     if step_rows:
@@ -62,7 +64,7 @@ def record_chains(session: Session, *, job_id: str, task_name: str, acceptance: 
     pair_rows = [
         {"job_id": job_id, "prompt_index": prompt_index, "chain_index": chain_index, "chain_id": chain_id, "task_name": task_name,
          "prompt": trace.prompt, "response": trace.final_text, "reward_before": trace.initial_reward,
-         "reward_after": trace.final_reward, "reward_gain": trace.final_reward - trace.initial_reward}
+         "reward_after": trace.final_reward, "reward_gain": trace.final_reward - trace.initial_reward, "truncated": trace.final_truncated}
         for chain_id, prompt_index, chain_index, trace in new if trace.accepted
     ]
     pairs = len(session.execute(_insert_ignore(session, Pair).returning(Pair.id), pair_rows).all()) if pair_rows else 0

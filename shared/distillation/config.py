@@ -19,6 +19,7 @@ from shared.critique_revise import Acceptance
 from shared.engines.base import SamplingParams
 from shared.errors import InvalidRequest
 from shared.keys import OWNER_PATTERN
+from shared.settings import TruncatedAnswers
 from shared.request_fields import Count, NonBlank, NonNegative, Real, Share, Whole, bounded_real
 from shared.tasks import TASK_NAME_PATTERN, TaskSpec
 
@@ -59,6 +60,13 @@ class DistillationConfig(BaseModel):
         0.2,
         description="Drop training answers whose share of repeated 3-grams is above this (looping answers teach a "
         "student to loop; the evaluation's degeneration check refuses such a student); null keeps them all.",
+    )
+    truncated_answers: TruncatedAnswers = Field(
+        "drop",
+        description="drop: leave out answers the teacher cut off at the job's max_tokens (trained on, they teach a student "
+        "to run to the token limit and stop mid-sentence; measured, its answers then repeat themselves more, "
+        "docs/distillation.md); keep: train on them too. Pairs stored before truncation was recorded count as finished. "
+        "Unset: the deployment's distill.truncated_answers.",
     )
     best_per_prompt: bool = Field(
         True,

@@ -66,10 +66,11 @@ class Example:
     response: str
     reward_before: float | None = None
     reward_after: float | None = None
+    truncated: bool | None = None  # cut off at the job's max_tokens (None: not recorded)
 
     def to_json(self) -> dict[str, Any]:
         return {"pair_id": self.pair_id, "prompt": self.prompt, "response": self.response,
-                "reward_before": self.reward_before, "reward_after": self.reward_after}
+                "reward_before": self.reward_before, "reward_after": self.reward_after, "truncated": self.truncated}
 
 
 def split_prompts(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[str]]:
@@ -84,12 +85,14 @@ def split_prompts(examples: Sequence[Example], fraction: float, seed: int) -> tu
 
 
 def select_examples(examples: Sequence[Example], config: DistillationConfig, task_floor: float | None = None) -> list[Example]:
-    """The pairs worth training on: above the reward floor, not looping (max_repetition), each
-    (prompt, response) once (a job submitted twice, or two chains that converged, must not weigh an
-    answer double) and, with best_per_prompt, one per prompt (the best of those left)."""
+    """The pairs worth training on: above the reward floor, not looping (max_repetition), finished
+    (not cut off at max_tokens, unless truncated_answers is "keep"), each (prompt, response) once (a
+    job submitted twice, or two chains that converged, must not weigh an answer double) and, with
+    best_per_prompt, one per prompt (the best of those left)."""
     floor = config.min_reward if config.min_reward is not None else task_floor
     above = [e for e in examples if (floor is None or (e.reward_after is not None and e.reward_after >= floor))
-             and (config.max_repetition is None or repeated_share(e.response) <= config.max_repetition)]
+             and (config.max_repetition is None or repeated_share(e.response) <= config.max_repetition)
+             and not (config.truncated_answers == "drop" and e.truncated)]
     seen: set[tuple[str, str]] = set()
     kept = []
     for example in above:  # oldest first: the first copy stays
@@ -117,6 +120,9 @@ def require_training_pairs(kept: int, matching: int, eval_prompts: int, config: 
     rules = [f"the reward floor {floor}" if floor is not None else "no reward floor"]
     if config.max_repetition is not None:
         rules.append(f"answers repeating more than {config.max_repetition:.0%} of their 3-grams")
+    if config.truncated_answers == "drop":
+        rules.append("answers cut off at the job's max_tokens (truncated_answers='keep' trains them; or sample with a "
+                     "larger max_tokens)")
     if config.best_per_prompt:
         rules.append("one best answer per prompt")
     if tokenised:

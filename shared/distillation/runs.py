@@ -56,6 +56,8 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
     """Validate a submission; return the config to store, the initial progress and the run's lineage."""
     task = get_task(session, config.task)  # 404 for an unknown task
     config = config.model_copy(update={"base_model": config.base_model or settings.student_base_model})
+    if "truncated_answers" not in config.model_fields_set:  # the deployment's default; the stored config records it
+        config = config.model_copy(update={"truncated_answers": settings.distill.truncated_answers})
     if config.max_steps is not None and config.max_steps > settings.distill.max_steps:
         raise InvalidRequest(f"max_steps {config.max_steps} exceeds the limit of {settings.distill.max_steps} (distill_max_steps)", param="max_steps")
     if config.method == "lora" and config.lora_r > settings.student.max_lora_rank:
@@ -78,7 +80,8 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
     newest = {"pair_id_max": session.scalar(select(func.max(Pair.id))) or 0, "chain_id_max": session.scalar(select(func.max(ChainRecord.id))) or 0}
     config = config.model_copy(update={name: value for name, value in newest.items() if getattr(config, name) is None})
     rows = session.execute(
-        pair_query(config).with_only_columns(Pair.id, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after, Pair.job_id)
+        pair_query(config).with_only_columns(Pair.id, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after, Pair.truncated,
+                                             Pair.job_id)
     ).all()
     where = f"task {task.name!r}" + (f", jobs {config.jobs}" if config.jobs else "") + (
         f", owners {config.owners}" if config.owners else "") + (
@@ -90,7 +93,7 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
             "(distill_min_pairs). Sample more with POST /v1/jobs.",
             param="task",
         )
-    examples = [Example(row.id, row.prompt, row.response, row.reward_before, row.reward_after) for row in rows]
+    examples = [Example(row.id, row.prompt, row.response, row.reward_before, row.reward_after, row.truncated) for row in rows]
     train, eval_prompts = plan_data(examples, config, task)
     if not eval_prompts:
         raise InvalidRequest("no held-out prompt left to evaluate on; raise held_out_fraction or give eval_prompts", param="held_out_fraction")

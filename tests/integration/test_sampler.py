@@ -89,6 +89,18 @@ def test_always_moves_to_every_revision(tf_engine, vader):
         assert (chain.final_text, chain.final_reward) == (step.revision, step.reward)
 
 
+def test_a_chain_knows_which_answers_were_cut_off_at_max_tokens(any_engine, vader):
+    """An answer that ran into max_tokens is flagged truncated (its draft, each revision, the final
+    answer); one the model ended itself is not."""
+    engine = any_engine
+    short = _sampler(engine, vader).run(PROMPTS[:2], steps=1, chains=1, acceptance="always",
+                                        params=SamplingParams(temperature=0.0, max_tokens=4, seed=1))
+    assert all(c.initial_truncated and c.final_truncated and c.steps[0].truncated for c in short)
+    finished = Sampler(engine, vader, critique_request="Say OK.", revision_request="Reply with the single word: yes").run(
+        ["Reply with the single word: yes"], steps=1, chains=1, acceptance="always", params=SamplingParams(temperature=0.0, max_tokens=64, seed=1))
+    assert not finished[0].initial_truncated and not finished[0].steps[0].truncated and not finished[0].final_truncated, finished[0]
+
+
 def test_seed_reproduces_with_transformers(tf_engine, vader):
     runs = [_sampler(tf_engine, vader).run(PROMPTS[:2], steps=1, chains=1, params=PARAMS) for _ in range(2)]
     first, second = ([(c.initial_text, c.steps[0].critique, c.steps[0].revision, c.final_reward) for c in run] for run in runs)

@@ -12,7 +12,8 @@ from shared.critique_revise import Chain, Step
 
 
 def _traces() -> list[Chain]:
-    moved = Chain(0, 0, "Review film A", "awful film", -0.6, [Step("too harsh", "a fine film", 0.5, True)], "a fine film", 0.5)
+    moved = Chain(0, 0, "Review film A", "awful film", -0.6, [Step("too harsh", "a fine film", 0.5, True, truncated=True)], "a fine film", 0.5,
+                  final_truncated=True)
     stayed = Chain(1, 0, "Review film B", "great film", 0.8, [Step("fine", "ok film", 0.1, False)], "great film", 0.8)
     return [moved, stayed]
 
@@ -38,8 +39,10 @@ def test_chains_and_pairs_round_trip(db):
         chains = session.scalars(select(ChainRecord).order_by(ChainRecord.prompt_index)).all()
         assert [c.accepted for c in chains] == [True, False]
         assert chains[0].steps[0].critique == "too harsh" and chains[0].steps[0].accepted
+        assert [(c.initial_truncated, c.final_truncated) for c in chains] == [(False, True), (False, False)]
+        assert [chains[0].steps[0].truncated, chains[1].steps[0].truncated] == [True, False]
         pair = session.scalars(select(Pair)).one()
-        assert (pair.prompt, pair.response) == ("Review film A", "a fine film")
+        assert (pair.prompt, pair.response, pair.truncated) == ("Review film A", "a fine film", True)
         assert abs(pair.reward_gain - 1.1) < 1e-9 and pair.chain_id == chains[0].id
 
 

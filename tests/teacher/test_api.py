@@ -87,8 +87,10 @@ def test_critique_revise_synchronous(make_teacher):
         for result, prompt in zip(body["results"], CUSTOM_TASK["prompts"]):
             assert result["prompt"] == prompt
             assert set(result) >= {"prompt", "initial", "steps", "final", "accepted"}
-            assert set(result["initial"]) == {"text", "reward"} and set(result["final"]) == {"text", "reward"}
-            assert len(result["steps"]) == 1 and set(result["steps"][0]) == {"critique", "revision", "reward", "accepted"}
+            assert set(result["initial"]) == {"text", "reward", "truncated"} and set(result["final"]) == {"text", "reward", "truncated"}
+            assert len(result["steps"]) == 1 and set(result["steps"][0]) == {"critique", "revision", "reward", "accepted", "truncated"}
+            final_is_revision = result["steps"][0]["accepted"] and result["final"]["text"] == result["steps"][0]["revision"]
+            assert result["final"]["truncated"] is (result["steps"][0] if final_is_revision else result["initial"])["truncated"]
         accepted = sum(result["accepted"] for result in body["results"])
         counts = teacher.counts()
         assert (counts["jobs"], counts["chains"], counts["chain_steps"], counts["pairs"]) == (1, 2, 2, accepted)
@@ -175,11 +177,12 @@ def test_job_lifecycle_progress_cancel_pairs_export(make_teacher, teacher_db_url
         assert len(lines) == expected
         by_prompt = {pair["prompt"]: pair for pair in walked}
         for record in lines:
-            assert set(record) == {"messages", "task", "reward_before", "reward_after", "excluded", "excluded_reason"}
+            assert set(record) == {"messages", "task", "reward_before", "reward_after", "truncated", "excluded", "excluded_reason"}
             assert (record["excluded"], record["excluded_reason"]) == (False, None)  # none reviewed out (the console's review)
             user, assistant = record["messages"]
             assert (user["role"], assistant["role"], record["task"]) == ("user", "assistant", "sentiment")
             assert by_prompt[user["content"]]["response"] == assistant["content"]
+            assert record["truncated"] is by_prompt[user["content"]]["truncated"] and isinstance(record["truncated"], bool)
         with client.stream("GET", "/v1/pairs/export", params={"job": small_id}) as response:
             assert sum(1 for line in response.iter_lines() if line) == done["progress"]["accepted"]
 

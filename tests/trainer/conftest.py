@@ -153,9 +153,11 @@ def store_samples(sessions: sessionmaker[Session], samples: SampledPairs, job_id
 
 
 def store_fixed_pairs(sessions: sessionmaker[Session], prompts: list[str], answer: str, *, job_id: str = "fixed-job",
-                      task: str = "sentiment") -> str:
-    """Accepted pairs whose answer is always `answer` (a tiny, unmistakable training target)."""
-    traces = [Chain(i, 0, prompt, "meh.", 0.0, [Step("too flat", answer, 0.9, True)], answer, 0.9) for i, prompt in enumerate(prompts)]
+                      task: str = "sentiment", truncated: bool = False) -> str:
+    """Accepted pairs whose answer is always `answer` (a tiny, unmistakable training target), cut off
+    at max_tokens where `truncated`."""
+    traces = [Chain(i, 0, prompt, "meh.", 0.0, [Step("too flat", answer, 0.9, True, truncated)], answer, 0.9, final_truncated=truncated)
+              for i, prompt in enumerate(prompts)]
     with transaction(sessions) as session:
         session.add(Job(id=job_id, kind="cli", task_name=task, status="succeeded", prompts=prompts, total=len(prompts), done=len(prompts)))
         session.flush()

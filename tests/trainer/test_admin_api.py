@@ -100,6 +100,28 @@ def test_too_few_pairs_overall(make_settings, db_url, tf_engine, helpers):
         assert _runs(teacher) == 0
 
 
+def test_answers_cut_off_at_max_tokens_follow_the_deployments_default_unless_the_run_says(make_settings, db_url, tf_engine, helpers):
+    """distill.truncated_answers = drop (the default outside this suite): a run that names nothing
+    leaves cut-off answers out, so five of them are too few and the 400 says why; a run that says
+    keep trains on them, and the stored config records what applied."""
+    settings = make_settings(db_url, distill={"min_pairs": 4, "truncated_answers": "drop"})
+    with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:
+        helpers.store_fixed_pairs(teacher.sessions, helpers.film_prompts[:5], "A warm, lovely film that ran out of", truncated=True)
+        refused = admin.post("/admin/distillations", json=GOOD)
+        assert refused.status_code == 400, refused.text
+        message = refused.json()["error"]["message"]
+        assert "too few training pairs: 0 of 5" in message and "cut off at the job's max_tokens" in message, message
+        assert _runs(teacher) == 0
+        kept = admin.post("/admin/distillations", json={**GOOD, "truncated_answers": "keep"})
+        assert kept.status_code == 202, kept.text
+        assert admin.get(f"/admin/distillations/{kept.json()['id']}").json()["config"]["truncated_answers"] == "keep"
+        helpers.store_fixed_pairs(teacher.sessions, helpers.film_prompts[5:10], "A warm, lovely film.", job_id="finished-job")
+        dropped = admin.post("/admin/distillations", json=GOOD)
+        assert dropped.status_code == 202, dropped.text
+        run = admin.get(f"/admin/distillations/{dropped.json()['id']}").json()
+        assert run["config"]["truncated_answers"] == "drop" and run["progress"]["pairs"] == 5, run
+
+
 def test_queue_list_cancel_and_auth(api):
     teacher, admin = api
     created = admin.post("/admin/distillations", json={**GOOD, "eval_prompts": ["Review the film Heat."]})

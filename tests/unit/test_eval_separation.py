@@ -7,7 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from shared.distillation.config import DistillationConfig
-from shared.distillation.pairs import Example, plan_data, plan_split, select_examples
+from shared.distillation.pairs import Example, plan_data, plan_split, require_training_pairs, select_examples
+from shared.errors import InvalidRequest
 from services.trainer.evaluation_figures import gate
 from shared.tasks import TaskSpec, normalise_prompt, preset_tasks
 
@@ -79,6 +80,22 @@ def test_looping_answers_do_not_train_and_the_next_best_answer_does():
     kept = select_examples(examples, DistillationConfig(task="x"))
     assert [e.pair_id for e in kept] == [2, 3]
     assert [e.pair_id for e in select_examples(examples, DistillationConfig(task="x", max_repetition=None))] == [1, 3]
+
+
+def test_answers_cut_off_at_max_tokens_do_not_train_unless_kept():
+    """A truncated answer is not a finished one: with truncated_answers="drop" (the default) it is
+    left out before the best answer of its prompt is picked; pairs stored before truncation was
+    recorded (None) count as finished. "keep" trains on it."""
+    examples = [Example(1, "p", "A long answer that ran out of tok", 0.0, 0.9, truncated=True),
+                Example(2, "p", "A short kind answer.", 0.0, 0.6, truncated=False),
+                Example(3, "q", "An older pair.", 0.0, 0.5, truncated=None),
+                Example(4, "r", "Only a cut-off answer here and", 0.0, 0.7, truncated=True)]
+    drop = DistillationConfig(task="x", truncated_answers="drop")
+    assert [e.pair_id for e in select_examples(examples, drop)] == [2, 3]
+    assert DistillationConfig(task="x").truncated_answers == "drop"
+    assert [e.pair_id for e in select_examples(examples, DistillationConfig(task="x", truncated_answers="keep"))] == [1, 3, 4]
+    with pytest.raises(InvalidRequest, match="cut off at the job's max_tokens"):
+        require_training_pairs(2, 4, 0, drop, preset_tasks()["sentiment"], min_pairs=8)
 
 
 def test_each_prompt_and_answer_trains_once():

@@ -24,7 +24,7 @@ router = APIRouter()
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
 RUN_FORM = ["task", "jobs", "owners", "name", "objective", "dpo_beta", "min_margin", "method", "max_steps", "epochs", "batch_size", "learning_rate", "lora_r", "lora_alpha",
-            "max_seq_len", "min_reward_gain", "min_reward", "max_repetition", "best_per_prompt", "acceptance", "held_out_fraction",
+            "max_seq_len", "min_reward_gain", "min_reward", "max_repetition", "truncated_answers", "best_per_prompt", "acceptance", "held_out_fraction",
             "max_eval_prompts", "eval_samples", "eval_max_tokens", "eval_teacher", "collapse_check", "auto_promote", "merge"]
 
 

@@ -80,8 +80,8 @@ def _export_lines(sessions: sessionmaker[Session], caller: Caller, task: str | N
     """Keyset pages of `page_size` rows (memory stays flat however many pairs exist), each read in
     its own short session (no transaction held open while the client downloads, which on SQLite
     would block every writer)."""
-    columns = select(Pair.id, Pair.task_name, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after, Pair.excluded,
-                     Pair.excluded_reason)
+    columns = select(Pair.id, Pair.task_name, Pair.prompt, Pair.response, Pair.reward_before, Pair.reward_after, Pair.truncated,
+                     Pair.excluded, Pair.excluded_reason)
     last_id = -1
     while True:
         query = _filtered(_visible(columns, caller), task, job, min_gain, excluded).where(Pair.id > last_id).order_by(Pair.id).limit(page_size)
@@ -146,7 +146,7 @@ def export(
                                   "(what trains). Unset: jsonl has both, flagged; preference leaves excluded ones out."),
 ) -> StreamingResponse:
     """`format=jsonl`: every matching pair as `{"messages": [user, assistant], "task",
-    "reward_before", "reward_after", "excluded", "excluded_reason"}` per line, the conversational
+    "reward_before", "reward_after", "truncated", "excluded", "excluded_reason"}` per line, the conversational
     format TRL's SFT trainer reads; excluded pairs are in it, flagged, unless excluded=false.
 
     `format=preference`: TRL's conversational preference format, `{"prompt": [user], "chosen":
