@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
 from services.teacher.console import charts
-from services.teacher.console.forms import describe, parse
-from services.teacher.console.web import Admin, AdminPost, Db, State, form_values, pick, redirect, render
+from services.teacher.console.forms import FormField, describe, parse
+from services.teacher.console.web import Admin, AdminPost, Db, State, form_values, pick, redirect, render, teacher_state
 from services.teacher.routes import distillations as runs_api, jobs as jobs_api, tasks as tasks_api
 from shared.distillation.config import DistillationConfig
 from shared.errors import DscError
@@ -52,15 +53,18 @@ class LossTrail:
 TRAIL = LossTrail()
 
 
-def _fields():
-    return describe(DistillationConfig, RUN_FORM, words=("jobs", "owners"))
+def _fields(request: Request) -> list[FormField]:
+    """The run form, truncated_answers preset to the deployment's default (the form always sends it)."""
+    default = teacher_state(request).settings.distill.truncated_answers
+    return [replace(field, default=default) if field.name == "truncated_answers" else field
+            for field in describe(DistillationConfig, RUN_FORM, words=("jobs", "owners"))]
 
 
 def _list_page(request: Request, user, session, *, status: str | None, form: dict, error: str | None, code: int = 200) -> HTMLResponse:
     runs = runs_api.list_runs(_scope=Scope.ADMIN, session=session, status=status, task=None, limit=100)["data"]
     finished = jobs_api.list_jobs(caller=user.caller, session=session, status="succeeded", kind=None, task=None, limit=10).data
     return render(request, "distillations.html", code=code, runs=runs, statuses=STATUSES, status_filter=status, finished_jobs=finished,
-                  tasks=tasks_api.list_all(_scope=Scope.ADMIN, session=session).data, fields=_fields(), form=form, error=error)
+                  tasks=tasks_api.list_all(_scope=Scope.ADMIN, session=session).data, fields=_fields(request), form=form, error=error)
 
 
 @router.get("/distillations", response_class=HTMLResponse)
@@ -78,7 +82,7 @@ async def run_submit(request: Request, user: AdminPost, state: State) -> Respons
 
 def _submit(request: Request, user, state, form: dict[str, str]) -> Response:
     try:
-        config = parse(DistillationConfig, _fields(), form)
+        config = parse(DistillationConfig, _fields(request), form)
         created = runs_api.create(config=config, _scope=Scope.ADMIN, state=state)
     except DscError as error:
         with state.sessions() as session:
