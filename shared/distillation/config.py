@@ -64,7 +64,7 @@ class DistillationConfig(BaseModel):
     truncated_answers: TruncatedAnswers = Field(
         "drop",
         description="drop: leave out answers the teacher cut off at the job's max_tokens (trained on, they teach a student "
-        "to run to the token limit and stop mid-sentence; measured, its answers then repeat themselves more, "
+        "to end answers mid-sentence; measured on sentiment, its answers then repeat themselves more, "
         "docs/distillation.md); keep: train on them too. Pairs stored before truncation was recorded count as finished. "
         "Unset: the deployment's distill.truncated_answers.",
     )
