@@ -60,10 +60,7 @@ def take_snapshot(session: Session, config: DistillationConfig, task: TaskSpec, 
     data_file, split_file = run_dir / SNAPSHOT_FILE, run_dir / "split.json"
     if data_file.is_file() and split_file.is_file():
         return load_snapshot(run_dir)
-    examples = [
-        Example(row.id, row.prompt, row.response, row.reward_before, row.reward_after, row.truncated)
-        for row in session.scalars(pair_query(config))
-    ]
+    examples = [Example.of_pair(row) for row in session.scalars(pair_query(config))]
     train, eval_prompts = plan_data(examples, config, task)
     run_dir.mkdir(parents=True, exist_ok=True)
     answers = _lines(train)

@@ -68,6 +68,11 @@ class Example:
     reward_after: float | None = None
     truncated: bool | None = None  # cut off at the job's max_tokens (None: not recorded)
 
+    @classmethod
+    def of_pair(cls, row: Any) -> "Example":
+        """From a stored pair (a `Pair` or a row of its columns id, prompt, response, rewards, truncated)."""
+        return cls(row.id, row.prompt, row.response, row.reward_before, row.reward_after, row.truncated)
+
     def to_json(self) -> dict[str, Any]:
         return {"pair_id": self.pair_id, "prompt": self.prompt, "response": self.response,
                 "reward_before": self.reward_before, "reward_after": self.reward_after, "truncated": self.truncated}

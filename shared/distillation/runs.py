@@ -93,7 +93,7 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
             "(distill_min_pairs). Sample more with POST /v1/jobs.",
             param="task",
         )
-    examples = [Example(row.id, row.prompt, row.response, row.reward_before, row.reward_after, row.truncated) for row in rows]
+    examples = [Example.of_pair(row) for row in rows]
     train, eval_prompts = plan_data(examples, config, task)
     if not eval_prompts:
         raise InvalidRequest("no held-out prompt left to evaluate on; raise held_out_fraction or give eval_prompts", param="held_out_fraction")
