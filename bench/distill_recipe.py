@@ -80,7 +80,8 @@ def sample_pool(args, task, reward, engine) -> dict:
                          beta=task.beta, params=params)
     return {"seconds": round(time.monotonic() - started, 1), "chains": [
         {"prompt": c.prompt, "chain": c.chain_index, "initial": c.initial_text, "initial_reward": c.initial_reward,
-         "final": c.final_text, "final_reward": c.final_reward, "accepted": c.accepted, "final_truncated": c.final_truncated}
+         "final": c.final_text, "final_reward": c.final_reward, "accepted": c.accepted,
+         "initial_truncated": c.initial_truncated, "final_truncated": c.final_truncated}
         for c in chains]}
 
 
@@ -311,7 +312,7 @@ def pool_chains(pool: dict, task, prompts_used: set[str], use_chains: int):
     kept = sorted((c for c in pool["chains"] if c["chain"] < use_chains and c["prompt"] in prompts_used),
                   key=lambda c: (order.get(c["prompt"], len(order)), c["chain"]))
     return [ChainAnswers(i, "pool", order.get(c["prompt"], len(order)), task.name, c["prompt"], c["initial"], c["initial_reward"],
-                         c["final"], c["final_reward"]) for i, c in enumerate(kept)]
+                         c["final"], c["final_reward"], c.get("initial_truncated"), c.get("final_truncated")) for i, c in enumerate(kept)]
 
 
 def across_seeds(rows: list[dict]) -> list[dict]:

@@ -65,7 +65,8 @@ class DistillationConfig(BaseModel):
         "drop",
         description="drop: leave out answers the teacher cut off at the job's max_tokens (trained on, they teach a student "
         "to end answers mid-sentence; measured on sentiment, its answers then repeat themselves more, "
-        "docs/distillation.md); keep: train on them too. Pairs stored before truncation was recorded count as finished. "
+        "docs/distillation.md); keep: train on them too. SFT pairs only: preference pairs keep them (flagged). Pairs stored "
+        "before truncation was recorded count as finished. "
         "Unset: the deployment's distill.truncated_answers.",
     )
     best_per_prompt: bool = Field(

@@ -10,6 +10,10 @@ chain's own verdict, which under `always` acceptance may keep a worse revision):
   more than one chain and they differ.
 
 A tie (equal rewards) prefers nothing and is left out, as is a pair below the caller's minimum margin (the export's `min_gain`).
+Each side says whether the teacher cut it off at the job's max_tokens (`chosen_truncated`,
+`rejected_truncated`; null for chains stored before that was recorded). Preference pairs keep such
+answers: a run's `truncated_answers` rule applies to its SFT answers only (the DPO rows of
+docs/distillation.md were measured that way).
 
 A run with a preference objective (`objective: dpo | sft_dpo`) trains on the same pairs, selected
 by its own filter (`training_chains`, `training_preferences`) into its frozen snapshot.
@@ -45,30 +49,48 @@ class ChainAnswers:
     initial_reward: float
     final_text: str
     final_reward: float
+    initial_truncated: bool | None = None  # cut off at max_tokens; None: stored before that was recorded
+    final_truncated: bool | None = None
+
+    @property
+    def draft(self) -> "Answer":
+        return Answer(self.initial_text, self.initial_reward, self.initial_truncated)
+
+    @property
+    def final(self) -> "Answer":
+        return Answer(self.final_text, self.final_reward, self.final_truncated)
 
 
-def _record(kind: str, chain: ChainAnswers, a: tuple[str, float], b: tuple[str, float], chain_ids: list[int]) -> dict[str, Any] | None:
-    (chosen, chosen_reward), (rejected, rejected_reward) = sorted((a, b), key=lambda item: item[1], reverse=True)
-    if chosen == rejected or chosen_reward == rejected_reward:
+@dataclass(frozen=True)
+class Answer:
+    """One side of a preference pair."""
+
+    text: str
+    reward: float
+    truncated: bool | None
+
+
+def _record(kind: str, chain: ChainAnswers, a: Answer, b: Answer, chain_ids: list[int]) -> dict[str, Any] | None:
+    chosen, rejected = sorted((a, b), key=lambda answer: answer.reward, reverse=True)
+    if chosen.text == rejected.text or chosen.reward == rejected.reward:
         return None
     return {
         "prompt": [{"role": "user", "content": chain.prompt}],
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-        "chosen_reward": chosen_reward, "rejected_reward": rejected_reward, "margin": chosen_reward - rejected_reward,
+        "chosen": [{"role": "assistant", "content": chosen.text}],
+        "rejected": [{"role": "assistant", "content": rejected.text}],
+        "chosen_reward": chosen.reward, "rejected_reward": rejected.reward, "margin": chosen.reward - rejected.reward,
+        "chosen_truncated": chosen.truncated, "rejected_truncated": rejected.truncated,
         "source": kind, "task": chain.task_name, "job_id": chain.job_id, "chain_ids": chain_ids,
     }
 
 
 def preference_records(chains: Sequence[ChainAnswers], min_margin: float | None = None) -> list[dict[str, Any]]:
     """The preference pairs of one prompt's chains (of one job), revision pairs first."""
-    records = [_record("revision", chain, (chain.final_text, chain.final_reward), (chain.initial_text, chain.initial_reward), [chain.id])
-               for chain in chains]
+    records = [_record("revision", chain, chain.final, chain.draft, [chain.id]) for chain in chains]
     if len(chains) > 1:
         best = max(chains, key=lambda chain: (chain.final_reward, -chain.id))
         worst = min(chains, key=lambda chain: (chain.final_reward, chain.id))
-        records.append(_record("chains", best, (best.final_text, best.final_reward), (worst.final_text, worst.final_reward),
-                               [best.id, worst.id]))
+        records.append(_record("chains", best, best.final, worst.final, [best.id, worst.id]))
     return [record for record in records if record is not None and (min_margin is None or record["margin"] >= min_margin)]
 
 
@@ -88,7 +110,8 @@ def chain_columns(excluded: bool | None = None) -> Select:
     """The columns of `ChainAnswers`. Chains whose accepted pair was excluded in review are left out
     unless `excluded` is true (then only they are in): an excluded answer is not to be preferred either."""
     columns = select(ChainRecord.id, ChainRecord.job_id, ChainRecord.prompt_index, ChainRecord.task_name, ChainRecord.prompt,
-                     ChainRecord.initial_text, ChainRecord.initial_reward, ChainRecord.final_text, ChainRecord.final_reward)
+                     ChainRecord.initial_text, ChainRecord.initial_reward, ChainRecord.final_text, ChainRecord.final_reward,
+                     ChainRecord.initial_truncated, ChainRecord.final_truncated)
     if excluded:
         return columns.join(Pair, Pair.chain_id == ChainRecord.id).where(Pair.excluded.is_(True))
     return columns.outerjoin(Pair, Pair.chain_id == ChainRecord.id).where(or_(Pair.id.is_(None), Pair.excluded.is_(False)))
@@ -116,15 +139,19 @@ class Preference:
     rejected_reward: float
     source: str  # revision | chains
     chain_ids: tuple[int, ...]
+    chosen_truncated: bool | None = None  # absent from snapshots written before it was recorded
+    rejected_truncated: bool | None = None
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> "Preference":
         return cls(record["prompt"][0]["content"], record["chosen"][0]["content"], record["rejected"][0]["content"],
-                   record["chosen_reward"], record["rejected_reward"], record["source"], tuple(record["chain_ids"]))
+                   record["chosen_reward"], record["rejected_reward"], record["source"], tuple(record["chain_ids"]),
+                   record["chosen_truncated"], record["rejected_truncated"])
 
     def to_json(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected, "chosen_reward": self.chosen_reward,
-                "rejected_reward": self.rejected_reward, "source": self.source, "chain_ids": list(self.chain_ids)}
+                "rejected_reward": self.rejected_reward, "source": self.source, "chain_ids": list(self.chain_ids),
+                "chosen_truncated": self.chosen_truncated, "rejected_truncated": self.rejected_truncated}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Preference":

@@ -65,6 +65,14 @@ def test_preference_pairs_come_from_the_stored_chains(make_teacher, teacher_db_u
             assert record["prompt"][0]["role"] == "user" and record["prompt"][0]["content"] in prompts
             assert record["chosen"][0]["role"] == record["rejected"][0]["role"] == "assistant" and record["task"] == "sentiment"
         assert _export(admin) == records and _export(other) == []  # another key sees none of these chains
+        by_id = {chain.id: chain for chain in chains}
+        for record in records:  # each side carries its own answer's cut-off flag, as the chain row stores it
+            sides = [(by_id[i].initial_text, by_id[i].initial_truncated) for i in record["chain_ids"]]
+            sides += [(by_id[i].final_text, by_id[i].final_truncated) for i in record["chain_ids"]]
+            flags = {text: flag for text, flag in sides}
+            assert record["chosen_truncated"] == flags[record["chosen"][0]["content"]]
+            assert record["rejected_truncated"] == flags[record["rejected"][0]["content"]]
+        assert any(record["chosen_truncated"] for record in records)  # 8-token answers run into max_tokens
 
         tokenizer = AutoTokenizer.from_pretrained(model_path)  # what a DPO trainer renders: prompt + each answer
         for record in records[:3]:
