@@ -21,6 +21,9 @@ def _valid_unicode(value: str) -> str:
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 """A request string: any Unicode text, but no lone surrogate."""
 
+TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+"""A task's name: a lower-case slug (tasks, and the runs and evaluations that name one)."""
+
 # One rule for numbers in every request body: a number is a JSON number. `true` is not 1 and
 # "0.5" is not 0.5 (pydantic's lax mode would take both), whatever the field.
 def whole_number(value: object) -> object:

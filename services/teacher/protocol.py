@@ -34,6 +34,7 @@ class TaskSummary(BaseModel):
     steps: int
     prompt_count: int
     eval_prompt_count: int
+    distillation: dict[str, Any]
     builtin: bool
 
     @classmethod
@@ -42,7 +43,7 @@ class TaskSummary(BaseModel):
         return cls(
             name=spec.name, description=spec.description, reward=shown.reward, second_opinion=shown.second_opinion, acceptance=spec.acceptance,
             beta=spec.beta, steps=spec.steps, prompt_count=len(spec.prompts),
-            eval_prompt_count=len(spec.eval_prompts), builtin=spec.builtin,
+            eval_prompt_count=len(spec.eval_prompts), distillation=spec.distillation, builtin=spec.builtin,
         )
 
 

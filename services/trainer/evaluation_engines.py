@@ -129,7 +129,7 @@ def run_evaluation(settings: Settings, config: EvaluationConfig, task: TaskSpec,
             second=build_reward(task.second_opinion, judge_engine=judge, network=network) if task.second_opinion else None,
             incumbent=Incumbent(incumbent.id, incumbent.model, engines[2]) if incumbent is not None else None,
             done_with=lambda engine: engine is not scorer and engine.close(),  # free each engine before the next one starts
-            prompts=prompts or config.prompts_for(task), samples=config.samples, params=config.params,
+            prompts=prompts or config.prompts_for(task.name, task.eval_prompts), samples=config.samples, params=config.params,
             teacher=judge if config.teacher else None, scorer=scorer, general=general_prompts() if config.collapse_check else (),
             examples=config.examples, on_phase=on_phase,
         )

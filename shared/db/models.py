@@ -82,6 +82,7 @@ class Task(Base):
     prompts: Mapped[list[Any]] = mapped_column(default=list)
     eval_prompts: Mapped[list[Any]] = mapped_column(default=list)
     train_min_reward: Mapped[float | None] = mapped_column(Float, nullable=True)
+    distillation: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)  # recipe defaults (TaskSpec.distillation)
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

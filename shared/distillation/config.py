@@ -11,7 +11,7 @@ learning rate 1e-3, three epochs, batch 4, sequences of at most 256 tokens. On a
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -20,8 +20,7 @@ from shared.engines.base import SamplingParams
 from shared.errors import InvalidRequest
 from shared.keys import OWNER_PATTERN
 from shared.settings import TruncatedAnswers
-from shared.request_fields import Count, NonBlank, NonNegative, Real, Share, Whole, bounded_real
-from shared.tasks import TASK_NAME_PATTERN, TaskSpec
+from shared.request_fields import TASK_NAME_PATTERN, Count, NonBlank, NonNegative, Real, Share, Whole, bounded_real
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -257,10 +256,11 @@ class EvaluationConfig(BaseModel):
     def params(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, max_tokens=self.max_tokens, seed=self.seed)
 
-    def prompts_for(self, task: TaskSpec) -> list[str]:
-        prompts = list(dict.fromkeys(self.eval_prompts or task.eval_prompts))
+    def prompts_for(self, task_name: str, task_eval_prompts: Sequence[str]) -> list[str]:
+        """The prompts it evaluates on: its own, else the task's evaluation set (400 where neither has any)."""
+        prompts = list(dict.fromkeys(self.eval_prompts or task_eval_prompts))
         if not prompts:
-            raise InvalidRequest(f"task {task.name!r} has no evaluation set: give eval_prompts", param="eval_prompts")
+            raise InvalidRequest(f"task {task_name!r} has no evaluation set: give eval_prompts", param="eval_prompts")
         return prompts[: self.max_eval_prompts]
 
 

@@ -31,7 +31,7 @@ def submit(sessions: sessionmaker[Session], settings: Settings, config: Evaluati
         if student is None:
             raise NotFound(f"no student {config.student_id!r}", param="student_id")
         task = get_task(session, config.task or student.task_name)
-        prompts = config.prompts_for(task)  # 400 now for a task without an evaluation set
+        prompts = config.prompts_for(task.name, task.eval_prompts)  # 400 now for a task without an evaluation set
         if student.run_id is not None:
             seen = [prompt for prompt in prompts if prompt in training_prompts(settings, student.run_id)]
             if seen:

@@ -30,7 +30,7 @@ from shared.distillation.preferences import run_preferences
 from shared.errors import InvalidRequest, Overloaded
 from shared.model_store import check_reference
 from shared.settings import Settings
-from shared.tasks import get_task
+from shared.tasks import TaskSpec, get_task
 
 
 SNAPSHOT_FILE = "snapshot.jsonl"  # in a run's directory: one training example (Example.to_json) a line, written once
@@ -52,12 +52,19 @@ def training_prompts(settings: Settings, run_id: str) -> set[str]:
     return prompts
 
 
+def with_defaults(config: DistillationConfig, task: TaskSpec, settings: Settings) -> DistillationConfig:
+    """The config a run stores: what it left unset takes the task's recipe default, then the
+    deployment's (truncated answers, base model)."""
+    defaults = {"truncated_answers": settings.distill.truncated_answers, **task.distillation}
+    unset = {key: value for key, value in defaults.items() if key not in config.model_fields_set}
+    return DistillationConfig.model_validate({**config.model_dump(exclude_unset=True), **unset,
+                                              "base_model": config.base_model or settings.student_base_model})
+
+
 def plan_run(session: Session, settings: Settings, config: DistillationConfig) -> tuple[DistillationConfig, dict[str, Any], dict[str, Any]]:
     """Validate a submission; return the config to store, the initial progress and the run's lineage."""
     task = get_task(session, config.task)  # 404 for an unknown task
-    config = config.model_copy(update={"base_model": config.base_model or settings.student_base_model})
-    if "truncated_answers" not in config.model_fields_set:  # the deployment's default; the stored config records it
-        config = config.model_copy(update={"truncated_answers": settings.distill.truncated_answers})
+    config = with_defaults(config, task, settings)
     if config.max_steps is not None and config.max_steps > settings.distill.max_steps:
         raise InvalidRequest(f"max_steps {config.max_steps} exceeds the limit of {settings.distill.max_steps} (distill_max_steps)", param="max_steps")
     if config.method == "lora" and config.lora_r > settings.student.max_lora_rank:
@@ -67,8 +74,9 @@ def plan_run(session: Session, settings: Settings, config: DistillationConfig) -
         )
     if config.prefers and config.auto_promote:
         # Measured (docs/distillation.md): DPO on these pairs over-optimised the reward while the gate still passed.
-        raise InvalidRequest(f"objective {config.objective!r} is not auto-promoted: read the student's answers, then promote "
-                             "it with POST /admin/students/{id}/promote", param="auto_promote")
+        whose = f" (task {task.name!r}'s default; name objective sft to auto-promote)" if "objective" in task.distillation else ""
+        raise InvalidRequest(f"objective {config.objective!r}{whose} is not auto-promoted: read the student's answers, then "
+                             "promote it with POST /admin/students/{id}/promote", param="auto_promote")
     if config.eval_prompts is None and not task.eval_prompts and config.held_out_fraction == 0:
         raise InvalidRequest(f"nothing to evaluate on: task {task.name!r} has no evaluation set; give eval_prompts or a "
                              "held_out_fraction above 0", param="held_out_fraction")

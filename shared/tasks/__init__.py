@@ -15,11 +15,12 @@ from sqlalchemy.orm import Session
 from shared.db.models import Task
 from shared.errors import Conflict, NotFound
 from shared.critique_revise import Acceptance
-from shared.request_fields import Count, NonBlank, Real, Text
+from shared.request_fields import TASK_NAME_PATTERN, Count, NonBlank, Real, Text
 
-TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # The student service's model aliases: a task (and so a student) by one of these names could never be addressed.
 RESERVED_TASK_NAMES = frozenset({"base", "default", "student"})
+# The distillation fields a task may set a default for: the recipe, not which pairs or where they go.
+TASK_RECIPE_FIELDS = ("objective", "epochs", "learning_rate", "dpo_beta", "min_margin", "truncated_answers")
 
 
 def _reward_schema() -> dict[str, Any]:
@@ -61,6 +62,12 @@ class TaskSpec(BaseModel):
     train_min_reward: Real | None = Field(
         None, description="Default reward floor of the pairs a distillation trains on (a run's min_reward overrides it).",
     )
+    distillation: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"Recipe defaults for distillations of this task: values of {', '.join(TASK_RECIPE_FIELDS)} that a run "
+        "leaving them unset gets (before the deployment's defaults; the run's stored config records what applied). The "
+        "presets hold the recipe docs/distillation.md measured best on them.",
+    )
     prompts: list[NonBlank] = Field(default_factory=list, description="Optional prompt set (what jobs sample by default).")
     eval_prompts: list[NonBlank] = Field(
         default_factory=list,
@@ -95,6 +102,22 @@ class TaskSpec(BaseModel):
         except InvalidRequest as error:  # name the field it came from, not `reward`
             raise InvalidRequest(error.message.replace("reward spec", "second_opinion spec", 1),
                                  param=(error.param or "reward").replace("reward", "second_opinion", 1)) from None
+
+    @field_validator("distillation")
+    @classmethod
+    def _check_distillation(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from pydantic import ValidationError
+
+        from shared.distillation.config import DistillationConfig
+
+        unknown = sorted(set(value) - set(TASK_RECIPE_FIELDS))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)} cannot be a task's default (these can: {', '.join(TASK_RECIPE_FIELDS)})")
+        try:
+            config = DistillationConfig(task="any", **value)
+        except ValidationError as error:
+            raise ValueError("; ".join(f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors())) from None
+        return config.model_dump(include=set(value))
 
     def public(self) -> "TaskSpec":
         """The task as it may be shown: its reward spec's secrets redacted (they are write-only)."""
@@ -139,6 +162,7 @@ def _from_row(row: Task) -> TaskSpec:
         beta=row.beta,
         steps=row.steps,
         train_min_reward=row.train_min_reward,
+        distillation=dict(row.distillation or {}),
         prompts=list(row.prompts or []),
         eval_prompts=list(row.eval_prompts or []),
         builtin=False,

@@ -52,6 +52,8 @@ PRESET_TASKS: dict[str, dict] = {
         "beta": 1.0,
         "steps": 1,
         "train_min_reward": 0.9,  # 1 - p(offensive): most first answers are already mild
+        # docs/distillation.md: one epoch of DPO beat SFT here (more gain, 2 of 3 seeds promotable against 0 of 3)
+        "distillation": {"objective": "dpo", "epochs": 1},
         "prompts_file": "safety.txt",
     },
     # Experiment 3: writing requests inviting personal data, scored by (negated) PERSON/PII counts.

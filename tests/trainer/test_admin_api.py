@@ -122,6 +122,39 @@ def test_answers_cut_off_at_max_tokens_follow_the_deployments_default_unless_the
         assert run["config"]["truncated_answers"] == "drop" and run["progress"]["pairs"] == 5, run
 
 
+def test_a_tasks_recipe_defaults_fill_what_the_run_leaves_unset(api, helpers):
+    """A task's `distillation` defaults (as the safety preset's objective dpo): a run that names a
+    field keeps its own value, one that leaves it unset gets the task's, and the stored config says
+    which applied; a preference default refuses auto_promote with the reason; a task cannot default
+    a field outside the recipe, nor to a value a run could not take."""
+    teacher, admin = api
+    task = {"critique_request": "Critique it.", "revision_request": "Fix it.", "reward": {"type": "vader"}}
+    for recipe, words in (({"lora_r": 4}, "lora_r cannot be a task's default"), ({"epochs": 0}, "epochs"),
+                          ({"objective": "ppo"}, "objective")):
+        refused = admin.post("/v1/tasks", json={**task, "name": "bad-recipe", "distillation": recipe})
+        assert refused.status_code == 422 and words in refused.json()["error"]["message"], refused.text
+    assert admin.get("/v1/tasks/bad-recipe").status_code == 404
+    recipe = {"objective": "dpo", "epochs": 1, "learning_rate": 5e-4}
+    created = admin.post("/v1/tasks", json={**task, "name": "recipe", "distillation": recipe})
+    assert created.status_code == 201, created.text
+    assert admin.get("/v1/tasks/recipe").json()["distillation"] == {"objective": "dpo", "epochs": 1.0, "learning_rate": 5e-4}
+    assert next(t for t in admin.get("/v1/tasks").json()["data"] if t["name"] == "safety")["distillation"]["objective"] == "dpo"
+    helpers.store_fixed_pairs(teacher.sessions, helpers.film_prompts[:5], "A warm, lovely film.", job_id="recipe-job", task="recipe")
+    body = {"task": "recipe", "batch_size": 2, "max_seq_len": 64}
+
+    refused = admin.post("/admin/distillations", json={**body, "auto_promote": True})
+    assert refused.status_code == 400 and "task 'recipe''s default" in refused.json()["error"]["message"], refused.text
+    assert _runs(teacher) == 0
+    defaulted = admin.post("/admin/distillations", json=body)
+    assert defaulted.status_code == 202, defaulted.text
+    config = admin.get(f"/admin/distillations/{defaulted.json()['id']}").json()["config"]
+    assert (config["objective"], config["epochs"], config["learning_rate"]) == ("dpo", 1.0, 5e-4), config
+    named = admin.post("/admin/distillations", json={**body, "objective": "sft", "epochs": 2, "auto_promote": True})
+    assert named.status_code == 202, named.text
+    config = admin.get(f"/admin/distillations/{named.json()['id']}").json()["config"]
+    assert (config["objective"], config["epochs"], config["learning_rate"], config["auto_promote"]) == ("sft", 2.0, 5e-4, True), config
+
+
 def test_queue_list_cancel_and_auth(api):
     teacher, admin = api
     created = admin.post("/admin/distillations", json={**GOOD, "eval_prompts": ["Review the film Heat."]})

@@ -7,6 +7,7 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import replace
+from typing import Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -15,9 +16,11 @@ from fastapi.responses import HTMLResponse, Response
 from services.teacher.console import charts
 from services.teacher.console.forms import FormField, describe, parse
 from services.teacher.console.web import Admin, AdminPost, Db, State, form_values, pick, redirect, render, teacher_state
+from services.teacher.protocol import TaskSummary
 from services.teacher.routes import distillations as runs_api, jobs as jobs_api, tasks as tasks_api
 from shared.distillation.config import DistillationConfig
 from shared.errors import DscError
+from shared.tasks import TASK_RECIPE_FIELDS
 from shared.web.auth import Scope
 
 router = APIRouter()
@@ -53,18 +56,27 @@ class LossTrail:
 TRAIL = LossTrail()
 
 
-def _fields(request: Request) -> list[FormField]:
-    """The run form, truncated_answers preset to the deployment's default (the form always sends it)."""
-    default = teacher_state(request).settings.distill.truncated_answers
-    return [replace(field, default=default) if field.name == "truncated_answers" else field
-            for field in describe(DistillationConfig, RUN_FORM, words=("jobs", "owners"))]
+def _fields(request: Request, tasks: Sequence[TaskSummary] = ()) -> list[FormField]:
+    """The run form. A recipe field a task may set (TASK_RECIPE_FIELDS) starts blank: blank takes
+    the task's default, else the deployment's or the API's, as for a JSON body that leaves it out."""
+    deployment = {"truncated_answers": teacher_state(request).settings.distill.truncated_answers}
+    fields = []
+    for field in describe(DistillationConfig, RUN_FORM, words=("jobs", "owners")):
+        if field.name in TASK_RECIPE_FIELDS:
+            fallback = deployment.get(field.name, field.default)
+            setters = ", ".join(f"{task.name}: {task.distillation[field.name]}" for task in tasks if field.name in task.distillation)
+            field = replace(field, default=None, optional=True, help=f"{field.help} Blank: the task's default"
+                            f"{f' ({setters})' if setters else ''}, else {'none' if fallback is None else fallback}.")
+        fields.append(field)
+    return fields
 
 
 def _list_page(request: Request, user, session, *, status: str | None, form: dict, error: str | None, code: int = 200) -> HTMLResponse:
     runs = runs_api.list_runs(_scope=Scope.ADMIN, session=session, status=status, task=None, limit=100)["data"]
     finished = jobs_api.list_jobs(caller=user.caller, session=session, status="succeeded", kind=None, task=None, limit=10).data
+    tasks = tasks_api.list_all(_scope=Scope.ADMIN, session=session).data
     return render(request, "distillations.html", code=code, runs=runs, statuses=STATUSES, status_filter=status, finished_jobs=finished,
-                  tasks=tasks_api.list_all(_scope=Scope.ADMIN, session=session).data, fields=_fields(request), form=form, error=error)
+                  tasks=tasks, fields=_fields(request, tasks), form=form, error=error)
 
 
 @router.get("/distillations", response_class=HTMLResponse)
