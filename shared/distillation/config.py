@@ -66,7 +66,7 @@ class DistillationConfig(BaseModel):
         "to end answers mid-sentence; measured on sentiment, its answers then repeat themselves more, "
         "docs/distillation.md); keep: train on them too. SFT pairs only: preference pairs keep them (flagged). Pairs stored "
         "before truncation was recorded count as finished. "
-        "Unset: the deployment's distill.truncated_answers.",
+        "Unset: the task's default (its `distillation`), else the deployment's distill.truncated_answers.",
     )
     best_per_prompt: bool = Field(
         True,
@@ -107,7 +107,8 @@ class DistillationConfig(BaseModel):
         "chains' preference pairs (each draft against its revision, a prompt's best chain against its worst; as "
         "GET /v1/pairs/export?format=preference gives them), against the model it starts from. sft_dpo: sft, then dpo "
         "against the fine-tuned model. epochs / max_steps apply to each phase. A preference objective's student is not "
-        "auto-promoted: on the sentiment task DPO over-optimised the reward while the gate passed (docs/distillation.md).",
+        "auto-promoted: on the sentiment task DPO over-optimised the reward while the gate passed (docs/distillation.md). "
+        "Unset: the task's default (its `distillation`; the safety preset's is dpo), else sft.",
     )
     dpo_beta: Real = Field(
         0.1, gt=0, le=10,
