@@ -43,6 +43,16 @@ def _reward_schema() -> dict[str, Any]:
 _REWARD_SCHEMA = _reward_schema()
 
 
+def _recipe_schema(schema: dict[str, Any]) -> None:
+    """`distillation`'s JSON schema, filled in when the OpenAPI document is built: an object of the
+    recipe fields only, each as DistillationConfig describes it (imported here: that module must
+    not be a dependency of this one's import)."""
+    from shared.distillation.config import DistillationConfig
+
+    fields = DistillationConfig.model_json_schema()["properties"]
+    schema.update(type="object", additionalProperties=False, properties={name: fields[name] for name in TASK_RECIPE_FIELDS})
+
+
 class TaskSpec(BaseModel):
     """A task as users see and create it."""
 
@@ -67,6 +77,7 @@ class TaskSpec(BaseModel):
         description=f"Recipe defaults for distillations of this task: values of {', '.join(TASK_RECIPE_FIELDS)} that a run "
         "leaving them unset gets (before the deployment's defaults; the run's stored config records what applied). The "
         "presets hold the recipe docs/distillation.md measured best on them.",
+        json_schema_extra=_recipe_schema,
     )
     prompts: list[NonBlank] = Field(default_factory=list, description="Optional prompt set (what jobs sample by default).")
     eval_prompts: list[NonBlank] = Field(
