@@ -6,6 +6,17 @@ them into the same JSON body: {"error": {"type": ..., "message": ...}} (shared/w
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+
+def validation_summary(error: "ValidationError", whole: str = "") -> str:
+    """A pydantic error as one line: each failing field's dotted path and message (`whole` stands
+    for an error of the whole model, which has no path)."""
+    return "; ".join(f"{'.'.join(str(part) for part in item['loc']) or whole}: {item['msg']}" for item in error.errors())
+
 
 class DscError(Exception):
     """Base of every error a caller can cause or should see in plain words."""

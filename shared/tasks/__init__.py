@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db.models import Task
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, validation_summary
 from shared.critique_revise import Acceptance
 from shared.request_fields import TASK_NAME_PATTERN, Count, NonBlank, Real, Text
 
@@ -127,7 +127,7 @@ class TaskSpec(BaseModel):
         try:
             config = DistillationConfig(task="any", **value)
         except ValidationError as error:
-            raise ValueError("; ".join(f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors())) from None
+            raise ValueError(validation_summary(error)) from None
         return config.model_dump(include=set(value))
 
     def public(self) -> "TaskSpec":

@@ -11,7 +11,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, validation_summary
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,6 @@ def parse(model: type[BaseModel], fields: list[FormField], form: Mapping[str, st
     try:
         return model.model_validate(values)
     except ValidationError as error:
-        message = "; ".join(f"{'.'.join(str(part) for part in item['loc']) or 'form'}: {item['msg']}" for item in error.errors())
+        message = validation_summary(error, whole="form")
         first = error.errors()[0]["loc"]
         raise InvalidRequest(message, param=str(first[0]) if first else None) from None
