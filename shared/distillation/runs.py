@@ -52,10 +52,15 @@ def training_prompts(settings: Settings, run_id: str) -> set[str]:
     return prompts
 
 
+def deployment_defaults(settings: Settings) -> dict[str, Any]:
+    """The recipe fields whose default the deployment sets (after a task's own)."""
+    return {"truncated_answers": settings.distill.truncated_answers}
+
+
 def with_defaults(config: DistillationConfig, task: TaskSpec, settings: Settings) -> DistillationConfig:
     """The config a run stores: what it left unset takes the task's recipe default, then the
-    deployment's (truncated answers, base model)."""
-    defaults = {"truncated_answers": settings.distill.truncated_answers, **task.distillation}
+    deployment's (deployment_defaults, base model)."""
+    defaults = {**deployment_defaults(settings), **task.distillation}
     unset = {key: value for key, value in defaults.items() if key not in config.model_fields_set}
     return DistillationConfig.model_validate({**config.model_dump(exclude_unset=True), **unset,
                                               "base_model": config.base_model or settings.student_base_model})

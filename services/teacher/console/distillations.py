@@ -19,6 +19,7 @@ from services.teacher.console.web import Admin, AdminPost, Db, State, form_value
 from services.teacher.protocol import TaskSummary
 from services.teacher.routes import distillations as runs_api, jobs as jobs_api, tasks as tasks_api
 from shared.distillation.config import DistillationConfig
+from shared.distillation.runs import deployment_defaults
 from shared.errors import DscError
 from shared.tasks import TASK_RECIPE_FIELDS
 from shared.web.auth import Scope
@@ -59,7 +60,7 @@ TRAIL = LossTrail()
 def _fields(request: Request, tasks: Sequence[TaskSummary] = ()) -> list[FormField]:
     """The run form. A recipe field a task may set (TASK_RECIPE_FIELDS) starts blank: blank takes
     the task's default, else the deployment's or the API's, as for a JSON body that leaves it out."""
-    deployment = {"truncated_answers": teacher_state(request).settings.distill.truncated_answers}
+    deployment = deployment_defaults(teacher_state(request).settings)
     fields = []
     for field in describe(DistillationConfig, RUN_FORM, words=("jobs", "owners")):
         if field.name in TASK_RECIPE_FIELDS:
