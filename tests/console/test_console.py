@@ -153,7 +153,8 @@ def test_console_pages_login_and_review(db_url, tmp_path, model_path, tf_engine)
             assert run["status"] == "queued" and run["config"]["jobs"] == [job_id] and run["config"]["max_steps"] == 2
             assert run["config"]["learning_rate"] == 1e-3 and run["config"]["merge"] is False  # an unticked box is false
             assert (run["config"]["objective"], run["config"]["epochs"]) == ("sft", 3.0)  # blank recipe fields: sentiment sets none
-            assert "(safety: dpo), else sft." in console.get("/console/distillations", headers=HTML).text  # what blank means per task
+            page = console.get("/console/distillations", headers=HTML).text
+            assert "(safety: dpo), else sft." in page and "Unset:" not in page  # what blank means per task, said once
             assert console.get(f"/console/distillations/{run_id}", headers=HTML).status_code == 200
             assert console.post(f"/console/distillations/{run_id}/cancel", follow_redirects=False).status_code == 303
             assert api.get(f"/admin/distillations/{run_id}").json()["status"] == "cancelled"

@@ -66,7 +66,8 @@ def _fields(request: Request, tasks: Sequence[TaskSummary] = ()) -> list[FormFie
         if field.name in TASK_RECIPE_FIELDS:
             fallback = deployment.get(field.name, field.default)
             setters = ", ".join(f"{task.name}: {task.distillation[field.name]}" for task in tasks if field.name in task.distillation)
-            field = replace(field, default=None, optional=True, help=f"{field.help} Blank: the task's default"
+            api_help = field.help.split(" Unset: ")[0]  # the API's "Unset:" sentence; the form's own names each task's value
+            field = replace(field, default=None, optional=True, help=f"{api_help} Blank: the task's default"
                             f"{f' ({setters})' if setters else ''}, else {'none' if fallback is None else fallback}.")
         fields.append(field)
     return fields
