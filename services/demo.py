@@ -165,6 +165,8 @@ def _training_progress(state: dict) -> tuple[int, int, str]:
     progress = state.get("progress", {})
     phase = progress.get("phase", "")
     note = f"loss {progress['loss']:.3f}" if progress.get("loss") is not None and phase == "training" else phase
+    if (passing := (progress.get("passes") or {}).get(phase)) is not None:  # a preference pass over every pair, between steps
+        note = f"{phase} {passing['done']}/{passing['total']} pairs"
     return progress.get("step", 0), progress.get("total", 0), note
 
 

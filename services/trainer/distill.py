@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 
 from services.trainer.artifact_writes import staged
 from services.trainer.data import IGNORE_INDEX, Tokenized, batch_indices, collate, tokenize_all
-from services.trainer.dpo import dpo_loss, pair_logps, preference_figures, reference_logps, tokenize_preferences
+from services.trainer.dpo import PassCallback, dpo_loss, pair_logps, preference_figures, reference_logps, tokenize_preferences
 from services.trainer.ranks import Ranks, params_digest
 from shared.distillation.config import DistillationConfig
 from shared.distillation.pairs import Example
@@ -212,10 +212,12 @@ def run_training(
     ranks: Ranks,
     keep_checkpoints: int,
     preferences: Sequence[Preference] = (),
+    on_pass: PassCallback | None = None,
 ) -> TrainResult:
     """The training loop of one rank (of `ranks.world`; world 1: the whole run in this process):
     the supervised phase on `examples`, then the preference phase on `preferences`, as the run's
-    objective has them. Only rank 0 calls `on_step` and writes checkpoints and artifacts."""
+    objective has them. Only rank 0 calls `on_step` and `on_pass` (the preference phase's passes
+    over every pair, between steps) and writes checkpoints and artifacts."""
     import torch
     from transformers import get_scheduler
 
@@ -265,7 +267,8 @@ def run_training(
             loss = trained(**batch, num_items_in_batch=answer_tokens([items[i] for i in everyone])).loss * weight
         else:
             if reference is None:
-                reference = reference_logps(model, pairs, tokenizer.pad_token_id, ranks.device, run_dir, write=ranks.main)
+                reference = reference_logps(model, pairs, tokenizer.pad_token_id, ranks.device, run_dir, write=ranks.main,
+                                            on_pass=on_pass if ranks.main else None)
             policy = pair_logps(trained, [pairs[i] for i in chosen], tokenizer.pad_token_id, ranks.device)
             # Summed over this rank's pairs, divided by the whole batch's count: the ranks' shares add up to the batch mean.
             loss = dpo_loss(policy, reference[chosen], config.dpo_beta).sum() / len(everyone) * weight
@@ -293,9 +296,10 @@ def run_training(
                          dtype=dtype, processes=ranks.world, seen=seen, params_sha256=params_digest(model))
     if pairs and ranks.main:
         if reference is None:  # resumed after the last step: the file holds it
-            reference = reference_logps(model, pairs, tokenizer.pad_token_id, ranks.device, run_dir, write=True)
+            reference = reference_logps(model, pairs, tokenizer.pad_token_id, ranks.device, run_dir, write=True, on_pass=on_pass)
         result.preference = {"steps": dpo_steps, "beta": config.dpo_beta, "skipped_too_long": skipped_pairs,
-                             **preference_figures(model, pairs, reference, tokenizer.pad_token_id, ranks.device, config.dpo_beta)}
+                             **preference_figures(model, pairs, reference, tokenizer.pad_token_id, ranks.device, config.dpo_beta,
+                                                  on_pass=on_pass)}
     if ranks.main:
         result.adapter_dir, result.merged_dir = save_artifacts(config, model, tokenizer, run_dir)
     return result

@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from services.trainer.data import IGNORE_INDEX, Tokenized, collate, tokenize_example
 from shared.distillation.pairs import Example
@@ -30,6 +30,11 @@ from shared.distillation.preferences import Preference
 
 REFERENCE_FILE = "reference_logps.json"
 REFERENCE_BATCH = 8  # pairs per forward pass while computing the reference
+# The two passes over every pair outside the steps (minutes each on a CPU), as progress names them.
+REFERENCE_PASS, FIGURES_PASS = "reference log-probs", "preference figures"
+
+# pass, pairs done, pairs in all: each pass reports (0, n) when it starts and after every batch.
+PassCallback = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -69,17 +74,29 @@ def pair_logps(model, items: Sequence[PreferenceItem], pad_id: int, device):
     return torch.stack(logps.chunk(2), dim=1)
 
 
-def all_pair_logps(model, items: Sequence[PreferenceItem], pad_id: int, device):
-    """`pair_logps` of every pair, in batches, in eval mode (no dropout) and without gradients."""
+def all_pair_logps(model, items: Sequence[PreferenceItem], pad_id: int, device, on_batch: Callable[[int], None] | None = None):
+    """`pair_logps` of every pair, in batches, in eval mode (no dropout) and without gradients;
+    `on_batch(pairs done)` after each batch."""
     import torch
 
     was_training = model.training
     model.eval()
+    values = []
     with torch.no_grad():
-        values = torch.cat([pair_logps(model, items[start:start + REFERENCE_BATCH], pad_id, device)
-                            for start in range(0, len(items), REFERENCE_BATCH)])
+        for start in range(0, len(items), REFERENCE_BATCH):
+            values.append(pair_logps(model, items[start:start + REFERENCE_BATCH], pad_id, device))
+            if on_batch is not None:
+                on_batch(min(start + REFERENCE_BATCH, len(items)))
     model.train(was_training)
-    return values
+    return torch.cat(values)
+
+
+def _reporting(on_pass: PassCallback | None, name: str, total: int) -> Callable[[int], None] | None:
+    """The per-batch callback of one pass, which has already reported its start."""
+    if on_pass is None:
+        return None
+    on_pass(name, 0, total)
+    return lambda done: on_pass(name, done, total)
 
 
 def implicit_margins(policy, reference, beta: float):
@@ -94,7 +111,8 @@ def dpo_loss(policy, reference, beta: float):
     return -F.logsigmoid(implicit_margins(policy, reference, beta))
 
 
-def reference_logps(model, items: Sequence[PreferenceItem], pad_id: int, device, run_dir: Path, *, write: bool):
+def reference_logps(model, items: Sequence[PreferenceItem], pad_id: int, device, run_dir: Path, *, write: bool,
+                    on_pass: PassCallback | None = None):
     """The reference log-probs of every pair: read from the run's file where an earlier attempt
     wrote it, else computed with `model` as it is now (eval mode, no gradients) and, by the rank
     that `write`s, stored."""
@@ -104,8 +122,10 @@ def reference_logps(model, items: Sequence[PreferenceItem], pad_id: int, device,
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))["logps"]
         if len(stored) == len(items):
+            if on_pass is not None:
+                on_pass(REFERENCE_PASS, len(items), len(items))
             return torch.tensor(stored, dtype=torch.float32, device=device)
-    values = all_pair_logps(model, items, pad_id, device)
+    values = all_pair_logps(model, items, pad_id, device, _reporting(on_pass, REFERENCE_PASS, len(items)))
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -114,11 +134,12 @@ def reference_logps(model, items: Sequence[PreferenceItem], pad_id: int, device,
     return values
 
 
-def preference_figures(model, items: Sequence[PreferenceItem], reference, pad_id: int, device, beta: float) -> dict:
+def preference_figures(model, items: Sequence[PreferenceItem], reference, pad_id: int, device, beta: float,
+                       on_pass: PassCallback | None = None) -> dict:
     """How the trained model ranks its training pairs against its reference: the share of pairs
     whose chosen answer it now favours more than the reference did (DPO's reward accuracy), and the
     mean implicit reward margin β · (policy margin − reference margin)."""
-    policy = all_pair_logps(model, items, pad_id, device)
+    policy = all_pair_logps(model, items, pad_id, device, _reporting(on_pass, FIGURES_PASS, len(items)))
     margins = implicit_margins(policy, reference, beta)
     return {"pairs": len(items), "accuracy": round(float((margins > 0).float().mean()), 4),
             "mean_margin": round(float(margins.mean()), 4), "mean_loss": round(float(dpo_loss(policy, reference, beta).mean()), 4)}

@@ -9,9 +9,10 @@
     gradients  DDP averages them; each rank's loss is its answer tokens' summed cross-entropy
                over the global batch's answer-token count, times N, so the average is exactly the
                one-process gradient of the mean loss over the whole batch
-    writes     rank 0 alone: checkpoints, the adapter, and progress, which it hands to the calling
-               process over a pipe; that process (the trainer worker, holding the run's lease)
-               writes it to the database and answers with go on or stop, which rank 0 broadcasts
+    writes     rank 0 alone: checkpoints, the adapter, and progress (each step, and how far a
+               preference pass over every pair is), which it hands to the calling process over a
+               pipe; that process (the trainer worker, holding the run's lease) writes it to the
+               database and answers a step with go on or stop, which rank 0 broadcasts
 
 So `batch_size` is pairs per optimizer step however many processes train, and a run trains the
 same way on 1 or N processes (the same steps, learning-rate schedule and, without dropout, the same
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from services.trainer.distill import Interrupted, StepCallback, TrainResult, run_training
+from services.trainer.dpo import PassCallback
 from services.trainer.ranks import Ranks
 from shared.errors import DscError, InvalidRequest
 from shared.parent_death import end_with_parent
@@ -91,14 +93,15 @@ def _rank_main(conn, config_data: dict, base_path: str, examples: list, preferen
     dist.init_process_group(ranks.backend, timeout=COLLECTIVE_TIMEOUT)
     conn = conn if rank == 0 else None
 
-    def relay(step: int, total: int, loss: float) -> str | None:
-        conn.send((step, total, loss))
+    def relay(*message) -> str | None:
+        conn.send(message)
         return conn.recv()  # EOFError when the calling process died: this rank ends, and the others with it
 
     try:
         result = run_training(DistillationConfig.model_validate(config_data), Path(base_path), examples, Path(run_dir),
-                              on_step=relay if rank == 0 else None, ranks=ranks, keep_checkpoints=keep_checkpoints,
-                              preferences=preferences)
+                              on_step=(lambda *step: relay("step", *step)) if rank == 0 else None, ranks=ranks,
+                              keep_checkpoints=keep_checkpoints, preferences=preferences,
+                              on_pass=(lambda *done: relay("pass", *done)) if rank == 0 else None)
         return RankOutcome(rank, result=result)
     except Interrupted as stop:
         return RankOutcome(rank, interrupted=(stop.reason, stop.step))
@@ -139,6 +142,7 @@ def launch(
     threads: int | None = None,
     keep_checkpoints: int,
     preferences: Sequence["Preference"] = (),
+    on_pass: "PassCallback | None" = None,
 ) -> "TrainResult":
     """Train with `processes` ranks on this machine; rank 0's result, with what each rank did
     under `data_parallel`. Raises what a single process would (Interrupted, InvalidRequest)."""
@@ -172,14 +176,15 @@ def launch(
             if not ours.poll(0.2):
                 continue
             try:
-                step, total, loss = ours.recv()
+                kind, *message = ours.recv()
             except EOFError:  # rank 0 ended; the launcher reports how
                 launcher.join()
                 break
             answer = "lease lost" if relay_error else None
-            if relay_error is None and on_step is not None:
+            callback = on_step if kind == "step" else on_pass
+            if relay_error is None and callback is not None:
                 try:
-                    answer = on_step(step, total, loss)
+                    answer = callback(*message)
                 except BaseException as error:  # e.g. LeaseLost: stop the ranks, then raise it here
                     relay_error, answer = error, "lease lost"
             ours.send(answer)

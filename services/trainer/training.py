@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from services.trainer.distill import StepCallback, TrainResult, run_training
+from services.trainer.dpo import PassCallback
 from services.trainer.parallel import launch
 from services.trainer.ranks import Ranks
 from shared.device import check_processes, release_freed_memory, resolve_device
@@ -29,20 +30,22 @@ def train(
     threads: int | None = None,
     keep_checkpoints: int = 2,
     preferences: Sequence[Preference] = (),
+    on_pass: PassCallback | None = None,
 ) -> TrainResult:
     """Train (or resume training) the student on `device` (auto|cpu|cuda) with `processes`
     data-parallel ranks, on `examples` (the supervised phase) and `preferences` (the preference
     phase), as the run's objective has them; write the final adapter (and merged weights). The newest
-    `keep_checkpoints` checkpoints stay on disk (settings.trainer.keep_checkpoints).
+    `keep_checkpoints` checkpoints stay on disk (settings.trainer.keep_checkpoints). `on_pass` hears
+    how far the preference phase's passes over every pair are (dpo.PassCallback).
 
     Raises Interrupted when `on_step` asks to stop (after writing a checkpoint)."""
     resolved = resolve_device(device)
     check_processes(processes, resolved)
     if processes > 1:
         return launch(config, base_path, examples, run_dir, on_step=on_step, processes=processes, device=resolved, threads=threads,
-                      keep_checkpoints=keep_checkpoints, preferences=preferences)
+                      keep_checkpoints=keep_checkpoints, preferences=preferences, on_pass=on_pass)
     try:
         return run_training(config, base_path, examples, run_dir, on_step=on_step, ranks=Ranks(device=resolved),
-                            keep_checkpoints=keep_checkpoints, preferences=preferences)
+                            keep_checkpoints=keep_checkpoints, preferences=preferences, on_pass=on_pass)
     finally:
         release_freed_memory(resolved)  # before the evaluation engines start

@@ -6,7 +6,8 @@ from stored pairs to an evaluated, registered student.
     preflight    the checks that need the student's model and tokenizer (preflight.py): a run that cannot
                  work fails here, before any weights load, with the reason as its error
     train        training.train on trainer.device, in trainer.processes data-parallel ranks (parallel.py):
-                 checkpoints every save_steps; progress {step, total, loss} after each step
+                 checkpoints every save_steps; progress {step, total, loss} after each step, and a
+                 preference run's passes over every pair (reference log-probs, preference figures) in passes
     evaluate     base vs student vs the task's active student (K samples per prompt, bootstrap CIs) on the
                  evaluation prompts, on the reward and the second opinion; degeneration and collapse checks
     report       metrics.json and report.png beside the adapter
@@ -209,17 +210,26 @@ class TrainerWorker:
 
         last_write = [0.0]
 
-        def on_step(step: int, total: int, loss: float) -> str | None:
-            progress.update(step=step, total=total, loss=round(loss, 4))
+        def report(last: bool) -> None:
             now = time.monotonic()
-            if now - last_write[0] >= 0.5 or step == total:  # at most two progress writes a second
+            if now - last_write[0] >= 0.5 or last:  # at most two progress writes a second
                 last_write[0] = now
                 self._report(lease, progress=progress)
+
+        def on_step(step: int, total: int, loss: float) -> str | None:
+            progress.update(phase="training", step=step, total=total, loss=round(loss, 4))
+            report(step == total)
             return self._control(lease, beat)
+
+        def on_pass(name: str, done: int, total: int) -> None:
+            # A preference pass over every pair, between steps: pairs done of total, kept once done.
+            progress.setdefault("passes", {})[name] = {"done": done, "total": total}
+            progress.update(phase=name)
+            report(done in (0, total))
 
         result = train(config, base_path, snapshot.train, directory, on_step=on_step, device=settings.trainer.device,
                        processes=settings.trainer.processes, threads=settings.trainer.threads,
-                       keep_checkpoints=settings.trainer.keep_checkpoints, preferences=snapshot.preferences)
+                       keep_checkpoints=settings.trainer.keep_checkpoints, preferences=snapshot.preferences, on_pass=on_pass)
         if result.resumed_from is not None:
             progress["resumed_from_step"] = result.resumed_from
         progress.update(phase="evaluating")

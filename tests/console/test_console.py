@@ -13,7 +13,7 @@ from console_support import ADMIN_TOKEN, CLIENT_KEY, XSS, console_settings, runn
 from shared.distillation.config import DistillationConfig
 from shared.distillation.pairs import pair_query
 from live_server import free_port
-from shared.db.models import JobBatch, Pair, Student, utcnow
+from shared.db.models import DistillationRun, JobBatch, Pair, Student, utcnow
 
 PAGES = ["/console/jobs", "/console/pairs", "/console/distillations", "/console/students", "/console/playground", "/console/cost"]
 HTML = {"Accept": "text/html,application/xhtml+xml"}
@@ -156,6 +156,10 @@ def test_console_pages_login_and_review(db_url, tmp_path, model_path, tf_engine)
             page = console.get("/console/distillations", headers=HTML).text
             assert "(safety: dpo), else sft." in page and "Unset:" not in page  # what blank means per task, said once
             assert console.get(f"/console/distillations/{run_id}", headers=HTML).status_code == 200
+            with teacher.sessions() as session, session.begin():  # what a worker writes during a preference run's reference pass
+                session.get(DistillationRun, run_id).progress = {**run["progress"], "phase": "reference log-probs",
+                                                                 "passes": {"reference log-probs": {"done": 96, "total": 262}}}
+            assert "reference log-probs 96/262 pairs" in console.get(f"/console/distillations/{run_id}/live").text
             assert console.post(f"/console/distillations/{run_id}/cancel", follow_redirects=False).status_code == 303
             assert api.get(f"/admin/distillations/{run_id}").json()["status"] == "cancelled"
 

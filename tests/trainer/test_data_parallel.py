@@ -77,21 +77,27 @@ def test_two_gloo_ranks_train_disjoint_shards_in_sync_and_resume(tmp_path: Path,
 
 
 def test_trainer_worker_with_two_processes_registers_a_student(make_settings, model_path, helpers):
+    """An SFT→DPO run on two ranks, through the worker: both phases train data-parallel, and rank 0
+    relays the steps and the preference passes' progress to the worker, which writes them."""
     settings = make_settings(trainer={"processes": 2, "threads": 1, "device": "auto"})
     sessions = helpers.migrated(settings)
-    helpers.store_fixed_pairs(sessions, helpers.film_prompts[:6], ANSWER)
-    run, _ = submit(sessions, settings, DistillationConfig(**CONFIG, max_steps=3, save_steps=2, eval_prompts=helpers.film_prompts[-1:],
-                                                        eval_samples=1, eval_max_tokens=6, collapse_check=False))
+    helpers.store_fixed_pairs(sessions, helpers.film_prompts[:6], ANSWER)  # drafts "meh.", revisions ANSWER: 6 preference pairs
+    run, _ = submit(sessions, settings, DistillationConfig(**CONFIG, objective="sft_dpo", max_steps=3, save_steps=2,
+                                                        eval_prompts=helpers.film_prompts[-1:], eval_samples=1, eval_max_tokens=6,
+                                                        collapse_check=False))
     assert TrainerWorker(settings, sessions).run_once()
     with sessions() as session:
         done = session.get(DistillationRun, run.id)
         student = session.query(Student).filter(Student.run_id == run.id).one()
     assert done.status == "succeeded", done.error
-    assert done.progress["step"] == done.progress["total"] == 3 and done.progress["loss"] > 0
+    assert done.progress["step"] == done.progress["total"] == 6 and done.progress["loss"] > 0  # 3 supervised + 3 preference steps
     assert done.progress["device"] == "cpu" and done.progress["processes"] == 2
+    assert done.progress["passes"] == {"reference log-probs": {"done": 6, "total": 6}, "preference figures": {"done": 6, "total": 6}}
     train_metrics = done.metrics["train"]
-    assert train_metrics["processes"] == 2 and train_metrics["device"] == "cpu" and len(train_metrics["loss_curve"]) == 3
-    assert train_metrics["data_parallel"]["in_sync"] is True and train_metrics["data_parallel"]["examples_per_rank"] == [6, 3]
+    assert train_metrics["processes"] == 2 and train_metrics["device"] == "cpu" and len(train_metrics["loss_curve"]) == 6
+    assert train_metrics["preference"]["pairs"] == 6 and train_metrics["preference"]["steps"] == 3
+    # Each phase's 3 steps x (2 | 1) of each 3-item batch: pairs, then preference pairs.
+    assert train_metrics["data_parallel"]["in_sync"] is True and train_metrics["data_parallel"]["examples_per_rank"] == [12, 6]
     assert Path(student.adapter_path, "adapter_model.safetensors").is_file()
 
 

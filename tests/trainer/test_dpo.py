@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import func, select
 
 from services.trainer.distill import Interrupted, latest_checkpoint
-from services.trainer.dpo import REFERENCE_FILE
+from services.trainer.dpo import FIGURES_PASS, REFERENCE_FILE, REFERENCE_PASS
 from services.trainer.training import train
 from services.trainer.worker import TrainerWorker
 from shared.db.models import DistillationRun, Student
@@ -64,8 +64,12 @@ def test_a_killed_sft_dpo_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp
     examples, preferences = _data(helpers.film_prompts[:6])
     # 4 supervised steps, then 4 preference steps; a checkpoint after every step.
     config = DistillationConfig(**TINY, objective="sft_dpo", max_steps=4, save_steps=1)
-    alone = train(config, model_path, examples, tmp_path / "alone", preferences=preferences, threads=1)
+    passes: list[tuple[str, int, int]] = []
+    alone = train(config, model_path, examples, tmp_path / "alone", preferences=preferences, threads=1,
+                  on_pass=lambda *done: passes.append(done))
     assert alone.steps == 8 and alone.preference["steps"] == 4 and alone.preference["pairs"] == 6
+    # The passes over every pair, outside the steps, report how far they are: the reference, then the figures at the end.
+    assert passes == [(REFERENCE_PASS, 0, 6), (REFERENCE_PASS, 6, 6), (FIGURES_PASS, 0, 6), (FIGURES_PASS, 6, 6)]
 
     run_dir = tmp_path / "killed"
     spec = tmp_path / "spec.json"
@@ -85,8 +89,10 @@ def test_a_killed_sft_dpo_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp
     resumed_at = int(latest_checkpoint(run_dir).name.split("-")[1])
     assert 5 <= resumed_at < 8
 
-    resumed = train(config, model_path, examples, run_dir, preferences=preferences, threads=1)
+    passes.clear()
+    resumed = train(config, model_path, examples, run_dir, preferences=preferences, threads=1, on_pass=lambda *done: passes.append(done))
     assert resumed.resumed_from == resumed_at and resumed.steps == 8
+    assert passes[0] == (REFERENCE_PASS, 6, 6)  # read back from the run's file, not computed again
     assert resumed.losses == alone.losses  # the same losses at every step, the killed attempt's included
     ours, theirs = _adapter(resumed.adapter_dir), _adapter(alone.adapter_dir)
     assert ours.keys() == theirs.keys() and all(bool((ours[k] == theirs[k]).all()) for k in ours)
