@@ -100,24 +100,26 @@ class JobWorker:
         state, settings, sessions = self.state, self.state.settings, self.state.sessions
         where = f"batch {batch.start}-{batch.end}"
         if batch.attempt > settings.jobs.max_attempts:  # each holder died or stopped mid-batch: a crash loop must end
-            fail_job(sessions, lease, batch, f"{where}: gave up after {batch.attempt - 1} attempts (job_max_attempts): "
-                                             "each worker stopped before finishing it")
+            if not fail_job(sessions, lease, batch, f"{where}: gave up after {batch.attempt - 1} attempts (job_max_attempts): "
+                                                    "each worker stopped before finishing it"):
+                _lease_lost(batch, where)
             return
         try:
             plan = self._plan(batch.job_id)
         except DscError as error:  # the task is gone: no retry can help
-            fail_job(sessions, lease, batch, error.message)
+            if not fail_job(sessions, lease, batch, error.message):
+                _lease_lost(batch, where)
             return
         while True:
             if beat.lost.is_set():
-                log.warning("job %s: lease on %s lost; dropped it", batch.job_id, where)
+                _lease_lost(batch, where)
                 return  # someone else holds the batch now; our uncommitted work is simply dropped
             if state.stopping.is_set() or state.engine_dead is not None:
-                hand_back(sessions, lease, batch)
+                self._hand_back(lease, batch, where)
                 return
             standing = job_standing(sessions, batch.job_id)
             if standing is None or standing[0] not in ACTIVE or standing[1]:  # ended or cancel requested
-                hand_back(sessions, lease, batch)
+                self._hand_back(lease, batch, where)
                 self._settle(batch.job_id)
                 return
             try:
@@ -126,30 +128,33 @@ class JobWorker:
                                       seed_offset=batch.start, progress=self._check_stop, schedule=settings.teacher.sampler_schedule)
                 recorded = commit_batch(sessions, lease, batch, task_name=plan.task.name, acceptance=plan.acceptance, chains=chains)
             except _Stopping:
-                hand_back(sessions, lease, batch)
+                self._hand_back(lease, batch, where)
                 return
             except Exception as error:
                 if state.stopping.is_set():  # the engine was closed under the batch: not the batch's fault
                     log.info("job %s: %s stopped by shutdown (%s); handing it back", batch.job_id, where, error)
-                    hand_back(sessions, lease, batch)
+                    self._hand_back(lease, batch, where)
                     return
                 if plan.student is not None and (dead := state.student_engines.dead_reason(plan.student)) is not None:
                     log.warning("job %s: the engine of student %s died under %s (%s); handing it back", batch.job_id,
                                 plan.student, where, dead)  # the next claim builds it afresh
-                    hand_back(sessions, lease, batch)
+                    self._hand_back(lease, batch, where)
                     return
                 if (dead := dead_reason_of(error) or state.check_engine()) is not None:  # nor is a dead engine
                     state.engine_died(dead)
                     log.warning("job %s: the engine died under %s (%s); handing it back", batch.job_id, where, dead)
-                    hand_back(sessions, lease, batch)
+                    self._hand_back(lease, batch, where)
                     return
                 message = f"{where} failed: {getattr(error, 'message', None) or error!r}"
                 state.metrics.batches.labels("failed").inc()
                 failures = record_failure(sessions, lease, batch, message, max_failures=settings.jobs.max_failures)
                 log.warning("job %s: %s (failure %s of %d of this batch)", batch.job_id, message, failures, settings.jobs.max_failures,
                             exc_info=not isinstance(error, DscError))
-                if failures is None or failures >= settings.jobs.max_failures:
-                    return  # lease lost, or the batch failed its job
+                if failures is None:
+                    _lease_lost(batch, where)
+                    return
+                if failures >= settings.jobs.max_failures:
+                    return  # the batch failed its job
                 state.stopping.wait(min(settings.jobs.poll_seconds * failures, 30))
                 continue
             if recorded is None:
@@ -159,6 +164,12 @@ class JobWorker:
             state.metrics.observe_chains(chains, "job")
             self._after_commit(batch.job_id)
             return
+
+    def _hand_back(self, lease: Lease, batch: JobBatch, where: str) -> None:
+        # A worker resumed after its lease ran out (stopped, swapped out) lands here too when the
+        # job ended meanwhile: say so, or the lost lease would pass without a word.
+        if not hand_back(self.state.sessions, lease, batch):
+            _lease_lost(batch, where)
 
     def _after_commit(self, job_id: str) -> None:
         standing = job_standing(self.state.sessions, job_id)
@@ -190,6 +201,10 @@ class JobWorker:
     def _check_stop(self, _phase: str, _done: int, _total: int) -> None:
         if self.state.stopping.is_set():
             raise _Stopping()
+
+
+def _lease_lost(batch: JobBatch, where: str) -> None:
+    log.warning("job %s: lease on %s lost; dropped it", batch.job_id, where)
 
 
 def start_workers(state: TeacherState) -> list[JobWorker]:

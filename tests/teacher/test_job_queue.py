@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from services.teacher.worker import JobWorker
 from shared.db.job_queue import add_job, cancel_job, claim_batch, commit_batch
 from shared.db.models import ChainRecord, Job, JobBatch, Pair
-from shared.db.queue import Lease
+from shared.db.queue import Heartbeat, Lease
 from shared.db.session import transaction
 from shared.critique_revise import Chain, Step
 from shared.sampling_run import RewardPool
@@ -145,6 +146,28 @@ def test_a_stalled_worker_cannot_commit_after_a_rescue(make_state, db_url):
     assert (job.status, job.done, job.accepted, job.attempt) == ("running", 2, 1, 2)  # batch 2-3 still to do
     assert stored(state.sessions, job_id) == ([0, 1], 1, 1)
     assert [(row.status, row.committed_by) for row in batches(state.sessions, job_id)] == [("succeeded", "B"), ("queued", None)]
+
+
+def test_a_worker_resumed_after_its_job_ended_says_its_lease_was_lost(make_state, db_url, caplog):
+    """A worker stopped while it held a batch (SIGSTOP, swapped out) wakes up after another worker
+    rescued the batch and the job ended: it hands back nothing, writes nothing, and says that its
+    lease was lost, before its heartbeat has had a chance to notice."""
+    state = make_state(db_url)
+    job_id = enqueue(state.sessions, ["p0"])
+    stalled = claim_batch(state.sessions, "A", lease_seconds=0.2)
+    time.sleep(0.4)
+    rescuer = claim_batch(state.sessions, "B", lease_seconds=60)
+    commit_batch(state.sessions, Lease(rescuer.id, "B", rescuer.attempt), rescuer, task_name="sentiment", acceptance="always",
+                 chains=[_trace(0)])
+    assert load(state.sessions, job_id).status == "succeeded"
+
+    with caplog.at_level(logging.WARNING, logger="services.teacher.worker"), \
+            Heartbeat(state.sessions, JobBatch, stalled.id, "A", stalled.attempt, lease_seconds=60) as beat:
+        JobWorker(state, "A")._process(stalled, Lease(stalled.id, "A", stalled.attempt), beat)
+        assert not beat.lost.is_set()  # the worker, not its heartbeat, found out
+    assert f"job {job_id}: lease on batch 0-1 lost" in caplog.text
+    assert [(row.status, row.committed_by, row.lease_owner) for row in batches(state.sessions, job_id)] == [("succeeded", "B", None)]
+    assert load(state.sessions, job_id).status == "succeeded" and stored(state.sessions, job_id) == ([0], 1, 1)
 
 
 def test_failed_batches_are_retried_then_the_job_fails_with_the_error(make_state, tmp_path, tf_engine):
