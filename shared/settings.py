@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # the policy is built on demand; net imports no settings
     from shared.rewards.net import NetworkPolicy
 
 EngineName = Literal["auto", "vllm", "transformers", "openai"]
-TruncatedAnswers = Literal["drop", "keep"]  # what a distillation does with answers cut off at max_tokens
+TruncatedAnswers = Literal["drop", "trim", "keep"]  # what a distillation does with answers cut off at max_tokens
 ENGINE_NAMES: tuple[str, ...] = get_args(EngineName)
 BUNDLED_MODEL = "smollm2-135m-instruct"
 
@@ -282,7 +282,8 @@ class DistillSettings(SettingsGroup):
     queue_full_retry_after_seconds: int = Field(30, ge=1, description="Retry-After of the 429 beyond max_queued.")
     truncated_answers: TruncatedAnswers = Field(
         "drop", description="What a run that does not say does with answers cut off at the job's max_tokens: drop "
-        "them (they teach a student to stop mid-sentence and to repeat itself, docs/distillation.md) or keep them.")
+        "them (they teach a student to stop mid-sentence and to repeat itself, docs/distillation.md), trim them back "
+        "to their last finished sentence (on sentiment its students repeat themselves as with keep), or keep them.")
 
 
 class RewardHttpSettings(SettingsGroup):

@@ -64,7 +64,9 @@ class DistillationConfig(BaseModel):
         "drop",
         description="drop: leave out answers the teacher cut off at the job's max_tokens (trained on, they teach a student "
         "to end answers mid-sentence; measured on sentiment, its answers then repeat themselves more, "
-        "docs/distillation.md); keep: train on them too. SFT pairs only: preference pairs keep them (flagged). Pairs stored "
+        "docs/distillation.md); trim: cut such an answer back to its last finished sentence, dropping it when that "
+        "would leave less than half of it (its reward stays the stored one of the whole answer; measured on sentiment, "
+        "its students still repeat themselves more than drop's); keep: train on them as they are. SFT pairs only: preference pairs keep them (flagged). Pairs stored "
         "before truncation was recorded count as finished. "
         "Unset: the task's default (its `distillation`), else the deployment's distill.truncated_answers.",
     )

@@ -18,7 +18,7 @@ highest under the reward is the closest sample to the tilted posterior the stude
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from sqlalchemy import Select, false, or_, select
@@ -28,7 +28,7 @@ from shared.distillation.config import DistillationConfig
 from shared.errors import InvalidRequest
 from shared.keys import NO_OWNER
 from shared.tasks import TaskSpec, normalise_prompt
-from shared.text_stats import repeated_share
+from shared.text_stats import finished_part, repeated_share
 
 
 def of_jobs(query: Select, job_id: Any, config: DistillationConfig) -> Select:
@@ -91,10 +91,13 @@ def split_prompts(examples: Sequence[Example], fraction: float, seed: int) -> tu
 
 def select_examples(examples: Sequence[Example], config: DistillationConfig, task_floor: float | None = None) -> list[Example]:
     """The pairs worth training on: above the reward floor, not looping (max_repetition), finished
-    (not cut off at max_tokens, unless truncated_answers is "keep"), each (prompt, response) once (a
-    job submitted twice, or two chains that converged, must not weigh an answer double) and, with
-    best_per_prompt, one per prompt (the best of those left)."""
+    (an answer cut off at max_tokens is dropped, trimmed to its last finished sentence or kept, as
+    truncated_answers says), each (prompt, response) once (a job submitted twice, or two chains that
+    converged, must not weigh an answer double) and, with best_per_prompt, one per prompt (the best
+    of those left)."""
     floor = config.min_reward if config.min_reward is not None else task_floor
+    if config.truncated_answers == "trim":
+        examples = [e for e in map(_trimmed, examples) if e is not None]
     above = [e for e in examples if (floor is None or (e.reward_after is not None and e.reward_after >= floor))
              and (config.max_repetition is None or repeated_share(e.response) <= config.max_repetition)
              and not (config.truncated_answers == "drop" and e.truncated)]
@@ -115,6 +118,15 @@ def select_examples(examples: Sequence[Example], config: DistillationConfig, tas
     return [e for e in kept if id(e) in chosen]
 
 
+def _trimmed(example: Example) -> Example | None:
+    """A cut-off answer cut back to its last finished sentence (None: too little would be left);
+    a finished one as it is. It keeps its flag and the stored reward of the whole answer."""
+    if not example.truncated:
+        return example
+    finished = finished_part(example.response)
+    return None if finished is None else replace(example, response=finished)
+
+
 def require_training_pairs(kept: int, matching: int, eval_prompts: int, config: DistillationConfig, task: TaskSpec,
                            min_pairs: int, *, tokenised: bool = False) -> None:
     """Refuse a run left with fewer than `min_pairs` training pairs, saying what removed the others:
@@ -128,6 +140,8 @@ def require_training_pairs(kept: int, matching: int, eval_prompts: int, config: 
     if config.truncated_answers == "drop":
         rules.append("answers cut off at the job's max_tokens (truncated_answers='keep' trains them; or sample with a "
                      "larger max_tokens)")
+    elif config.truncated_answers == "trim":
+        rules.append("cut-off answers with no finished sentence in their first half")
     if config.best_per_prompt:
         rules.append("one best answer per prompt")
     if tokenised:

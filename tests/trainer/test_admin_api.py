@@ -101,9 +101,9 @@ def test_too_few_pairs_overall(make_settings, db_url, tf_engine, helpers):
 
 
 def test_answers_cut_off_at_max_tokens_follow_the_deployments_default_unless_the_run_says(make_settings, db_url, tf_engine, helpers):
-    """distill.truncated_answers = drop (the default outside this suite): a run that names nothing
-    leaves cut-off answers out, so five of them are too few and the 400 says why; a run that says
-    keep trains on them, and the stored config records what applied."""
+    """distill.truncated_answers = drop: a run that names nothing leaves cut-off answers out, so five
+    of them are too few and the 400 says why; a run that says keep trains on them, one that says trim
+    on those with a finished sentence, and the stored config records what applied."""
     settings = make_settings(db_url, distill={"min_pairs": 4, "truncated_answers": "drop"})
     with helpers.running_teacher(settings, tf_engine) as teacher, teacher.admin() as admin:
         helpers.store_fixed_pairs(teacher.sessions, helpers.film_prompts[:5], "A warm, lovely film that ran out of", truncated=True)
@@ -120,6 +120,13 @@ def test_answers_cut_off_at_max_tokens_follow_the_deployments_default_unless_the
         assert dropped.status_code == 202, dropped.text
         run = admin.get(f"/admin/distillations/{dropped.json()['id']}").json()
         assert run["config"]["truncated_answers"] == "drop" and run["progress"]["pairs"] == 5, run
+        # trim: a cut-off answer trains up to its last finished sentence; one without any stays out.
+        helpers.store_fixed_pairs(teacher.sessions, helpers.film_prompts[:5], "A warm, lovely film. It ran out",
+                                  job_id="cut-after-a-sentence", truncated=True)
+        trimmed = admin.post("/admin/distillations", json={**GOOD, "truncated_answers": "trim"})
+        assert trimmed.status_code == 202, trimmed.text
+        run = admin.get(f"/admin/distillations/{trimmed.json()['id']}").json()
+        assert run["config"]["truncated_answers"] == "trim" and run["progress"]["pairs"] == 10, run
 
 
 def test_a_tasks_recipe_defaults_fill_what_the_run_leaves_unset(api, helpers):

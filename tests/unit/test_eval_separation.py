@@ -11,6 +11,7 @@ from shared.distillation.pairs import Example, plan_data, plan_split, require_tr
 from shared.errors import InvalidRequest
 from services.trainer.evaluation_figures import gate
 from shared.tasks import TaskSpec, normalise_prompt, preset_tasks
+from shared.text_stats import finished_part
 
 
 def _five_grams(text: str) -> set[tuple[str, ...]]:
@@ -96,6 +97,34 @@ def test_answers_cut_off_at_max_tokens_do_not_train_unless_kept():
     assert [e.pair_id for e in select_examples(examples, DistillationConfig(task="x", truncated_answers="keep"))] == [1, 3, 4]
     with pytest.raises(InvalidRequest, match="cut off at the job's max_tokens"):
         require_training_pairs(2, 4, 0, drop, preset_tasks()["sentiment"], min_pairs=8)
+
+
+def test_trim_cuts_a_cut_off_answer_back_to_its_last_finished_sentence():
+    """truncated_answers="trim": a cut-off answer trains up to the end of its last finished
+    sentence; one whose last finished sentence ends before half of it is dropped; a finished one
+    trains as it is. The trimmed answer keeps its flag and its stored reward, and still competes
+    for its prompt's best answer."""
+    examples = [Example(1, "p", "I loved it. The cast was warm and the songs were bright! The ending felt", 0.0, 0.9, truncated=True),
+                Example(2, "p", "A short kind answer.", 0.0, 0.6, truncated=False),
+                Example(3, "q", "Sure. Here is a long review that never reached the end of its first", 0.0, 0.8, truncated=True),
+                Example(4, "r", "An older pair.", 0.0, 0.5, truncated=None)]
+    trim = DistillationConfig(task="x", truncated_answers="trim")
+    kept = select_examples(examples, trim)
+    assert [(e.pair_id, e.response, e.reward_after, e.truncated) for e in kept] == [
+        (1, "I loved it. The cast was warm and the songs were bright!", 0.9, True), (4, "An older pair.", 0.5, None)]
+    with pytest.raises(InvalidRequest, match="no finished sentence in their first half"):
+        require_training_pairs(2, 4, 0, trim, preset_tasks()["sentiment"], min_pairs=8)
+
+
+@pytest.mark.parametrize(("text", "finished"), [
+    ('Wow! "Great film." And then the', 'Wow! "Great film."'),
+    ("It was *superb*. The plot?", "It was *superb*. The plot?"),  # ends finished: kept whole
+    ("Here is my review:\n\n1. The plot was thin and the", None),  # "1." numbers a list item
+    ("No sentence ends in this one at all", None),
+    ("Fine. Then a long sentence that runs on and on past half of the answer", None),
+])
+def test_finished_part_ends_at_the_last_sentence_end(text, finished):
+    assert finished_part(text) == finished
 
 
 def test_each_prompt_and_answer_trains_once():
