@@ -66,8 +66,8 @@ class DistillationConfig(BaseModel):
         "to end answers mid-sentence; measured on sentiment, its answers then repeat themselves more, "
         "docs/distillation.md); trim: cut such an answer back to its last finished sentence, dropping it when that "
         "would leave less than half of it (its reward stays the stored one of the whole answer; measured on sentiment, "
-        "its students still repeat themselves more than drop's); keep: train on them as they are. SFT pairs only: preference pairs keep them (flagged). Pairs stored "
-        "before truncation was recorded count as finished. "
+        "its students still repeat themselves more than drop's); keep: train on them as they are. SFT pairs only: "
+        "preference pairs keep them (flagged). Pairs stored before truncation was recorded count as finished. "
         "Unset: the task's default (its `distillation`), else the deployment's distill.truncated_answers.",
     )
     best_per_prompt: bool = Field(
