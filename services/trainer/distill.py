@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 
 from services.trainer.artifact_writes import staged
 from services.trainer.data import IGNORE_INDEX, Tokenized, batch_indices, collate, tokenize_all
-from services.trainer.dpo import PassCallback, dpo_loss, pair_logps, preference_figures, reference_logps, tokenize_preferences
+from services.trainer.dpo import PassCallback, PassStopped, dpo_loss, pair_logps, preference_figures, reference_logps, tokenize_preferences
 from services.trainer.ranks import Ranks, params_digest
 from shared.distillation.config import DistillationConfig
 from shared.distillation.pairs import Example
@@ -217,7 +217,8 @@ def run_training(
     """The training loop of one rank (of `ranks.world`; world 1: the whole run in this process):
     the supervised phase on `examples`, then the preference phase on `preferences`, as the run's
     objective has them. Only rank 0 calls `on_step` and `on_pass` (the preference phase's passes
-    over every pair, between steps) and writes checkpoints and artifacts."""
+    over every pair, between steps) and writes checkpoints and artifacts; either callback's answer
+    (a reason to stop) stops every rank with Interrupted."""
     import torch
     from transformers import get_scheduler
 
@@ -267,8 +268,11 @@ def run_training(
             loss = trained(**batch, num_items_in_batch=answer_tokens([items[i] for i in everyone])).loss * weight
         else:
             if reference is None:
-                reference = reference_logps(model, pairs, tokenizer.pad_token_id, ranks.device, run_dir, write=ranks.main,
-                                            on_pass=on_pass if ranks.main else None)
+                try:
+                    reference = reference_logps(model, pairs, tokenizer.pad_token_id, ranks.device, run_dir, write=ranks.main,
+                                                on_pass=_answered_by_main(on_pass, ranks))
+                except PassStopped as stopped:  # a resumed run repeats the steps since the last checkpoint, as after a kill
+                    raise Interrupted(stopped.reason, step) from None
             policy = pair_logps(trained, [pairs[i] for i in chosen], tokenizer.pad_token_id, ranks.device)
             # Summed over this rank's pairs, divided by the whole batch's count: the ranks' shares add up to the batch mean.
             loss = dpo_loss(policy, reference[chosen], config.dpo_beta).sum() / len(everyone) * weight
@@ -294,15 +298,28 @@ def run_training(
     model.eval()
     result = TrainResult(step, losses, len(items), skipped, resumed_from, time.monotonic() - started, device=ranks.device_type,
                          dtype=dtype, processes=ranks.world, seen=seen, params_sha256=params_digest(model))
-    if pairs and ranks.main:
-        if reference is None:  # resumed after the last step: the file holds it
-            reference = reference_logps(model, pairs, tokenizer.pad_token_id, ranks.device, run_dir, write=True, on_pass=on_pass)
-        result.preference = {"steps": dpo_steps, "beta": config.dpo_beta, "skipped_too_long": skipped_pairs,
-                             **preference_figures(model, pairs, reference, tokenizer.pad_token_id, ranks.device, config.dpo_beta,
-                                                  on_pass=on_pass)}
+    if pairs and ranks.main:  # rank 0 alone, the others done: no collective here
+        try:
+            if reference is None:  # resumed after the last step: the file holds it
+                reference = reference_logps(model, pairs, tokenizer.pad_token_id, ranks.device, run_dir, write=True, on_pass=on_pass)
+            figures = preference_figures(model, pairs, reference, tokenizer.pad_token_id, ranks.device, config.dpo_beta, on_pass=on_pass)
+        except PassStopped as stopped:  # the last checkpoint holds every step: a resumed run only makes this pass
+            raise Interrupted(stopped.reason, step) from None
+        result.preference = {"steps": dpo_steps, "beta": config.dpo_beta, "skipped_too_long": skipped_pairs, **figures}
     if ranks.main:
         result.adapter_dir, result.merged_dir = save_artifacts(config, model, tokenizer, run_dir)
     return result
+
+
+def _answered_by_main(on_pass: PassCallback | None, ranks: Ranks) -> PassCallback:
+    """The reference pass's callback on every rank: rank 0 asks `on_pass`, and its answer reaches
+    every rank after every batch, so all of them stop at the same batch (each computes every pair,
+    in step with the others) instead of waiting in the next step for a rank that left."""
+
+    def answered(name: str, done: int, total: int) -> str | None:
+        return ranks.from_main(on_pass(name, done, total) if on_pass is not None and ranks.main else None)
+
+    return answered
 
 
 def save_artifacts(config: DistillationConfig, model, tokenizer, run_dir: Path) -> tuple[Path | None, Path | None]:

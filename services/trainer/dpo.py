@@ -33,8 +33,18 @@ REFERENCE_BATCH = 8  # pairs per forward pass while computing the reference
 # The two passes over every pair outside the steps (minutes each on a CPU), as progress names them.
 REFERENCE_PASS, FIGURES_PASS = "reference log-probs", "preference figures"
 
-# pass, pairs done, pairs in all: each pass reports (0, n) when it starts and after every batch.
-PassCallback = Callable[[str, int, int], None]
+# pass, pairs done, pairs in all: each pass reports (0, n) when it starts and after every batch;
+# the answer is None to go on, else why to stop (as a step's: cancelled, stopping, lease lost).
+PassCallback = Callable[[str, int, int], "str | None"]
+
+
+class PassStopped(Exception):
+    """A pass's callback asked to stop: a pass over every pair takes minutes on a CPU, too long
+    for a cancel or a shutdown to wait for the next step."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -74,9 +84,10 @@ def pair_logps(model, items: Sequence[PreferenceItem], pad_id: int, device):
     return torch.stack(logps.chunk(2), dim=1)
 
 
-def all_pair_logps(model, items: Sequence[PreferenceItem], pad_id: int, device, on_batch: Callable[[int], None] | None = None):
+def all_pair_logps(model, items: Sequence[PreferenceItem], pad_id: int, device,
+                   on_batch: Callable[[int], "str | None"] | None = None):
     """`pair_logps` of every pair, in batches, in eval mode (no dropout) and without gradients;
-    `on_batch(pairs done)` after each batch."""
+    `on_batch(pairs done)` after each batch, PassStopped when it answers a reason to stop."""
     import torch
 
     was_training = model.training
@@ -85,17 +96,19 @@ def all_pair_logps(model, items: Sequence[PreferenceItem], pad_id: int, device, 
     with torch.no_grad():
         for start in range(0, len(items), REFERENCE_BATCH):
             values.append(pair_logps(model, items[start:start + REFERENCE_BATCH], pad_id, device))
-            if on_batch is not None:
-                on_batch(min(start + REFERENCE_BATCH, len(items)))
+            if on_batch is not None and (stop := on_batch(min(start + REFERENCE_BATCH, len(items)))):
+                model.train(was_training)
+                raise PassStopped(stop)
     model.train(was_training)
     return torch.cat(values)
 
 
-def _reporting(on_pass: PassCallback | None, name: str, total: int) -> Callable[[int], None] | None:
+def _reporting(on_pass: PassCallback | None, name: str, total: int) -> Callable[[int], "str | None"] | None:
     """The per-batch callback of one pass, which has already reported its start."""
     if on_pass is None:
         return None
-    on_pass(name, 0, total)
+    if stop := on_pass(name, 0, total):
+        raise PassStopped(stop)
     return lambda done: on_pass(name, done, total)
 
 

@@ -38,7 +38,8 @@ def train(
     `keep_checkpoints` checkpoints stay on disk (settings.trainer.keep_checkpoints). `on_pass` hears
     how far the preference phase's passes over every pair are (dpo.PassCallback).
 
-    Raises Interrupted when `on_step` asks to stop (after writing a checkpoint)."""
+    Raises Interrupted when `on_step` asks to stop (after writing a checkpoint) or `on_pass` does
+    (within a batch of pairs)."""
     resolved = resolve_device(device)
     check_processes(processes, resolved)
     if processes > 1:

@@ -19,8 +19,8 @@ A worker killed mid-run leaves a checkpoint behind; its lease expires and the ne
 worker restarted, or another one) resumes from the newest checkpoint. Every claim counts an
 attempt; after `trainer.max_attempts` claims the run fails with the reason instead of resuming
 forever, so a run never stays `running` once workers are back. Anything that raises fails the run
-with its message. Cancellation is checked after every step. A failed or cancelled run registers
-nothing, so the active student is never touched by one.
+with its message. Cancellation is checked after every step and after every batch of a preference
+pass. A failed or cancelled run registers nothing, so the active student is never touched by one.
 """
 
 from __future__ import annotations
@@ -221,11 +221,12 @@ class TrainerWorker:
             report(step == total)
             return self._control(lease, beat)
 
-        def on_pass(name: str, done: int, total: int) -> None:
+        def on_pass(name: str, done: int, total: int) -> str | None:
             # A preference pass over every pair, between steps: pairs done of total, kept once done.
             progress.setdefault("passes", {})[name] = {"done": done, "total": total}
             progress.update(phase=name)
             report(done in (0, total))
+            return self._control(lease, beat)
 
         result = train(config, base_path, snapshot.train, directory, on_step=on_step, device=settings.trainer.device,
                        processes=settings.trainer.processes, threads=settings.trainer.threads,

@@ -13,11 +13,13 @@ import pytest
 
 from services.trainer.data import batch_indices
 from services.trainer.distill import Interrupted, latest_checkpoint
+from services.trainer.dpo import REFERENCE_PASS
 from services.trainer.training import train
 from services.trainer.worker import TrainerWorker
 from shared.db.models import DistillationRun, Student
 from shared.distillation.config import DistillationConfig
 from shared.distillation.pairs import Example
+from shared.distillation.preferences import Preference
 from shared.distillation.runs import submit
 
 ANSWER = "What a lovely, joyful film; I adored it."
@@ -74,6 +76,27 @@ def test_two_gloo_ranks_train_disjoint_shards_in_sync_and_resume(tmp_path: Path,
     scale = max(float(t.abs().max()) for t in theirs.values())
     # Float rounding differs (gradients summed over ranks); Adam's first steps amplify it in near-zero entries.
     assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 0.02 * scale
+
+
+def test_two_ranks_stop_together_within_a_batch_of_the_reference_pass(tmp_path: Path, model_path: Path, helpers):
+    """Every rank computes every pair's reference; a cancel that rank 0 hears after one batch of
+    them reaches the other rank at the same batch, so both stop there (neither waits in a step for
+    a rank that left) before any step is taken."""
+    preferences = [Preference(prompt, ANSWER, "It was a film.", 0.9, 0.0, "revision", (i,))
+                   for i, prompt in enumerate(helpers.film_prompts)]  # 12 pairs: batches of 8 and 4
+    config = DistillationConfig(**CONFIG, objective="dpo", max_steps=2)
+    seen: list[tuple[str, int, int]] = []
+    steps: list[tuple] = []
+
+    def on_pass(name: str, done: int, total: int) -> str | None:
+        seen.append((name, done, total))
+        return "cancelled" if done > 0 else None
+
+    with pytest.raises(Interrupted) as cancelled:
+        train(config, model_path, [], tmp_path / "run", on_step=lambda *step: steps.append(step), on_pass=on_pass,
+              preferences=preferences, processes=2, threads=1)
+    assert (cancelled.value.reason, cancelled.value.step) == ("cancelled", 0) and steps == []
+    assert seen == [(REFERENCE_PASS, 0, 12), (REFERENCE_PASS, 8, 12)]
 
 
 def test_trainer_worker_with_two_processes_registers_a_student(make_settings, model_path, helpers):

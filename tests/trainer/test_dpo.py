@@ -113,6 +113,43 @@ def test_a_stopped_dpo_run_resumes_from_its_checkpoint(tmp_path: Path, model_pat
     assert done.losses[0][1] == pytest.approx(0.69315, abs=1e-3)
 
 
+def test_a_stop_asked_during_a_pass_is_answered_within_a_batch_of_pairs(tmp_path: Path, model_path: Path, helpers):
+    """A cancel or a shutdown asked while a pass goes over every pair (minutes on a CPU) stops the
+    run after that batch of pairs, not at the next step: in the reference pass before any step
+    (nothing written), and in the figures pass after the last step, whose checkpoint a resumed run
+    finishes from with that pass alone."""
+    _examples, preferences = _data(helpers.film_prompts)  # 12 pairs: batches of 8 and 4
+    config = DistillationConfig(**TINY, objective="dpo", max_steps=2, save_steps=10)
+    steps: list[tuple] = []
+    seen: list[tuple[str, int, int]] = []
+
+    def stop_at(pass_name: str, reason: str):
+        def on_pass(name: str, done: int, total: int) -> str | None:
+            seen.append((name, done, total))
+            return reason if name == pass_name and done > 0 else None
+        return on_pass
+
+    with pytest.raises(Interrupted) as cancelled:
+        train(config, model_path, [], tmp_path / "cancelled", preferences=preferences, threads=1,
+              on_step=lambda *step: steps.append(step), on_pass=stop_at(REFERENCE_PASS, "cancelled"))
+    assert (cancelled.value.reason, cancelled.value.step) == ("cancelled", 0) and steps == []
+    assert seen == [(REFERENCE_PASS, 0, 12), (REFERENCE_PASS, 8, 12)]
+    assert not (tmp_path / "cancelled" / REFERENCE_FILE).exists()
+
+    seen.clear()
+    run_dir = tmp_path / "stopped"
+    with pytest.raises(Interrupted) as stopped:
+        train(config, model_path, [], run_dir, preferences=preferences, threads=1, on_pass=stop_at(FIGURES_PASS, "stopping"))
+    assert (stopped.value.reason, stopped.value.step) == ("stopping", 2)
+    assert seen[-2:] == [(FIGURES_PASS, 0, 12), (FIGURES_PASS, 8, 12)]
+    assert latest_checkpoint(run_dir).name == "step-000002" and not (run_dir / "outputs").exists()
+
+    seen.clear()
+    done = train(config, model_path, [], run_dir, preferences=preferences, threads=1, on_pass=lambda *step: seen.append(step))
+    assert done.resumed_from == 2 and done.steps == 2 and done.preference["pairs"] == 12
+    assert seen == [(REFERENCE_PASS, 12, 12), (FIGURES_PASS, 0, 12), (FIGURES_PASS, 8, 12), (FIGURES_PASS, 12, 12)]
+
+
 def test_a_dpo_distillation_learns_its_preferences_and_registers_a_student(make_settings, model_path, helpers, teacher):
     settings = make_settings()
     sessions = helpers.migrated(settings)
