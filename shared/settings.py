@@ -283,7 +283,7 @@ class DistillSettings(SettingsGroup):
     truncated_answers: TruncatedAnswers = Field(
         "drop", description="What a run that does not say does with answers cut off at the job's max_tokens: drop "
         "them (they teach a student to stop mid-sentence and to repeat itself, docs/distillation.md), trim them back "
-        "to their last finished sentence (on sentiment its students repeat themselves as with keep), or keep them.")
+        "to their last finished sentence (on sentiment its students repeat themselves more than with drop), or keep them.")
 
 
 class RewardHttpSettings(SettingsGroup):

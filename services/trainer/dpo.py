@@ -93,13 +93,14 @@ def all_pair_logps(model, items: Sequence[PreferenceItem], pad_id: int, device,
     was_training = model.training
     model.eval()
     values = []
-    with torch.no_grad():
-        for start in range(0, len(items), REFERENCE_BATCH):
-            values.append(pair_logps(model, items[start:start + REFERENCE_BATCH], pad_id, device))
-            if on_batch is not None and (stop := on_batch(min(start + REFERENCE_BATCH, len(items)))):
-                model.train(was_training)
-                raise PassStopped(stop)
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(items), REFERENCE_BATCH):
+                values.append(pair_logps(model, items[start:start + REFERENCE_BATCH], pad_id, device))
+                if on_batch is not None and (stop := on_batch(min(start + REFERENCE_BATCH, len(items)))):
+                    raise PassStopped(stop)
+    finally:
+        model.train(was_training)
     return torch.cat(values)
 
 
